@@ -1,1 +1,34 @@
-//! placeholder
+//! `orca-docker`: the container-runtime port of orca and its Docker Engine implementation.
+//!
+//! Map of the crate:
+//!
+//! - [`runtime`] — the [`ContainerRuntime`] trait: the one interface the node agent uses to run
+//!   containers. Everything above this crate programs against it, so a fake can stand in for
+//!   Docker in unit tests.
+//! - [`model`] — the plain data crossing the port: [`ContainerSpec`] in, [`ContainerInfo`],
+//!   [`RuntimeEvent`], [`LogLine`], [`NodeInfo`] out, plus the [`LABEL_MANAGED`] label.
+//! - [`error`] — [`RuntimeError`], the errors every runtime method returns.
+//! - [`docker`] — [`DockerRuntime`], the implementation over the Docker Engine API.
+//!
+//! **Architecture invariant:** only this crate knows bollard. No bollard type appears in the
+//! public API; callers see the types above and nothing else.
+//!
+//! **Security invariant:** containers are created without port bindings (orca's proxy reaches
+//! them on their bridge IP), unprivileged, on a user-defined bridge network (never the host
+//! network), with restart policy `no` (orca restarts containers itself, so the engine must not
+//! race it).
+
+pub mod docker;
+pub mod error;
+pub mod model;
+pub mod runtime;
+
+mod time;
+
+pub use docker::DockerRuntime;
+pub use error::RuntimeError;
+pub use model::{
+    ContainerInfo, ContainerSpec, ContainerState, LogLine, LogStream, NodeInfo, RuntimeEvent,
+    LABEL_MANAGED,
+};
+pub use runtime::ContainerRuntime;

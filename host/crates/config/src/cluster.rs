@@ -1,0 +1,314 @@
+//! `cluster.toml`: cluster-wide settings and the API tokens with their roles.
+
+use std::fmt;
+use std::fs;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ConfigError, FieldPath, Invalid};
+use crate::names::validate_name;
+use crate::source::TomlDoc;
+
+/// The name of the cluster configuration file inside the config directory.
+pub const CLUSTER_FILE: &str = "cluster.toml";
+/// The shortest token value accepted; shorter ones are guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including draining nodes and managing tokens.
+    Admin,
+    /// Deploy, stop and scale services; read status and logs (CI/CD).
+    Deployer,
+    /// Read status and logs only.
+    Viewer,
+}
+
+impl Role {
+    /// Every role, most powerful first.
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Deployer, Role::Viewer];
+
+    /// The lowercase name used in files, the CLI and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Deployer => "deployer",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                ConfigError::new(format!(
+                    "invalid role {s:?}: expected one of admin, deployer, viewer"
+                ))
+            })
+    }
+}
+
+/// The whole of `cluster.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The `[cluster]` table.
+    #[serde(default)]
+    pub cluster: ClusterSettings,
+    /// The `[[token]]` tables.
+    #[serde(default, rename = "token")]
+    pub tokens: Vec<TokenConfig>,
+}
+
+fn default_name() -> String {
+    "orca".to_string()
+}
+fn default_watchdog() -> u64 {
+    30
+}
+fn default_health() -> u64 {
+    10
+}
+fn default_stats() -> u64 {
+    30
+}
+
+/// Cluster-wide settings, the `[cluster]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Cluster name (default `orca`).
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Seconds between watchdog passes over all instances (default 30).
+    #[serde(default = "default_watchdog")]
+    pub watchdog_interval_secs: u64,
+    /// Default seconds between health probes (default 10).
+    #[serde(default = "default_health")]
+    pub health_interval_secs: u64,
+    /// Seconds between container stats samples (default 30).
+    #[serde(default = "default_stats")]
+    pub stats_interval_secs: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            name: default_name(),
+            watchdog_interval_secs: default_watchdog(),
+            health_interval_secs: default_health(),
+            stats_interval_secs: default_stats(),
+        }
+    }
+}
+
+/// One API token, a `[[token]]` table.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Token name, shown in logs and `orca token list`.
+    pub name: String,
+    /// The secret presented as `Authorization: Bearer <value>`.
+    pub value: String,
+    /// What the token may do.
+    pub role: Role,
+}
+
+/// Debug output never shows the token's value, so configs can be logged.
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("value", &"<redacted>")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// Parses and checks `cluster.toml` (labelled `file_label` in errors): a valid cluster name,
+/// intervals of at least one second, valid and unique token names, and token values of at
+/// least 16 visible ASCII characters, each used once. Messages never quote a token value.
+pub fn parse_cluster_file(file_label: &str, text: &str) -> Result<ClusterConfig, ConfigError> {
+    let (config, doc): (ClusterConfig, _) = TomlDoc::parse(file_label, text)?;
+    check_cluster(&config).map_err(|e| doc.error(&FieldPath::default(), e))?;
+    Ok(config)
+}
+
+fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
+    let at = |key: &str| FieldPath::key("cluster").k(key);
+    let settings = &config.cluster;
+    validate_name("cluster", &settings.name).map_err(|e| Invalid::new(at("name"), e.message))?;
+    for (key, value) in [
+        ("watchdog_interval_secs", settings.watchdog_interval_secs),
+        ("health_interval_secs", settings.health_interval_secs),
+        ("stats_interval_secs", settings.stats_interval_secs),
+    ] {
+        if value == 0 {
+            return Err(Invalid::new(at(key), format!("{key} must be at least 1")));
+        }
+    }
+    for (i, token) in config.tokens.iter().enumerate() {
+        let at = |key: &str| FieldPath::key("token").i(i).k(key);
+        validate_name("token", &token.name).map_err(|e| Invalid::new(at("name"), e.message))?;
+        if token.value.len() < MIN_TOKEN_LEN || !token.value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Invalid::new(
+                at("value"),
+                format!(
+                    "token {:?} has an unusable value: use at least {MIN_TOKEN_LEN} visible ASCII \
+                     characters without spaces (e.g. 32 random hex digits)",
+                    token.name
+                ),
+            ));
+        }
+        for (j, earlier) in config.tokens[..i].iter().enumerate() {
+            if earlier.name == token.name {
+                return Err(Invalid::new(
+                    at("name"),
+                    format!(
+                        "duplicate token name {:?} (first defined at token[{j}])",
+                        token.name
+                    ),
+                ));
+            }
+            if earlier.value == token.value {
+                return Err(Invalid::new(
+                    at("value"),
+                    format!(
+                        "tokens {:?} and {:?} have the same value; give each its own",
+                        earlier.name, token.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads `config_dir/cluster.toml`; a missing file means all defaults and no tokens.
+pub fn load_cluster_config(config_dir: &Path) -> Result<ClusterConfig, ConfigError> {
+    let file = config_dir.join(CLUSTER_FILE);
+    let label = file.display().to_string();
+    match fs::read_to_string(&file) {
+        Ok(text) => parse_cluster_file(&label, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClusterConfig::default()),
+        Err(e) => Err(ConfigError::new(format!("cannot read file: {e}")).with_file(label)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALUE_A: &str = "aaaaaaaaaaaaaaaaaaaa";
+    const VALUE_B: &str = "bbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn roles() {
+        for role in Role::ALL {
+            assert_eq!(role.to_string().parse::<Role>().unwrap(), role);
+        }
+        assert_eq!(
+            "root".parse::<Role>().unwrap_err().to_string(),
+            "invalid role \"root\": expected one of admin, deployer, viewer"
+        );
+        assert!("Admin".parse::<Role>().is_err());
+        assert_eq!(
+            serde_json::to_string(&Role::Deployer).unwrap(),
+            "\"deployer\""
+        );
+        assert!(Role::Admin < Role::Viewer);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse_cluster_file("cluster.toml", "").unwrap();
+        assert_eq!(c, ClusterConfig::default());
+        assert_eq!(c.cluster.name, "orca");
+        assert_eq!(
+            (
+                c.cluster.watchdog_interval_secs,
+                c.cluster.health_interval_secs,
+                c.cluster.stats_interval_secs
+            ),
+            (30, 10, 30)
+        );
+    }
+
+    #[test]
+    fn full_file() {
+        let text = format!(
+            "[cluster]\nname = \"prod\"\nwatchdog_interval_secs = 5\n\n\
+             [[token]]\nname = \"ci\"\nvalue = \"{VALUE_A}\"\nrole = \"deployer\"\n\n\
+             [[token]]\nname = \"ops\"\nvalue = \"{VALUE_B}\"\nrole = \"admin\"\n"
+        );
+        let c = parse_cluster_file("cluster.toml", &text).unwrap();
+        assert_eq!(c.cluster.name, "prod");
+        assert_eq!(c.cluster.watchdog_interval_secs, 5);
+        assert_eq!(c.cluster.stats_interval_secs, 30);
+        assert_eq!(c.tokens.len(), 2);
+        assert_eq!(
+            (c.tokens[1].name.as_str(), c.tokens[1].role),
+            ("ops", Role::Admin)
+        );
+        assert!(
+            !format!("{c:?}").contains(VALUE_A),
+            "Debug must redact token values"
+        );
+    }
+
+    #[test]
+    fn token_errors_never_quote_values() {
+        let cases = [
+            ("[[token]]\nname = \"a\"\nvalue = \"short\"\nrole = \"admin\"\n".to_string(), "cluster.toml:3:9: field `token[0].value`: token \"a\" has an unusable value"),
+            (format!("[[token]]\nname = \"a\"\nvalue = \"{VALUE_A} x\"\nrole = \"admin\"\n"), "field `token[0].value`"),
+            (format!("[[token]]\nname = \"a\"\nvalue = \"{VALUE_A}\"\nrole = \"admin\"\n[[token]]\nname = \"b\"\nvalue = \"{VALUE_A}\"\nrole = \"viewer\"\n"), "cluster.toml:7:9: field `token[1].value`: tokens \"a\" and \"b\" have the same value"),
+            (format!("[[token]]\nname = \"a\"\nvalue = \"{VALUE_A}\"\nrole = \"admin\"\n[[token]]\nname = \"a\"\nvalue = \"{VALUE_B}\"\nrole = \"viewer\"\n"), "cluster.toml:6:8: field `token[1].name`: duplicate token name \"a\" (first defined at token[0])"),
+            (format!("[[token]]\nname = \"A B\"\nvalue = \"{VALUE_A}\"\nrole = \"admin\"\n"), "field `token[0].name`: invalid token name"),
+            (format!("[[token]]\nname = \"a\"\nvalue = \"{VALUE_A}\"\n"), "cluster.toml:1:1: field `token[0]`: missing field `role`"),
+            ("[cluster]\nhealth_interval_secs = 0\n".to_string(), "cluster.toml:2:24: field `cluster.health_interval_secs`: health_interval_secs must be at least 1"),
+            ("[cluster]\nname = \"\"\n".to_string(), "field `cluster.name`: invalid cluster name"),
+            ("[cluster]\nnodes = 3\n".to_string(), "cluster.toml:2:1: field `cluster.nodes`: unknown field `nodes`"),
+        ];
+        for (text, expected) in cases {
+            let got = parse_cluster_file("cluster.toml", &text)
+                .unwrap_err()
+                .to_string();
+            assert!(got.contains(expected), "expected {expected:?} in {got:?}");
+            assert!(!got.contains(VALUE_A), "{got}");
+            assert!(!got.contains("short"), "{got}");
+        }
+    }
+
+    #[test]
+    fn load_missing_file_gives_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            load_cluster_config(dir.path()).unwrap(),
+            ClusterConfig::default()
+        );
+        fs::write(dir.path().join(CLUSTER_FILE), "[cluster]\nname = \"lab\"\n").unwrap();
+        assert_eq!(load_cluster_config(dir.path()).unwrap().cluster.name, "lab");
+        fs::write(dir.path().join(CLUSTER_FILE), "[cluster\n").unwrap();
+        let err = load_cluster_config(dir.path()).unwrap_err();
+        assert_eq!(
+            err.file.as_deref(),
+            Some(dir.path().join(CLUSTER_FILE).display().to_string().as_str())
+        );
+        assert_eq!(err.line, Some(1));
+    }
+}

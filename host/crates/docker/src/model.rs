@@ -1,0 +1,149 @@
+//! The plain data that crosses the container-runtime port.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The label every container orca creates carries, with the value `true`. Listing and event
+/// subscriptions filter on it so orca never touches containers it does not own.
+pub const LABEL_MANAGED: &str = "orca.managed";
+
+/// What to run: everything [`ContainerRuntime::create_and_start`](crate::ContainerRuntime::create_and_start)
+/// needs to create one container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Container name; unique on the node.
+    pub name: String,
+    /// Image reference, e.g. `orca-testapp:latest`.
+    pub image: String,
+    /// Environment variables, in order.
+    pub env: Vec<(String, String)>,
+    /// Labels; [`LABEL_MANAGED`] is added by the runtime.
+    pub labels: BTreeMap<String, String>,
+    /// The bridge network the container joins first (its primary network).
+    pub network: String,
+    /// DNS aliases of the container on its networks.
+    pub aliases: Vec<String>,
+    /// Further networks to connect after creation.
+    pub extra_networks: Vec<String>,
+    /// Hard memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in billionths of a CPU (`1_500_000_000` = 1.5 CPUs).
+    pub nano_cpus: Option<i64>,
+    /// Time between SIGTERM and SIGKILL when the engine itself stops the container.
+    pub stop_grace: Duration,
+}
+
+/// A container as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// Engine id (full length).
+    pub id: String,
+    /// Name, without Docker's leading `/`.
+    pub name: String,
+    /// The image reference the container was created from.
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: ContainerState,
+    /// IP address per network name; networks without an address are left out.
+    pub ips: BTreeMap<String, IpAddr>,
+    /// Exit code, once the container has exited.
+    pub exit_code: Option<i64>,
+    /// Whether the kernel OOM killer killed the container's process.
+    pub oom_killed: bool,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: i64,
+    /// RFC 3339 start time, if it ever started.
+    pub started_at: Option<String>,
+    /// RFC 3339 finish time, if it ever finished.
+    pub finished_at: Option<String>,
+}
+
+/// Lifecycle state of a container, as the engine names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    Unknown,
+}
+
+impl ContainerState {
+    /// The lowercase name, as the engine and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Paused => "paused",
+            ContainerState::Restarting => "restarting",
+            ContainerState::Removing => "removing",
+            ContainerState::Exited => "exited",
+            ContainerState::Dead => "dead",
+            ContainerState::Unknown => "unknown",
+        }
+    }
+
+    /// Whether the container's process is (or is about to be) running.
+    pub fn is_running(self) -> bool {
+        matches!(self, ContainerState::Running | ContainerState::Restarting)
+    }
+}
+
+impl fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One container lifecycle event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeEvent {
+    /// Container id.
+    pub id: String,
+    /// What happened: `create`, `start`, `die`, `oom`, `kill`, `stop`, `destroy`,
+    /// `health_status: healthy`, ...
+    pub action: String,
+    /// The event's attributes: the container's labels, plus the engine's own `name`, `image`
+    /// and, for `die`, `exitCode`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of container output, without its trailing newline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub stream: LogStream,
+    pub text: String,
+}
+
+/// Facts about a node's engine and machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The engine host's hostname.
+    pub hostname: String,
+    /// Engine version, e.g. `20.10.24+dfsg1`.
+    pub engine_version: String,
+    /// The engine's API version, e.g. `1.41`.
+    pub api_version: String,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Total memory in bytes.
+    pub memory_bytes: u64,
+    /// Operating system, e.g. `Debian GNU/Linux 12 (bookworm)`.
+    pub os: String,
+}

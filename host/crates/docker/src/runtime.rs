@@ -1,0 +1,74 @@
+//! The container-runtime port: what the node agent needs from a container engine.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+
+use crate::model::{ContainerInfo, ContainerSpec, LogLine, NodeInfo, RuntimeEvent};
+use crate::RuntimeError;
+
+/// A container engine on one node.
+///
+/// Implementations only ever see containers orca manages: every container they create carries
+/// [`LABEL_MANAGED`](crate::LABEL_MANAGED)`=true`, and [`list`](Self::list) and
+/// [`events`](Self::events) filter on it, so orca never touches a container it did not create.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// All managed containers, running or not, inspected: state, IP per network, exit code,
+    /// OOM kill, start and finish times. Sorted by name.
+    fn list(&self) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
+
+    /// Creates and starts a container and returns it inspected (with its IPs).
+    ///
+    /// Pulls the image if it is absent (bounded by a timeout; failure is
+    /// [`RuntimeError::ImageNotFound`]). The container gets `spec.labels` plus
+    /// `orca.managed=true`, joins `spec.network` with `spec.aliases` and then every network in
+    /// `spec.extra_networks`. If any step after creation fails the container is removed again.
+    /// A name already in use is [`RuntimeError::Conflict`].
+    fn create_and_start(
+        &self,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<ContainerInfo, RuntimeError>> + Send;
+
+    /// Stops a container (SIGTERM, then SIGKILL after `grace`) and removes it with its
+    /// anonymous volumes. A container that is already gone is success.
+    fn stop_and_remove(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Creates the bridge network `name` with `labels` unless it exists. Idempotent, also under
+    /// concurrent calls.
+    fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes a network. A missing network, or one still in use, is logged and is success.
+    fn remove_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// A container's stdout and stderr, line by line: the last `tail` lines (all if `None`),
+    /// then, if `follow`, new lines until the container stops.
+    fn logs(
+        &self,
+        id: &str,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> BoxStream<'static, Result<LogLine, RuntimeError>>;
+
+    /// Lifecycle events of managed containers (`start`, `die`, `oom`, `destroy`,
+    /// `health_status: ...`, ...), as they happen.
+    ///
+    /// The stream never ends quietly: if the engine connection breaks (daemon restart) it
+    /// yields an error and ends; the caller resubscribes and re-lists to catch up.
+    fn events(&self) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
+
+    /// Facts about the node the engine runs on.
+    fn node_info(&self) -> impl Future<Output = Result<NodeInfo, RuntimeError>> + Send;
+
+    /// Whether `image` is present locally.
+    fn image_exists(&self, image: &str) -> impl Future<Output = Result<bool, RuntimeError>> + Send;
+}
