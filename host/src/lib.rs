@@ -1,1 +1,25 @@
-//! placeholder
+//! orca: a compact, WASM-pluggable container orchestrator.
+//!
+//! Module map (see ARCHITECTURE.md for the invariants):
+//! - [`cli`]: the `orca` command line; every command but `server` only calls the API.
+//! - [`server`]: wires everything into the `orca server` process.
+//! - [`api`]: the REST API (axum), RBAC, request limits; the only module that knows HTTP/JSON.
+//! - [`controller`]: observe → plan → publish → execute loop; Docker events; crash back-off.
+//! - [`reconciler`]: the pure planning function, table- and property-tested.
+//! - [`instance`]: container labels, names and spec fingerprints.
+//! - [`health`]: readiness verdicts that gate traffic.
+//! - [`secrets`]: `${secrets.KEY}` resolution.
+//! - [`metrics`]: the Prometheus registry.
+//!
+//! Sibling crates: `orca-config` (schema), `orca-store` (redb, secrets cipher, tokens),
+//! `orca-proxy` (HTTP proxy), `orca-docker` (container runtime port + bollard).
+
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod health;
+pub mod instance;
+pub mod metrics;
+pub mod reconciler;
+pub mod secrets;
+pub mod server;

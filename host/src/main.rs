@@ -1,1 +1,5 @@
-fn main() {}
+//! The `orca` binary.
+
+fn main() -> std::process::ExitCode {
+    orca::cli::main()
+}

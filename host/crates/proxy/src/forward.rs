@@ -1,0 +1,436 @@
+//! The request path: resolve the route from one table snapshot, pick a backend, rewrite
+//! headers, send the request through the pooled upstream client within `request_timeout`,
+//! and return the response (or splice both connections after a `101 Switching Protocols`).
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::{debug, field, info_span, warn, Instrument, Span};
+
+use crate::balance::{Balancer, InFlight};
+use crate::config::ProxyConfig;
+use crate::error::ProxyError;
+use crate::headers;
+use crate::metrics::{ProxyMetrics, UNROUTED};
+use crate::server::{phase_reached, Drain, Phase};
+use crate::table::{normalize_host, Backend, Route, RouteTable, Routes};
+
+/// A boxed error, as bodies and the upstream client produce them.
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The body of every response the proxy sends: a backend's streamed body or an error text.
+pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The body sent upstream: the client's body behind the `max_request_body` limit. Boxed so
+/// that later features (buffered bodies for retries) can swap what is inside.
+type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Everything a request needs, shared by all connections.
+pub(crate) struct Forwarder {
+    config: ProxyConfig,
+    routes: Routes,
+    metrics: ProxyMetrics,
+    client: Client<HttpConnector, UpstreamBody>,
+    balancer: Balancer,
+    drain: Drain,
+}
+
+/// Where a request goes, resolved from one routing-table snapshot.
+#[derive(Debug)]
+pub(crate) struct Target<'t> {
+    /// The host as the client sent it (with a port, if any), for `X-Forwarded-Host`.
+    pub(crate) authority: String,
+    pub(crate) route: &'t Route,
+}
+
+/// Resolves a request's route. The URI authority (absolute-form requests, HTTP/2) wins
+/// over the `Host` header, as RFC 9112 §3.2.2 requires.
+pub(crate) fn resolve<'t, B>(
+    table: &'t RouteTable,
+    req: &Request<B>,
+) -> Result<Target<'t>, ProxyError> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST)?.to_str().ok())
+        // Userinfo never names a host.
+        .map(|a| a.rsplit('@').next().unwrap_or(a).trim())
+        .filter(|a| !a.is_empty())
+        .ok_or(ProxyError::MissingHost)?;
+    match table.get(authority) {
+        Some(route) => Ok(Target {
+            authority: authority.to_string(),
+            route,
+        }),
+        None => Err(ProxyError::UnknownHost {
+            host: normalize_host(authority),
+        }),
+    }
+}
+
+impl Forwarder {
+    pub(crate) fn new(
+        config: ProxyConfig,
+        routes: Routes,
+        metrics: ProxyMetrics,
+        drain: Drain,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Forwarder {
+            config,
+            routes,
+            metrics,
+            client,
+            balancer: Balancer::new(),
+            drain,
+        }
+    }
+
+    /// Answers one client request; never fails (proxy errors become responses).
+    pub(crate) async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let span = info_span!(
+            "orca.proxy.request",
+            method = %req.method(),
+            path = %req.uri().path(),
+            host = field::Empty,
+            service = field::Empty,
+            upstream = field::Empty,
+            status = field::Empty,
+        );
+        async move {
+            // One snapshot for the whole request: a concurrent swap cannot change its route.
+            let table = self.routes.load();
+            let (service, result) = match resolve(&table, &req) {
+                Ok(target) => {
+                    let span = Span::current();
+                    span.record("host", target.authority.as_str());
+                    span.record("service", target.route.service.as_str());
+                    let route = target.route;
+                    let result = self.forward(route, &target.authority, req, client).await;
+                    (route.service.as_str(), result)
+                }
+                Err(e) => {
+                    if let ProxyError::UnknownHost { host } = &e {
+                        Span::current().record("host", host.as_str());
+                    }
+                    (UNROUTED, Err(e))
+                }
+            };
+            let response = match result {
+                Ok(response) => response,
+                Err(e) => {
+                    if let Some(kind) = e.upstream_kind() {
+                        self.metrics.upstream_error(service, kind);
+                        warn!(error = %e, "upstream error");
+                    } else {
+                        debug!(error = %e, "request refused");
+                    }
+                    e.into_response()
+                }
+            };
+            Span::current().record("status", response.status().as_u16());
+            self.metrics
+                .record(service, response.status(), started.elapsed());
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn forward(
+        &self,
+        route: &Route,
+        authority: &str,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if route.backends.is_empty() {
+            return Err(ProxyError::NoReadyReplica {
+                service: route.service.clone(),
+            });
+        }
+        let limit = self.config.max_request_body;
+        if content_length(&req).is_some_and(|len| len > limit) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+        let (backend, in_flight) = self.balancer.pick(&route.backends);
+        Span::current().record("upstream", field::display(backend.addr));
+
+        let upgrade = headers::upgrade_request(req.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let is_upgrade = upgrade.is_some();
+        let upstream_req =
+            self.upstream_request(req, backend, route, authority, client, upgrade)?;
+
+        let response = match tokio::time::timeout(
+            self.config.request_timeout,
+            self.client.request(upstream_req),
+        )
+        .await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
+                return Err(ProxyError::BodyTooLarge { limit });
+            }
+            Ok(Err(e)) => {
+                return Err(ProxyError::UpstreamFailed {
+                    addr: backend.addr,
+                    service: route.service.clone(),
+                    reason: error_chain(&e),
+                });
+            }
+            // Dropping the request future closes that upstream connection, so a
+            // backend that answers late cannot confuse a pooled connection.
+            Err(_elapsed) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    addr: backend.addr,
+                    service: route.service.clone(),
+                    timeout: self.config.request_timeout,
+                });
+            }
+        };
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS && is_upgrade {
+            let mut response = response;
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            if let Some(client_upgrade) = client_upgrade {
+                let task = self.drain.track();
+                let phase = self.drain.subscribe();
+                let addr = backend.addr;
+                tokio::spawn(
+                    async move {
+                        let _task = task;
+                        splice(client_upgrade, upstream_upgrade, phase, in_flight, addr).await;
+                    }
+                    .instrument(Span::current()),
+                );
+            }
+            // The upgrade handshake headers (Connection, Upgrade) go back to the client.
+            return Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()));
+        }
+
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, None);
+        let body = Counted {
+            inner: body.map_err(BoxError::from).boxed_unsync(),
+            _in_flight: in_flight,
+        };
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+
+    /// Rewrites a client request into the request for `backend`.
+    fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        backend: &Backend,
+        route: &Route,
+        authority: &str,
+        client: SocketAddr,
+        upgrade: Option<HeaderValue>,
+    ) -> Result<Request<UpstreamBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::add_forwarded(&mut parts.headers, client.ip(), "http", authority);
+        // Applications see the host the client asked for, not the replica's address.
+        if !parts.headers.contains_key(HOST) {
+            if let Ok(host) = HeaderValue::from_str(authority) {
+                parts.headers.insert(HOST, host);
+            }
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(backend.addr.to_string())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| ProxyError::UpstreamFailed {
+                addr: backend.addr,
+                service: route.service.clone(),
+                reason: format!("cannot build the upstream URI: {e}"),
+            })?;
+        // HTTP/1.1 to backends whatever the client spoke, so upstream connections pool.
+        parts.version = Version::HTTP_11;
+        let limit = usize::try_from(self.config.max_request_body).unwrap_or(usize::MAX);
+        let body = Limited::new(body, limit).boxed_unsync();
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections until either
+/// side closes, or the shutdown grace runs out.
+async fn splice(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    mut phase: tokio::sync::watch::Receiver<Phase>,
+    _in_flight: InFlight,
+    addr: SocketAddr,
+) {
+    let copy = async {
+        let (client, upstream) = tokio::try_join!(client, upstream)?;
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        Ok::<_, BoxError>(())
+    };
+    tokio::select! {
+        result = copy => match result {
+            Ok(()) => debug!(upstream = %addr, "upgraded connection closed"),
+            Err(e) => debug!(upstream = %addr, error = %e, "upgraded connection failed"),
+        },
+        () = phase_reached(&mut phase, Phase::Abort) => {
+            debug!(upstream = %addr, "upgraded connection closed: shutdown grace expired");
+        }
+    }
+}
+
+/// A response body that keeps its backend's in-flight count until the body is done.
+struct Counted {
+    inner: ProxyBody,
+    _in_flight: InFlight,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether `E` is anywhere in the source chain of `error`.
+fn caused_by<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// `outer: inner: root`, skipping repeats (some layers repeat their source's text).
+fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if parts.last().is_none_or(|last| !last.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let mut table = RouteTable::new();
+        table.insert(
+            "app.test",
+            Route {
+                service: "demo/app".into(),
+                backends: vec![],
+            },
+        );
+        table
+    }
+
+    fn request(uri: &str, host: Option<&str>) -> Request<()> {
+        let mut builder = Request::builder().uri(uri);
+        if let Some(host) = host {
+            builder = builder.header(HOST, host);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn resolves_by_host_header_ignoring_case_and_port() {
+        let table = table();
+        let req = request("/x", Some("APP.test:8080"));
+        let target = resolve(&table, &req).unwrap();
+        assert_eq!(target.route.service, "demo/app");
+        assert_eq!(target.authority, "APP.test:8080");
+    }
+
+    #[test]
+    fn absolute_form_authority_wins_over_host() {
+        let table = table();
+        let req = request("http://app.test/x", Some("other.test"));
+        assert_eq!(resolve(&table, &req).unwrap().route.service, "demo/app");
+    }
+
+    #[test]
+    fn unknown_and_missing_hosts() {
+        let table = table();
+        let req = request("/", Some("Nope.test:80"));
+        assert_eq!(
+            resolve(&table, &req).unwrap_err().to_string(),
+            "no service is routed for host \"nope.test\""
+        );
+        let req = request("/", None);
+        assert!(matches!(
+            resolve(&table, &req),
+            Err(ProxyError::MissingHost)
+        ));
+    }
+
+    #[test]
+    fn error_chain_skips_repeats() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(error_chain(&io), "refused");
+    }
+}

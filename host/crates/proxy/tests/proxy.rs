@@ -1,0 +1,646 @@
+//! End-to-end tests of the proxy over real loopback sockets: tiny hyper backends, the proxy
+//! on 127.0.0.1:0, and a hyper (or raw TCP) client.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use orca_proxy::{Backend, Proxy, ProxyConfig, ProxyMetrics, Route, RouteTable, Routes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+type TestClient = Client<HttpConnector, http_body_util::combinators::BoxBody<Bytes, Infallible>>;
+
+/// Short timeouts so failure paths are quick to test.
+fn test_config() -> ProxyConfig {
+    ProxyConfig {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_millis(600),
+        header_read_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(5),
+        max_request_body: 1024,
+    }
+}
+
+struct RunningProxy {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningProxy {
+    async fn start(routes: Routes, config: ProxyConfig, metrics: ProxyMetrics) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let proxy = Proxy::new(config, routes, metrics);
+        let task = tokio::spawn(proxy.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        RunningProxy {
+            addr,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("serve returns after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Starts a hyper HTTP/1.1 backend (with upgrade support) answering with `handler`.
+async fn spawn_backend<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that answers every request with its `name` and counts requests in `hits`.
+async fn named_backend(name: &'static str, hits: Arc<AtomicUsize>) -> SocketAddr {
+    spawn_backend(move |_req| {
+        let hits = hits.clone();
+        async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            Response::new(Full::new(Bytes::from(name)))
+        }
+    })
+    .await
+}
+
+fn route(service: &str, addrs: &[SocketAddr]) -> Route {
+    Route {
+        service: service.to_string(),
+        backends: addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| Backend::new(format!("{service}-{i}"), *addr))
+            .collect(),
+    }
+}
+
+fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn empty() -> http_body_util::combinators::BoxBody<Bytes, Infallible> {
+    Full::new(Bytes::new()).boxed()
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+async fn send(client: &TestClient, proxy: SocketAddr, host: &str, path: &str) -> Answer {
+    let req = Request::builder()
+        .uri(format!("http://{proxy}{path}"))
+        .header("host", host)
+        .body(empty())
+        .unwrap();
+    answer(client.request(req).await.expect("proxy answers")).await
+}
+
+async fn answer(response: Response<Incoming>) -> Answer {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A port with nothing listening on it.
+async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A backend that accepts connections and never answers.
+async fn silent_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn routes_by_host_and_refuses_unknown_or_empty_routes() {
+    let (hits_a, hits_b) = (Arc::default(), Arc::default());
+    let a = named_backend("a", Arc::clone(&hits_a)).await;
+    let b = named_backend("b", Arc::clone(&hits_b)).await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("a.test", route("demo/a", &[a]));
+    table.insert("b.test", route("demo/b", &[b]));
+    table.insert("empty.test", route("demo/empty", &[]));
+    routes.swap(table);
+    let metrics = ProxyMetrics::new();
+    let proxy = RunningProxy::start(routes, test_config(), metrics.clone()).await;
+    let client = client();
+
+    let r = send(&client, proxy.addr, "a.test", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "a"));
+    assert!(r.headers.get("x-orca-error").is_none());
+    let r = send(&client, proxy.addr, "B.Test:8080", "/x?y=1").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "b"));
+
+    let r = send(&client, proxy.addr, "nope.test", "/").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.body.trim(),
+        r#"no service is routed for host "nope.test""#
+    );
+    assert_eq!(r.headers["x-orca-error"], "1");
+
+    let r = send(&client, proxy.addr, "empty.test", "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        r.body.trim(),
+        r#"service "demo/empty" has no ready replica"#
+    );
+    assert_eq!(r.headers["x-orca-error"], "1");
+
+    assert_eq!(hits_a.load(Ordering::SeqCst), 1);
+    assert_eq!(hits_b.load(Ordering::SeqCst), 1);
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        r#"orca_proxy_requests_total{service="demo/a",class="2xx"} 1"#,
+        r#"orca_proxy_requests_total{service="unrouted",class="4xx"} 1"#,
+        r#"orca_proxy_requests_total{service="demo/empty",class="5xx"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_application_error_is_not_marked_as_a_proxy_error() {
+    let app = spawn_backend(|_req| async {
+        let mut response = Response::new(Full::new(Bytes::from("app says no")));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        response
+    })
+    .await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("app.test", route("demo/app", &[app]));
+    routes.swap(table);
+    let proxy = RunningProxy::start(routes, test_config(), ProxyMetrics::new()).await;
+    let r = send(&client(), proxy.addr, "app.test", "/").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::NOT_FOUND, "app says no")
+    );
+    assert!(r.headers.get("x-orca-error").is_none());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn spreads_requests_over_backends() {
+    let (hits_1, hits_2) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let one = named_backend("1", Arc::clone(&hits_1)).await;
+    let two = named_backend("2", Arc::clone(&hits_2)).await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("app.test", route("demo/app", &[one, two]));
+    routes.swap(table);
+    let proxy = RunningProxy::start(routes, test_config(), ProxyMetrics::new()).await;
+    let client = client();
+    for _ in 0..200 {
+        let r = send(&client, proxy.addr, "app.test", "/").await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let (n1, n2) = (hits_1.load(Ordering::SeqCst), hits_2.load(Ordering::SeqCst));
+    assert_eq!(n1 + n2, 200);
+    // Expected 100 each; 60 is more than five standard deviations away.
+    assert!(n1 >= 60 && n2 >= 60, "unbalanced: {n1} / {n2}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn backend_sees_forwarded_headers_and_no_hop_by_hop_headers() {
+    let echo = spawn_backend(|req| async move {
+        let h = req.headers();
+        let get = |name: &str| {
+            h.get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        let body = format!(
+            "xff={}\nxfp={}\nxfh={}\nhost={}\nx-hop={}\nkeep-alive={}\nproxy-authorization={}\nuri={}\n",
+            get("x-forwarded-for"),
+            get("x-forwarded-proto"),
+            get("x-forwarded-host"),
+            get("host"),
+            get("x-hop"),
+            get("keep-alive"),
+            get("proxy-authorization"),
+            req.uri(),
+        );
+        Response::new(Full::new(Bytes::from(body)))
+    })
+    .await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("app.test", route("demo/app", &[echo]));
+    routes.swap(table);
+    let proxy = RunningProxy::start(routes, test_config(), ProxyMetrics::new()).await;
+    let req = Request::builder()
+        .uri(format!("http://{}/path?q=1", proxy.addr))
+        .header("host", "App.Test:8080")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("connection", "x-hop")
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .body(empty())
+        .unwrap();
+    let r = answer(client().request(req).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let expected = "xff=10.1.2.3, 127.0.0.1\nxfp=http\nxfh=App.Test:8080\nhost=App.Test:8080\n\
+                    x-hop=\nkeep-alive=\nproxy-authorization=\nuri=/path?q=1\n";
+    assert_eq!(r.body, expected);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn table_swaps_while_requests_are_in_flight_never_fail_a_request() {
+    let (hits_1, hits_2) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let one = named_backend("1", Arc::clone(&hits_1)).await;
+    let two = named_backend("2", Arc::clone(&hits_2)).await;
+    let routes = Routes::new();
+    let table_with = move |addr: SocketAddr| {
+        let mut table = RouteTable::new();
+        table.insert("app.test", route("demo/app", &[addr]));
+        table.insert("other.test", route("demo/other", &[one, two]));
+        table
+    };
+    routes.swap(table_with(one));
+    let proxy = RunningProxy::start(routes.clone(), test_config(), ProxyMetrics::new()).await;
+
+    let swapping = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let swapper = {
+        let (routes, swapping) = (routes.clone(), Arc::clone(&swapping));
+        tokio::spawn(async move {
+            let mut swaps = 0usize;
+            while swapping.load(Ordering::SeqCst) {
+                routes.swap(table_with(if swaps.is_multiple_of(2) { two } else { one }));
+                swaps += 1;
+                tokio::task::yield_now().await;
+            }
+            swaps
+        })
+    };
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let addr = proxy.addr;
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            for i in 0..100u32 {
+                let host = if i.is_multiple_of(2) {
+                    "app.test"
+                } else {
+                    "other.test"
+                };
+                let r = send(&client, addr, host, "/").await;
+                assert_eq!(r.status, StatusCode::OK, "request {i} failed: {}", r.body);
+                assert!(r.body == "1" || r.body == "2");
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    swapping.store(false, Ordering::SeqCst);
+    let swaps = swapper.await.unwrap();
+    assert!(
+        swaps > 100,
+        "only {swaps} swaps happened during the requests"
+    );
+    assert!(hits_1.load(Ordering::SeqCst) > 0 && hits_2.load(Ordering::SeqCst) > 0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn dead_backend_is_a_quick_502_naming_the_upstream() {
+    let dead = closed_port().await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("dead.test", route("demo/dead", &[dead]));
+    routes.swap(table);
+    let metrics = ProxyMetrics::new();
+    let proxy = RunningProxy::start(routes, test_config(), metrics.clone()).await;
+    let started = Instant::now();
+    let r = send(&client(), proxy.addr, "dead.test", "/").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.headers["x-orca-error"], "1");
+    let prefix = format!("upstream {dead} for \"demo/dead\" failed: ");
+    assert!(r.body.starts_with(&prefix), "{}", r.body);
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains(r#"orca_proxy_upstream_errors_total{service="demo/dead",kind="failed"} 1"#),
+        "{text}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn silent_backend_is_a_504_and_does_not_hold_up_other_routes() {
+    let silent = silent_backend().await;
+    let fast = named_backend("fast", Arc::default()).await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("slow.test", route("demo/slow", &[silent]));
+    table.insert("fast.test", route("demo/fast", &[fast]));
+    routes.swap(table);
+    let config = test_config();
+    let timeout = config.request_timeout;
+    let proxy = RunningProxy::start(routes, config, ProxyMetrics::new()).await;
+    let addr = proxy.addr;
+
+    let started = Instant::now();
+    let slow = tokio::spawn(async move { send(&client(), addr, "slow.test", "/").await });
+    // While the slow request hangs, the other route answers at once, many times over.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let client = client();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let r = send(&client, addr, "fast.test", "/").await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "fast"));
+        assert!(t.elapsed() < Duration::from_millis(200));
+    }
+    assert!(
+        !slow.is_finished(),
+        "the slow request cannot have finished yet"
+    );
+
+    let r = slow.await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= timeout,
+        "answered before the timeout: {elapsed:?}"
+    );
+    assert!(
+        elapsed < timeout + Duration::from_millis(500),
+        "{elapsed:?}"
+    );
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.headers["x-orca-error"], "1");
+    assert_eq!(
+        r.body.trim(),
+        format!("upstream {silent} for \"demo/slow\" did not answer within 600ms")
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_bodies_are_refused_with_413() {
+    let received = Arc::new(AtomicUsize::new(0));
+    let sink = {
+        let received = Arc::clone(&received);
+        spawn_backend(move |req| {
+            let received = received.clone();
+            async move {
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                if let Ok(body) = body {
+                    received.fetch_add(body.len(), Ordering::SeqCst);
+                }
+                Response::new(Full::new(Bytes::from("ok")))
+            }
+        })
+        .await
+    };
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("app.test", route("demo/app", &[sink]));
+    routes.swap(table);
+    let proxy = RunningProxy::start(routes, test_config(), ProxyMetrics::new()).await;
+    let client = client();
+
+    // At the limit: forwarded.
+    let req = Request::post(format!("http://{}/", proxy.addr))
+        .header("host", "app.test")
+        .body(Full::new(Bytes::from(vec![b'x'; 1024])).boxed())
+        .unwrap();
+    let r = answer(client.request(req).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(received.load(Ordering::SeqCst), 1024);
+
+    // Over the limit with a Content-Length: refused up front, nothing reaches the backend.
+    let req = Request::post(format!("http://{}/", proxy.addr))
+        .header("host", "app.test")
+        .body(Full::new(Bytes::from(vec![b'x'; 2048])).boxed())
+        .unwrap();
+    let r = answer(client.request(req).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.headers["x-orca-error"], "1");
+    assert_eq!(
+        r.body.trim(),
+        "request body exceeds the limit of 1024 bytes"
+    );
+    assert_eq!(received.load(Ordering::SeqCst), 1024);
+
+    // Over the limit while streaming (chunked, no Content-Length).
+    let chunks = (0..8).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'y'; 512]))));
+    let body = StreamBody::new(futures::stream::iter(chunks));
+    let req = Request::post(format!("http://{}/", proxy.addr))
+        .header("host", "app.test")
+        .body(body.boxed())
+        .unwrap();
+    let r = answer(client.request(req).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    assert_eq!(
+        received.load(Ordering::SeqCst),
+        1024,
+        "a cut-off body is never delivered whole"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn upgraded_connections_are_spliced_both_ways() {
+    let echo = spawn_backend(|mut req| async move {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(upgrade.await.unwrap());
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = io.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                io.write_all(&buf[..n]).await.unwrap();
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    })
+    .await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("ws.test", route("demo/ws", &[echo]));
+    routes.swap(table);
+    let proxy = RunningProxy::start(routes, test_config(), ProxyMetrics::new()).await;
+
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
+    for message in [&b"hello"[..], b"through the proxy"] {
+        stream.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut back))
+            .await
+            .expect("echo arrives")
+            .unwrap();
+        assert_eq!(back, message);
+    }
+    drop(stream);
+    proxy.stop().await;
+}
+
+/// Reads an HTTP response head byte by byte, so no byte after it is consumed.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte))
+            .await
+            .expect("head arrives")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn client_that_never_sends_headers_is_dropped() {
+    let routes = Routes::new();
+    let proxy = RunningProxy::start(routes, test_config(), ProxyMetrics::new()).await;
+    for opening in [&b""[..], b"GET / HTTP/1.1\r\nHost: a"] {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(opening).await.unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "connection still open after 3s");
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(400),
+            "closed too early: {elapsed:?}"
+        );
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let slow = spawn_backend(|_req| async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Response::new(Full::new(Bytes::from("finished")))
+    })
+    .await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("slow.test", route("demo/slow", &[slow]));
+    routes.swap(table);
+    let proxy = RunningProxy::start(routes, test_config(), ProxyMetrics::new()).await;
+    let addr = proxy.addr;
+    let in_flight = tokio::spawn(async move { send(&client(), addr, "slow.test", "/").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = tokio::spawn(proxy.stop());
+
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "finished"));
+    tokio::time::timeout(Duration::from_secs(2), stopped)
+        .await
+        .expect("serve returns once the request is done")
+        .unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}

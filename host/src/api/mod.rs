@@ -1,0 +1,259 @@
+//! The REST API (axum): routes, their permissions, request limits. Only this layer knows HTTP/JSON.
+//!
+//! `app()` builds the whole router from an [`AppState`], so tests drive it without a socket.
+
+pub mod admin;
+pub mod auth;
+mod error;
+mod services;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::Router;
+use bytes::Bytes;
+use orca_docker::{ContainerRuntime, NodeInfo};
+use orca_store::{SecretBox, Store};
+
+use crate::controller::ControllerHandle;
+use crate::metrics::Metrics;
+pub use auth::{allows, Permission, Tokens};
+pub use error::ApiError;
+
+/// Largest request body the API accepts (a deploy of many services fits easily).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Everything handlers need.
+pub struct AppState<R: ContainerRuntime> {
+    /// The store.
+    pub store: Store,
+    /// Secrets cipher.
+    pub secrets: Arc<SecretBox>,
+    /// Token verifier (swapped when a token is created).
+    pub tokens: Tokens,
+    /// Names of tokens defined in cluster.toml (they cannot be re-created through the API).
+    pub config_tokens: Arc<Vec<(String, [u8; 32], orca_config::Role)>>,
+    /// Controller handle.
+    pub controller: ControllerHandle,
+    /// Container runtime (logs).
+    pub runtime: Arc<R>,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Cluster name.
+    pub cluster: String,
+    /// This node.
+    pub node: NodeInfo,
+    /// Where the API listens (reported by cluster/info).
+    pub api_addr: SocketAddr,
+}
+
+impl<R: ContainerRuntime> Clone for AppState<R> {
+    fn clone(&self) -> Self {
+        AppState {
+            store: self.store.clone(),
+            secrets: self.secrets.clone(),
+            tokens: self.tokens.clone(),
+            config_tokens: self.config_tokens.clone(),
+            controller: self.controller.clone(),
+            runtime: self.runtime.clone(),
+            metrics: self.metrics.clone(),
+            cluster: self.cluster.clone(),
+            node: self.node.clone(),
+            api_addr: self.api_addr,
+        }
+    }
+}
+
+/// One row of the route table: method, path, permission (`None` = public or signature-checked).
+pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
+    ("POST", "/api/v1/deploy", Some(Permission::Deploy)),
+    ("GET", "/api/v1/status", Some(Permission::Read)),
+    (
+        "POST",
+        "/api/v1/services/{name}/scale",
+        Some(Permission::Operate),
+    ),
+    (
+        "DELETE",
+        "/api/v1/services/{name}",
+        Some(Permission::Operate),
+    ),
+    (
+        "DELETE",
+        "/api/v1/projects/{name}",
+        Some(Permission::Operate),
+    ),
+    ("POST", "/api/v1/stop", Some(Permission::Operate)),
+    (
+        "GET",
+        "/api/v1/services/{name}/logs",
+        Some(Permission::Read),
+    ),
+    ("GET", "/api/v1/cluster/info", Some(Permission::Read)),
+    (
+        "POST",
+        "/api/v1/services/{name}/promote",
+        Some(Permission::Deploy),
+    ),
+    (
+        "POST",
+        "/api/v1/services/{name}/rollback",
+        Some(Permission::Deploy),
+    ),
+    (
+        "POST",
+        "/api/v1/cluster/nodes/{id}/drain",
+        Some(Permission::Admin),
+    ),
+    (
+        "POST",
+        "/api/v1/cluster/nodes/{id}/undrain",
+        Some(Permission::Admin),
+    ),
+    ("GET", "/api/v1/webhooks", Some(Permission::Read)),
+    ("POST", "/api/v1/webhooks/github", None),
+    ("GET", "/api/v1/tokens", Some(Permission::Admin)),
+    ("POST", "/api/v1/tokens", Some(Permission::Admin)),
+    (
+        "GET",
+        "/api/v1/projects/{name}/secrets",
+        Some(Permission::Deploy),
+    ),
+    (
+        "PUT",
+        "/api/v1/projects/{name}/secrets/{key}",
+        Some(Permission::Admin),
+    ),
+    (
+        "DELETE",
+        "/api/v1/projects/{name}/secrets/{key}",
+        Some(Permission::Admin),
+    ),
+    ("GET", "/api/v1/health", None),
+    ("GET", "/metrics", None),
+];
+
+/// Builds the API router.
+pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
+    let tokens = state.tokens.clone();
+    let guard = move |perm: Permission, mr: MethodRouter<AppState<R>>| {
+        mr.route_layer(from_fn_with_state((tokens.clone(), perm), auth::authorize))
+    };
+    use Permission::*;
+    Router::new()
+        .route("/api/v1/health", get(services::health))
+        .route("/metrics", get(services::metrics::<R>))
+        .route("/api/v1/deploy", guard(Deploy, post(services::deploy::<R>)))
+        .route("/api/v1/status", guard(Read, get(services::status::<R>)))
+        .route(
+            "/api/v1/services/{name}/scale",
+            guard(Operate, post(services::scale::<R>)),
+        )
+        .route(
+            "/api/v1/services/{name}",
+            guard(Operate, delete(services::stop_service::<R>)),
+        )
+        .route(
+            "/api/v1/projects/{name}",
+            guard(Operate, delete(services::stop_project::<R>)),
+        )
+        .route(
+            "/api/v1/stop",
+            guard(Operate, post(services::stop_all::<R>)),
+        )
+        .route(
+            "/api/v1/services/{name}/logs",
+            guard(Read, get(services::logs::<R>)),
+        )
+        .route(
+            "/api/v1/cluster/info",
+            guard(Read, get(admin::cluster_info::<R>)),
+        )
+        .route(
+            "/api/v1/services/{name}/promote",
+            guard(Deploy, not_yet("promote lands with canary rollouts")),
+        )
+        .route(
+            "/api/v1/services/{name}/rollback",
+            guard(
+                Deploy,
+                not_yet("rollback lands with revisions and rollouts"),
+            ),
+        )
+        .route(
+            "/api/v1/cluster/nodes/{id}/drain",
+            guard(Admin, not_yet("drain lands with multi-node clusters")),
+        )
+        .route(
+            "/api/v1/cluster/nodes/{id}/undrain",
+            guard(Admin, not_yet("undrain lands with multi-node clusters")),
+        )
+        .route("/api/v1/webhooks", guard(Read, get(admin::list_webhooks)))
+        .route(
+            "/api/v1/webhooks/github",
+            not_yet("webhooks land with git-build; no webhook can be registered yet"),
+        )
+        .route(
+            "/api/v1/tokens",
+            guard(Admin, get(admin::list_tokens::<R>))
+                .merge(guard(Admin, post(admin::create_token::<R>))),
+        )
+        .route(
+            "/api/v1/projects/{name}/secrets",
+            guard(Deploy, get(admin::list_secrets::<R>)),
+        )
+        .route(
+            "/api/v1/projects/{name}/secrets/{key}",
+            guard(Admin, put(admin::set_secret::<R>))
+                .merge(guard(Admin, delete(admin::delete_secret::<R>))),
+        )
+        .fallback(|| async { ApiError::not_found("no such API route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn not_yet<S: Clone + Send + Sync + 'static>(what: &'static str) -> MethodRouter<S> {
+    post(move || async move { ApiError::new(StatusCode::NOT_IMPLEMENTED, what) })
+}
+
+/// The raw request body, size-limited, with limit errors in the API's JSON shape.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                let status = e.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        status,
+                        format!("request body is larger than the limit of {MAX_BODY} bytes"),
+                    )
+                } else {
+                    ApiError::new(status, format!("reading request body: {}", e.body_text()))
+                }
+            })
+    }
+}
+
+/// Parses a small JSON body into `T`, naming the field that is wrong.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            ApiError::bad_request(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("invalid JSON body: field `{path}`: {inner}"))
+        }
+    })
+}

@@ -1,0 +1,360 @@
+//! Service endpoints: deploy, status, scale, stop, logs, health and metrics.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use orca_docker::{ContainerRuntime, LogStream};
+use orca_store::{DesiredState, ServiceRecord};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_json, ApiError, AppState, RawBody};
+use crate::instance;
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `GET /api/v1/health`: answers once the server is serving.
+pub async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics<R: ContainerRuntime>(State(s): State<AppState<R>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// `POST /api/v1/deploy`: validates the whole request, then stores it in one transaction.
+pub async fn deploy<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    let specs =
+        orca_config::parse_deploy_json(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    for spec in &specs {
+        if spec.image.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "service \"{}\": no image; building from [service.build] is not available yet, set `image`",
+                spec.name
+            )));
+        }
+        crate::secrets::resolve_env(&s.store, &s.secrets, spec)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    // A domain belongs to one service: refuse to take one from a service outside this request.
+    let keys: HashSet<String> = specs.iter().map(|sp| sp.key()).collect();
+    for rec in s.store.list_services()? {
+        if keys.contains(&rec.spec.key()) {
+            continue;
+        }
+        if let Some(d) = &rec.spec.domain {
+            if let Some(sp) = specs.iter().find(|sp| sp.domain.as_ref() == Some(d)) {
+                return Err(ApiError::conflict(format!(
+                    "service \"{}\": domain \"{d}\" is already used by service \"{}\" in project \"{}\"",
+                    sp.name,
+                    rec.spec.name,
+                    rec.spec.project()
+                )));
+            }
+        }
+    }
+    let outcomes = s.store.apply_deploy(&specs, now_unix())?;
+    s.controller.wake();
+    tracing::info!(services = outcomes.len(), "deploy accepted");
+    Ok(Json(json!({
+        "deployed": outcomes.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+        "services": outcomes.iter().map(|o| json!({
+            "project": o.project, "name": o.name, "revision": o.revision, "changed": o.changed,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// Query of `status`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    project: Option<String>,
+}
+
+/// `GET /api/v1/status?project=`.
+pub async fn status<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Query(q): Query<StatusQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let view = s.controller.view();
+    let health = s.controller.health();
+    let mut services = Vec::new();
+    for rec in s.store.list_services()? {
+        if q.project
+            .as_deref()
+            .is_some_and(|p| p != rec.spec.project())
+        {
+            continue;
+        }
+        let key = rec.spec.key();
+        let mut instances = Vec::new();
+        let (mut running, mut ready) = (0u32, 0u32);
+        for i in view.instances.iter().filter(|i| i.service == key) {
+            let verdict = health.verdict(&i.info.id);
+            let is_ready = i.is_running() && verdict.ready;
+            running += u32::from(i.is_running());
+            ready += u32::from(is_ready);
+            let address = rec.spec.port.and_then(|port| {
+                i.info
+                    .ips
+                    .get(&instance::project_network(&i.project))
+                    .map(|ip| format!("{ip}:{port}"))
+            });
+            instances.push(json!({
+                "id": instance::short(&i.info.id),
+                "name": i.info.name,
+                "node": s.node.hostname,
+                "slot": i.slot,
+                "state": i.info.state.to_string(),
+                "ready": is_ready,
+                "address": address,
+                "image": i.info.image,
+                "fingerprint": i.fingerprint,
+                "started_at": i.info.started_at,
+                "exit_code": i.info.exit_code,
+                "oom_killed": i.info.oom_killed,
+                "probe_error": verdict.last_error,
+            }));
+        }
+        let error = view.errors.get(&key).cloned();
+        let status = service_status(&rec, ready, error.is_some());
+        services.push(json!({
+            "name": rec.spec.name,
+            "project": rec.spec.project(),
+            "image": rec.spec.image,
+            "status": status,
+            "desired_state": match rec.state { DesiredState::Running => "running", DesiredState::Stopped => "stopped" },
+            "replicas": rec.spec.replicas,
+            "running_replicas": running,
+            "ready_replicas": ready,
+            "domain": rec.spec.domain,
+            "port": rec.spec.port,
+            "revision": rec.revision,
+            "updated_at": rec.updated_at,
+            "error": error,
+            "backing_off_until_ms": view.backing_off.get(&key),
+            "instances": instances,
+        }));
+    }
+    Ok(Json(json!({
+        "cluster": s.cluster,
+        "observed_at_ms": view.observed_at_ms,
+        "services": services,
+    })))
+}
+
+/// `running` (all replicas ready), `degraded`, `starting`, `failed` or `stopped`.
+fn service_status(rec: &ServiceRecord, ready: u32, has_error: bool) -> &'static str {
+    if rec.state == DesiredState::Stopped {
+        "stopped"
+    } else if ready >= rec.spec.replicas {
+        "running"
+    } else if ready > 0 {
+        "degraded"
+    } else if has_error {
+        "failed"
+    } else {
+        "starting"
+    }
+}
+
+/// `?project=` on service routes, to pick a service when its name exists in several projects.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectQuery {
+    project: Option<String>,
+}
+
+fn find_service<R: ContainerRuntime>(
+    s: &AppState<R>,
+    name: &str,
+    project: Option<&str>,
+) -> Result<ServiceRecord, ApiError> {
+    let mut found: Vec<ServiceRecord> = s
+        .store
+        .find_services_by_name(name)?
+        .into_iter()
+        .filter(|r| project.is_none_or(|p| p == r.spec.project()))
+        .collect();
+    match found.len() {
+        0 => Err(ApiError::not_found(match project {
+            Some(p) => format!("no service \"{name}\" in project \"{p}\""),
+            None => format!("no service \"{name}\""),
+        })),
+        1 => Ok(found.remove(0)),
+        _ => Err(ApiError::conflict(format!(
+            "service name \"{name}\" exists in projects {}; pass ?project=",
+            found
+                .iter()
+                .map(|r| r.spec.project().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Body of `scale`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleBody {
+    replicas: u32,
+}
+
+/// `POST /api/v1/services/{name}/scale` with `{"replicas": N}`.
+pub async fn scale<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    let ScaleBody { replicas } = parse_json(&body)?;
+    if replicas > orca_config::service::MAX_REPLICAS {
+        return Err(ApiError::bad_request(format!(
+            "field `replicas`: {replicas} is out of range, allowed 0..={}",
+            orca_config::service::MAX_REPLICAS
+        )));
+    }
+    let rec = find_service(&s, &name, q.project.as_deref())?;
+    let rec = s
+        .store
+        .set_replicas(rec.spec.project(), &rec.spec.name, replicas, now_unix())?;
+    s.controller.wake();
+    Ok(Json(json!({
+        "project": rec.spec.project(), "name": rec.spec.name,
+        "replicas": rec.spec.replicas, "revision": rec.revision,
+    })))
+}
+
+fn stop<R: ContainerRuntime>(
+    s: &AppState<R>,
+    keys: Vec<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let recs = s
+        .store
+        .set_state(&keys, DesiredState::Stopped, now_unix())?;
+    s.controller.wake();
+    Ok(Json(json!({
+        "stopped": recs.iter().map(|r| json!({"project": r.spec.project(), "name": r.spec.name})).collect::<Vec<_>>(),
+    })))
+}
+
+/// `DELETE /api/v1/services/{name}`: removes its containers, keeps its config.
+pub async fn stop_service<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let rec = find_service(&s, &name, q.project.as_deref())?;
+    stop(&s, vec![(rec.spec.project().to_string(), rec.spec.name)])
+}
+
+/// `DELETE /api/v1/projects/{name}`: stops every service of a project.
+pub async fn stop_project<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Path(project): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let keys: Vec<(String, String)> = s
+        .store
+        .list_services()?
+        .into_iter()
+        .filter(|r| r.spec.project() == project)
+        .map(|r| (project.clone(), r.spec.name))
+        .collect();
+    if keys.is_empty() {
+        return Err(ApiError::not_found(format!("no project \"{project}\"")));
+    }
+    stop(&s, keys)
+}
+
+/// `POST /api/v1/stop`: stops every service.
+pub async fn stop_all<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+) -> Result<Json<Value>, ApiError> {
+    let keys = s
+        .store
+        .list_services()?
+        .into_iter()
+        .map(|r| (r.spec.project().to_string(), r.spec.name))
+        .collect();
+    stop(&s, keys)
+}
+
+/// Query of `logs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    project: Option<String>,
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// `GET /api/v1/services/{name}/logs?tail=N&follow=true`: plain text, one line per log line,
+/// prefixed with `[service.slot]`; streamed while `follow` is set.
+pub async fn logs<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let rec = find_service(&s, &name, q.project.as_deref())?;
+    let key = rec.spec.key();
+    let tail = q.tail.unwrap_or(100).min(100_000);
+    let view = s.controller.view();
+    let mut seen = BTreeSet::new();
+    let mut streams = Vec::new();
+    for i in view.instances.iter().filter(|i| i.service == key) {
+        if !seen.insert(i.info.id.clone()) {
+            continue;
+        }
+        let prefix = format!("[{}.{}] ", rec.spec.name, i.slot);
+        let stream = s
+            .runtime
+            .logs(&i.info.id, Some(tail), q.follow)
+            .map(move |line| match line {
+                Ok(l) => {
+                    let mark = if l.stream == LogStream::Stderr {
+                        "!"
+                    } else {
+                        ""
+                    };
+                    let mut text = l.text;
+                    if !text.ends_with('\n') {
+                        text.push('\n');
+                    }
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(format!("{prefix}{mark}{text}")))
+                }
+                Err(e) => Ok(bytes::Bytes::from(format!("{prefix}<log error: {e}>\n"))),
+            })
+            .boxed();
+        streams.push(stream);
+    }
+    let body = Body::from_stream(futures::stream::select_all(streams));
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,603 @@
+//! The `orca` command line. Every command but `server` and `completions` only calls the API.
+
+mod client;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use orca_config::ServiceSpec;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use client::enc;
+pub use client::{default_config_dir, default_home, Client};
+
+/// orca: a compact, WASM-pluggable container orchestrator.
+#[derive(Debug, Parser)]
+#[command(name = "orca", version, about)]
+pub struct Cli {
+    /// API address, e.g. http://127.0.0.1:6880 (default: credentials file, then that).
+    #[arg(long, global = true, env = "ORCA_API")]
+    api: Option<String>,
+    /// API token (default: credentials file in the state dir).
+    #[arg(long, global = true, env = "ORCA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// State dir, holding cluster.db and the credentials file.
+    #[arg(long, global = true, env = "ORCA_HOME")]
+    home: Option<PathBuf>,
+    /// Config dir, holding cluster.toml and services/.
+    #[arg(long, global = true, env = "ORCA_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// Output format of read commands.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: API, proxy, store, local agent and background loops.
+    Server {
+        /// REST API listen address.
+        #[arg(long, env = "ORCA_API_ADDR", default_value = "0.0.0.0:6880")]
+        api_addr: SocketAddr,
+        /// HTTP proxy listen address.
+        #[arg(long, env = "ORCA_HTTP_ADDR", default_value = "0.0.0.0:80")]
+        http_addr: SocketAddr,
+        /// HTTPS listen address (reserved until the TLS listener lands).
+        #[arg(long, env = "ORCA_HTTPS_ADDR", default_value = "0.0.0.0:443")]
+        https_addr: SocketAddr,
+    },
+    /// Deploy services from services/*/service.toml (or the project directory you are in).
+    Deploy {
+        /// Only these services (default: all found).
+        services: Vec<String>,
+        /// Return once the API accepted the deploy, without waiting for readiness.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for every replica to be ready.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+    /// Show services and their instances.
+    Status {
+        /// Only this project.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Set a service's replica count.
+    Scale {
+        /// Service name.
+        service: String,
+        /// Replicas wanted.
+        replicas: u32,
+        /// Project, when the name exists in several.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Show a service's container logs.
+    Logs {
+        /// Service name.
+        service: String,
+        /// Lines from the end of each instance's log.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        /// Keep streaming new lines.
+        #[arg(long, short)]
+        follow: bool,
+        /// Project, when the name exists in several.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Stop a service, a project, or everything: containers go, config stays.
+    Stop {
+        /// Service name.
+        service: Option<String>,
+        /// Stop a whole project (or disambiguate the service).
+        #[arg(long)]
+        project: Option<String>,
+        /// Stop every service.
+        #[arg(long, conflicts_with_all = ["service", "project"])]
+        all: bool,
+    },
+    /// Promote a canary to stable.
+    Promote {
+        /// Service name.
+        service: String,
+    },
+    /// Roll a service back.
+    Rollback {
+        /// Service name.
+        service: String,
+    },
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Manage a project's secrets.
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Create a token; its value is printed once.
+    Create {
+        /// Token name.
+        #[arg(long)]
+        name: String,
+        /// admin, deployer or viewer.
+        #[arg(long)]
+        role: String,
+    },
+    /// List tokens (names and roles).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCmd {
+    /// Set a secret, stored encrypted; use it as ${secrets.KEY} in service.toml.
+    Set {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+        /// Project (default: the project directory you are in).
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// List secret keys (never values).
+    List {
+        /// Project (default: the project directory you are in).
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Delete a secret.
+    Rm {
+        /// Key.
+        key: String,
+        /// Project (default: the project directory you are in).
+        #[arg(long)]
+        project: Option<String>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Server { .. }));
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORCA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = cli.home.clone().unwrap_or_else(default_home);
+    let config_dir = cli.config_dir.clone().unwrap_or_else(default_config_dir);
+    let json_out = cli.output == Output::Json;
+    let client = || Client::new(cli.api.clone(), cli.token.clone(), &home);
+    match cli.command {
+        Command::Server {
+            api_addr,
+            http_addr,
+            https_addr,
+        } => {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutdown requested");
+                trigger.cancel();
+            });
+            crate::server::run(
+                crate::server::ServerConfig {
+                    home,
+                    config_dir,
+                    api_addr,
+                    http_addr,
+                    https_addr,
+                },
+                shutdown,
+            )
+            .await
+        }
+        Command::Deploy {
+            services,
+            no_wait,
+            timeout_secs,
+        } => {
+            let specs = load_specs(&config_dir, &services)?;
+            let c = client()?;
+            let answer = c
+                .call(
+                    Method::POST,
+                    "/api/v1/deploy",
+                    Some(json!({ "services": specs })),
+                )
+                .await?;
+            for s in answer["services"].as_array().into_iter().flatten() {
+                println!(
+                    "{}/{}: revision {} ({})",
+                    s["project"].as_str().unwrap_or(""),
+                    s["name"].as_str().unwrap_or(""),
+                    s["revision"],
+                    if s["changed"].as_bool() == Some(true) {
+                        "changed"
+                    } else {
+                        "unchanged"
+                    }
+                );
+            }
+            if !no_wait {
+                let keys: Vec<(String, String)> = specs
+                    .iter()
+                    .map(|s| (s.project().to_string(), s.name.clone()))
+                    .collect();
+                wait_running(&c, &keys, Duration::from_secs(timeout_secs)).await?;
+            }
+            Ok(())
+        }
+        Command::Status { project } => {
+            let path = match &project {
+                Some(p) => format!("/api/v1/status?project={}", enc(p)),
+                None => "/api/v1/status".to_string(),
+            };
+            let v = client()?.call(Method::GET, &path, None).await?;
+            if json_out {
+                print_json(&v)
+            } else {
+                print_status(&v);
+                Ok(())
+            }
+        }
+        Command::Scale {
+            service,
+            replicas,
+            project,
+        } => {
+            let path = format!(
+                "/api/v1/services/{}/scale{}",
+                enc(&service),
+                project_query(&project)
+            );
+            let v = client()?
+                .call(Method::POST, &path, Some(json!({ "replicas": replicas })))
+                .await?;
+            println!(
+                "{}/{}: {} replicas",
+                v["project"].as_str().unwrap_or(""),
+                service,
+                replicas
+            );
+            Ok(())
+        }
+        Command::Logs {
+            service,
+            tail,
+            follow,
+            project,
+        } => {
+            let mut path = format!(
+                "/api/v1/services/{}/logs?tail={tail}&follow={follow}",
+                enc(&service)
+            );
+            if let Some(p) = &project {
+                path.push_str(&format!("&project={}", enc(p)));
+            }
+            let c = client()?;
+            let timeout = if follow {
+                None
+            } else {
+                Some(Duration::from_secs(60))
+            };
+            let resp = Client::check(c.send(Method::GET, &path, None, timeout).await?).await?;
+            let mut stream = resp.bytes_stream();
+            let mut out = std::io::stdout();
+            while let Some(chunk) = stream.next().await {
+                out.write_all(&chunk.context("reading the log stream")?)?;
+                out.flush()?;
+            }
+            Ok(())
+        }
+        Command::Stop {
+            service,
+            project,
+            all,
+        } => {
+            let c = client()?;
+            let v = match (service, project, all) {
+                (_, _, true) => c.call(Method::POST, "/api/v1/stop", None).await?,
+                (Some(s), p, false) => {
+                    let path = format!("/api/v1/services/{}{}", enc(&s), project_query(&p));
+                    c.call(Method::DELETE, &path, None).await?
+                }
+                (None, Some(p), false) => {
+                    c.call(
+                        Method::DELETE,
+                        &format!("/api/v1/projects/{}", enc(&p)),
+                        None,
+                    )
+                    .await?
+                }
+                (None, None, false) => bail!("name a service, pass --project P, or pass --all"),
+            };
+            for s in v["stopped"].as_array().into_iter().flatten() {
+                println!(
+                    "{}/{}: stopped (config kept)",
+                    s["project"].as_str().unwrap_or(""),
+                    s["name"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Promote { service } => {
+            let path = format!("/api/v1/services/{}/promote", enc(&service));
+            client()?.call(Method::POST, &path, None).await.map(|_| ())
+        }
+        Command::Rollback { service } => {
+            let path = format!("/api/v1/services/{}/rollback", enc(&service));
+            client()?.call(Method::POST, &path, None).await.map(|_| ())
+        }
+        Command::Token(TokenCmd::Create { name, role }) => {
+            let v = client()?
+                .call(
+                    Method::POST,
+                    "/api/v1/tokens",
+                    Some(json!({ "name": name, "role": role })),
+                )
+                .await?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!("{}", v["token"].as_str().unwrap_or_default());
+            eprintln!("token \"{name}\" ({role}) created; it is shown only this once");
+            Ok(())
+        }
+        Command::Token(TokenCmd::List) => {
+            let v = client()?.call(Method::GET, "/api/v1/tokens", None).await?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!("{:<24} {:<10} SOURCE", "NAME", "ROLE");
+            for t in v["tokens"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<10} {}",
+                    t["name"].as_str().unwrap_or(""),
+                    t["role"].as_str().unwrap_or(""),
+                    t["source"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Secrets(SecretsCmd::Set {
+            key,
+            value,
+            project,
+        }) => {
+            let project = project_or_cwd(project)?;
+            let path = format!("/api/v1/projects/{}/secrets/{}", enc(&project), enc(&key));
+            client()?
+                .call(Method::PUT, &path, Some(json!({ "value": value })))
+                .await?;
+            println!("{project}: secret {key} set");
+            Ok(())
+        }
+        Command::Secrets(SecretsCmd::List { project }) => {
+            let project = project_or_cwd(project)?;
+            let path = format!("/api/v1/projects/{}/secrets", enc(&project));
+            let v = client()?.call(Method::GET, &path, None).await?;
+            if json_out {
+                return print_json(&v);
+            }
+            for s in v["secrets"].as_array().into_iter().flatten() {
+                println!("{}", s["key"].as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+        Command::Secrets(SecretsCmd::Rm { key, project }) => {
+            let project = project_or_cwd(project)?;
+            let path = format!("/api/v1/projects/{}/secrets/{}", enc(&project), enc(&key));
+            client()?.call(Method::DELETE, &path, None).await?;
+            println!("{project}: secret {key} deleted");
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "orca", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+fn project_query(project: &Option<String>) -> String {
+    project
+        .as_ref()
+        .map(|p| format!("?project={}", enc(p)))
+        .unwrap_or_default()
+}
+
+/// The project directory the command runs in: the current directory when it holds a
+/// `service.toml`.
+fn cwd_project_dir() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.join("service.toml").is_file().then_some(cwd)
+}
+
+fn project_or_cwd(project: Option<String>) -> anyhow::Result<String> {
+    if let Some(p) = project {
+        return Ok(p);
+    }
+    let dir = cwd_project_dir()
+        .context("pass --project P, or run inside a project directory (one with a service.toml)")?;
+    Ok(dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the current directory has no usable name")?
+        .to_string())
+}
+
+fn load_specs(config_dir: &Path, only: &[String]) -> anyhow::Result<Vec<ServiceSpec>> {
+    let specs = match cwd_project_dir() {
+        Some(dir) => orca_config::load_project_dir(&dir),
+        None => orca_config::load_services_dir(config_dir),
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if specs.is_empty() {
+        bail!(
+            "no services found: write {}/services/<project>/service.toml or run inside a project directory",
+            config_dir.display()
+        );
+    }
+    if only.is_empty() {
+        return Ok(specs);
+    }
+    for name in only {
+        if !specs.iter().any(|s| &s.name == name) {
+            bail!("no service \"{name}\" in the service files found");
+        }
+    }
+    Ok(specs
+        .into_iter()
+        .filter(|s| only.contains(&s.name))
+        .collect())
+}
+
+async fn wait_running(
+    c: &Client,
+    keys: &[(String, String)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = c.call(Method::GET, "/api/v1/status", None).await?;
+        let mut pending = Vec::new();
+        for (project, name) in keys {
+            let svc = v["services"].as_array().into_iter().flatten().find(|s| {
+                s["project"].as_str() == Some(project) && s["name"].as_str() == Some(name)
+            });
+            match svc {
+                Some(s) if s["status"] == "running" => {}
+                Some(s) => pending.push(format!(
+                    "{project}/{name}: {} ({}/{} ready){}",
+                    s["status"].as_str().unwrap_or("?"),
+                    s["ready_replicas"],
+                    s["replicas"],
+                    s["error"]
+                        .as_str()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                )),
+                None => pending.push(format!("{project}/{name}: not in status")),
+            }
+        }
+        if pending.is_empty() {
+            println!("all {} service(s) running", keys.len());
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {timeout:?} waiting for: {}",
+                pending.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_status(v: &Value) {
+    println!(
+        "{:<28} {:<10} {:>5} {:>5} {:>4}  {:<24} IMAGE",
+        "SERVICE", "STATUS", "READY", "WANT", "REV", "DOMAIN"
+    );
+    for s in v["services"].as_array().into_iter().flatten() {
+        println!(
+            "{:<28} {:<10} {:>5} {:>5} {:>4}  {:<24} {}",
+            format!(
+                "{}/{}",
+                s["project"].as_str().unwrap_or(""),
+                s["name"].as_str().unwrap_or("")
+            ),
+            s["status"].as_str().unwrap_or(""),
+            s["ready_replicas"],
+            s["replicas"],
+            s["revision"],
+            s["domain"].as_str().unwrap_or("-"),
+            s["image"].as_str().unwrap_or("-"),
+        );
+        if let Some(e) = s["error"].as_str() {
+            println!("  ! {e}");
+        }
+        for i in s["instances"].as_array().into_iter().flatten() {
+            println!(
+                "  - {} slot {} {} {} {}",
+                i["id"].as_str().unwrap_or(""),
+                i["slot"],
+                i["state"].as_str().unwrap_or(""),
+                if i["ready"].as_bool() == Some(true) {
+                    "ready"
+                } else {
+                    "not-ready"
+                },
+                i["address"].as_str().unwrap_or("")
+            );
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Prometheus metrics: the registry served at `/metrics` and the gauges the controller sets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orca_store::{DesiredState, ServiceRecord};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::health::Health;
+use crate::instance::Instance;
+
+/// Labels of `orca_instances_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// Service name.
+    pub service: String,
+    /// Project.
+    pub project: String,
+    /// `ready`, `starting` or `failed`.
+    pub status: String,
+}
+
+/// All of orca's metrics, cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    services: Gauge,
+    instances: Family<InstanceLabels, Gauge>,
+    pass_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Creates the registry; `extra` registers other components' metrics (the proxy's).
+    pub fn new(extra: impl FnOnce(&mut Registry)) -> Metrics {
+        let mut registry = Registry::default();
+        let services: Gauge = Gauge::default();
+        let instances = Family::<InstanceLabels, Gauge>::default();
+        let nodes: Gauge = Gauge::default();
+        let pass_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register("orca_services", "Services in the store", services.clone());
+        registry.register(
+            "orca_instances",
+            "Instances by service, project and status",
+            instances.clone(),
+        );
+        registry.register("orca_nodes", "Nodes in the cluster", nodes.clone());
+        registry.register(
+            "orca_controller_pass_seconds",
+            "Duration of a controller pass",
+            pass_seconds.clone(),
+        );
+        extra(&mut registry);
+        // One node until agents join (multi-node milestone).
+        nodes.set(1);
+        Metrics {
+            registry: Arc::new(registry),
+            services,
+            instances,
+            pass_seconds,
+        }
+    }
+
+    /// Text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Records one controller pass.
+    pub fn observe_pass(&self, took: Duration) {
+        self.pass_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Sets the gauges from one observation.
+    pub fn observe_state(
+        &self,
+        records: &[ServiceRecord],
+        instances: &[Instance],
+        health: &Health,
+    ) {
+        self.services.set(
+            records
+                .iter()
+                .filter(|r| r.state == DesiredState::Running)
+                .count() as i64,
+        );
+        self.instances.clear();
+        for i in instances {
+            let status = if i.is_failed() {
+                "failed"
+            } else if i.is_running() && health.verdict(&i.info.id).ready {
+                "ready"
+            } else {
+                "starting"
+            };
+            let name = i
+                .service
+                .split_once('/')
+                .map(|(_, n)| n)
+                .unwrap_or(&i.service);
+            self.instances
+                .get_or_create(&InstanceLabels {
+                    service: name.to_string(),
+                    project: i.project.clone(),
+                    status: status.to_string(),
+                })
+                .inc();
+        }
+    }
+}

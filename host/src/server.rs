@@ -1,0 +1,216 @@
+//! `orca server`: wires the store, the Docker runtime, the controller, the proxy and the API
+//! into one process, and shuts them down gracefully (containers keep running).
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use arc_swap::ArcSwap;
+use orca_docker::{ContainerRuntime, DockerRuntime};
+use orca_proxy::{Proxy, ProxyConfig, ProxyMetrics, Routes};
+use orca_store::{SecretBox, Store, StoredToken};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::controller::Controller;
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+/// Where the server keeps things and listens.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// State dir (`ORCA_HOME`): `cluster.db`, `secret.key`, `credentials`.
+    pub home: PathBuf,
+    /// Config dir (`ORCA_CONFIG_DIR`): `cluster.toml`, `services/`.
+    pub config_dir: PathBuf,
+    /// REST API listen address.
+    pub api_addr: SocketAddr,
+    /// HTTP proxy listen address.
+    pub http_addr: SocketAddr,
+    /// HTTPS listen address (reserved: the TLS listener lands with ACME).
+    pub https_addr: SocketAddr,
+}
+
+/// Store file inside the state dir.
+pub fn store_path(home: &Path) -> PathBuf {
+    home.join("cluster.db")
+}
+
+/// Credentials file the server writes at bootstrap and the CLI reads.
+pub fn credentials_path(home: &Path) -> PathBuf {
+    home.join("credentials")
+}
+
+/// Runs the server until `shutdown` is cancelled.
+pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.home)
+        .with_context(|| format!("creating state dir {}", cfg.home.display()))?;
+    let cluster =
+        orca_config::load_cluster_config(&cfg.config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store_file = store_path(&cfg.home);
+    let store = Store::open(&store_file).with_context(|| {
+        format!(
+            "opening store {} (is another orca server using this ORCA_HOME?)",
+            store_file.display()
+        )
+    })?;
+    let secrets = Arc::new(
+        SecretBox::load_or_create(&cfg.home.join("secret.key")).context("loading secrets key")?,
+    );
+
+    let config_tokens: Vec<_> = cluster
+        .tokens
+        .iter()
+        .map(|t| (t.name.clone(), orca_store::hash_token(&t.value), t.role))
+        .collect();
+    let mut stored_tokens = store.list_tokens()?;
+    if config_tokens.is_empty() && stored_tokens.is_empty() {
+        stored_tokens.push(bootstrap_admin(&store, &cfg)?);
+    }
+    let tokens = Arc::new(ArcSwap::from_pointee(api::admin::token_set(
+        &config_tokens,
+        &stored_tokens,
+    )));
+
+    let runtime =
+        Arc::new(DockerRuntime::connect().await.context(
+            "connecting to the Docker Engine (is dockerd running and DOCKER_HOST right?)",
+        )?);
+    let node = runtime
+        .node_info()
+        .await
+        .context("reading Docker Engine info")?;
+
+    let api_listener = TcpListener::bind(cfg.api_addr)
+        .await
+        .with_context(|| format!("binding the API to {}", cfg.api_addr))?;
+    let http_listener = TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP proxy to {}", cfg.http_addr))?;
+    let api_addr = api_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let routes = Routes::new();
+    let proxy_metrics = ProxyMetrics::new();
+    let metrics = Metrics::new(|r| proxy_metrics.register(r));
+    let health = Health::new();
+    let controller = Arc::new(Controller::new(
+        runtime.clone(),
+        store.clone(),
+        secrets.clone(),
+        routes.clone(),
+        health,
+        metrics.clone(),
+        cluster.cluster.name.clone(),
+        node.clone(),
+    ));
+    let handle = controller.handle();
+    let watchdog = Duration::from_secs(cluster.cluster.watchdog_interval_secs.max(1));
+    let controller_task = tokio::spawn(controller.run(watchdog, shutdown.clone()));
+
+    let proxy = Proxy::new(ProxyConfig::default(), routes, proxy_metrics);
+    let proxy_shutdown = shutdown.clone();
+    let proxy_task = tokio::spawn(async move {
+        proxy
+            .serve(
+                http_listener,
+                async move { proxy_shutdown.cancelled().await },
+            )
+            .await
+    });
+
+    let state = AppState {
+        store,
+        secrets,
+        tokens,
+        config_tokens: Arc::new(config_tokens),
+        controller: handle,
+        runtime,
+        metrics,
+        cluster: cluster.cluster.name.clone(),
+        node,
+        api_addr,
+    };
+    let app = api::app(state);
+    info!(
+        api = %api_addr,
+        http = %http_addr,
+        cluster = %cluster.cluster.name,
+        home = %cfg.home.display(),
+        config = %cfg.config_dir.display(),
+        "orca server ready"
+    );
+    let api_shutdown = shutdown.clone();
+    axum::serve(
+        api_listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
+    .await
+    .context("serving the API")?;
+
+    // The API stopped because shutdown was requested; let the rest wind down.
+    match tokio::time::timeout(Duration::from_secs(15), proxy_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "proxy ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "proxy task failed"),
+        Err(_) => warn!("proxy did not finish in-flight requests within 15 s"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
+    info!("orca server stopped; containers keep running");
+    Ok(())
+}
+
+/// First start with no token anywhere: create an admin token and write it, with the API
+/// address, to the credentials file (mode 0600) the CLI reads.
+fn bootstrap_admin(store: &Store, cfg: &ServerConfig) -> anyhow::Result<StoredToken> {
+    let value = orca_store::generate_token();
+    let token = StoredToken {
+        name: "admin".into(),
+        hash: orca_store::hash_token(&value),
+        role: orca_config::Role::Admin,
+        created_at: crate::controller::now_ms() / 1000,
+    };
+    store.put_token(&token)?;
+    let api = if cfg.api_addr.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", cfg.api_addr.port())
+    } else {
+        format!("http://{}", cfg.api_addr)
+    };
+    let path = credentials_path(&cfg.home);
+    write_private(
+        &path,
+        &format!("# written by orca server at first start\napi = \"{api}\"\ntoken = \"{value}\"\n"),
+    )?;
+    info!(credentials = %path.display(), "no tokens configured: created admin token \"admin\"");
+    Ok(token)
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    if path.exists() {
+        fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    let mode = f.metadata()?.permissions().mode() & 0o777;
+    if mode != 0o600 {
+        bail!("{} has mode {mode:o}, expected 600", path.display());
+    }
+    Ok(())
+}

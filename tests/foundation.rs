@@ -1,0 +1,298 @@
+//! End-to-end: `orca server` deploys real containers on the real Docker Engine, routes to
+//! them through its proxy, scales, stops, survives SIGKILL, and replaces killed replicas.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// Distinct instances answering through the proxy over `n` requests.
+fn instances_seen(s: &Server, host: &str, n: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        let (code, body) = s.proxy_get(host, "/").expect("proxy request");
+        assert_eq!(code, 200, "proxy answered {code}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("test app answers JSON");
+        seen.insert(v["instance"].as_str().unwrap().to_string());
+    }
+    seen
+}
+
+fn ready(n: u64) -> impl Fn(&Value) -> bool {
+    move |s: &Value| {
+        s["ready_replicas"] == n && s["running_replicas"] == n && s["status"] == "running"
+    }
+}
+
+fn running_ids(cluster: &str) -> Vec<String> {
+    containers(cluster)
+        .into_iter()
+        .filter(|c| c.2 == "running")
+        .map(|c| c.0)
+        .collect()
+}
+
+#[test]
+fn deploy_routes_to_every_replica_then_scales_and_stops() {
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    s.write_service(&project, &testapp_service("web", 2, &host, ""));
+
+    let out = s.cli(&["deploy"]);
+    assert!(
+        out.contains(&format!("{project}/web: revision 1 (changed)")),
+        "{out}"
+    );
+    assert!(out.contains("all 1 service(s) running"), "{out}");
+
+    let st: Value =
+        serde_json::from_str(&s.cli(&["status", "--project", &project, "--output", "json"]))
+            .unwrap();
+    let web = &st["services"][0];
+    assert_eq!(web["status"], "running", "{st:#}");
+    assert_eq!(web["running_replicas"], 2);
+    assert_eq!(web["instances"].as_array().unwrap().len(), 2);
+    let text = s.cli(&["status"]);
+    assert!(
+        text.contains(&format!("{project}/web")) && text.contains("running"),
+        "{text}"
+    );
+
+    assert_eq!(
+        instances_seen(&s, &host, 20).len(),
+        2,
+        "both replicas receive requests"
+    );
+
+    // Same spec again: no container churn.
+    let before = running_ids(&s.cluster);
+    let out = s.cli(&["deploy"]);
+    assert!(out.contains("revision 1 (unchanged)"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        running_ids(&s.cluster),
+        before,
+        "an identical deploy changes no container"
+    );
+
+    s.cli(&["scale", "web", "4"]);
+    s.wait_service(&project, "web", "4 ready", ready(4));
+    assert_eq!(
+        instances_seen(&s, &host, 40).len(),
+        4,
+        "the proxy follows scale-up"
+    );
+    let four = running_ids(&s.cluster);
+    assert!(
+        before.iter().all(|id| four.contains(id)),
+        "scale-up keeps existing containers"
+    );
+
+    s.cli(&["scale", "web", "1"]);
+    s.wait_service(&project, "web", "1 ready", ready(1));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containers(&s.cluster).len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "scale-down leaves one container: {:?}",
+            containers(&s.cluster)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        instances_seen(&s, &host, 10).len(),
+        1,
+        "the proxy follows scale-down"
+    );
+
+    let out = s.cli(&["stop", "web"]);
+    assert!(out.contains("stopped (config kept)"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers(&s.cluster).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "stop removes every container: {:?}",
+            containers(&s.cluster)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let web = s.service(&project, "web");
+    assert_eq!(web["status"], "stopped");
+    assert_eq!(web["replicas"], 1, "config kept");
+    let (code, body) = s.proxy_get(&host, "/").unwrap();
+    assert_eq!(code, 404, "a stopped service is not routed: {body}");
+}
+
+#[test]
+fn restart_adopts_containers_and_killed_replica_is_replaced() {
+    let mut s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    s.write_service(&project, &testapp_service("api", 2, &host, ""));
+    s.cli(&["deploy"]);
+    let before = running_ids(&s.cluster);
+    assert_eq!(before.len(), 2);
+
+    // Crash: SIGKILL, then start again on the same state.
+    s.kill9();
+    assert_eq!(
+        running_ids(&s.cluster),
+        before,
+        "containers outlive the server"
+    );
+    s.spawn();
+    s.wait_service(&project, "api", "2 ready after restart", ready(2));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        containers(&s.cluster).len(),
+        2,
+        "no duplicates after restart"
+    );
+    assert_eq!(
+        running_ids(&s.cluster),
+        before,
+        "the same containers are adopted"
+    );
+    assert_eq!(s.service(&project, "api")["revision"], 1, "config intact");
+    assert_eq!(instances_seen(&s, &host, 20).len(), 2);
+
+    // A replica dies: Docker's event stream brings a replacement into the routes quickly.
+    let victim = before[0].clone();
+    let started = Instant::now();
+    docker_kill(&victim);
+    loop {
+        let svc = s.service(&project, "api");
+        let ids: Vec<&str> = svc["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["ready"] == true)
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        if ids.len() == 2 && !ids.iter().any(|id| victim.starts_with(id)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "replacement not ready in 15 s: {svc:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    eprintln!("killed replica replaced and routed again in {took:?}");
+    assert_eq!(
+        instances_seen(&s, &host, 20).len(),
+        2,
+        "the replacement receives traffic"
+    );
+    assert!(!running_ids(&s.cluster).contains(&victim));
+
+    // Graceful shutdown leaves containers running.
+    let now = running_ids(&s.cluster);
+    assert!(
+        s.terminate(),
+        "SIGTERM exits cleanly:\n{}",
+        tail(&s.log(), 20)
+    );
+    assert_eq!(
+        running_ids(&s.cluster),
+        now,
+        "SIGTERM leaves containers running"
+    );
+}
+
+#[test]
+fn missing_containers_are_recreated_after_restart() {
+    let mut s = Server::start();
+    let project = unique("p");
+    s.write_service(
+        &project,
+        &testapp_service("job", 2, &format!("{project}.test"), ""),
+    );
+    s.cli(&["deploy"]);
+    s.kill9();
+    // While the server is down, one container disappears entirely.
+    let ids = running_ids(&s.cluster);
+    let st = std::process::Command::new("docker")
+        .args(["rm", "-f", &ids[0]])
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    s.spawn();
+    s.wait_service(&project, "job", "2 ready", ready(2));
+    let now = running_ids(&s.cluster);
+    assert_eq!(now.len(), 2);
+    assert!(now.contains(&ids[1]), "the surviving container is adopted");
+}
+
+#[test]
+fn secrets_are_injected_encrypted_at_rest_and_never_shown() {
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    let dir = s.write_service(
+        &project,
+        &testapp_service("app", 1, &host, "[service.env]\nDB_URL = \"postgres://u:${secrets.DB_PASS}@db/x\"\nPLAIN = \"visible\"\n"),
+    );
+    let secret = "s3cret-value-Zq9";
+    // Run inside the project directory: the project comes from the directory name.
+    let out = s.cli_in(ADMIN, Some(&dir), &["secrets", "set", "DB_PASS", secret]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = s.cli(&["secrets", "list", "--project", &project]);
+    assert_eq!(keys.trim(), "DB_PASS");
+    s.cli(&["deploy"]);
+
+    let (code, body) = s.proxy_get(&host, "/env/DB_URL").unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (200, format!("postgres://u:{secret}@db/x").as_str())
+    );
+
+    let status = s.cli(&["status", "--output", "json"]);
+    let logs = s.cli(&["logs", "app", "--tail", "50"]);
+    let tokens = s.cli(&["secrets", "list", "--project", &project, "--output", "json"]);
+    for (what, text) in [
+        ("status", status),
+        ("logs", logs),
+        ("secrets list", tokens),
+        ("server log", s.log()),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "the secret value leaked into {what}"
+        );
+    }
+    let db = std::fs::read(s.home().join("cluster.db")).unwrap();
+    assert!(
+        !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the secret is stored in plaintext"
+    );
+    let key = std::fs::metadata(s.home().join("secret.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn logs_show_every_replica() {
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    s.write_service(&project, &testapp_service("chatty", 2, &host, ""));
+    s.cli(&["deploy"]);
+    for _ in 0..4 {
+        s.proxy_get(&host, "/").unwrap();
+    }
+    let logs = s.cli(&["logs", "chatty", "--tail", "20"]);
+    assert!(
+        logs.contains("[chatty.0]") && logs.contains("[chatty.1]"),
+        "{logs}"
+    );
+}

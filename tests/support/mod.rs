@@ -1,0 +1,469 @@
+//! Harness of the end-to-end tests: a real `orca server` process against the real Docker
+//! Engine, the real CLI, and real HTTP through the proxy. Each test gets its own cluster name
+//! (so servers running in parallel never touch each other's containers), its own state and
+//! config dirs, and loopback ports.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Tokens every test cluster has, by role.
+pub const ADMIN: &str = "admin-token-0123456789abcdef";
+pub const DEPLOYER: &str = "deployer-token-0123456789abcdef";
+pub const VIEWER: &str = "viewer-token-0123456789abcdef";
+
+/// The test app image, built once per test binary from `tests/testapp` (FROM scratch).
+pub fn testapp_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = workspace().join("tests/build-testapp-image.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("orca-testapp:latest")
+            .output()
+            .expect("running build-testapp-image.sh");
+        assert!(
+            out.status.success(),
+            "building the test app image failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    "orca-testapp:latest"
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// A short unique lowercase id.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{prefix}{:x}{:x}{n}",
+        std::process::id() % 0xfff,
+        nanos % 0xfffff
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One running `orca server` and its directories.
+pub struct Server {
+    child: Option<Child>,
+    /// Temp dir holding `home/` and `config/`.
+    pub root: tempfile::TempDir,
+    /// Cluster name (label of all its containers).
+    pub cluster: String,
+    /// API base URL.
+    pub api: String,
+    /// Proxy address.
+    pub http: SocketAddr,
+    api_port: u16,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts a server with admin/deployer/viewer tokens in cluster.toml.
+    pub fn start() -> Server {
+        let root = tempfile::tempdir().unwrap();
+        let cluster = unique("t");
+        std::fs::create_dir_all(root.path().join("config/services")).unwrap();
+        std::fs::write(
+            root.path().join("config/cluster.toml"),
+            format!(
+                "[cluster]\nname = \"{cluster}\"\n\n\
+                 [[token]]\nname = \"root\"\nvalue = \"{ADMIN}\"\nrole = \"admin\"\n\n\
+                 [[token]]\nname = \"ci\"\nvalue = \"{DEPLOYER}\"\nrole = \"deployer\"\n\n\
+                 [[token]]\nname = \"grafana\"\nvalue = \"{VIEWER}\"\nrole = \"viewer\"\n"
+            ),
+        )
+        .unwrap();
+        let api_port = free_port();
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = root.path().join("server.log");
+        let mut s = Server {
+            child: None,
+            cluster,
+            api: format!("http://127.0.0.1:{api_port}"),
+            http,
+            api_port,
+            log,
+            root,
+        };
+        s.spawn();
+        s
+    }
+
+    /// State dir.
+    pub fn home(&self) -> PathBuf {
+        self.root.path().join("home")
+    }
+
+    /// Config dir.
+    pub fn config_dir(&self) -> PathBuf {
+        self.root.path().join("config")
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Starts the server process (again) and waits for `/api/v1/health`.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_orca"))
+            .arg("server")
+            .env("ORCA_HOME", self.home())
+            .env("ORCA_CONFIG_DIR", self.config_dir())
+            .env("ORCA_API_ADDR", format!("127.0.0.1:{}", self.api_port))
+            .env("ORCA_HTTP_ADDR", self.http.to_string())
+            .env("ORCA_LOG", "info,orca=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning orca server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("orca server exited with {status}:\n{}", self.log());
+            }
+            if let Ok((200, _)) = http_raw(
+                "GET",
+                &format!("{}/api/v1/health", self.api),
+                None,
+                &[],
+                None,
+            ) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not healthy in 30 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: no cleanup at all, like a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.success();
+            }
+            if Instant::now() > deadline {
+                c.kill().unwrap();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the CLI against this server with the given token, in `cwd` (default: config dir).
+    pub fn cli_in(&self, token: &str, cwd: Option<&Path>, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_orca"))
+            .args(args)
+            .env("ORCA_API", &self.api)
+            .env("ORCA_TOKEN", token)
+            .env("ORCA_HOME", self.home())
+            .env("ORCA_CONFIG_DIR", self.config_dir())
+            .current_dir(
+                cwd.map(Path::to_path_buf)
+                    .unwrap_or_else(|| self.config_dir()),
+            )
+            .output()
+            .expect("running orca CLI")
+    }
+
+    /// Runs the CLI as admin and asserts success; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.cli_in(ADMIN, None, args);
+        assert!(
+            out.status.success(),
+            "orca {args:?} failed ({}):\nstdout: {}\nstderr: {}\nserver log tail:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 40)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Writes `services/<project>/service.toml`.
+    pub fn write_service(&self, project: &str, toml: &str) -> PathBuf {
+        let dir = self.config_dir().join("services").join(project);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("service.toml"), toml).unwrap();
+        dir
+    }
+
+    /// `GET /api/v1/status` as admin.
+    pub fn status(&self) -> Value {
+        let (code, body) = http_raw(
+            "GET",
+            &format!("{}/api/v1/status", self.api),
+            Some(ADMIN),
+            &[],
+            None,
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// One service's status entry.
+    pub fn service(&self, project: &str, name: &str) -> Value {
+        self.status()["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["project"] == project && s["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until `cond` holds on the service's status entry.
+    pub fn wait_service(
+        &self,
+        project: &str,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.service(project, name);
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {project}/{name} to be {what}; last status: {s:#}\nserver log tail:\n{}",
+                tail(&self.log(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// GET through the proxy with a Host header.
+    pub fn proxy_get(&self, host: &str, path: &str) -> Result<(u16, String), String> {
+        http_raw(
+            "GET",
+            &format!("http://{}{}", self.http, path),
+            None,
+            &[("Host", host)],
+            None,
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        remove_cluster_containers(&self.cluster);
+    }
+}
+
+/// Last `n` lines of a text.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Containers of a cluster: (id, name, state).
+pub fn containers(cluster: &str) -> Vec<(String, String, String)> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            &format!("label=orca.cluster={cluster}"),
+            "--format",
+            "{{.ID}} {{.Names}} {{.State}}",
+        ])
+        .output()
+        .unwrap();
+    let mut v: Vec<_> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((
+                p.next()?.to_string(),
+                p.next()?.to_string(),
+                p.next()?.to_string(),
+            ))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Removes every container and network of a cluster (test cleanup).
+pub fn remove_cluster_containers(cluster: &str) {
+    let ids: Vec<String> = containers(cluster).into_iter().map(|c| c.0).collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .arg("rm")
+            .arg("-f")
+            .args(&ids)
+            .output();
+    }
+    let out = Command::new("docker")
+        .args([
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=orca.cluster={cluster}"),
+        ])
+        .output()
+        .unwrap();
+    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let _ = Command::new("docker").args(["network", "rm", id]).output();
+    }
+}
+
+/// `docker kill` a container.
+pub fn docker_kill(id: &str) {
+    let st = Command::new("docker").args(["kill", id]).output().unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+/// A minimal blocking HTTP/1.1 client over a raw socket (no keep-alive), so tests depend
+/// on nothing but std and see exactly what went over the wire.
+pub fn http_raw(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut stream =
+        std::net::TcpStream::connect(authority).map_err(|e| format!("connect {authority}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {authority}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or(b"");
+    if !body.is_empty() || matches!(method, "POST" | "PUT") {
+        req.push_str("Content-Type: application/json\r\n");
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .map_err(|e| e.to_string())?;
+    // The server may answer (e.g. 413) and close before reading a large body.
+    let _ = stream.write_all(body);
+    let mut buf = Vec::new();
+    stream
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no response head: {text:?}"))?;
+    let code: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line: {head}"))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A service.toml for the test app.
+pub fn testapp_service(name: &str, replicas: u32, domain: &str, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nimage = \"{}\"\nreplicas = {replicas}\nport = 8080\ndomain = \"{domain}\"\nhealth = \"/healthz\"\n{extra}\n",
+        testapp_image()
+    )
+}
