@@ -281,7 +281,7 @@ fn secrets_are_injected_encrypted_at_rest_and_never_shown() {
 }
 
 #[test]
-fn logs_show_every_replica() {
+fn logs_metrics_and_stats_cover_every_replica() {
     let s = Server::start();
     let project = unique("p");
     let host = format!("{project}.test");
@@ -295,4 +295,168 @@ fn logs_show_every_replica() {
         logs.contains("[chatty.0]") && logs.contains("[chatty.1]"),
         "{logs}"
     );
+
+    // The stats loop (1 s in tests) samples every instance.
+    s.wait_service(&project, "chatty", "sampled", |v| {
+        v["instances"].as_array().is_some_and(|is| {
+            is.len() == 2
+                && is
+                    .iter()
+                    .all(|i| i["memory_bytes"].as_u64().is_some_and(|m| m > 0))
+        })
+    });
+    let (code, metrics) = http_raw("GET", &format!("{}/metrics", s.api), None, &[], None).unwrap();
+    assert_eq!(code, 200);
+    let ready_line =
+        format!("orca_instances{{service=\"chatty\",project=\"{project}\",status=\"ready\"}} 2");
+    assert!(metrics.contains(&ready_line), "{metrics}");
+    assert!(
+        metrics.contains("orca_services 1") && metrics.contains("orca_nodes 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("orca_instance_memory_bytes{service=\"chatty\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "orca_proxy_requests_total{{service=\"{project}/chatty\",class=\"2xx\"}} 4"
+        )),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn changed_spec_replaces_instances_start_first() {
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    s.write_service(
+        &project,
+        &testapp_service("app", 2, &host, "[service.env]\nVERSION = \"v1\"\n"),
+    );
+    s.cli(&["deploy"]);
+    let v1 = running_ids(&s.cluster);
+    let (_, body) = s.proxy_get(&host, "/").unwrap();
+    assert!(body.contains("\"version\":\"v1\""), "{body}");
+
+    s.write_service(
+        &project,
+        &testapp_service("app", 2, &host, "[service.env]\nVERSION = \"v2\"\n"),
+    );
+    let out = s.cli(&["deploy"]);
+    assert!(out.contains("revision 2 (changed)"), "{out}");
+    // Old instances go only after the new ones are ready; then only v2 answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ids = running_ids(&s.cluster);
+        if ids.len() == 2 && ids.iter().all(|id| !v1.contains(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v1 not replaced: {:?}",
+            containers(&s.cluster)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..10 {
+        let (code, body) = s.proxy_get(&host, "/").unwrap();
+        assert_eq!(code, 200);
+        assert!(body.contains("\"version\":\"v2\""), "{body}");
+    }
+}
+
+#[test]
+fn projects_get_networks_aliases_and_the_internal_network() {
+    let s = Server::start();
+    let project = unique("p");
+    s.write_service(
+        &project,
+        &format!(
+            "[[service]]\nname = \"db\"\nimage = \"{img}\"\nport = 8080\ninternal = true\naliases = [\"database\"]\n\n\
+             [[service]]\nname = \"web\"\nimage = \"{img}\"\nport = 8080\n",
+            img = testapp_image()
+        ),
+    );
+    s.cli(&["deploy"]);
+    let inspect = |id: &str| -> Value {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", id])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
+    };
+    let net = format!("orca-{project}");
+    let mut saw = 0;
+    for (id, name, _) in containers(&s.cluster) {
+        let c = inspect(&id);
+        let nets = &c["NetworkSettings"]["Networks"];
+        let aliases: Vec<String> = nets[&net]["Aliases"]
+            .as_array()
+            .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        if name.contains("-db-") {
+            assert!(
+                aliases.contains(&"db".to_string()) && aliases.contains(&"database".to_string()),
+                "{aliases:?}"
+            );
+            assert!(
+                nets["orca-internal"].is_object(),
+                "internal service joins orca-internal: {nets:#}"
+            );
+        } else {
+            assert!(aliases.contains(&"web".to_string()), "{aliases:?}");
+            assert!(
+                nets["orca-internal"].is_null(),
+                "non-internal service stays off orca-internal"
+            );
+        }
+        // Never published on any host address.
+        assert!(
+            c["HostConfig"]["PortBindings"]
+                .as_object()
+                .is_none_or(|m| m.is_empty()),
+            "{:#}",
+            c["HostConfig"]["PortBindings"]
+        );
+        assert_eq!(c["HostConfig"]["RestartPolicy"]["Name"], "no");
+        saw += 1;
+    }
+    assert_eq!(saw, 2);
+}
+
+#[test]
+fn an_image_that_cannot_be_pulled_fails_clearly_without_harming_others() {
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    s.write_service(
+        &project,
+        &format!(
+            "{}\n[[service]]\nname = \"ghost\"\nimage = \"registry.invalid/nope:1\"\nport = 80\n",
+            testapp_service("ok", 1, &host, "")
+        ),
+    );
+    let out = s.cli_in(ADMIN, None, &["deploy", "--timeout-secs", "5"]);
+    assert!(
+        !out.status.success(),
+        "deploy waits for readiness and reports the failure"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ghost") && err.contains("registry.invalid/nope:1"),
+        "{err}"
+    );
+    let ghost = s.service(&project, "ghost");
+    assert_eq!(ghost["status"], "failed", "{ghost:#}");
+    assert!(
+        ghost["error"]
+            .as_str()
+            .unwrap()
+            .contains("registry.invalid/nope:1"),
+        "{ghost:#}"
+    );
+    assert_eq!(s.service(&project, "ok")["status"], "running");
+    assert_eq!(s.proxy_get(&host, "/").unwrap().0, 200);
 }

@@ -10,6 +10,7 @@
 //! - [`health`]: readiness verdicts that gate traffic.
 //! - [`secrets`]: `${secrets.KEY}` resolution.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`stats`]: the stats loop sampling instance memory and CPU.
 //!
 //! Sibling crates: `orca-config` (schema), `orca-store` (redb, secrets cipher, tokens),
 //! `orca-proxy` (HTTP proxy), `orca-docker` (container runtime port + bollard).
@@ -23,3 +24,4 @@ pub mod metrics;
 pub mod reconciler;
 pub mod secrets;
 pub mod server;
+pub mod stats;

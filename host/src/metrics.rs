@@ -1,5 +1,6 @@
 //! Prometheus metrics: the registry served at `/metrics` and the gauges the controller sets.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,17 @@ pub struct InstanceLabels {
     pub status: String,
 }
 
+/// Labels of the per-instance usage gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UsageLabels {
+    /// Service name.
+    pub service: String,
+    /// Project.
+    pub project: String,
+    /// Replica slot.
+    pub slot: String,
+}
+
 /// All of orca's metrics, cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -31,6 +43,8 @@ pub struct Metrics {
     services: Gauge,
     instances: Family<InstanceLabels, Gauge>,
     pass_seconds: Histogram,
+    memory: Family<UsageLabels, Gauge>,
+    cpu_seconds: Family<UsageLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -53,6 +67,18 @@ impl Metrics {
             "Duration of a controller pass",
             pass_seconds.clone(),
         );
+        let memory = Family::<UsageLabels, Gauge>::default();
+        let cpu_seconds = Family::<UsageLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "orca_instance_memory_bytes",
+            "Memory in use by an instance",
+            memory.clone(),
+        );
+        registry.register(
+            "orca_instance_cpu_seconds",
+            "CPU time consumed by an instance since it started",
+            cpu_seconds.clone(),
+        );
         extra(&mut registry);
         // One node until agents join (multi-node milestone).
         nodes.set(1);
@@ -61,6 +87,8 @@ impl Metrics {
             services,
             instances,
             pass_seconds,
+            memory,
+            cpu_seconds,
         }
     }
 
@@ -75,6 +103,32 @@ impl Metrics {
     /// Records one controller pass.
     pub fn observe_pass(&self, took: Duration) {
         self.pass_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Forgets all usage samples (before a new round of them).
+    pub fn clear_usage(&self) {
+        self.memory.clear();
+        self.cpu_seconds.clear();
+    }
+
+    /// Records one usage sample of an instance.
+    pub fn observe_usage(&self, i: &Instance, memory_bytes: u64, cpu_total_ns: u64) {
+        let labels = UsageLabels {
+            service: i
+                .service
+                .split_once('/')
+                .map(|(_, n)| n)
+                .unwrap_or(&i.service)
+                .to_string(),
+            project: i.project.clone(),
+            slot: i.slot.to_string(),
+        };
+        self.memory
+            .get_or_create(&labels)
+            .set(i64::try_from(memory_bytes).unwrap_or(i64::MAX));
+        self.cpu_seconds
+            .get_or_create(&labels)
+            .set(cpu_total_ns as f64 / 1e9);
     }
 
     /// Sets the gauges from one observation.

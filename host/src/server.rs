@@ -22,6 +22,7 @@ use crate::api::{self, AppState};
 use crate::controller::Controller;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::stats::Stats;
 
 /// Where the server keeps things and listens.
 #[derive(Debug, Clone)]
@@ -117,6 +118,14 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let handle = controller.handle();
     let watchdog = Duration::from_secs(cluster.cluster.watchdog_interval_secs.max(1));
     let controller_task = tokio::spawn(controller.run(watchdog, shutdown.clone()));
+    let stats = Stats::new();
+    tokio::spawn(stats.clone().run(
+        runtime.clone(),
+        handle.clone(),
+        metrics.clone(),
+        Duration::from_secs(cluster.cluster.stats_interval_secs.max(1)),
+        shutdown.clone(),
+    ));
 
     let proxy = Proxy::new(ProxyConfig::default(), routes, proxy_metrics);
     let proxy_shutdown = shutdown.clone();
@@ -135,6 +144,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         tokens,
         config_tokens: Arc::new(config_tokens),
         controller: handle,
+        stats,
         runtime,
         metrics,
         cluster: cluster.cluster.name.clone(),

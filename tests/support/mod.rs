@@ -94,7 +94,7 @@ impl Server {
         std::fs::write(
             root.path().join("config/cluster.toml"),
             format!(
-                "[cluster]\nname = \"{cluster}\"\n\n\
+                "[cluster]\nname = \"{cluster}\"\nstats_interval_secs = 1\n\n\
                  [[token]]\nname = \"root\"\nvalue = \"{ADMIN}\"\nrole = \"admin\"\n\n\
                  [[token]]\nname = \"ci\"\nvalue = \"{DEPLOYER}\"\nrole = \"deployer\"\n\n\
                  [[token]]\nname = \"grafana\"\nvalue = \"{VIEWER}\"\nrole = \"viewer\"\n"

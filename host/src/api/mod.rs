@@ -39,6 +39,8 @@ pub struct AppState<R: ContainerRuntime> {
     pub config_tokens: Arc<Vec<(String, [u8; 32], orca_config::Role)>>,
     /// Controller handle.
     pub controller: ControllerHandle,
+    /// Latest usage samples of instances.
+    pub stats: crate::stats::Stats,
     /// Container runtime (logs).
     pub runtime: Arc<R>,
     /// Metrics registry.
@@ -59,6 +61,7 @@ impl<R: ContainerRuntime> Clone for AppState<R> {
             tokens: self.tokens.clone(),
             config_tokens: self.config_tokens.clone(),
             controller: self.controller.clone(),
+            stats: self.stats.clone(),
             runtime: self.runtime.clone(),
             metrics: self.metrics.clone(),
             cluster: self.cluster.clone(),

@@ -113,6 +113,7 @@ pub async fn status<R: ContainerRuntime>(
         let (mut running, mut ready) = (0u32, 0u32);
         for i in view.instances.iter().filter(|i| i.service == key) {
             let verdict = health.verdict(&i.info.id);
+            let usage = s.stats.usage(&i.info.id);
             let is_ready = i.is_running() && verdict.ready;
             running += u32::from(i.is_running());
             ready += u32::from(is_ready);
@@ -136,6 +137,9 @@ pub async fn status<R: ContainerRuntime>(
                 "exit_code": i.info.exit_code,
                 "oom_killed": i.info.oom_killed,
                 "probe_error": verdict.last_error,
+                "memory_bytes": usage.map(|u| u.memory_bytes),
+                "memory_limit_bytes": usage.map(|u| u.memory_limit_bytes),
+                "cpu_percent": usage.and_then(|u| u.cpu_percent),
             }));
         }
         let error = view.errors.get(&key).cloned();

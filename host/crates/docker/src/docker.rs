@@ -14,15 +14,15 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
     InspectContainerOptions, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptions, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use tracing::{debug, info, warn};
 
 use crate::model::{
-    ContainerInfo, ContainerSpec, ContainerState, LogLine, LogStream, NodeInfo, RuntimeEvent,
-    LABEL_MANAGED,
+    ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LogLine, LogStream, NodeInfo,
+    RuntimeEvent, LABEL_MANAGED,
 };
 use crate::runtime::ContainerRuntime;
 use crate::time::rfc3339_to_unix;
@@ -474,6 +474,38 @@ impl ContainerRuntime for DockerRuntime {
             Ok(_) => Ok(true),
             Err(e) if status(&e) == Some(404) => Ok(false),
             Err(e) => Err(map_err("inspect image", e)),
+        }
+    }
+
+    #[tracing::instrument(name = "orca.docker.stats", skip(self))]
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let mut stream = self.docker.stats(id, Some(options));
+        match stream.next().await {
+            Some(Ok(s)) => {
+                let mem = s.memory_stats.unwrap_or_default();
+                let cpu = s
+                    .cpu_stats
+                    .and_then(|c| c.cpu_usage)
+                    .and_then(|u| u.total_usage)
+                    .unwrap_or(0);
+                Ok(ContainerStats {
+                    memory_bytes: mem.usage.unwrap_or(0),
+                    memory_limit_bytes: mem.limit.unwrap_or(0),
+                    cpu_total_ns: cpu,
+                })
+            }
+            Some(Err(e)) if status(&e) == Some(404) => {
+                Err(RuntimeError::NotFound { id: id.to_string() })
+            }
+            Some(Err(e)) => Err(map_err("container stats", e)),
+            None => Err(RuntimeError::Engine {
+                op: "container stats".into(),
+                reason: "the engine sent no sample".into(),
+            }),
         }
     }
 }

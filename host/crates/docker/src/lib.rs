@@ -28,7 +28,7 @@ mod time;
 pub use docker::DockerRuntime;
 pub use error::RuntimeError;
 pub use model::{
-    ContainerInfo, ContainerSpec, ContainerState, LogLine, LogStream, NodeInfo, RuntimeEvent,
-    LABEL_MANAGED,
+    ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LogLine, LogStream, NodeInfo,
+    RuntimeEvent, LABEL_MANAGED,
 };
 pub use runtime::ContainerRuntime;

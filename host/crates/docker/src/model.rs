@@ -147,3 +147,14 @@ pub struct NodeInfo {
     /// Operating system, e.g. `Debian GNU/Linux 12 (bookworm)`.
     pub os: String,
 }
+
+/// One resource-usage sample of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// Memory in use, in bytes (the engine's `usage`, page cache included on cgroup v1).
+    pub memory_bytes: u64,
+    /// Memory limit in bytes (the node's memory when the container has none).
+    pub memory_limit_bytes: u64,
+    /// CPU time consumed since the container started, in nanoseconds.
+    pub cpu_total_ns: u64,
+}

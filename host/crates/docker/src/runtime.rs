@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 
-use crate::model::{ContainerInfo, ContainerSpec, LogLine, NodeInfo, RuntimeEvent};
+use crate::model::{ContainerInfo, ContainerSpec, ContainerStats, LogLine, NodeInfo, RuntimeEvent};
 use crate::RuntimeError;
 
 /// A container engine on one node.
@@ -71,4 +71,7 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Whether `image` is present locally.
     fn image_exists(&self, image: &str) -> impl Future<Output = Result<bool, RuntimeError>> + Send;
+
+    /// One resource-usage sample of a running container.
+    fn stats(&self, id: &str) -> impl Future<Output = Result<ContainerStats, RuntimeError>> + Send;
 }
