@@ -41,7 +41,7 @@ echo "== orca deploy hello   (services/demo/service.toml; token from $ORCA_HOME/
 
 echo "== through the proxy: curl -H 'Host: hello.localhost' http://127.0.0.1:$http_port/"
 for _ in 1 2 3 4; do
-  curl -fsS -H 'Host: hello.localhost' "http://127.0.0.1:$http_port/"; echo
+  curl -fsS -H 'Host: hello.localhost' "http://127.0.0.1:$http_port/"
 done
 cat <<MSG
 

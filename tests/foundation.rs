@@ -460,3 +460,45 @@ fn an_image_that_cannot_be_pulled_fails_clearly_without_harming_others() {
     assert_eq!(s.service(&project, "ok")["status"], "running");
     assert_eq!(s.proxy_get(&host, "/").unwrap().0, 200);
 }
+
+#[test]
+fn proxy_forwards_headers_and_websocket_upgrades_to_instances() {
+    use std::io::{Read, Write};
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    s.write_service(&project, &testapp_service("ws", 1, &host, ""));
+    s.cli(&["deploy"]);
+
+    let (code, headers) = s.proxy_get(&host, "/headers").unwrap();
+    assert_eq!(code, 200);
+    let lower = headers.to_ascii_lowercase();
+    assert!(lower.contains("x-forwarded-for: 127.0.0.1"), "{headers}");
+    assert!(lower.contains("x-forwarded-proto: http"), "{headers}");
+    assert!(
+        lower.contains(&format!("x-forwarded-host: {host}")),
+        "{headers}"
+    );
+
+    let mut c = std::net::TcpStream::connect(s.http).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    c.write_all(b"ping through orca").unwrap();
+    let mut echo = [0u8; 17];
+    c.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping through orca");
+}

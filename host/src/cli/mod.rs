@@ -207,6 +207,7 @@ fn init_tracing(server: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -576,9 +577,9 @@ fn print_status(v: &Value) {
                 s["name"].as_str().unwrap_or("")
             ),
             s["status"].as_str().unwrap_or(""),
-            s["ready_replicas"],
-            s["replicas"],
-            s["revision"],
+            s["ready_replicas"].to_string(),
+            s["replicas"].to_string(),
+            s["revision"].to_string(),
             s["domain"].as_str().unwrap_or("-"),
             s["image"].as_str().unwrap_or("-"),
         );
@@ -589,7 +590,7 @@ fn print_status(v: &Value) {
             println!(
                 "  - {} slot {} {} {} {}",
                 i["id"].as_str().unwrap_or(""),
-                i["slot"],
+                i["slot"].to_string(),
                 i["state"].as_str().unwrap_or(""),
                 if i["ready"].as_bool() == Some(true) {
                     "ready"
