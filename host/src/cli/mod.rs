@@ -590,7 +590,7 @@ fn print_status(v: &Value) {
             println!(
                 "  - {} slot {} {} {} {}",
                 i["id"].as_str().unwrap_or(""),
-                i["slot"].to_string(),
+                i["slot"],
                 i["state"].as_str().unwrap_or(""),
                 if i["ready"].as_bool() == Some(true) {
                     "ready"
