@@ -3,7 +3,6 @@
 //! Values are decrypted only here, only into the environment handed to the container runtime;
 //! they never enter logs, labels, status or API responses.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use orca_config::ServiceSpec;
@@ -43,48 +42,35 @@ pub fn resolve_env(
     spec: &ServiceSpec,
 ) -> Result<BTreeMap<String, String>, ResolveError> {
     let project = spec.project();
+    let store_err = |key: &str, reason: String| ResolveError::Store {
+        service: spec.name.clone(),
+        key: key.to_string(),
+        reason,
+    };
     let mut out = BTreeMap::new();
     for (var, value) in &spec.env {
-        let failure: RefCell<Option<ResolveError>> = RefCell::new(None);
-        let resolved =
-            orca_config::substitute_secrets(value, |key| match store.get_secret(project, key) {
-                Ok(Some(sealed)) => match secrets.open(project, key, &sealed) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        failure.borrow_mut().get_or_insert(ResolveError::Store {
-                            service: spec.name.clone(),
-                            key: key.to_string(),
-                            reason: e.to_string(),
-                        });
-                        None
-                    }
-                },
-                Ok(None) => None,
-                Err(e) => {
-                    failure.borrow_mut().get_or_insert(ResolveError::Store {
-                        service: spec.name.clone(),
-                        key: key.to_string(),
-                        reason: e.to_string(),
-                    });
-                    None
-                }
-            });
-        if let Some(f) = failure.into_inner() {
-            return Err(f);
-        }
-        match resolved {
-            Ok(v) => {
-                out.insert(var.clone(), v);
-            }
-            Err(key) => {
-                return Err(ResolveError::Missing {
-                    service: spec.name.clone(),
-                    var: var.clone(),
-                    key,
-                    project: project.to_string(),
-                })
+        // Fetch every referenced secret first, so store and cipher errors are reported as such.
+        let mut values = BTreeMap::new();
+        let keys = orca_config::secret_refs(value).map_err(|e| store_err(var, e.to_string()))?;
+        for key in keys {
+            let sealed = store
+                .get_secret(project, &key)
+                .map_err(|e| store_err(&key, e.to_string()))?;
+            if let Some(sealed) = sealed {
+                let plain = secrets
+                    .open(project, &key, &sealed)
+                    .map_err(|e| store_err(&key, e.to_string()))?;
+                values.insert(key, plain);
             }
         }
+        let resolved = orca_config::substitute_secrets(value, |key| values.get(key).cloned())
+            .map_err(|key| ResolveError::Missing {
+                service: spec.name.clone(),
+                var: var.clone(),
+                key,
+                project: project.to_string(),
+            })?;
+        out.insert(var.clone(), resolved);
     }
     Ok(out)
 }

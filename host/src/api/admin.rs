@@ -1,7 +1,6 @@
 //! Admin endpoints: tokens, secrets, cluster info, webhooks list.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -13,14 +12,7 @@ use orca_store::{StoredToken, TokenSet};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_json, ApiError, AppState, RawBody};
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use super::{now_unix, parse_json, ApiError, AppState, RawBody};
 
 /// Builds the verifier from cluster.toml's tokens (already hashed) and the store's.
 pub fn token_set(config: &[(String, [u8; 32], Role)], stored: &[StoredToken]) -> TokenSet {

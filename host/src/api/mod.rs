@@ -247,6 +247,11 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
+/// Seconds since the epoch, for `updated_at`/`created_at` fields (passed into the store).
+fn now_unix() -> u64 {
+    crate::controller::now_ms() / 1000
+}
+
 /// Parses a small JSON body into `T`, naming the field that is wrong.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);

@@ -1,7 +1,6 @@
 //! Service endpoints: deploy, status, scale, stop, logs, health and metrics.
 
 use std::collections::{BTreeSet, HashSet};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -14,15 +13,8 @@ use orca_store::{DesiredState, ServiceRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_json, ApiError, AppState, RawBody};
+use super::{now_unix, parse_json, ApiError, AppState, RawBody};
 use crate::instance;
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// `GET /api/v1/health`: answers once the server is serving.
 pub async fn health() -> Json<Value> {
