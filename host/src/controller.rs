@@ -17,15 +17,22 @@ use futures::StreamExt;
 use orca_config::ServiceSpec;
 use orca_docker::{ContainerRuntime, ContainerSpec, NodeInfo, RuntimeError};
 use orca_proxy::{Backend, Route, RouteTable, Routes};
-use orca_store::{DesiredState, SecretBox, ServiceRecord, Store};
+use orca_store::{
+    DesiredState, RevisionRecord, RolloutPhase, RolloutRecord, SecretBox, ServiceRecord, Store,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::deploy;
 use crate::health::{Health, Target};
 use crate::instance::{self, Instance};
 use crate::metrics::Metrics;
-use crate::reconciler::{self, Action, DesiredService};
+use crate::plugins::types::{self, NodeCount, PlacementRequest, Readiness, RolloutState, Traffic};
+use crate::plugins::World;
+use crate::reconciler::{self, Action, DesiredGroup, DesiredService};
+use crate::registry::Registry;
+use crate::rollout;
 
 /// Grace period between SIGTERM and SIGKILL when orca stops an instance.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -39,6 +46,8 @@ pub struct View {
     pub errors: BTreeMap<String, String>,
     /// Services in crash back-off, with the time (ms since epoch) they may start again.
     pub backing_off: BTreeMap<String, u64>,
+    /// When a progressing rollout wants the next pass (ms since epoch).
+    pub next_wake_ms: Option<u64>,
     /// Unix ms of the pass.
     pub observed_at_ms: u64,
 }
@@ -62,6 +71,7 @@ pub struct Controller<R: ContainerRuntime> {
     runtime: Arc<R>,
     store: Store,
     secrets: Arc<SecretBox>,
+    registry: Registry,
     routes: Routes,
     health: Health,
     metrics: Metrics,
@@ -104,6 +114,7 @@ impl<R: ContainerRuntime> Controller<R> {
         runtime: Arc<R>,
         store: Store,
         secrets: Arc<SecretBox>,
+        registry: Registry,
         routes: Routes,
         health: Health,
         metrics: Metrics,
@@ -114,6 +125,7 @@ impl<R: ContainerRuntime> Controller<R> {
             runtime,
             store,
             secrets,
+            registry,
             routes,
             health,
             metrics,
@@ -153,8 +165,14 @@ impl<R: ContainerRuntime> Controller<R> {
                 continue;
             }
             self.metrics.observe_pass(started.elapsed());
-            // Wake at the earliest back-off expiry too, so a held-back start is not late.
-            let next_backoff = self.view.load().backing_off.values().min().copied();
+            // Wake at the earliest back-off expiry or rollout timer too, so neither is late.
+            let view = self.view.load();
+            let next_backoff = view
+                .backing_off
+                .values()
+                .copied()
+                .chain(view.next_wake_ms)
+                .min();
             let until_backoff = next_backoff
                 .map(|t| Duration::from_millis(t.saturating_sub(now_ms())))
                 .unwrap_or(watchdog);
@@ -199,40 +217,79 @@ impl<R: ContainerRuntime> Controller<R> {
     /// One observe → plan → publish → execute cycle.
     pub async fn pass(&self) -> anyhow::Result<()> {
         let records = self.store.list_services()?;
+        let mut rollouts: HashMap<String, RolloutRecord> = self
+            .store
+            .list_rollouts()?
+            .into_iter()
+            .map(|((p, n), r)| (format!("{p}/{n}"), r))
+            .collect();
         let containers = self.runtime.list().await?;
         let now = now_ms();
         let instances: Vec<Instance> = containers
             .into_iter()
             .filter_map(|c| Instance::from_container(&self.cluster, c))
             .collect();
-
-        let mut resolved: HashMap<String, Resolved> = HashMap::new();
-        let mut desired = Vec::with_capacity(records.len());
         {
             let mut mem = self.memory.lock().expect("controller memory lock");
             self.account_failures(&mut mem, &records, &instances);
-            for rec in &records {
-                let key = rec.spec.key();
-                let mut d = DesiredService {
-                    key: key.clone(),
-                    fingerprint: String::new(),
-                    replicas: rec.spec.replicas,
-                    running: rec.state == DesiredState::Running,
-                    not_before_ms: mem.not_before.get(&key).copied(),
-                };
-                match self.resolve(rec) {
-                    Ok(r) => {
-                        d.fingerprint = r.fingerprint.clone();
-                        resolved.insert(key.clone(), r);
-                    }
-                    Err(reason) => {
-                        // Keep what runs; start nothing new until the problem is fixed.
-                        mem.errors.insert(key.clone(), reason);
-                        d.fingerprint = current_fingerprint(&instances, &key);
-                        d.not_before_ms = Some(u64::MAX);
-                    }
+        }
+
+        let mut revisions: HashMap<String, RevisionRecord> = HashMap::new();
+        let mut splits: HashMap<String, Split> = HashMap::new();
+        let mut desired = Vec::with_capacity(records.len());
+        for rec in &records {
+            let key = rec.spec.key();
+            let running = rec.state == DesiredState::Running;
+            let not_before = self
+                .memory
+                .lock()
+                .expect("controller memory lock")
+                .not_before
+                .get(&key)
+                .copied();
+            let groups = match self
+                .store
+                .current_revision(rec.spec.project(), &rec.spec.name)?
+            {
+                None => {
+                    self.set_error(&key, "no revision record: deploy the service again".into());
+                    keep_running(&instances, &key)
                 }
-                desired.push(d);
+                Some(cur) if !running => {
+                    if rollouts.remove(&key).is_some() {
+                        self.store
+                            .delete_rollout(rec.spec.project(), &rec.spec.name)?;
+                    }
+                    revisions.insert(cur.fingerprint.clone(), cur);
+                    Vec::new()
+                }
+                Some(cur) => {
+                    let groups = self
+                        .drive(
+                            rec,
+                            &cur,
+                            rollouts.remove(&key),
+                            &instances,
+                            now,
+                            &mut revisions,
+                            &mut splits,
+                        )
+                        .await?;
+                    revisions.insert(cur.fingerprint.clone(), cur);
+                    groups
+                }
+            };
+            desired.push(DesiredService {
+                key,
+                groups,
+                running,
+                not_before_ms: not_before,
+            });
+        }
+        // Rollout records of services that no longer exist.
+        for key in rollouts.keys() {
+            if let Some((p, n)) = key.split_once('/') {
+                self.store.delete_rollout(p, n)?;
             }
         }
 
@@ -249,13 +306,23 @@ impl<R: ContainerRuntime> Controller<R> {
                 _ => None,
             })
             .collect();
-        self.publish(&records, &instances, &removing, &plan.backing_off, now);
+        let next_wake = splits.values().filter_map(|s| s.wake_at_ms).min();
+        self.publish(
+            &records,
+            &instances,
+            &removing,
+            &splits,
+            &plan.backing_off,
+            next_wake,
+            now,
+        );
 
         if plan.is_empty() {
             return Ok(());
         }
         info!(actions = plan.actions.len(), "executing plan");
-        self.execute(plan.actions, &records, &resolved).await;
+        self.execute(plan.actions, &records, &revisions, &instances)
+            .await;
         // Observe the result right away.
         self.wake.notify_one();
         Ok(())
@@ -299,45 +366,232 @@ impl<R: ContainerRuntime> Controller<R> {
         mem.errors.retain(|k, _| keys.contains(k));
     }
 
-    /// Resolves secrets and placement; the fingerprint covers the resolved environment.
-    fn resolve(&self, rec: &ServiceRecord) -> Result<Resolved, String> {
-        let spec = &rec.spec;
-        if let Some(node) = spec.placement.as_ref().and_then(|p| p.node.as_deref()) {
-            if !self.node.hostname.contains(node) {
-                return Err(format!(
-                    "no node matches placement.node = \"{node}\" (nodes: {})",
-                    self.node.hostname
-                ));
-            }
-        }
-        let Some(image) = spec.image.clone() else {
-            return Err("no image: building from [service.build] is not available yet".into());
-        };
-        let env = crate::secrets::resolve_env(&self.store, &self.secrets, spec)
-            .map_err(|e| e.to_string())?;
-        let env_json = serde_json::to_vec(&env).expect("a string map always serializes");
-        let fingerprint = instance::fingerprint(spec, &self.secrets.fingerprint(&env_json));
-        Ok(Resolved {
-            image,
-            env,
-            fingerprint,
-        })
+    fn set_error(&self, key: &str, reason: String) {
+        self.memory
+            .lock()
+            .expect("controller memory lock")
+            .errors
+            .insert(key.to_string(), reason);
     }
 
+    /// Drives the rollout of one running service and returns the instance groups it needs.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive(
+        &self,
+        rec: &ServiceRecord,
+        cur: &RevisionRecord,
+        rollout: Option<RolloutRecord>,
+        instances: &[Instance],
+        now: u64,
+        revisions: &mut HashMap<String, RevisionRecord>,
+        splits: &mut HashMap<String, Split>,
+    ) -> anyhow::Result<Vec<DesiredGroup>> {
+        let key = rec.spec.key();
+        let (project, name) = (rec.spec.project(), rec.spec.name.as_str());
+        let steady = vec![DesiredGroup {
+            fingerprint: cur.fingerprint.clone(),
+            count: rec.spec.replicas,
+        }];
+        let live: Vec<&Instance> = instances
+            .iter()
+            .filter(|i| i.service == key && !i.is_failed())
+            .collect();
+
+        let mut r = match rollout {
+            Some(r) if r.candidate_revision == cur.number => r,
+            previous => {
+                let others: Vec<&&Instance> = live
+                    .iter()
+                    .filter(|i| i.fingerprint != cur.fingerprint)
+                    .collect();
+                if others.is_empty() {
+                    if previous.is_some() {
+                        self.store.delete_rollout(project, name)?;
+                    }
+                    return Ok(steady);
+                }
+                // Roll out from the revision most live instances run (ties: the newest).
+                let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
+                for i in &others {
+                    *counts.entry(i.revision).or_default() += 1;
+                }
+                let (stable, running) = counts
+                    .iter()
+                    .max_by_key(|(rev, n)| (**n, **rev))
+                    .map(|(r, n)| (*r, *n))
+                    .expect("others is not empty");
+                let strategy = cur
+                    .spec
+                    .deploy
+                    .as_ref()
+                    .and_then(|d| d.strategy.clone())
+                    .unwrap_or_else(|| rollout::DEFAULT_STRATEGY.to_string());
+                info!(service = %key, from = stable, to = cur.number, %strategy, "rollout started");
+                let r = rollout::start(Some(stable), running, cur.number, &strategy, now);
+                self.store.put_rollout(project, name, &r)?;
+                r
+            }
+        };
+
+        let stable_rec = match r.stable_revision {
+            Some(n) => self.store.get_revision(project, name, n)?,
+            None => None,
+        };
+        let stable_fp = stable_rec
+            .as_ref()
+            .map(|s| s.fingerprint.clone())
+            .or_else(|| {
+                live.iter()
+                    .find(|i| Some(i.revision) == r.stable_revision)
+                    .map(|i| i.fingerprint.clone())
+            });
+        if let Some(s) = stable_rec {
+            revisions.insert(s.fingerprint.clone(), s);
+        }
+
+        if r.phase == RolloutPhase::Progressing {
+            let outcome = if r.rollback_requested {
+                let mut rolled = r.clone();
+                rolled.phase = RolloutPhase::RolledBack {
+                    reason: "rolled back by the operator".into(),
+                };
+                rollout::Outcome::RolledBack(rolled)
+            } else {
+                let state = self.rollout_state(rec, cur, &r, stable_fp.as_deref(), instances, now);
+                let registry = self.registry.clone();
+                let strategy = r.strategy.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let plugin = registry
+                        .resolve(&strategy, World::Strategy)
+                        .map_err(|e| e.to_string())?;
+                    plugin.plan(&state).map_err(|e| e.to_string())
+                })
+                .instrument(info_span!("orca.rollout.plan", service = %key))
+                .await
+                .unwrap_or_else(|e| Err(format!("strategy call panicked: {e}")));
+                match result {
+                    Ok(step) => rollout::apply(r.clone(), step, now),
+                    Err(reason) => {
+                        rollout::Outcome::RolledBack(rollout::fail(r.clone(), reason, now))
+                    }
+                }
+            };
+            match outcome {
+                rollout::Outcome::Progressing(next) => {
+                    self.store.put_rollout(project, name, &next)?;
+                    r = next;
+                }
+                rollout::Outcome::Finished => {
+                    info!(service = %key, revision = cur.number, "rollout finished");
+                    self.store.delete_rollout(project, name)?;
+                    return Ok(steady);
+                }
+                rollout::Outcome::RolledBack(next) => {
+                    if let RolloutPhase::RolledBack { reason } = &next.phase {
+                        warn!(service = %key, revision = cur.number, %reason, "rollout rolled back");
+                    }
+                    self.store.put_rollout(project, name, &next)?;
+                    r = next;
+                }
+            }
+        }
+
+        let progressing = r.phase == RolloutPhase::Progressing;
+        splits.insert(
+            key,
+            Split {
+                stable_fp: stable_fp.clone(),
+                candidate_fp: cur.fingerprint.clone(),
+                traffic: if progressing { r.traffic } else { None },
+                // A progressing rollout is re-planned at least every second and at its wait time.
+                wake_at_ms: progressing
+                    .then(|| r.wait_until_ms.unwrap_or(u64::MAX).min(now + 1_000)),
+            },
+        );
+        Ok(rollout::groups(
+            &r,
+            stable_fp.as_deref(),
+            &cur.fingerprint,
+            rec.spec.replicas,
+        ))
+    }
+
+    fn rollout_state(
+        &self,
+        rec: &ServiceRecord,
+        cur: &RevisionRecord,
+        r: &RolloutRecord,
+        stable_fp: Option<&str>,
+        instances: &[Instance],
+        now: u64,
+    ) -> RolloutState {
+        let key = rec.spec.key();
+        let view = |fp: Option<&str>| -> Vec<types::Instance> {
+            instances
+                .iter()
+                .filter(|i| i.service == key && Some(i.fingerprint.as_str()) == fp)
+                .map(|i| types::Instance {
+                    id: i.info.id.clone(),
+                    node: self.node.hostname.clone(),
+                    revision: i.revision,
+                    readiness: if i.is_failed() {
+                        Readiness::Failed
+                    } else if i.is_running() && self.health.verdict(&i.info.id).ready {
+                        Readiness::Ready
+                    } else {
+                        Readiness::Starting
+                    },
+                    age_ms: now.saturating_sub((i.info.created_unix.max(0) as u64) * 1000),
+                })
+                .collect()
+        };
+        let stable = view(stable_fp);
+        let candidate = view(Some(&cur.fingerprint));
+        let ready = |v: &[types::Instance]| {
+            v.iter().filter(|i| i.readiness == Readiness::Ready).count() as u32
+        };
+        let traffic = match r.traffic {
+            Some((s, c)) => Traffic {
+                stable: s,
+                candidate: c,
+            },
+            None => Traffic {
+                stable: ready(&stable),
+                candidate: ready(&candidate),
+            },
+        };
+        RolloutState {
+            service: plugin_service(&cur.spec, rec.spec.replicas),
+            stable_revision: r.stable_revision,
+            candidate_revision: r.candidate_revision,
+            stable,
+            candidate,
+            traffic,
+            elapsed_ms: now.saturating_sub(r.started_at_ms),
+            now_ms: now,
+            promote_requested: r.promote_requested,
+            rollback_requested: r.rollback_requested,
+            plugin_state: r.plugin_state.clone(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
         records: &[ServiceRecord],
         instances: &[Instance],
         removing: &HashSet<&str>,
+        splits: &HashMap<String, Split>,
         backing_off: &BTreeMap<String, u64>,
+        next_wake_ms: Option<u64>,
         now: u64,
     ) {
         let by_key: HashMap<String, &ServiceRecord> =
             records.iter().map(|r| (r.spec.key(), r)).collect();
 
         let mut targets = Vec::new();
-        let mut table = RouteTable::new();
-        let mut backends: BTreeMap<String, Vec<Backend>> = BTreeMap::new();
+        // (service, is candidate) → ready (id, addr) pairs.
+        let mut ready: BTreeMap<(String, bool), Vec<(String, SocketAddr)>> = BTreeMap::new();
         for i in instances {
             if !i.is_running() || removing.contains(i.info.id.as_str()) {
                 continue;
@@ -358,27 +612,40 @@ impl<R: ContainerRuntime> Controller<R> {
             });
             if let Some(addr) = addr {
                 if self.health.verdict(&i.info.id).ready {
-                    backends
-                        .entry(i.service.clone())
+                    let candidate = splits
+                        .get(&i.service)
+                        .is_some_and(|s| s.stable_fp.is_some() && s.candidate_fp == i.fingerprint);
+                    ready
+                        .entry((i.service.clone(), candidate))
                         .or_default()
-                        .push(Backend {
-                            id: i.info.id.clone(),
-                            addr,
-                            weight: 1,
-                        });
+                        .push((i.info.id.clone(), addr));
                 }
             }
         }
+        let mut table = RouteTable::new();
         for rec in records {
-            if let (Some(domain), DesiredState::Running) = (&rec.spec.domain, rec.state) {
-                table.insert(
-                    domain,
-                    Route {
-                        service: rec.spec.key(),
-                        backends: backends.remove(&rec.spec.key()).unwrap_or_default(),
-                    },
+            let (Some(domain), DesiredState::Running) = (&rec.spec.domain, rec.state) else {
+                continue;
+            };
+            let key = rec.spec.key();
+            let traffic = splits.get(&key).and_then(|s| s.traffic);
+            let mut backends = Vec::new();
+            for candidate in [false, true] {
+                let group = ready.remove(&(key.clone(), candidate)).unwrap_or_default();
+                let weight = rollout::instance_weight(traffic, candidate, group.len());
+                backends.extend(
+                    group
+                        .into_iter()
+                        .map(|(id, addr)| Backend { id, addr, weight }),
                 );
             }
+            table.insert(
+                domain,
+                Route {
+                    service: key,
+                    backends,
+                },
+            );
         }
         self.health.set_targets(targets);
         self.routes.swap(table);
@@ -394,6 +661,7 @@ impl<R: ContainerRuntime> Controller<R> {
             instances: instances.to_vec(),
             errors,
             backing_off: backing_off.clone(),
+            next_wake_ms,
             observed_at_ms: now,
         }));
     }
@@ -402,7 +670,8 @@ impl<R: ContainerRuntime> Controller<R> {
         &self,
         actions: Vec<Action>,
         records: &[ServiceRecord],
-        resolved: &HashMap<String, Resolved>,
+        revisions: &HashMap<String, RevisionRecord>,
+        instances: &[Instance],
     ) {
         let by_key: HashMap<String, &ServiceRecord> =
             records.iter().map(|r| (r.spec.key(), r)).collect();
@@ -427,6 +696,8 @@ impl<R: ContainerRuntime> Controller<R> {
         });
         futures::future::join_all(removals).await;
 
+        let node = self.node_capacity(records, instances);
+        let node = &node;
         let starts = starts.into_iter().map(|a| async move {
             let Action::Start {
                 service,
@@ -436,58 +707,140 @@ impl<R: ContainerRuntime> Controller<R> {
             else {
                 return;
             };
-            let (Some(rec), Some(res)) = (by_key.get(&service), resolved.get(&service)) else {
+            let (Some(rec), Some(rev)) = (by_key.get(&service), revisions.get(&fingerprint)) else {
+                warn!(%service, %fingerprint, "no revision record for a start; skipped");
                 return;
             };
-            if let Err(e) = self.start(rec, res, slot, &fingerprint).await {
+            if let Err(e) = self.start(rec, rev, slot, node).await {
                 warn!(%service, slot, error = %e, "start failed");
                 let mut mem = self.memory.lock().expect("controller memory lock");
                 let n = mem.failures.entry(service.clone()).or_default();
                 *n += 1;
                 let delay = reconciler::backoff_ms(*n).max(1_000);
                 mem.not_before.insert(service.clone(), now_ms() + delay);
-                mem.errors.insert(service, e.to_string());
+                mem.errors.insert(service, e);
             }
         });
         futures::future::join_all(starts).await;
     }
 
+    /// This node as the placement plugin sees it: capacity minus the limits of what runs.
+    fn node_capacity(&self, records: &[ServiceRecord], instances: &[Instance]) -> types::Node {
+        let by_key: HashMap<String, &ServiceRecord> =
+            records.iter().map(|r| (r.spec.key(), r)).collect();
+        let (mut mem_used, mut cpu_used) = (0u64, 0u64);
+        let running: Vec<&Instance> = instances.iter().filter(|i| !i.is_failed()).collect();
+        for i in &running {
+            if let Some(res) = by_key
+                .get(&i.service)
+                .and_then(|r| r.spec.resources.as_ref())
+            {
+                mem_used += res.memory.as_ref().map_or(0, |m| m.0);
+                cpu_used += res.cpu.map_or(0, |c| (c * 1000.0) as u64);
+            }
+        }
+        let cpu_total = u64::from(self.node.cpus) * 1000;
+        types::Node {
+            id: self.node.hostname.clone(),
+            name: self.node.hostname.clone(),
+            address: "127.0.0.1".into(),
+            cpu_millis: cpu_total.min(u64::from(u32::MAX)) as u32,
+            // CPU is shared, not reserved: overcommit up to 4x before refusing.
+            cpu_millis_free: (cpu_total * 4)
+                .saturating_sub(cpu_used)
+                .min(u64::from(u32::MAX)) as u32,
+            memory_bytes: self.node.memory_bytes,
+            memory_bytes_free: self.node.memory_bytes.saturating_sub(mem_used),
+            instances: running.len() as u32,
+            draining: false,
+            labels: Vec::new(),
+        }
+    }
+
+    /// Asks the placement plugin whether (and where) one instance may run.
+    fn place(&self, spec: &ServiceSpec, node: &types::Node, existing: u32) -> Result<(), String> {
+        let plugin = self
+            .registry
+            .resolve(PLACEMENT, World::Placement)
+            .map_err(|e| e.to_string())?;
+        let res = spec.resources.as_ref();
+        let request = PlacementRequest {
+            service: plugin_service(spec, spec.replicas),
+            pin: spec.placement.as_ref().and_then(|p| p.node.clone()),
+            memory_bytes: res.and_then(|r| r.memory.as_ref()).map_or(0, |m| m.0),
+            cpu_millis: res.and_then(|r| r.cpu).map_or(0, |c| (c * 1000.0) as u32),
+            existing: vec![NodeCount {
+                node: node.id.clone(),
+                count: existing,
+            }],
+        };
+        let verdicts = plugin
+            .place(&request, std::slice::from_ref(node))
+            .map_err(|e| format!("placement failed: {e}"))?;
+        match verdicts
+            .iter()
+            .filter(|v| v.feasible)
+            .max_by_key(|v| v.score)
+        {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "no node can run it: {}",
+                verdicts
+                    .iter()
+                    .map(|v| format!("{}: {}", v.node, v.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+        }
+    }
+
     async fn start(
         &self,
         rec: &ServiceRecord,
-        res: &Resolved,
+        rev: &RevisionRecord,
         slot: u32,
-        fingerprint: &str,
-    ) -> Result<(), RuntimeError> {
-        let spec: &ServiceSpec = &rec.spec;
+        node: &types::Node,
+    ) -> Result<(), String> {
+        let spec: &ServiceSpec = &rev.spec;
         let project = spec.project();
+        self.place(spec, node, 0)?;
+        let Some(image) = spec.image.clone() else {
+            return Err("no image: building from [service.build] is not available yet".into());
+        };
+        let env = deploy::open_env(&self.secrets, rev)?;
         let network = instance::project_network(project);
         let net_labels = BTreeMap::from([
             (instance::LABEL_CLUSTER.to_string(), self.cluster.clone()),
             (instance::LABEL_PROJECT.to_string(), project.to_string()),
         ]);
-        self.runtime.ensure_network(&network, &net_labels).await?;
+        self.runtime
+            .ensure_network(&network, &net_labels)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut extra_networks = Vec::new();
         if spec.internal {
             let labels =
                 BTreeMap::from([(instance::LABEL_CLUSTER.to_string(), self.cluster.clone())]);
             self.runtime
                 .ensure_network(instance::INTERNAL_NETWORK, &labels)
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             extra_networks.push(instance::INTERNAL_NETWORK.to_string());
         }
         let mut aliases = vec![spec.name.clone()];
         aliases.extend(spec.aliases.iter().cloned());
         let resources = spec.resources.as_ref();
         let cspec = ContainerSpec {
-            name: instance::container_name(&self.cluster, project, &spec.name, slot, fingerprint),
-            image: res.image.clone(),
-            env: res
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            labels: instance::labels(&self.cluster, spec, slot, fingerprint, rec.revision),
+            name: instance::container_name(
+                &self.cluster,
+                project,
+                &spec.name,
+                slot,
+                &rev.fingerprint,
+            ),
+            image,
+            env: env.into_iter().collect(),
+            labels: instance::labels(&self.cluster, spec, slot, &rev.fingerprint, rev.number),
             network,
             aliases,
             extra_networks,
@@ -499,32 +852,87 @@ impl<R: ContainerRuntime> Controller<R> {
         };
         match self.runtime.create_and_start(&cspec).await {
             Ok(info) => {
-                info!(service = %spec.key(), slot, id = %instance::short(&info.id), "started instance");
+                info!(service = %rec.spec.key(), revision = rev.number, slot, id = %instance::short(&info.id), "started instance");
                 Ok(())
             }
             // Someone (an earlier pass that crashed half-way) created it already: adopt it.
             Err(RuntimeError::Conflict { .. }) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
 
-/// A service's spec made concrete for this pass.
-struct Resolved {
-    image: String,
-    env: BTreeMap<String, String>,
-    fingerprint: String,
+/// The placement plugin used for every service.
+const PLACEMENT: &str = "spread";
+
+/// How one service's traffic is split during a rollout.
+#[derive(Debug, Clone)]
+struct Split {
+    stable_fp: Option<String>,
+    candidate_fp: String,
+    traffic: Option<(u32, u32)>,
+    wake_at_ms: Option<u64>,
 }
 
-/// The fingerprint running instances carry, used when the desired one cannot be computed
-/// (so nothing running is replaced by a failed resolution).
-fn current_fingerprint(instances: &[Instance], key: &str) -> String {
-    instances
+/// Groups that keep whatever runs (when the desired revision cannot be known).
+fn keep_running(instances: &[Instance], key: &str) -> Vec<DesiredGroup> {
+    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+    for i in instances
         .iter()
         .filter(|i| i.service == key && !i.is_failed())
-        .map(|i| i.fingerprint.clone())
-        .max()
-        .unwrap_or_default()
+    {
+        *counts.entry(i.fingerprint.as_str()).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|(fp, count)| DesiredGroup {
+            fingerprint: fp.to_string(),
+            count,
+        })
+        .collect()
+}
+
+/// A service as plugins see it; deploy settings become JSON-text params.
+pub fn plugin_service(spec: &ServiceSpec, replicas: u32) -> types::Service {
+    let mut params = Vec::new();
+    if let Some(d) = &spec.deploy {
+        let mut put = |key: &str, v: serde_json::Value| {
+            params.push(types::Pair {
+                key: key.to_string(),
+                value: v.to_string(),
+            })
+        };
+        if let Some(v) = d.canary_weight {
+            put("canary_weight", v.into());
+        }
+        if let Some(v) = d.max_surge {
+            put("max_surge", v.into());
+        }
+        if let Some(v) = d.max_unavailable {
+            put("max_unavailable", v.into());
+        }
+        if let Some(v) = &d.steps {
+            put("steps", serde_json::json!(v));
+        }
+        if let Some(v) = d.step_interval_secs {
+            put("step_interval_secs", v.into());
+        }
+        if let Some(v) = d.drain_timeout_secs {
+            put("drain_timeout_secs", v.into());
+        }
+        for (k, v) in &d.params {
+            put(k, v.clone());
+        }
+    }
+    types::Service {
+        project: spec.project().to_string(),
+        name: spec.name.clone(),
+        image: spec.image.clone().unwrap_or_default(),
+        replicas,
+        port: spec.port,
+        domain: spec.domain.clone(),
+        params,
+    }
 }
 
 /// Wall clock in ms since the epoch; read only here, in the impure shell.

@@ -7,8 +7,9 @@
 //! joins the routes quickly; a ready one at its `interval_secs`, and it leaves the routes
 //! after `failure_threshold` consecutive failures.
 //!
-//! Probe plugins (the `probe` world) replace the built-in checks in a later milestone; the
-//! verdict table and its contract with the controller stay.
+//! The checks themselves are probe plugins (the `probe` world): `http-probe` when the service
+//! has a readiness path, `tcp-probe` otherwise. Each gets an endpoint capability bound to the
+//! one instance it probes and nothing else. A plugin failure counts as a failed probe.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use orca_config::Probe;
 use tokio::sync::Notify;
+
+use crate::plugins::{ProbeSettings, TcpEndpoint, World};
+use crate::registry::Registry;
 
 /// How often a not-yet-ready instance is probed.
 const STARTING_INTERVAL: Duration = Duration::from_millis(200);
@@ -52,15 +56,19 @@ struct Entry {
 }
 
 /// Verdicts by container id, shared by the checker task, the controller and the API.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Health {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
+    registry: Registry,
 }
 
 impl Health {
-    /// Empty table.
-    pub fn new() -> Health {
-        Health::default()
+    /// Empty table; probes run through `registry`'s probe plugins.
+    pub fn new(registry: Registry) -> Health {
+        Health {
+            inner: Arc::default(),
+            registry,
+        }
     }
 
     /// Replaces the watched set; verdicts of instances still present are kept.
@@ -107,12 +115,6 @@ impl Health {
 
     /// Runs the checker until `shutdown` resolves; `changed` is notified on every verdict flip.
     pub async fn run(self, changed: Arc<Notify>, shutdown: tokio_util::sync::CancellationToken) {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(0)
-            .build()
-            .expect("an HTTP client with static settings always builds");
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -122,10 +124,14 @@ impl Health {
             }
             for target in self.take_due(Instant::now()) {
                 let this = self.clone();
-                let client = client.clone();
                 let changed = changed.clone();
                 tokio::spawn(async move {
-                    let result = check(&client, &target).await;
+                    let registry = this.registry.clone();
+                    let t = target.clone();
+                    // Probe plugins block (up to their timeout): keep them off the async workers.
+                    let result = tokio::task::spawn_blocking(move || check(&registry, &t))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("probe panicked: {e}")));
                     if this.record(&target.id, result) {
                         changed.notify_one();
                     }
@@ -177,42 +183,26 @@ impl Health {
     }
 }
 
-async fn check(client: &reqwest::Client, target: &Target) -> Result<(), String> {
+/// Runs the probe plugin for one target.
+fn check(registry: &Registry, target: &Target) -> Result<(), String> {
     let Some(addr) = target.addr else {
         return Ok(());
     };
-    let timeout = Duration::from_secs(target.probe.timeout_secs.max(1));
-    match &target.probe.path {
-        Some(path) => {
-            let url = format!("http://{addr}{path}");
-            let resp = client
-                .get(&url)
-                .timeout(timeout)
-                .send()
-                .await
-                .map_err(|e| format!("GET {path}: {}", error_chain(&e)))?;
-            let status = resp.status();
-            if status.is_success() || status.is_redirection() {
-                Ok(())
-            } else {
-                Err(format!("GET {path}: status {status}"))
-            }
-        }
-        None => match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("TCP connect {addr}: {e}")),
-            Err(_) => Err(format!("TCP connect {addr}: timed out after {timeout:?}")),
-        },
+    let plugin_name = if target.probe.path.is_some() {
+        "http-probe"
+    } else {
+        "tcp-probe"
+    };
+    let plugin = registry
+        .resolve(plugin_name, World::Probe)
+        .map_err(|e| e.to_string())?;
+    let settings = ProbeSettings {
+        path: target.probe.path.clone(),
+        timeout_ms: (target.probe.timeout_secs.max(1) * 1000).min(u64::from(u32::MAX)) as u32,
+        params: Vec::new(),
+    };
+    match plugin.check(&settings, Arc::new(TcpEndpoint::new(addr))) {
+        Ok(verdict) => verdict,
+        Err(e) => Err(e.to_string()),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }

@@ -88,6 +88,8 @@ pub struct Instance {
     pub slot: u32,
     /// Spec fingerprint it runs.
     pub fingerprint: String,
+    /// Store revision it was created from.
+    pub revision: u64,
 }
 
 impl Instance {
@@ -101,12 +103,17 @@ impl Instance {
         let service = format!("{project}/{}", l.get(LABEL_SERVICE)?);
         let slot = l.get(LABEL_SLOT)?.parse().ok()?;
         let fingerprint = l.get(LABEL_FINGERPRINT)?.clone();
+        let revision = l
+            .get(LABEL_REVISION)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
         Some(Instance {
             info,
             service,
             project,
             slot,
             fingerprint,
+            revision,
         })
     }
 

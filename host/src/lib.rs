@@ -6,10 +6,14 @@
 //! - [`api`]: the REST API (axum), RBAC, request limits; the only module that knows HTTP/JSON.
 //! - [`controller`]: observe → plan → publish → execute loop; Docker events; crash back-off.
 //! - [`reconciler`]: the pure planning function, table- and property-tested.
+//! - [`rollout`]: the rollout driver's pure decisions (start, apply a strategy's step, groups, weights).
+//! - [`deploy`]: deploy-time revision preparation (resolved, sealed, fingerprinted environment).
+//! - [`registry`]: plugin references (built-in, installed, uploaded) to loaded plugins.
 //! - [`instance`]: container labels, names and spec fingerprints.
 //! - [`health`]: readiness verdicts that gate traffic.
 //! - [`secrets`]: `${secrets.KEY}` resolution.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`plugins`]: the WebAssembly plugin runtime (wasmtime); the only module that knows wasmtime.
 //! - [`stats`]: the stats loop sampling instance memory and CPU.
 //!
 //! Sibling crates: `orca-config` (schema), `orca-store` (redb, secrets cipher, tokens),
@@ -18,10 +22,14 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod deploy;
 pub mod health;
 pub mod instance;
 pub mod metrics;
+pub mod plugins;
 pub mod reconciler;
+pub mod registry;
+pub mod rollout;
 pub mod secrets;
 pub mod server;
 pub mod stats;

@@ -4,29 +4,39 @@
 //! in, so it is table-tested below and replays identically after a crash. The executor in
 //! `controller.rs` applies the plan through the container runtime.
 //!
-//! Rules, per service:
+//! A desired service is a list of *groups*, one per revision that should run, each a
+//! fingerprint and an instance count. Outside a rollout there is one group; during a rollout
+//! the strategy plugin sets the counts of the stable and the candidate group. Rules, per
+//! service:
 //! - an instance that has failed (exited, dead) is removed; its slot is then free;
 //! - a stopped service has all its instances removed;
-//! - the desired slots are `0..replicas`; a slot with no live instance of the current
+//! - each group's slots are `0..count`; a slot with no live instance of the group's
 //!   fingerprint gets one started, unless the service is in crash back-off (`not_before`);
-//! - a live instance of the current fingerprint in a slot `>= replicas` is removed (scale down);
-//! - two live instances of the current fingerprint in one slot (adoption after a crash between
-//!   create and record) keep the better one: ready first, then the older id order;
-//! - instances of an older fingerprint keep serving until every desired slot has a ready
-//!   instance of the current fingerprint (start first, then stop: no gap in service);
+//! - a live instance in a slot `>= count` of its group is removed (scale down);
+//! - two live instances of one fingerprint in one slot (adoption after a crash between
+//!   create and record) keep the better one: ready first, then the lower id;
+//! - a live instance whose fingerprint is in no group is removed (superseded): keeping old
+//!   instances serving while new ones start is the strategy's decision, expressed as groups;
 //! - an instance whose service is not desired at all is an orphan and is removed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What the store says one service should be.
+/// Instances of one revision that should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredGroup {
+    /// Hash of everything that requires a new container when it changes.
+    pub fingerprint: String,
+    /// Number of instances wanted.
+    pub count: u32,
+}
+
+/// What the store (and the rollout driver) say one service should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredService {
     /// `project/name`.
     pub key: String,
-    /// Hash of everything that requires a new container when it changes.
-    pub fingerprint: String,
-    /// Number of instances wanted.
-    pub replicas: u32,
+    /// Revisions that should run, at most one group per fingerprint.
+    pub groups: Vec<DesiredGroup>,
     /// `false` when the operator stopped the service.
     pub running: bool,
     /// Crash back-off: no instance is started before this time (milliseconds, caller's clock).
@@ -167,57 +177,59 @@ pub fn plan(desired: &[DesiredService], observed: &[ObservedInstance], now_ms: u
             continue;
         }
 
-        let (current, old): (Vec<_>, Vec<_>) = live
-            .into_iter()
-            .partition(|i| i.fingerprint == d.fingerprint);
-
-        // Best instance per slot; the rest of the slot are duplicates.
-        let mut by_slot: BTreeMap<u32, Vec<&ObservedInstance>> = BTreeMap::new();
-        for inst in current {
-            by_slot.entry(inst.slot).or_default().push(inst);
-        }
-        let mut ready_slots = 0u32;
-        let mut filled = BTreeSet::new();
-        for (slot, mut insts) in by_slot {
-            // Ready before starting, then by id for a deterministic choice.
-            insts.sort_by(|a, b| b.phase.cmp(&a.phase).then(a.id.cmp(&b.id)));
-            let (keep, dups) = insts.split_first().expect("slot group is never empty");
-            for dup in dups {
-                removes.push(remove(dup, RemoveReason::Duplicate));
+        let mut held_back = false;
+        for group in &d.groups {
+            let members: Vec<&ObservedInstance> = live
+                .iter()
+                .copied()
+                .filter(|i| i.fingerprint == group.fingerprint)
+                .collect();
+            // Best instance per slot; the rest of the slot are duplicates.
+            let mut by_slot: BTreeMap<u32, Vec<&ObservedInstance>> = BTreeMap::new();
+            for inst in members {
+                by_slot.entry(inst.slot).or_default().push(inst);
             }
-            if slot >= d.replicas {
-                removes.push(remove(keep, RemoveReason::ScaledDown));
+            let mut filled = BTreeSet::new();
+            for (slot, mut insts) in by_slot {
+                // Ready before starting, then by id for a deterministic choice.
+                insts.sort_by(|a, b| b.phase.cmp(&a.phase).then(a.id.cmp(&b.id)));
+                let (keep, dups) = insts.split_first().expect("slot group is never empty");
+                for dup in dups {
+                    removes.push(remove(dup, RemoveReason::Duplicate));
+                }
+                if slot >= group.count {
+                    removes.push(remove(keep, RemoveReason::ScaledDown));
+                } else {
+                    filled.insert(slot);
+                }
+            }
+            let missing: Vec<u32> = (0..group.count).filter(|s| !filled.contains(s)).collect();
+            if missing.is_empty() {
                 continue;
             }
-            filled.insert(slot);
-            if keep.phase == Phase::Ready {
-                ready_slots += 1;
-            }
-        }
-
-        let missing: Vec<u32> = (0..d.replicas).filter(|s| !filled.contains(s)).collect();
-        if !missing.is_empty() {
             match d.not_before_ms {
-                Some(t) if t > now_ms => {
-                    backing_off.insert(d.key.clone(), t);
-                }
+                Some(t) if t > now_ms => held_back = true,
                 _ => {
                     for slot in missing {
                         starts.push(Action::Start {
                             service: d.key.clone(),
                             slot,
-                            fingerprint: d.fingerprint.clone(),
+                            fingerprint: group.fingerprint.clone(),
                         });
                     }
                 }
             }
         }
-
-        // Start first, then stop: old instances serve until the new set is fully ready.
-        if ready_slots >= d.replicas {
-            for inst in &old {
-                removes.push(remove(inst, RemoveReason::Superseded));
+        if held_back {
+            if let Some(t) = d.not_before_ms {
+                backing_off.insert(d.key.clone(), t);
             }
+        }
+        for inst in live
+            .iter()
+            .filter(|i| !d.groups.iter().any(|g| g.fingerprint == i.fingerprint))
+        {
+            removes.push(remove(inst, RemoveReason::Superseded));
         }
     }
 
@@ -252,10 +264,19 @@ mod tests {
     use super::*;
 
     fn svc(key: &str, fp: &str, replicas: u32) -> DesiredService {
+        groups(key, &[(fp, replicas)])
+    }
+
+    fn groups(key: &str, gs: &[(&str, u32)]) -> DesiredService {
         DesiredService {
             key: key.into(),
-            fingerprint: fp.into(),
-            replicas,
+            groups: gs
+                .iter()
+                .map(|(fp, count)| DesiredGroup {
+                    fingerprint: fp.to_string(),
+                    count: *count,
+                })
+                .collect(),
             running: true,
             not_before_ms: None,
         }
@@ -391,26 +412,28 @@ mod tests {
     }
 
     #[test]
-    fn new_fingerprint_starts_beside_old_and_old_stays_until_new_ready() {
+    fn two_groups_run_side_by_side_and_a_dropped_group_is_superseded() {
         let obs = [
             inst("o1", "p/web", "old", 0, Phase::Ready),
             inst("o2", "p/web", "old", 1, Phase::Ready),
         ];
-        let p = plan(&[svc("p/web", "new", 2)], &obs, 0);
-        assert_eq!(starts(&p), vec![("p/web".into(), 0), ("p/web".into(), 1)]);
+        // A rollout step: keep 2 old, start 1 new.
+        let p = plan(&[groups("p/web", &[("old", 2), ("new", 1)])], &obs, 0);
+        assert_eq!(starts(&p), vec![("p/web".into(), 0)]);
         assert!(removes(&p).is_empty(), "old instances keep serving");
 
+        // Next step: old down to 1.
         let obs2 = [
             obs[0].clone(),
             obs[1].clone(),
             inst("n1", "p/web", "new", 0, Phase::Ready),
-            inst("n2", "p/web", "new", 1, Phase::Starting),
         ];
-        assert!(plan(&[svc("p/web", "new", 2)], &obs2, 0).is_empty());
+        let p = plan(&[groups("p/web", &[("old", 1), ("new", 2)])], &obs2, 0);
+        assert_eq!(removes(&p), vec![("o2".into(), RemoveReason::ScaledDown)]);
+        assert_eq!(starts(&p), vec![("p/web".into(), 1)]);
 
-        let mut obs3 = obs2.to_vec();
-        obs3[3].phase = Phase::Ready;
-        let p = plan(&[svc("p/web", "new", 2)], &obs3, 0);
+        // Promoted: the old group is gone.
+        let p = plan(&[svc("p/web", "new", 1)], &obs2, 0);
         assert_eq!(
             removes(&p),
             vec![
@@ -429,13 +452,6 @@ mod tests {
         let p = plan(&[svc("p/web", "a", 1)], &obs, 0);
         assert_eq!(removes(&p), vec![("1".into(), RemoveReason::Orphan)]);
         assert!(starts(&p).is_empty());
-    }
-
-    #[test]
-    fn scale_to_zero_removes_old_fingerprints_too() {
-        let obs = [inst("o1", "p/web", "old", 0, Phase::Ready)];
-        let p = plan(&[svc("p/web", "new", 0)], &obs, 0);
-        assert_eq!(removes(&p), vec![("o1".into(), RemoveReason::Superseded)]);
     }
 
     #[test]
@@ -468,7 +484,7 @@ mod tests {
                 running in any::<bool>(),
                 obs in proptest::collection::vec((0u32..8, any::<bool>(), phase()), 0..10),
             ) {
-                let d = DesiredService { key: "p/s".into(), fingerprint: "cur".into(), replicas, running, not_before_ms: None };
+                let d = DesiredService { key: "p/s".into(), groups: vec![DesiredGroup { fingerprint: "cur".into(), count: replicas }], running, not_before_ms: None };
                 let mut world: Vec<ObservedInstance> = obs.iter().enumerate().map(|(i, (slot, cur, ph))| {
                     inst(&format!("i{i}"), "p/s", if *cur { "cur" } else { "old" }, *slot, *ph)
                 }).collect();

@@ -22,6 +22,8 @@ use crate::api::{self, AppState};
 use crate::controller::Controller;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::plugins::{PluginOrigin, PluginRuntime, RuntimeLimits};
+use crate::registry::Registry;
 use crate::stats::Stats;
 
 /// Where the server keeps things and listens.
@@ -101,14 +103,30 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let api_addr = api_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
+    let plugin_runtime = PluginRuntime::new(
+        RuntimeLimits::default(),
+        Some(crate::plugins::cache_dir(&cfg.home)),
+    )
+    .context("starting the plugin runtime")?;
+    let registry = Registry::new(plugin_runtime, &cfg.home);
+    // Load every built-in once at start: a broken embedded plugin fails here, not mid-rollout.
+    for name in crate::plugins::builtin_names() {
+        let bytes = crate::plugins::builtin(name).expect("listed built-ins exist");
+        registry
+            .runtime()
+            .load(bytes, PluginOrigin::Builtin(name.to_string()))
+            .with_context(|| format!("loading built-in plugin {name}"))?;
+    }
+
     let routes = Routes::new();
     let proxy_metrics = ProxyMetrics::new();
     let metrics = Metrics::new(|r| proxy_metrics.register(r));
-    let health = Health::new();
+    let health = Health::new(registry.clone());
     let controller = Arc::new(Controller::new(
         runtime.clone(),
         store.clone(),
         secrets.clone(),
+        registry.clone(),
         routes.clone(),
         health,
         metrics.clone(),
@@ -141,6 +159,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let state = AppState {
         store,
         secrets,
+        registry,
         tokens,
         config_tokens: Arc::new(config_tokens),
         controller: handle,

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 mod error;
+mod plugins;
 mod services;
 
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub struct AppState<R: ContainerRuntime> {
     pub store: Store,
     /// Secrets cipher.
     pub secrets: Arc<SecretBox>,
+    /// Plugin references → plugins.
+    pub registry: crate::registry::Registry,
     /// Token verifier (swapped when a token is created).
     pub tokens: Tokens,
     /// Names of tokens defined in cluster.toml (they cannot be re-created through the API).
@@ -58,6 +61,7 @@ impl<R: ContainerRuntime> Clone for AppState<R> {
         AppState {
             store: self.store.clone(),
             secrets: self.secrets.clone(),
+            registry: self.registry.clone(),
             tokens: self.tokens.clone(),
             config_tokens: self.config_tokens.clone(),
             controller: self.controller.clone(),
@@ -136,6 +140,9 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
         "/api/v1/projects/{name}/secrets/{key}",
         Some(Permission::Admin),
     ),
+    ("GET", "/api/v1/plugins", Some(Permission::Read)),
+    ("POST", "/api/v1/plugins", Some(Permission::Deploy)),
+    ("PUT", "/api/v1/plugins/{name}", Some(Permission::Admin)),
     ("GET", "/api/v1/health", None),
     ("GET", "/metrics", None),
 ];
@@ -178,14 +185,11 @@ pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
         )
         .route(
             "/api/v1/services/{name}/promote",
-            guard(Deploy, not_yet("promote lands with canary rollouts")),
+            guard(Deploy, post(services::promote::<R>)),
         )
         .route(
             "/api/v1/services/{name}/rollback",
-            guard(
-                Deploy,
-                not_yet("rollback lands with revisions and rollouts"),
-            ),
+            guard(Deploy, post(services::rollback::<R>)),
         )
         .route(
             "/api/v1/cluster/nodes/{id}/drain",
@@ -214,6 +218,17 @@ pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
             guard(Admin, put(admin::set_secret::<R>))
                 .merge(guard(Admin, delete(admin::delete_secret::<R>))),
         )
+        .route(
+            "/api/v1/plugins",
+            guard(Read, get(plugins::list::<R>))
+                .merge(guard(Deploy, post(plugins::upload::<R>)))
+                .layer(DefaultBodyLimit::max(crate::registry::MAX_PLUGIN_BYTES)),
+        )
+        .route(
+            "/api/v1/plugins/{name}",
+            guard(Admin, put(plugins::install::<R>))
+                .layer(DefaultBodyLimit::max(crate::registry::MAX_PLUGIN_BYTES)),
+        )
         .fallback(|| async { ApiError::not_found("no such API route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -236,10 +251,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             .map_err(|e| {
                 let status = e.status();
                 if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        status,
-                        format!("request body is larger than the limit of {MAX_BODY} bytes"),
-                    )
+                    ApiError::new(status, "request body is larger than this route's limit (1 MiB; 16 MiB for plugins)")
                 } else {
                     ApiError::new(status, format!("reading request body: {}", e.body_text()))
                 }

@@ -9,12 +9,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use orca_docker::{ContainerRuntime, LogStream};
-use orca_store::{DesiredState, ServiceRecord};
+use orca_store::{DesiredState, RolloutPhase, ServiceRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{now_unix, parse_json, ApiError, AppState, RawBody};
 use crate::instance;
+use crate::plugins::World;
 
 /// `GET /api/v1/health`: answers once the server is serving.
 pub async fn health() -> Json<Value> {
@@ -40,6 +41,7 @@ pub async fn deploy<R: ContainerRuntime>(
 ) -> Result<Json<Value>, ApiError> {
     let specs =
         orca_config::parse_deploy_json(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut items = Vec::with_capacity(specs.len());
     for spec in &specs {
         if spec.image.is_none() {
             return Err(ApiError::bad_request(format!(
@@ -47,8 +49,15 @@ pub async fn deploy<R: ContainerRuntime>(
                 spec.name
             )));
         }
-        crate::secrets::resolve_env(&s.store, &s.secrets, spec)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if let Some(strategy) = spec.deploy.as_ref().and_then(|d| d.strategy.as_deref()) {
+            s.registry
+                .resolve(strategy, World::Strategy)
+                .map_err(|e| ApiError::bad_request(format!("service \"{}\": {e}", spec.name)))?;
+        }
+        items.push(
+            crate::deploy::prepare(&s.store, &s.secrets, spec)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        );
     }
     // A domain belongs to one service: refuse to take one from a service outside this request.
     let keys: HashSet<String> = specs.iter().map(|sp| sp.key()).collect();
@@ -67,7 +76,7 @@ pub async fn deploy<R: ContainerRuntime>(
             }
         }
     }
-    let outcomes = s.store.apply_deploy(&specs, now_unix())?;
+    let outcomes = s.store.apply_deploy(&items, now_unix())?;
     s.controller.wake();
     tracing::info!(services = outcomes.len(), "deploy accepted");
     Ok(Json(json!({
@@ -125,6 +134,7 @@ pub async fn status<R: ContainerRuntime>(
                 "address": address,
                 "image": i.info.image,
                 "fingerprint": i.fingerprint,
+                "revision": i.revision,
                 "started_at": i.info.started_at,
                 "exit_code": i.info.exit_code,
                 "oom_killed": i.info.oom_killed,
@@ -134,6 +144,29 @@ pub async fn status<R: ContainerRuntime>(
                 "cpu_percent": usage.and_then(|u| u.cpu_percent),
             }));
         }
+        let rollout = s
+            .store
+            .get_rollout(rec.spec.project(), &rec.spec.name)?
+            .map(|r| {
+                let (phase, reason) = match &r.phase {
+                    RolloutPhase::Progressing => ("progressing", None),
+                    RolloutPhase::RolledBack { reason } => ("rolled-back", Some(reason.clone())),
+                    RolloutPhase::Failed { reason } => ("failed", Some(reason.clone())),
+                };
+                json!({
+                    "phase": phase,
+                    "reason": reason,
+                    "strategy": r.strategy,
+                    "stable_revision": r.stable_revision,
+                    "candidate_revision": r.candidate_revision,
+                    "stable_count": r.stable_count,
+                    "candidate_count": r.candidate_count,
+                    "traffic": r.traffic.map(|(st, ca)| json!({"stable": st, "candidate": ca})),
+                    "promote_requested": r.promote_requested,
+                    "steps": r.steps,
+                    "started_at_ms": r.started_at_ms,
+                })
+            });
         let error = view.errors.get(&key).cloned();
         let status = service_status(&rec, ready, error.is_some());
         services.push(json!({
@@ -150,6 +183,7 @@ pub async fn status<R: ContainerRuntime>(
             "revision": rec.revision,
             "updated_at": rec.updated_at,
             "error": error,
+            "rollout": rollout,
             "backing_off_until_ms": view.backing_off.get(&key),
             "instances": instances,
         }));
@@ -353,4 +387,88 @@ pub async fn logs<R: ContainerRuntime>(
         body,
     )
         .into_response())
+}
+
+/// `POST /api/v1/services/{name}/promote`: asks the strategy of the rollout in progress to
+/// promote its candidate.
+pub async fn promote<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let rec = find_service(&s, &name, q.project.as_deref())?;
+    let (project, name) = (rec.spec.project(), rec.spec.name.as_str());
+    match s.store.get_rollout(project, name)? {
+        Some(mut r) if r.phase == RolloutPhase::Progressing => {
+            r.promote_requested = true;
+            s.store.put_rollout(project, name, &r)?;
+            s.controller.wake();
+            Ok(Json(json!({
+                "project": project, "name": name,
+                "candidate_revision": r.candidate_revision, "promote_requested": true,
+            })))
+        }
+        _ => Err(ApiError::conflict(format!(
+            "service \"{name}\" has no rollout in progress to promote"
+        ))),
+    }
+}
+
+/// Body of `rollback`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    to: Option<u64>,
+}
+
+/// `POST /api/v1/services/{name}/rollback` (`{"to": REV}` optional): abandons the rollout in
+/// progress, or makes an older revision current again (as a new revision, rolled out by the
+/// service's strategy; no rebuild).
+pub async fn rollback<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    let RollbackBody { to } = if body.is_empty() {
+        RollbackBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    let rec = find_service(&s, &name, q.project.as_deref())?;
+    let (project, name) = (rec.spec.project(), rec.spec.name.as_str());
+    if to.is_none() {
+        if let Some(mut r) = s.store.get_rollout(project, name)? {
+            if r.phase == RolloutPhase::Progressing {
+                r.rollback_requested = true;
+                s.store.put_rollout(project, name, &r)?;
+                s.controller.wake();
+                return Ok(Json(json!({
+                    "project": project, "name": name, "abandoned_revision": r.candidate_revision,
+                })));
+            }
+        }
+    }
+    let target = match to {
+        Some(n) => n,
+        None => s
+            .store
+            .list_revisions(project, name)?
+            .iter()
+            .rev()
+            .map(|r| r.number)
+            .find(|n| *n < rec.revision)
+            .ok_or_else(|| {
+                ApiError::conflict(format!(
+                    "service \"{name}\" has no earlier revision to roll back to"
+                ))
+            })?,
+    };
+    let updated = s
+        .store
+        .set_current_revision(project, name, target, now_unix())?;
+    s.controller.wake();
+    Ok(Json(json!({
+        "project": project, "name": name, "restored_revision": target, "revision": updated.revision,
+    })))
 }

@@ -66,6 +66,38 @@ impl Client {
         serde_json::from_str(&text).with_context(|| format!("the API answered non-JSON: {text}"))
     }
 
+    /// Sends raw bytes (a plugin component) and returns the JSON answer.
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .timeout(Duration::from_secs(120))
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(body);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the orca API at {}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the API's answer")?;
+        if !status.is_success() {
+            return Err(api_error(status, &text));
+        }
+        serde_json::from_str(&text).with_context(|| format!("the API answered non-JSON: {text}"))
+    }
+
     /// Sends a request and returns the raw response (for streams such as logs).
     pub async fn send(
         &self,

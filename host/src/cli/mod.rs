@@ -2,6 +2,7 @@
 
 mod client;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -114,19 +115,31 @@ enum Command {
         #[arg(long, conflicts_with_all = ["service", "project"])]
         all: bool,
     },
-    /// Promote a canary to stable.
+    /// Promote the candidate of a rollout in progress (canary) to stable.
     Promote {
         /// Service name.
         service: String,
+        /// Project, when the name exists in several.
+        #[arg(long)]
+        project: Option<String>,
     },
-    /// Roll a service back.
+    /// Abandon the rollout in progress, or return to an earlier revision (no rebuild).
     Rollback {
         /// Service name.
         service: String,
+        /// Revision to return to (default: the one before the current).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Project, when the name exists in several.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Plugins: list, inspect a component, install one.
+    #[command(subcommand)]
+    Plugin(PluginCmd),
     /// Manage a project's secrets.
     #[command(subcommand)]
     Secrets(SecretsCmd),
@@ -150,6 +163,25 @@ enum TokenCmd {
     },
     /// List tokens (names and roles).
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCmd {
+    /// Built-in and installed plugins.
+    List,
+    /// Describe a component file: world, WIT version, exports, imports (no server needed).
+    Inspect {
+        /// Path to a .wasm component.
+        file: PathBuf,
+    },
+    /// Install a component on the server under a name services can use.
+    Install {
+        /// Path to a .wasm component.
+        file: PathBuf,
+        /// Name (default: the file's stem).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,8 +278,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_wait,
             timeout_secs,
         } => {
-            let specs = load_specs(&config_dir, &services)?;
+            let (mut specs, dirs) = load_specs(&config_dir, &services)?;
             let c = client()?;
+            upload_plugin_paths(&c, &mut specs, &dirs).await?;
             let answer = c
                 .call(
                     Method::POST,
@@ -269,9 +302,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             if !no_wait {
-                let keys: Vec<(String, String)> = specs
-                    .iter()
-                    .map(|s| (s.project().to_string(), s.name.clone()))
+                let keys: Vec<(String, String, u64)> = answer["services"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        (
+                            s["project"].as_str().unwrap_or("").to_string(),
+                            s["name"].as_str().unwrap_or("").to_string(),
+                            s["revision"].as_u64().unwrap_or(0),
+                        )
+                    })
                     .collect();
                 wait_running(&c, &keys, Duration::from_secs(timeout_secs)).await?;
             }
@@ -370,13 +411,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Promote { service } => {
-            let path = format!("/api/v1/services/{}/promote", enc(&service));
-            client()?.call(Method::POST, &path, None).await.map(|_| ())
+        Command::Promote { service, project } => {
+            let path = format!(
+                "/api/v1/services/{}/promote{}",
+                enc(&service),
+                project_query(&project)
+            );
+            let v = client()?.call(Method::POST, &path, None).await?;
+            println!(
+                "{service}: promote of revision {} requested",
+                v["candidate_revision"]
+            );
+            Ok(())
         }
-        Command::Rollback { service } => {
-            let path = format!("/api/v1/services/{}/rollback", enc(&service));
-            client()?.call(Method::POST, &path, None).await.map(|_| ())
+        Command::Rollback {
+            service,
+            to,
+            project,
+        } => {
+            let path = format!(
+                "/api/v1/services/{}/rollback{}",
+                enc(&service),
+                project_query(&project)
+            );
+            let body = to.map(|n| json!({ "to": n }));
+            let v = client()?.call(Method::POST, &path, body).await?;
+            match v.get("abandoned_revision") {
+                Some(rev) => println!("{service}: rollout of revision {rev} abandoned"),
+                None => println!(
+                    "{service}: revision {} restored as revision {}",
+                    v["restored_revision"], v["revision"]
+                ),
+            }
+            Ok(())
         }
         Command::Token(TokenCmd::Create { name, role }) => {
             let v = client()?
@@ -441,6 +508,85 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{project}: secret {key} deleted");
             Ok(())
         }
+        Command::Plugin(PluginCmd::List) => {
+            let v = client()?.call(Method::GET, "/api/v1/plugins", None).await?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!("{:<20} {:<10} {:<10} SHA256", "NAME", "WORLD", "SOURCE");
+            for p in v["plugins"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<20} {:<10} {:<10} {}",
+                    p["name"].as_str().unwrap_or(""),
+                    p["world"].as_str().unwrap_or("?"),
+                    p["source"].as_str().unwrap_or(""),
+                    p["sha256"]
+                        .as_str()
+                        .map(|h| &h[..12.min(h.len())])
+                        .unwrap_or("-"),
+                );
+            }
+            Ok(())
+        }
+        Command::Plugin(PluginCmd::Inspect { file }) => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let info = crate::plugins::inspect(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let v = json!({
+                "file": file.display().to_string(),
+                "world": info.world.map(|w| w.name()),
+                "package": info.package,
+                "exports": info.exports,
+                "imports": info.imports,
+                "size": info.size,
+                "sha256": info.sha256,
+            });
+            if json_out {
+                return print_json(&v);
+            }
+            println!("file:     {}", file.display());
+            println!(
+                "world:    {}",
+                info.world
+                    .map(|w| w.name())
+                    .unwrap_or("none (not an orca plugin)")
+            );
+            println!("package:  {}", info.package.as_deref().unwrap_or("-"));
+            println!("exports:  {}", info.exports.join(", "));
+            println!("imports:  {}", info.imports.join(", "));
+            println!("size:     {} bytes", info.size);
+            println!("sha256:   {}", info.sha256);
+            if info.world.is_none() {
+                bail!("{} implements no orca:plugin world", file.display());
+            }
+            Ok(())
+        }
+        Command::Plugin(PluginCmd::Install { file, name }) => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .context("the file has no usable name; pass --name")?
+                    .to_string(),
+            };
+            let c = client()?;
+            let resp = c
+                .send_bytes(
+                    Method::PUT,
+                    &format!("/api/v1/plugins/{}", enc(&name)),
+                    bytes,
+                )
+                .await?;
+            println!(
+                "installed {name} ({} plugin)",
+                resp["world"].as_str().unwrap_or("?")
+            );
+            Ok(())
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "orca", &mut std::io::stdout());
             Ok(())
@@ -490,9 +636,14 @@ fn project_or_cwd(project: Option<String>) -> anyhow::Result<String> {
         .to_string())
 }
 
-fn load_specs(config_dir: &Path, only: &[String]) -> anyhow::Result<Vec<ServiceSpec>> {
-    let specs = match cwd_project_dir() {
-        Some(dir) => orca_config::load_project_dir(&dir),
+/// The services to deploy, and the directory each project was read from (for `./x.wasm`).
+fn load_specs(
+    config_dir: &Path,
+    only: &[String],
+) -> anyhow::Result<(Vec<ServiceSpec>, BTreeMap<String, PathBuf>)> {
+    let cwd = cwd_project_dir();
+    let specs = match &cwd {
+        Some(dir) => orca_config::load_project_dir(dir),
         None => orca_config::load_services_dir(config_dir),
     }
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -502,46 +653,126 @@ fn load_specs(config_dir: &Path, only: &[String]) -> anyhow::Result<Vec<ServiceS
             config_dir.display()
         );
     }
-    if only.is_empty() {
-        return Ok(specs);
-    }
+    let dirs = specs
+        .iter()
+        .map(|s| {
+            let dir = cwd
+                .clone()
+                .unwrap_or_else(|| config_dir.join("services").join(s.project()));
+            (s.project().to_string(), dir)
+        })
+        .collect();
     for name in only {
         if !specs.iter().any(|s| &s.name == name) {
             bail!("no service \"{name}\" in the service files found");
         }
     }
-    Ok(specs
+    let specs = specs
         .into_iter()
-        .filter(|s| only.contains(&s.name))
-        .collect())
+        .filter(|s| only.is_empty() || only.contains(&s.name))
+        .collect();
+    Ok((specs, dirs))
 }
 
+/// Uploads every `./path.wasm` strategy (relative to its project directory) and rewrites the
+/// reference to the uploaded component's `sha256:<hex>`.
+async fn upload_plugin_paths(
+    c: &Client,
+    specs: &mut [ServiceSpec],
+    dirs: &BTreeMap<String, PathBuf>,
+) -> anyhow::Result<()> {
+    for spec in specs.iter_mut() {
+        let project = spec.project().to_string();
+        let Some(deploy) = spec.deploy.as_mut() else {
+            continue;
+        };
+        let Some(strategy) = deploy.strategy.as_mut() else {
+            continue;
+        };
+        if !strategy.ends_with(".wasm") {
+            continue;
+        }
+        let path = dirs
+            .get(&project)
+            .map(|d| d.join(&*strategy))
+            .unwrap_or_else(|| PathBuf::from(&*strategy));
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "service \"{}\": reading strategy {}",
+                spec.name,
+                path.display()
+            )
+        })?;
+        let v = c
+            .send_bytes(Method::POST, "/api/v1/plugins", bytes)
+            .await
+            .with_context(|| {
+                format!(
+                    "service \"{}\": uploading strategy {}",
+                    spec.name,
+                    path.display()
+                )
+            })?;
+        let reference = v["reference"]
+            .as_str()
+            .context("upload answered no reference")?;
+        *strategy = reference.to_string();
+    }
+    Ok(())
+}
+
+/// Waits until every deployed service runs its new revision on all replicas; fails at once
+/// if a rollout was rolled back.
 async fn wait_running(
     c: &Client,
-    keys: &[(String, String)],
+    keys: &[(String, String, u64)],
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let v = c.call(Method::GET, "/api/v1/status", None).await?;
         let mut pending = Vec::new();
-        for (project, name) in keys {
+        for (project, name, revision) in keys {
             let svc = v["services"].as_array().into_iter().flatten().find(|s| {
                 s["project"].as_str() == Some(project) && s["name"].as_str() == Some(name)
             });
-            match svc {
-                Some(s) if s["status"] == "running" => {}
-                Some(s) => pending.push(format!(
-                    "{project}/{name}: {} ({}/{} ready){}",
+            let Some(s) = svc else {
+                pending.push(format!("{project}/{name}: not in status"));
+                continue;
+            };
+            let rollout = &s["rollout"];
+            if rollout["phase"] == "rolled-back"
+                && rollout["candidate_revision"].as_u64() == Some(*revision)
+            {
+                bail!(
+                    "{project}/{name}: revision {revision} was rolled back: {}",
+                    rollout["reason"].as_str().unwrap_or("no reason given")
+                );
+            }
+            let on_revision = s["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["ready"] == true && i["revision"].as_u64() == Some(*revision))
+                .count() as u64;
+            let want = s["replicas"].as_u64().unwrap_or(0);
+            let done = s["status"] == "running"
+                && rollout["phase"] != "progressing"
+                && on_revision >= want;
+            if !done {
+                pending.push(format!(
+                    "{project}/{name}: {} ({on_revision}/{want} ready on revision {revision}){}{}",
                     s["status"].as_str().unwrap_or("?"),
-                    s["ready_replicas"],
-                    s["replicas"],
+                    if rollout["phase"] == "progressing" {
+                        ", rollout in progress"
+                    } else {
+                        ""
+                    },
                     s["error"]
                         .as_str()
                         .map(|e| format!(": {e}"))
                         .unwrap_or_default()
-                )),
-                None => pending.push(format!("{project}/{name}: not in status")),
+                ));
             }
         }
         if pending.is_empty() {
@@ -554,7 +785,7 @@ async fn wait_running(
                 pending.join("; ")
             );
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -586,10 +817,35 @@ fn print_status(v: &Value) {
         if let Some(e) = s["error"].as_str() {
             println!("  ! {e}");
         }
+        let r = &s["rollout"];
+        if r.is_object() {
+            let traffic = if r["traffic"].is_object() {
+                format!(
+                    ", traffic {}/{} stable/candidate",
+                    r["traffic"]["stable"], r["traffic"]["candidate"]
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "  rollout {} → {} ({}, {}): {} stable + {} candidate{traffic}{}",
+                r["stable_revision"],
+                r["candidate_revision"],
+                r["strategy"].as_str().unwrap_or(""),
+                r["phase"].as_str().unwrap_or(""),
+                r["stable_count"],
+                r["candidate_count"],
+                r["reason"]
+                    .as_str()
+                    .map(|x| format!(": {x}"))
+                    .unwrap_or_default()
+            );
+        }
         for i in s["instances"].as_array().into_iter().flatten() {
             println!(
-                "  - {} slot {} {} {} {}",
+                "  - {} rev {} slot {} {} {} {}",
                 i["id"].as_str().unwrap_or(""),
+                i["revision"],
                 i["slot"],
                 i["state"].as_str().unwrap_or(""),
                 if i["ready"].as_bool() == Some(true) {

@@ -20,7 +20,7 @@ pub const MAX_REPLICAS: u32 = 100;
 pub const MAX_CPU: f64 = 1024.0;
 /// Docker refuses memory limits below 6 MiB; reject them here with a clearer message.
 pub const MIN_MEMORY: u64 = 6 << 20;
-/// The strategies built into orca; any other strategy must be a path to a `.wasm` component.
+/// The strategies built into orca; others are installed plugins or `.wasm` components.
 pub const BUILTIN_STRATEGIES: [&str; 2] = ["rolling", "canary"];
 
 fn default_replicas() -> u32 {
@@ -439,17 +439,30 @@ fn check_build(build: &Build) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
+/// What a plugin reference may be: a built-in or installed plugin's name, a path to a
+/// `.wasm` component (relative to the project directory; the CLI uploads it), or the
+/// `sha256:<hex>` of an uploaded component. Whether it exists is checked by the server.
+pub fn check_plugin_ref(reference: &str) -> Result<(), String> {
+    let is_wasm = reference.len() > ".wasm".len() && reference.ends_with(".wasm");
+    let is_hash = reference.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    let is_name = crate::names::validate_name("plugin", reference).is_ok();
+    if is_wasm || is_hash || is_name {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid plugin reference {reference:?}: expected a plugin name (built-in: {}), a path to a .wasm component, or sha256:<64 hex digits>",
+            BUILTIN_STRATEGIES.join(", ")
+        ))
+    }
+}
+
 fn check_deploy(deploy: &Deploy) -> Result<(), (&'static str, String)> {
     if let Some(strategy) = &deploy.strategy {
-        let is_wasm = strategy.len() > ".wasm".len() && strategy.ends_with(".wasm");
-        if !BUILTIN_STRATEGIES.contains(&strategy.as_str()) && !is_wasm {
-            return Err((
-                "strategy",
-                format!(
-                    "unknown strategy {strategy:?}: expected \"rolling\", \"canary\" or a path to a .wasm strategy component"
-                ),
-            ));
-        }
+        check_plugin_ref(strategy).map_err(|m| ("strategy", m))?;
     }
     if let Some(weight) = deploy.canary_weight {
         if !(1..=99).contains(&weight) {
@@ -704,11 +717,11 @@ mod tests {
             (
                 Box::new(|s| {
                     s.deploy = Some(Deploy {
-                        strategy: Some("blue-green".into()),
+                        strategy: Some("Blue Green".into()),
                         ..Deploy::default()
                     })
                 }),
-                "field `deploy.strategy`: unknown strategy \"blue-green\"",
+                "field `deploy.strategy`: invalid plugin reference \"Blue Green\"",
             ),
             (
                 Box::new(|s| {

@@ -46,6 +46,17 @@ pub enum StoreError {
         reason: &'static str,
     },
 
+    /// A value is over the size the store accepts for it.
+    #[error("{what} is {len} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// What was too large, e.g. "plugin state of the rollout of web/api".
+        what: String,
+        /// Its size in bytes.
+        len: usize,
+        /// The largest size accepted, in bytes.
+        limit: usize,
+    },
+
     /// Decryption failed: wrong key, tampered ciphertext, or a ciphertext moved to another
     /// project/key. Never carries plaintext.
     #[error("secret error: {reason}")]

@@ -6,7 +6,12 @@
 //! - [`Store`] (this file) — the cloneable handle over the redb database; `open` creates the
 //!   file and every table.
 //! - [`services`] — owns table `services`: desired state per service ([`ServiceRecord`]),
-//!   revisions, deploy/scale/stop.
+//!   the revision rule, deploy ([`DeployItem`]) / rollback / scale / stop.
+//! - [`revisions`] — owns table `revisions`: the last [`REVISIONS_KEPT`] deployed versions
+//!   of each service ([`RevisionRecord`]: spec, sealed environment, fingerprint), written in
+//!   the same transaction as the service record by `services`.
+//! - [`rollouts`] — owns table `rollouts`: the persisted state of each service's rollout
+//!   ([`RolloutRecord`], [`RolloutPhase`]); its stable/candidate revisions are never pruned.
 //! - [`tokens`] — owns table `tokens`: hashed API tokens ([`StoredToken`]), token generation
 //!   and the constant-time verifier [`TokenSet`].
 //! - [`secrets`] — owns table `secrets` (sealed values) and the cipher [`SecretBox`]
@@ -23,7 +28,9 @@
 //! - **No clock, no randomness in state transitions.** Timestamps (`now_unix`) and token
 //!   names come from the caller, so transitions are replayable and testable. The only
 //!   randomness lives in [`secrets`] (keys, nonces) and [`tokens::generate_token`].
-//! - **One owner per table.** Only the module named above opens its table.
+//! - **One owner per table.** Only the module named above opens its table; a write that
+//!   spans tables (a deploy writes `services` and `revisions`, reading `rollouts`) calls the
+//!   owning modules' crate-private helpers on one shared write transaction.
 //! - **Versioned records.** Values are JSON with a `schema` field; a record this version
 //!   cannot read is reported as corrupt, never misread and never a panic.
 //! - **No secret material in output.** Secret values and token strings never appear in
@@ -37,13 +44,17 @@ use redb::Database;
 
 pub mod error;
 mod record;
+pub mod revisions;
+pub mod rollouts;
 pub mod secrets;
 pub mod services;
 pub mod tokens;
 
 pub use error::StoreError;
+pub use revisions::{RevisionRecord, REVISIONS_KEPT};
+pub use rollouts::{RolloutPhase, RolloutRecord, PLUGIN_STATE_MAX};
 pub use secrets::{SecretBox, SecretMeta};
-pub use services::{DeployOutcome, DesiredState, ServiceRecord};
+pub use services::{DeployItem, DeployOutcome, DesiredState, ServiceRecord};
 pub use tokens::{generate_token, hash_token, StoredToken, TokenSet};
 
 /// A handle to orca's state database. Cloning is cheap (the database sits behind an `Arc`);
@@ -80,6 +91,8 @@ impl Store {
         services::create_table(&txn)?;
         tokens::create_table(&txn)?;
         secrets::create_table(&txn)?;
+        revisions::create_table(&txn)?;
+        rollouts::create_table(&txn)?;
         txn.commit()?;
         tracing::debug!(path = %path.display(), "orca.store.open");
         Ok(Store {
@@ -119,6 +132,8 @@ mod tests {
         assert_eq!(store.path(), path);
         assert!(store.list_services().unwrap().is_empty());
         assert!(store.list_tokens().unwrap().is_empty());
+        assert!(store.list_rollouts().unwrap().is_empty());
+        assert!(store.list_revisions("web", "api").unwrap().is_empty());
     }
 }
 

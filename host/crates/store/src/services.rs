@@ -1,21 +1,38 @@
 //! Owns table `services`: the desired state of every service, keyed `project/name`.
 //!
-//! A record holds the service's spec, its desired state (running or stopped), a revision
-//! number and the time of the last change. The revision is what the reconciler watches: a new
-//! revision means "roll out this spec".
+//! A record holds the service's spec, its desired state (running or stopped), the number of
+//! its current revision and the time of the last change. The revision is what the reconciler
+//! watches: a new revision means "roll out this version". Each revision's full content (spec,
+//! sealed environment, fingerprint) is a record in table `revisions`, written in the same
+//! transaction (see [`crate::revisions`]).
 //!
-//! Revision rule (deliberately simple): [`Store::apply_deploy`] gives a service a new revision
-//! whenever the stored spec differs from the deployed one in any field — *including
-//! `replicas` alone* — or the service is not currently running. Scaling through
-//! [`Store::set_replicas`] and stopping/starting through [`Store::set_state`] keep the
-//! revision, because they change how many instances run, not which version runs.
+//! Revision rule of [`Store::apply_deploy`], per [`DeployItem`]:
+//!
+//! - **unchanged** — the service exists, is `Running`, its current revision's fingerprint
+//!   equals the item's and its stored spec equals the item's spec: nothing is written.
+//! - **scaled** — as above, but the specs differ *only* in `replicas` (the host's fingerprint
+//!   leaves `replicas` out): the stored spec takes the new replica count, the revision stays
+//!   (scaling is not a new version).
+//! - **new revision** — anything else (new service, stopped service, different fingerprint,
+//!   any other spec difference, or no revision record for the current revision because it was
+//!   deployed by an orca that did not record revisions): revision `previous + 1`.
+//!
+//! [`Store::set_current_revision`] (rollback) copies a kept revision into a new revision
+//! number. Scaling through [`Store::set_replicas`] and stopping/starting through
+//! [`Store::set_state`] keep the revision, because they change how many instances run, not
+//! which version runs.
+
+use std::fmt;
 
 use orca_config::ServiceSpec;
-use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::record::{check_name, decode, encode, scoped_key};
-use crate::{Store, StoreError};
+use crate::revisions::{self, RevisionRecord};
+use crate::{rollouts, Store, StoreError};
 
 const TABLE_NAME: &str = "services";
 // Values are `&[u8]`, not `&str`: redb's `&str` decoding panics on invalid UTF-8, while bytes
@@ -53,6 +70,34 @@ impl ServiceRecord {
     }
 }
 
+/// One service of a deploy request: the spec plus what the host resolved at deploy time.
+///
+/// `Debug` prints the length of `sealed_env`, never its bytes.
+#[derive(Clone, PartialEq)]
+pub struct DeployItem {
+    /// The service as deployed.
+    pub spec: ServiceSpec,
+    /// The environment with secrets resolved, sealed by the host's
+    /// [`SecretBox`](crate::SecretBox). Opaque to the store; kept in the revision record.
+    pub sealed_env: Vec<u8>,
+    /// The host's fingerprint of this version (image and resolved environment, computed
+    /// without `replicas`). Equal fingerprints mean "same version".
+    pub fingerprint: String,
+}
+
+impl fmt::Debug for DeployItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeployItem")
+            .field("spec", &self.spec)
+            .field(
+                "sealed_env",
+                &format_args!("<{} bytes>", self.sealed_env.len()),
+            )
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
 /// What [`Store::apply_deploy`] did with one service of the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeployOutcome {
@@ -60,9 +105,12 @@ pub struct DeployOutcome {
     pub project: String,
     /// The service's name.
     pub name: String,
-    /// The revision now stored.
+    /// The service's current revision after the deploy: a new number if a new revision was
+    /// recorded, the previous one if the service was unchanged or only scaled.
     pub revision: u64,
-    /// `false` if the service was already running this exact spec and nothing was written.
+    /// `true` if anything was written: a new revision, or (same `revision`) a replica count
+    /// changed by a deploy of the same version. `false` if the service was already running
+    /// this exact spec and fingerprint and nothing was written.
     pub changed: bool,
 }
 
@@ -125,6 +173,46 @@ fn write_row(
     Ok(())
 }
 
+/// The record of `project/name`, read inside the caller's read transaction (for modules that
+/// need a service record consistent with their own table).
+pub(crate) fn get_in(
+    txn: &ReadTransaction,
+    project: &str,
+    name: &str,
+) -> Result<Option<ServiceRecord>, StoreError> {
+    read_row(&txn.open_table(SERVICES)?, &scoped_key(project, name))
+}
+
+/// `true` if `a` and `b` are equal except for `replicas` (which must differ).
+fn differs_only_in_replicas(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    if a.replicas == b.replicas {
+        return false;
+    }
+    let mut a = a.clone();
+    a.replicas = b.replicas;
+    a == *b
+}
+
+/// The number for a new revision of `project/name`: one above both the service record's
+/// revision and the highest revision record kept, so a number is never reused.
+fn next_revision(
+    txn: &WriteTransaction,
+    previous: Option<&ServiceRecord>,
+    project: &str,
+    name: &str,
+) -> Result<u64, StoreError> {
+    let from_record = previous.map_or(0, |p| p.revision);
+    let from_revisions = revisions::last_number_in(txn, project, name)?.unwrap_or(0);
+    Ok(from_record.max(from_revisions) + 1)
+}
+
+/// Writes a new revision record of `project/name` and prunes old ones, keeping the revisions
+/// the service's rollout references.
+fn record_revision(txn: &WriteTransaction, record: &RevisionRecord) -> Result<(), StoreError> {
+    let protect = rollouts::protected_revisions_in(txn, &record.project, &record.name)?;
+    revisions::insert_and_prune(txn, record, &protect)
+}
+
 fn not_found(key: &str) -> StoreError {
     StoreError::NotFound {
         what: format!("service {key}"),
@@ -132,23 +220,30 @@ fn not_found(key: &str) -> StoreError {
 }
 
 impl Store {
-    /// Records a deploy request in one transaction and returns one outcome per spec, in
+    /// Records a deploy request in one transaction and returns one outcome per item, in
     /// request order.
     ///
-    /// For each spec: if a record exists with an equal spec and state `Running`, nothing is
-    /// written (`changed: false`, same revision). Otherwise the spec is stored with state
-    /// `Running`, revision `previous + 1` (1 for a new service) and `updated_at = now_unix`.
-    /// A spec that differs only in `replicas` still gets a new revision (see the module
-    /// docs). A service named twice in one request is a [`StoreError::Conflict`], and any
-    /// error leaves the store unchanged.
+    /// Per item (see the module docs for the rule): *unchanged* writes nothing
+    /// (`changed: false`, same revision); *scaled* stores the new `replicas` with state
+    /// `Running` and `updated_at = now_unix`, keeping the revision (`changed: true`); a *new
+    /// revision* stores the spec with state `Running`, revision `previous + 1` (1 for a new
+    /// service) and `updated_at = now_unix`, plus a [`RevisionRecord`] with the item's sealed
+    /// environment and fingerprint (`created_at = now_unix`), and prunes the service's
+    /// revisions to the newest [`REVISIONS_KEPT`](crate::REVISIONS_KEPT) — never those its
+    /// rollout record references.
+    ///
+    /// A service named twice in one request is a [`StoreError::Conflict`]; a corrupt service,
+    /// revision or rollout record of a deployed service is [`StoreError::Corrupt`]. Any error
+    /// leaves the store unchanged (no service and no revision record written).
     pub fn apply_deploy(
         &self,
-        specs: &[ServiceSpec],
+        items: &[DeployItem],
         now_unix: u64,
     ) -> Result<Vec<DeployOutcome>, StoreError> {
         let _span = tracing::debug_span!("orca.store.write", op = "apply_deploy").entered();
         let mut seen = std::collections::HashSet::new();
-        for spec in specs {
+        for item in items {
+            let spec = &item.spec;
             check_name("project name", spec.project())?;
             check_name("service name", &spec.name)?;
             let key = scoped_key(spec.project(), &spec.name);
@@ -160,23 +255,48 @@ impl Store {
         }
 
         let txn = self.db().begin_write()?;
-        let mut outcomes = Vec::with_capacity(specs.len());
+        let mut outcomes = Vec::with_capacity(items.len());
         {
             let mut table = txn.open_table(SERVICES)?;
-            for spec in specs {
-                let key = scoped_key(spec.project(), &spec.name);
+            for item in items {
+                let spec = &item.spec;
+                let (project, name) = (spec.project(), spec.name.as_str());
+                let key = scoped_key(project, name);
                 let previous = read_row(&table, &key)?;
-                let outcome = match previous {
-                    Some(prev) if prev.spec == *spec && prev.state == DesiredState::Running => {
-                        DeployOutcome {
-                            project: spec.project().to_owned(),
-                            name: spec.name.clone(),
+                // Same version: running, and its current revision has the item's fingerprint.
+                let same_version = match &previous {
+                    Some(prev) if prev.state == DesiredState::Running => {
+                        revisions::get_in(&txn, project, name, prev.revision)?
+                            .is_some_and(|r| r.fingerprint == item.fingerprint)
+                    }
+                    _ => false,
+                };
+                let revision = match previous {
+                    Some(prev) if same_version && prev.spec == *spec => {
+                        outcomes.push(DeployOutcome {
+                            project: project.to_owned(),
+                            name: name.to_owned(),
                             revision: prev.revision,
                             changed: false,
-                        }
+                        });
+                        continue;
+                    }
+                    Some(mut prev)
+                        if same_version && differs_only_in_replicas(&prev.spec, spec) =>
+                    {
+                        prev.spec.replicas = spec.replicas;
+                        prev.updated_at = now_unix;
+                        write_row(&mut table, &key, &prev)?;
+                        tracing::info!(
+                            service = %key,
+                            revision = prev.revision,
+                            replicas = spec.replicas,
+                            "service scaled by deploy"
+                        );
+                        prev.revision
                     }
                     previous => {
-                        let revision = previous.map_or(0, |p| p.revision) + 1;
+                        let revision = next_revision(&txn, previous.as_ref(), project, name)?;
                         let record = ServiceRecord {
                             spec: spec.clone(),
                             revision,
@@ -184,20 +304,88 @@ impl Store {
                             updated_at: now_unix,
                         };
                         write_row(&mut table, &key, &record)?;
+                        record_revision(
+                            &txn,
+                            &RevisionRecord {
+                                project: project.to_owned(),
+                                name: name.to_owned(),
+                                number: revision,
+                                spec: spec.clone(),
+                                sealed_env: item.sealed_env.clone(),
+                                fingerprint: item.fingerprint.clone(),
+                                created_at: now_unix,
+                            },
+                        )?;
                         tracing::info!(service = %key, revision, "service revision stored");
-                        DeployOutcome {
-                            project: spec.project().to_owned(),
-                            name: spec.name.clone(),
-                            revision,
-                            changed: true,
-                        }
+                        revision
                     }
                 };
-                outcomes.push(outcome);
+                outcomes.push(DeployOutcome {
+                    project: project.to_owned(),
+                    name: name.to_owned(),
+                    revision,
+                    changed: true,
+                });
             }
         }
         txn.commit()?;
         Ok(outcomes)
+    }
+
+    /// Points `project/name` at kept revision `number` by recording a **new** revision (one
+    /// above the highest so far) that copies that revision's spec, sealed environment and
+    /// fingerprint, with the service's current `replicas` — a rollback is itself a new
+    /// version, like `kubectl rollout undo`. The service's desired state is kept (a stopped
+    /// service stays stopped); `updated_at` and the new revision's `created_at` are
+    /// `now_unix`. Prunes old revisions as [`Store::apply_deploy`] does. Returns the updated
+    /// service record.
+    ///
+    /// [`StoreError::NotFound`] if the service does not exist or revision `number` is not
+    /// (or no longer) kept. One transaction; any error changes nothing.
+    pub fn set_current_revision(
+        &self,
+        project: &str,
+        name: &str,
+        number: u64,
+        now_unix: u64,
+    ) -> Result<ServiceRecord, StoreError> {
+        let _span = tracing::debug_span!("orca.store.write", op = "set_current_revision").entered();
+        check_name("project name", project)?;
+        check_name("service name", name)?;
+        let key = scoped_key(project, name);
+        let txn = self.db().begin_write()?;
+        let record = {
+            let mut table = txn.open_table(SERVICES)?;
+            let mut record = read_row(&table, &key)?.ok_or_else(|| not_found(&key))?;
+            let source = revisions::get_in(&txn, project, name, number)?.ok_or_else(|| {
+                StoreError::NotFound {
+                    what: format!("revision {number} of service {key}"),
+                }
+            })?;
+            let revision = next_revision(&txn, Some(&record), project, name)?;
+            let mut spec = source.spec;
+            spec.replicas = record.spec.replicas;
+            record_revision(
+                &txn,
+                &RevisionRecord {
+                    project: project.to_owned(),
+                    name: name.to_owned(),
+                    number: revision,
+                    spec: spec.clone(),
+                    sealed_env: source.sealed_env,
+                    fingerprint: source.fingerprint,
+                    created_at: now_unix,
+                },
+            )?;
+            record.spec = spec;
+            record.revision = revision;
+            record.updated_at = now_unix;
+            write_row(&mut table, &key, &record)?;
+            tracing::info!(service = %key, from = number, revision, "service revision restored");
+            record
+        };
+        txn.commit()?;
+        Ok(record)
     }
 
     /// The record of `project/name`, if deployed.
@@ -308,6 +496,20 @@ mod tests {
     use super::*;
     use crate::testutil::{spec, store};
 
+    /// A deploy item whose fingerprint and sealed environment follow the image, like the
+    /// host's fingerprint (which leaves `replicas` out).
+    fn d(project: &str, name: &str, image: &str, replicas: u32) -> DeployItem {
+        item(spec(project, name, image, replicas), &format!("fp:{image}"))
+    }
+
+    fn item(spec: ServiceSpec, fingerprint: &str) -> DeployItem {
+        DeployItem {
+            spec,
+            sealed_env: format!("sealed:{fingerprint}").into_bytes(),
+            fingerprint: fingerprint.to_owned(),
+        }
+    }
+
     fn keys(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
@@ -319,7 +521,7 @@ mod tests {
     fn first_deploy_is_revision_one_and_changed() {
         let (_dir, store) = store();
         let out = store
-            .apply_deploy(&[spec("web", "api", "api:1", 2)], 100)
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
             .unwrap();
         assert_eq!(
             out,
@@ -342,10 +544,10 @@ mod tests {
     fn redeploying_the_same_spec_is_unchanged() {
         let (_dir, store) = store();
         store
-            .apply_deploy(&[spec("web", "api", "api:1", 2)], 100)
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
             .unwrap();
         let out = store
-            .apply_deploy(&[spec("web", "api", "api:1", 2)], 200)
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 200)
             .unwrap();
         assert_eq!(out[0].revision, 1);
         assert!(!out[0].changed);
@@ -360,10 +562,10 @@ mod tests {
     fn modified_spec_gets_next_revision() {
         let (_dir, store) = store();
         store
-            .apply_deploy(&[spec("web", "api", "api:1", 2)], 100)
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
             .unwrap();
         let out = store
-            .apply_deploy(&[spec("web", "api", "api:2", 2)], 200)
+            .apply_deploy(&[d("web", "api", "api:2", 2)], 200)
             .unwrap();
         assert_eq!((out[0].revision, out[0].changed), (2, true));
         let rec = store.get_service("web", "api").unwrap().unwrap();
@@ -371,30 +573,371 @@ mod tests {
         assert_eq!(rec.updated_at, 200);
     }
 
+    fn numbers(store: &Store, project: &str, name: &str) -> Vec<u64> {
+        store
+            .list_revisions(project, name)
+            .unwrap()
+            .iter()
+            .map(|r| r.number)
+            .collect()
+    }
+
     #[test]
-    fn replicas_only_change_still_bumps_revision() {
-        // The documented simple rule: any spec difference is a new revision.
+    fn replicas_only_change_with_same_fingerprint_scales_in_place() {
         let (_dir, store) = store();
         store
-            .apply_deploy(&[spec("web", "api", "api:1", 2)], 100)
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
             .unwrap();
         let out = store
-            .apply_deploy(&[spec("web", "api", "api:1", 5)], 200)
+            .apply_deploy(&[d("web", "api", "api:1", 5)], 200)
+            .unwrap();
+        assert_eq!((out[0].revision, out[0].changed), (1, true));
+        let rec = store.get_service("web", "api").unwrap().unwrap();
+        assert_eq!(rec.spec, spec("web", "api", "api:1", 5));
+        assert_eq!((rec.revision, rec.updated_at), (1, 200));
+        // No new revision record; the existing one is immutable.
+        assert_eq!(numbers(&store, "web", "api"), [1]);
+        let current = store.current_revision("web", "api").unwrap().unwrap();
+        assert_eq!(current.spec.replicas, 2);
+        // Deploying the scaled spec again is now unchanged.
+        let out = store
+            .apply_deploy(&[d("web", "api", "api:1", 5)], 300)
+            .unwrap();
+        assert_eq!((out[0].revision, out[0].changed), (1, false));
+        assert_eq!(
+            store.get_service("web", "api").unwrap().unwrap().updated_at,
+            200
+        );
+    }
+
+    #[test]
+    fn replicas_change_with_other_fingerprint_is_a_new_revision() {
+        let (_dir, store) = store();
+        store
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
+            .unwrap();
+        let out = store
+            .apply_deploy(&[item(spec("web", "api", "api:1", 5), "fp:other")], 200)
             .unwrap();
         assert_eq!((out[0].revision, out[0].changed), (2, true));
+        assert_eq!(numbers(&store, "web", "api"), [1, 2]);
+    }
+
+    #[test]
+    fn same_spec_with_new_fingerprint_is_a_new_revision() {
+        // E.g. a secret the environment references was rotated.
+        let (_dir, store) = store();
+        store
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
+            .unwrap();
+        let out = store
+            .apply_deploy(&[item(spec("web", "api", "api:1", 2), "fp:rotated")], 200)
+            .unwrap();
+        assert_eq!((out[0].revision, out[0].changed), (2, true));
+        let current = store.current_revision("web", "api").unwrap().unwrap();
+        assert_eq!(current.number, 2);
+        assert_eq!(current.fingerprint, "fp:rotated");
+        assert_eq!(current.sealed_env, b"sealed:fp:rotated");
+    }
+
+    #[test]
+    fn replicas_and_another_field_changed_is_a_new_revision_even_with_same_fingerprint() {
+        let (_dir, store) = store();
+        store
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
+            .unwrap();
+        let mut changed = spec("web", "api", "api:1", 5);
+        changed.port = Some(8080);
+        let out = store
+            .apply_deploy(&[item(changed.clone(), "fp:api:1")], 200)
+            .unwrap();
+        assert_eq!((out[0].revision, out[0].changed), (2, true));
+        assert_eq!(
+            store.current_revision("web", "api").unwrap().unwrap().spec,
+            changed
+        );
+    }
+
+    #[test]
+    fn service_without_a_revision_record_gets_a_new_revision() {
+        // A service stored by an orca that did not record revisions.
+        let (_dir, store) = store();
+        let legacy = ServiceRecord {
+            spec: spec("web", "api", "api:1", 2),
+            revision: 4,
+            state: DesiredState::Running,
+            updated_at: 50,
+        };
+        write_raw(&store, "web/api", &encode(&Row::from_record(&legacy)));
+        assert_eq!(store.current_revision("web", "api").unwrap(), None);
+        let out = store
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
+            .unwrap();
+        assert_eq!((out[0].revision, out[0].changed), (5, true));
+        assert_eq!(numbers(&store, "web", "api"), [5]);
+        // From now on the rule applies normally.
+        let out = store
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 200)
+            .unwrap();
+        assert_eq!((out[0].revision, out[0].changed), (5, false));
+    }
+
+    #[test]
+    fn every_new_revision_writes_a_revision_record() {
+        let (_dir, store) = store();
+        let sealed: Vec<u8> = (0..=255).collect(); // not UTF-8, every byte value
+        let mut first = d("web", "api", "api:1", 2);
+        first.sealed_env = sealed.clone();
+        store.apply_deploy(&[first], 100).unwrap();
+        store
+            .apply_deploy(&[d("web", "api", "api:2", 2)], 200)
+            .unwrap();
+        // Unchanged and scaled deploys write no revision.
+        store
+            .apply_deploy(&[d("web", "api", "api:2", 2)], 300)
+            .unwrap();
+        store
+            .apply_deploy(&[d("web", "api", "api:2", 3)], 400)
+            .unwrap();
+
+        let revs = store.list_revisions("web", "api").unwrap();
+        assert_eq!(
+            revs[0],
+            RevisionRecord {
+                project: "web".into(),
+                name: "api".into(),
+                number: 1,
+                spec: spec("web", "api", "api:1", 2),
+                sealed_env: sealed,
+                fingerprint: "fp:api:1".into(),
+                created_at: 100,
+            }
+        );
+        assert_eq!(revs.len(), 2);
+        assert_eq!((revs[1].number, revs[1].created_at), (2, 200));
+        assert_eq!(revs[1].sealed_env, b"sealed:fp:api:2");
+        assert_eq!(
+            store.get_revision("web", "api", 1).unwrap().as_ref(),
+            Some(&revs[0])
+        );
+        assert_eq!(store.get_revision("web", "api", 3).unwrap(), None);
+        assert_eq!(
+            store.current_revision("web", "api").unwrap(),
+            Some(revs[1].clone())
+        );
+        assert_eq!(store.current_revision("web", "ghost").unwrap(), None);
+        assert!(store.list_revisions("web", "ghost").unwrap().is_empty());
+    }
+
+    #[test]
+    fn pruning_keeps_ten_newest_plus_the_rollout_revisions() {
+        let (_dir, store) = store();
+        store
+            .apply_deploy(&[d("web", "api-x", "x:1", 1)], 1)
+            .unwrap();
+        for v in 1..=3 {
+            store
+                .apply_deploy(&[d("web", "api", &format!("api:{v}"), 1)], v)
+                .unwrap();
+        }
+        store
+            .put_rollout("web", "api", &crate::rollouts::tests::rollout(Some(2), 3))
+            .unwrap();
+        for v in 4..=15 {
+            store
+                .apply_deploy(&[d("web", "api", &format!("api:{v}"), 1)], v)
+                .unwrap();
+        }
+        let expected: Vec<u64> = [2, 3].into_iter().chain(6..=15).collect();
+        assert_eq!(numbers(&store, "web", "api"), expected);
+        // A service whose name extends this one is untouched.
+        assert_eq!(numbers(&store, "web", "api-x"), [1]);
+
+        // Without the rollout, the next new revision prunes to exactly ten.
+        assert!(store.delete_rollout("web", "api").unwrap());
+        store
+            .apply_deploy(&[d("web", "api", "api:16", 1)], 16)
+            .unwrap();
+        assert_eq!(numbers(&store, "web", "api"), (7..=16).collect::<Vec<_>>());
+        assert_eq!(crate::REVISIONS_KEPT, 10);
+    }
+
+    #[test]
+    fn set_current_revision_copies_an_old_revision_into_a_new_number() {
+        let (_dir, store) = store();
+        store
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
+            .unwrap();
+        store
+            .apply_deploy(&[d("web", "api", "api:2", 2)], 200)
+            .unwrap();
+        store.set_replicas("web", "api", 4, 250).unwrap();
+
+        let rec = store.set_current_revision("web", "api", 1, 300).unwrap();
+        assert_eq!(rec.revision, 3);
+        assert_eq!(rec.spec, spec("web", "api", "api:1", 4));
+        assert_eq!((rec.state, rec.updated_at), (DesiredState::Running, 300));
+        assert_eq!(store.get_service("web", "api").unwrap().unwrap(), rec);
+
+        let one = store.get_revision("web", "api", 1).unwrap().unwrap();
+        let three = store.current_revision("web", "api").unwrap().unwrap();
+        assert_eq!(three.number, 3);
+        assert_eq!(three.spec, spec("web", "api", "api:1", 4));
+        assert_eq!(three.sealed_env, one.sealed_env);
+        assert_eq!(three.fingerprint, one.fingerprint);
+        assert_eq!(three.created_at, 300);
+        assert_eq!(numbers(&store, "web", "api"), [1, 2, 3]);
+
+        // Deploying what now runs is unchanged.
+        let out = store
+            .apply_deploy(&[d("web", "api", "api:1", 4)], 400)
+            .unwrap();
+        assert_eq!((out[0].revision, out[0].changed), (3, false));
+    }
+
+    #[test]
+    fn set_current_revision_keeps_a_stopped_service_stopped() {
+        let (_dir, store) = store();
+        store
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
+            .unwrap();
+        store
+            .apply_deploy(&[d("web", "api", "api:2", 2)], 200)
+            .unwrap();
+        store
+            .set_state(&keys(&[("web", "api")]), DesiredState::Stopped, 250)
+            .unwrap();
+        let rec = store.set_current_revision("web", "api", 1, 300).unwrap();
+        assert_eq!((rec.revision, rec.state), (3, DesiredState::Stopped));
+    }
+
+    #[test]
+    fn set_current_revision_of_a_pruned_revision_or_missing_service_is_not_found() {
+        let (_dir, store) = store();
+        for v in 1..=12 {
+            store
+                .apply_deploy(&[d("web", "api", &format!("api:{v}"), 1)], v)
+                .unwrap();
+        }
+        let err = store
+            .set_current_revision("web", "api", 1, 500)
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::NotFound { what } if what.contains("revision 1") && what.contains("web/api")),
+            "{err}"
+        );
+        let rec = store.get_service("web", "api").unwrap().unwrap();
+        assert_eq!((rec.revision, rec.updated_at), (12, 12));
+        assert_eq!(numbers(&store, "web", "api"), (3..=12).collect::<Vec<_>>());
+
+        let err = store
+            .set_current_revision("web", "ghost", 1, 500)
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::NotFound { what } if what.contains("web/ghost")),
+            "{err}"
+        );
+
+        // The oldest kept revision can be restored; the copy pushes it out of the window.
+        let rec = store.set_current_revision("web", "api", 3, 600).unwrap();
+        assert_eq!(rec.revision, 13);
+        assert_eq!(rec.spec.image.as_deref(), Some("api:3"));
+        assert_eq!(numbers(&store, "web", "api"), (4..=13).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn failing_deploy_writes_no_service_and_no_revision() {
+        let (_dir, store) = store();
+        store
+            .apply_deploy(&[d("web", "api", "api:1", 1)], 100)
+            .unwrap();
+        let before = crate::revisions::tests::raw_keys(&store);
+
+        // A corrupt service record late in the request.
+        write_raw(&store, "web/zzz", b"garbage");
+        let err = store
+            .apply_deploy(
+                &[
+                    d("web", "api", "api:2", 1),
+                    d("web", "new", "n:1", 1),
+                    d("web", "zzz", "z:1", 1),
+                ],
+                200,
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert_eq!(crate::revisions::tests::raw_keys(&store), before);
+        assert_eq!(store.get_service("web", "new").unwrap(), None);
+        let rec = store.get_service("web", "api").unwrap().unwrap();
+        assert_eq!((rec.revision, rec.updated_at), (1, 100));
+
+        // A corrupt rollout record of a service getting a new revision.
+        write_raw(
+            &store,
+            "web/zzz",
+            &encode(&Row::from_record(&ServiceRecord {
+                spec: spec("web", "zzz", "z:0", 1),
+                revision: 1,
+                state: DesiredState::Running,
+                updated_at: 1,
+            })),
+        );
+        crate::rollouts::tests::write_raw(&store, "web/zzz", b"{bad");
+        let err = store
+            .apply_deploy(
+                &[d("web", "api", "api:2", 1), d("web", "zzz", "z:1", 1)],
+                300,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { table: "rollouts", key, .. } if key == "web/zzz"),
+            "{err}"
+        );
+        assert_eq!(crate::revisions::tests::raw_keys(&store), before);
+
+        // A corrupt current revision record.
+        store.delete_rollout("web", "zzz").unwrap();
+        crate::revisions::tests::write_raw(&store, "web/api/00000000000000000001", b"{bad");
+        let err = store
+            .apply_deploy(
+                &[d("web", "new", "n:1", 1), d("web", "api", "api:2", 1)],
+                400,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Corrupt {
+                    table: "revisions",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(store.get_service("web", "new").unwrap(), None);
+        assert_eq!(crate::revisions::tests::raw_keys(&store), before);
+    }
+
+    #[test]
+    fn deploy_item_debug_hides_sealed_env() {
+        let mut it = d("web", "api", "api:1", 1);
+        it.sealed_env = b"SECRET-ish".to_vec();
+        let dbg = format!("{it:?}");
+        assert!(dbg.contains("<10 bytes>"), "{dbg}");
+        assert!(!dbg.contains("SECRET") && !dbg.contains("83"), "{dbg}");
     }
 
     #[test]
     fn deploying_a_stopped_service_restarts_it_with_new_revision() {
         let (_dir, store) = store();
         store
-            .apply_deploy(&[spec("web", "api", "api:1", 2)], 100)
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
             .unwrap();
         store
             .set_state(&keys(&[("web", "api")]), DesiredState::Stopped, 150)
             .unwrap();
         let out = store
-            .apply_deploy(&[spec("web", "api", "api:1", 2)], 200)
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 200)
             .unwrap();
         assert_eq!((out[0].revision, out[0].changed), (2, true));
         let rec = store.get_service("web", "api").unwrap().unwrap();
@@ -405,14 +948,11 @@ mod tests {
     fn deploy_outcomes_follow_request_order_with_mixed_changes() {
         let (_dir, store) = store();
         store
-            .apply_deploy(&[spec("web", "api", "api:1", 1)], 100)
+            .apply_deploy(&[d("web", "api", "api:1", 1)], 100)
             .unwrap();
         let out = store
             .apply_deploy(
-                &[
-                    spec("web", "worker", "w:1", 1),
-                    spec("web", "api", "api:1", 1),
-                ],
+                &[d("web", "worker", "w:1", 1), d("web", "api", "api:1", 1)],
                 200,
             )
             .unwrap();
@@ -427,10 +967,7 @@ mod tests {
         let (_dir, store) = store();
         let err = store
             .apply_deploy(
-                &[
-                    spec("web", "api", "api:1", 1),
-                    spec("web", "api", "api:2", 1),
-                ],
+                &[d("web", "api", "api:1", 1), d("web", "api", "api:2", 1)],
                 100,
             )
             .unwrap_err();
@@ -442,13 +979,13 @@ mod tests {
     fn corrupt_record_mid_deploy_aborts_the_whole_request() {
         let (_dir, store) = store();
         store
-            .apply_deploy(&[spec("web", "api", "api:1", 1)], 100)
+            .apply_deploy(&[d("web", "api", "api:1", 1)], 100)
             .unwrap();
         write_raw(&store, "web/zzz", b"garbage");
         // "web/api" is written first inside the transaction, then "web/zzz" fails to decode.
         let err = store
             .apply_deploy(
-                &[spec("web", "api", "api:2", 1), spec("web", "zzz", "z:1", 1)],
+                &[d("web", "api", "api:2", 1), d("web", "zzz", "z:1", 1)],
                 200,
             )
             .unwrap_err();
@@ -463,11 +1000,11 @@ mod tests {
         store
             .apply_deploy(
                 &[
-                    spec("shop", "api", "a", 1),
-                    spec("blog", "web", "w", 1),
-                    spec("blog", "api", "a", 1),
+                    d("shop", "api", "a", 1),
+                    d("blog", "web", "w", 1),
+                    d("blog", "api", "a", 1),
                     // A name that is a suffix of another must not match.
-                    spec("blog", "xapi", "a", 1),
+                    d("blog", "xapi", "a", 1),
                 ],
                 1,
             )
@@ -493,7 +1030,7 @@ mod tests {
     fn set_replicas_updates_spec_keeps_revision_and_runs() {
         let (_dir, store) = store();
         store
-            .apply_deploy(&[spec("web", "api", "api:1", 2)], 100)
+            .apply_deploy(&[d("web", "api", "api:1", 2)], 100)
             .unwrap();
         store
             .set_state(&keys(&[("web", "api")]), DesiredState::Stopped, 150)
@@ -520,10 +1057,7 @@ mod tests {
     fn set_state_changes_all_given_services() {
         let (_dir, store) = store();
         store
-            .apply_deploy(
-                &[spec("web", "api", "a", 1), spec("web", "worker", "w", 1)],
-                100,
-            )
+            .apply_deploy(&[d("web", "api", "a", 1), d("web", "worker", "w", 1)], 100)
             .unwrap();
         let out = store
             .set_state(
@@ -543,9 +1077,7 @@ mod tests {
     #[test]
     fn set_state_with_one_missing_key_changes_nothing() {
         let (_dir, store) = store();
-        store
-            .apply_deploy(&[spec("web", "api", "a", 1)], 100)
-            .unwrap();
+        store.apply_deploy(&[d("web", "api", "a", 1)], 100).unwrap();
         // The existing service comes first, so its update is already written inside the
         // transaction when the missing one is found.
         let err = store
@@ -571,10 +1103,10 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             store
-                .apply_deploy(&[spec("web", "api", "api:1", 3)], 100)
+                .apply_deploy(&[d("web", "api", "api:1", 3)], 100)
                 .unwrap();
             store
-                .apply_deploy(&[spec("web", "api", "api:2", 3)], 200)
+                .apply_deploy(&[d("web", "api", "api:2", 3)], 200)
                 .unwrap();
         }
         let store = Store::open(&path).unwrap();
@@ -582,6 +1114,15 @@ mod tests {
         assert_eq!(rec.revision, 2);
         assert_eq!(rec.spec, spec("web", "api", "api:2", 3));
         assert_eq!(rec.updated_at, 200);
+        assert_eq!(numbers(&store, "web", "api"), [1, 2]);
+        assert_eq!(
+            store
+                .current_revision("web", "api")
+                .unwrap()
+                .unwrap()
+                .sealed_env,
+            b"sealed:fp:api:2"
+        );
     }
 
     #[test]
@@ -628,9 +1169,7 @@ mod tests {
     #[test]
     fn record_from_a_newer_schema_is_reported_not_misread() {
         let (_dir, store) = store();
-        store
-            .apply_deploy(&[spec("web", "api", "a", 1)], 100)
-            .unwrap();
+        store.apply_deploy(&[d("web", "api", "a", 1)], 100).unwrap();
         let txn = store.db().begin_read().unwrap();
         let bytes = txn
             .open_table(SERVICES)
@@ -656,7 +1195,7 @@ mod tests {
     fn names_with_slashes_are_rejected() {
         let (_dir, store) = store();
         let err = store
-            .apply_deploy(&[spec("a/b", "api", "a", 1)], 1)
+            .apply_deploy(&[d("a/b", "api", "a", 1)], 1)
             .unwrap_err();
         assert!(matches!(err, StoreError::InvalidName { .. }), "{err}");
     }

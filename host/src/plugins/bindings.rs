@@ -1,0 +1,279 @@
+//! The one place `bindgen!` runs: one module per world of `wit/types.wit`, sharing the
+//! `types` and `logging` interfaces of the `strategy` module through `with`, and the
+//! conversions between the bindgen records and orca's own types (`super::types`).
+
+#![allow(clippy::all, missing_docs)]
+
+use super::types as orca;
+
+pub(crate) mod strategy {
+    wasmtime::component::bindgen!({ world: "strategy", path: "../wit" });
+}
+
+pub(crate) mod placement {
+    wasmtime::component::bindgen!({
+        world: "placement",
+        path: "../wit",
+        with: {
+            "orca:plugin/types": crate::plugins::bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging": crate::plugins::bindings::strategy::orca::plugin::logging,
+        },
+    });
+}
+
+pub(crate) mod probe {
+    wasmtime::component::bindgen!({
+        world: "probe",
+        path: "../wit",
+        with: {
+            "orca:plugin/types": crate::plugins::bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging": crate::plugins::bindings::strategy::orca::plugin::logging,
+        },
+    });
+}
+
+pub(crate) mod webhook {
+    wasmtime::component::bindgen!({
+        world: "webhook",
+        path: "../wit",
+        with: {
+            "orca:plugin/types": crate::plugins::bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging": crate::plugins::bindings::strategy::orca::plugin::logging,
+        },
+    });
+}
+
+pub(crate) mod builder {
+    wasmtime::component::bindgen!({
+        world: "builder",
+        path: "../wit",
+        with: {
+            "orca:plugin/types": crate::plugins::bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging": crate::plugins::bindings::strategy::orca::plugin::logging,
+        },
+    });
+}
+
+/// The shared `logging` interface.
+pub(crate) use strategy::orca::plugin::logging;
+/// The shared `types` interface.
+pub(crate) use strategy::orca::plugin::types as wit;
+
+// ---- orca → WIT (inputs) ----
+
+fn pairs(p: &[orca::Pair]) -> Vec<wit::Pair> {
+    p.iter()
+        .map(|p| wit::Pair {
+            key: p.key.clone(),
+            value: p.value.clone(),
+        })
+        .collect()
+}
+
+fn service(s: &orca::Service) -> wit::Service {
+    wit::Service {
+        project: s.project.clone(),
+        name: s.name.clone(),
+        image: s.image.clone(),
+        replicas: s.replicas,
+        port: s.port,
+        domain: s.domain.clone(),
+        params: pairs(&s.params),
+    }
+}
+
+fn instance(i: &orca::Instance) -> wit::Instance {
+    wit::Instance {
+        id: i.id.clone(),
+        node: i.node.clone(),
+        revision: i.revision,
+        readiness: match i.readiness {
+            orca::Readiness::Starting => wit::Readiness::Starting,
+            orca::Readiness::Ready => wit::Readiness::Ready,
+            orca::Readiness::Failed => wit::Readiness::Failed,
+        },
+        age_ms: i.age_ms,
+    }
+}
+
+fn traffic(t: orca::Traffic) -> wit::Traffic {
+    wit::Traffic {
+        stable: t.stable,
+        candidate: t.candidate,
+    }
+}
+
+pub(crate) fn rollout_state(s: &orca::RolloutState) -> wit::RolloutState {
+    wit::RolloutState {
+        service: service(&s.service),
+        stable_revision: s.stable_revision,
+        candidate_revision: s.candidate_revision,
+        stable: s.stable.iter().map(instance).collect(),
+        candidate: s.candidate.iter().map(instance).collect(),
+        traffic: traffic(s.traffic),
+        elapsed_ms: s.elapsed_ms,
+        now_ms: s.now_ms,
+        promote_requested: s.promote_requested,
+        rollback_requested: s.rollback_requested,
+        plugin_state: s.plugin_state.clone(),
+    }
+}
+
+pub(crate) fn placement_request(r: &orca::PlacementRequest) -> wit::PlacementRequest {
+    wit::PlacementRequest {
+        service: service(&r.service),
+        pin: r.pin.clone(),
+        memory_bytes: r.memory_bytes,
+        cpu_millis: r.cpu_millis,
+        existing: r
+            .existing
+            .iter()
+            .map(|c| wit::NodeCount {
+                node: c.node.clone(),
+                count: c.count,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn node(n: &orca::Node) -> wit::Node {
+    wit::Node {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        address: n.address.clone(),
+        cpu_millis: n.cpu_millis,
+        cpu_millis_free: n.cpu_millis_free,
+        memory_bytes: n.memory_bytes,
+        memory_bytes_free: n.memory_bytes_free,
+        instances: n.instances,
+        draining: n.draining,
+        labels: pairs(&n.labels),
+    }
+}
+
+pub(crate) fn probe_settings(s: &orca::ProbeSettings) -> wit::ProbeSettings {
+    wit::ProbeSettings {
+        path: s.path.clone(),
+        timeout_ms: s.timeout_ms,
+        params: pairs(&s.params),
+    }
+}
+
+pub(crate) fn http_response(r: orca::HttpResponse) -> wit::HttpResponse {
+    wit::HttpResponse {
+        status: r.status,
+        headers: r
+            .headers
+            .into_iter()
+            .map(|p| wit::Pair {
+                key: p.key,
+                value: p.value,
+            })
+            .collect(),
+        body: r.body,
+    }
+}
+
+pub(crate) fn webhook_request(r: &orca::WebhookRequest) -> wit::WebhookRequest {
+    wit::WebhookRequest {
+        method: r.method.clone(),
+        path: r.path.clone(),
+        headers: pairs(&r.headers),
+        body: r.body.clone(),
+    }
+}
+
+pub(crate) fn hook(h: &orca::Hook) -> wit::Hook {
+    wit::Hook {
+        id: h.id.clone(),
+        repo: h.repo.clone(),
+        branch: h.branch.clone(),
+        secret: h.secret.clone(),
+    }
+}
+
+pub(crate) fn build_request(r: &orca::BuildRequest) -> wit::BuildRequest {
+    wit::BuildRequest {
+        project: r.project.clone(),
+        service: r.service.clone(),
+        repo: r.repo.clone(),
+        branch: r.branch.clone(),
+        commit: r.commit.clone(),
+        dockerfile: r.dockerfile.clone(),
+        context: r.context.clone(),
+        tag: r.tag.clone(),
+    }
+}
+
+// ---- WIT → orca (outputs; validated afterwards by `validate`) ----
+
+pub(crate) fn from_pairs(p: Vec<wit::Pair>) -> Vec<orca::Pair> {
+    p.into_iter()
+        .map(|p| orca::Pair {
+            key: p.key,
+            value: p.value,
+        })
+        .collect()
+}
+
+pub(crate) fn step(s: wit::Step) -> orca::Step {
+    orca::Step {
+        actions: s
+            .actions
+            .into_iter()
+            .map(|a| match a {
+                wit::Action::ScaleCandidate(n) => orca::Action::ScaleCandidate(n),
+                wit::Action::ScaleStable(n) => orca::Action::ScaleStable(n),
+                wit::Action::SetTraffic(t) => orca::Action::SetTraffic(orca::Traffic {
+                    stable: t.stable,
+                    candidate: t.candidate,
+                }),
+                wit::Action::WaitUntil(t) => orca::Action::WaitUntil(t),
+                wit::Action::Promote => orca::Action::Promote,
+                wit::Action::Rollback(r) => orca::Action::Rollback(r),
+                wit::Action::Done => orca::Action::Done,
+            })
+            .collect(),
+        plugin_state: s.plugin_state,
+    }
+}
+
+pub(crate) fn verdict(v: wit::Verdict) -> orca::Verdict {
+    orca::Verdict {
+        node: v.node,
+        feasible: v.feasible,
+        score: v.score,
+        reason: v.reason,
+    }
+}
+
+pub(crate) fn webhook_outcome(o: wit::WebhookOutcome) -> orca::WebhookOutcome {
+    match o {
+        wit::WebhookOutcome::Redeploy(r) => orca::WebhookOutcome::Redeploy(
+            r.into_iter()
+                .map(|r| orca::Redeploy {
+                    hook: r.hook,
+                    repo: r.repo,
+                    branch: r.branch,
+                    commit: r.commit,
+                })
+                .collect(),
+        ),
+        wit::WebhookOutcome::Ignore(reason) => orca::WebhookOutcome::Ignore(reason),
+        wit::WebhookOutcome::Pong => orca::WebhookOutcome::Pong,
+    }
+}
+
+pub(crate) fn rejection(r: wit::Rejection) -> orca::Rejection {
+    orca::Rejection {
+        status: r.status,
+        reason: r.reason,
+    }
+}
+
+pub(crate) fn build_output(o: wit::BuildOutput) -> orca::BuildOutput {
+    orca::BuildOutput {
+        image_id: o.image_id,
+        tag: o.tag,
+    }
+}

@@ -1,0 +1,144 @@
+//! What a component is, from its own type: its world (by its exports), its WIT package
+//! version (by the versioned interface names it imports or exports), and its digest.
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+use super::error::PluginError;
+use super::types::World;
+
+/// The WIT package the host serves.
+pub const PACKAGE: &str = "orca:plugin";
+
+/// A component described for `orca plugin inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// The world it implements, `None` if its exports match none.
+    pub world: Option<World>,
+    /// `orca:plugin@X.Y.Z`, read from the versioned `orca:plugin/...` interface names it
+    /// imports or exports; `None` if it names none (a world's top-level function exports
+    /// carry no version, so a strategy that never logs has none).
+    pub package: Option<String>,
+    /// Names of its exports (functions and interfaces).
+    pub exports: Vec<String>,
+    /// Names of its imports.
+    pub imports: Vec<String>,
+    /// Size in bytes.
+    pub size: usize,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
+}
+
+/// Describes `bytes` with a throwaway engine (no pooling, no cache, no ticker): for the CLI.
+/// A running host uses [`PluginRuntime::inspect`](super::PluginRuntime::inspect).
+pub fn inspect(bytes: &[u8]) -> Result<PluginInfo, PluginError> {
+    let origin = "<inspected>".to_string();
+    check_header(bytes).map_err(|reason| PluginError::Invalid {
+        origin: origin.clone(),
+        reason,
+    })?;
+    let config = super::runtime::engine_config(&Default::default(), false);
+    let engine = Engine::new(&config).map_err(|e| PluginError::Engine {
+        reason: format!("{e:#}"),
+    })?;
+    let component = Component::new(&engine, bytes).map_err(|e| PluginError::Invalid {
+        origin,
+        reason: format!("compiling: {e:#}"),
+    })?;
+    let sha256: [u8; 32] = Sha256::digest(bytes).into();
+    Ok(describe(&engine, &component, bytes, &sha256))
+}
+
+/// A WebAssembly binary whose header says "component" (not a core module, not text).
+pub(crate) fn check_header(bytes: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\0asm";
+    match bytes.get(..8) {
+        Some(h) if &h[..4] == MAGIC && h[4..] == [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        Some(h) if &h[..4] == MAGIC && h[4..] == [0x01, 0x00, 0x00, 0x00] => {
+            Err("a core WebAssembly module, not a component (build it with wasm-component-ld or `wasm-tools component new`)".into())
+        }
+        Some(h) if &h[..4] == MAGIC => Err("a WebAssembly binary of an unsupported version or layer".into()),
+        _ => Err("not a WebAssembly binary".into()),
+    }
+}
+
+/// The world whose export the component has; exactly one must match.
+pub(crate) fn world_of(engine: &Engine, component: &Component) -> Result<World, String> {
+    let ty = component.component_type();
+    let exports: Vec<(&str, ComponentItem)> = ty.exports(engine).map(|(n, e)| (n, e.ty)).collect();
+    let found: Vec<World> = World::ALL
+        .into_iter()
+        .filter(|w| {
+            exports.iter().any(|(n, item)| {
+                *n == w.export() && matches!(item, ComponentItem::ComponentFunc(_))
+            })
+        })
+        .collect();
+    match found.as_slice() {
+        [world] => Ok(*world),
+        [] => Err(format!(
+            "exports no function of a known world (plan, place, check, handle, build); it exports: {}",
+            exports.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        )),
+        many => Err(format!(
+            "exports the functions of several worlds ({}); a plugin implements one",
+            many.iter().map(|w| w.name()).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+pub(crate) fn describe(
+    engine: &Engine,
+    component: &Component,
+    bytes: &[u8],
+    sha256: &[u8; 32],
+) -> PluginInfo {
+    let ty = component.component_type();
+    let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let package = imports
+        .iter()
+        .chain(&exports)
+        .find_map(|name| package_of(name));
+    PluginInfo {
+        world: world_of(engine, component).ok(),
+        package,
+        exports,
+        imports,
+        size: bytes.len(),
+        sha256: hex::encode(sha256),
+    }
+}
+
+/// `orca:plugin@0.1.0` from `orca:plugin/logging@0.1.0`.
+fn package_of(name: &str) -> Option<String> {
+    let rest = name.strip_prefix(PACKAGE)?.strip_prefix('/')?;
+    let (_, version) = rest.split_once('@')?;
+    Some(format!("{PACKAGE}@{version}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_from_interface_names() {
+        assert_eq!(
+            package_of("orca:plugin/logging@0.1.0").as_deref(),
+            Some("orca:plugin@0.1.0")
+        );
+        assert_eq!(package_of("orca:plugin/logging"), None);
+        assert_eq!(package_of("wasi:cli/environment@0.2.0"), None);
+    }
+
+    #[test]
+    fn headers() {
+        assert!(check_header(b"\0asm\x0d\x00\x01\x00rest").is_ok());
+        assert!(check_header(b"\0asm\x01\x00\x00\x00")
+            .unwrap_err()
+            .contains("core"));
+        assert!(check_header(b"hello world").is_err());
+    }
+}

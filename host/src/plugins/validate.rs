@@ -1,0 +1,166 @@
+//! Host-side validation of plugin outputs: a plugin's answer is data the host is about to
+//! act on, so nonsense is refused here, before any caller sees it.
+
+use std::collections::HashSet;
+
+use super::types::{Action, Hook, Node, Rejection, Step, Verdict, WebhookOutcome};
+
+/// Largest instance count a strategy may ask for.
+pub const MAX_SCALE: u32 = 1000;
+/// Most actions one step may hold.
+pub const MAX_ACTIONS: usize = 64;
+/// Longest free-text reason (rollback, verdict, ignore, rejection, error) kept.
+pub const MAX_REASON: usize = 1024;
+
+pub(crate) fn step(step: &Step, max_plugin_state: usize) -> Result<(), String> {
+    if step.plugin_state.len() > max_plugin_state {
+        return Err(format!(
+            "plugin-state of {} bytes exceeds the limit of {max_plugin_state}",
+            step.plugin_state.len()
+        ));
+    }
+    if step.actions.len() > MAX_ACTIONS {
+        return Err(format!(
+            "{} actions exceed the limit of {MAX_ACTIONS}",
+            step.actions.len()
+        ));
+    }
+    for action in &step.actions {
+        match action {
+            Action::ScaleCandidate(n) | Action::ScaleStable(n) if *n > MAX_SCALE => {
+                return Err(format!(
+                    "{action:?} exceeds the limit of {MAX_SCALE} instances"
+                ));
+            }
+            Action::SetTraffic(t) if t.stable == 0 && t.candidate == 0 => {
+                return Err("set-traffic with both weights zero".into());
+            }
+            Action::Rollback(reason) if reason.len() > MAX_REASON => {
+                return Err(format!("rollback reason longer than {MAX_REASON} bytes"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// At most one verdict per node, each naming a node of the request. Nodes without a verdict
+/// are infeasible for the caller.
+pub(crate) fn verdicts(verdicts: &[Verdict], nodes: &[Node]) -> Result<(), String> {
+    let known: HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    let mut seen = HashSet::with_capacity(verdicts.len());
+    for v in verdicts {
+        if !known.contains(v.node.as_str()) {
+            return Err(format!("verdict for unknown node {:?}", v.node));
+        }
+        if !seen.insert(v.node.as_str()) {
+            return Err(format!("two verdicts for node {:?}", v.node));
+        }
+        if v.reason.len() > MAX_REASON {
+            return Err(format!(
+                "verdict reason for {:?} longer than {MAX_REASON} bytes",
+                v.node
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Redeploys name registered hooks; a rejection is a 4xx or 5xx status.
+pub(crate) fn webhook(
+    outcome: &Result<WebhookOutcome, Rejection>,
+    hooks: &[Hook],
+) -> Result<(), String> {
+    match outcome {
+        Ok(WebhookOutcome::Redeploy(redeploys)) => {
+            if redeploys.len() > hooks.len().max(1) * 16 {
+                return Err(format!(
+                    "{} redeploys for {} hooks",
+                    redeploys.len(),
+                    hooks.len()
+                ));
+            }
+            for r in redeploys {
+                if !hooks.iter().any(|h| h.id == r.hook) {
+                    return Err(format!("redeploy names unknown hook {:?}", r.hook));
+                }
+                if r.commit.is_empty() {
+                    return Err(format!("redeploy of hook {:?} without a commit", r.hook));
+                }
+            }
+            Ok(())
+        }
+        Ok(WebhookOutcome::Ignore(reason)) if reason.len() > MAX_REASON => {
+            Err(format!("ignore reason longer than {MAX_REASON} bytes"))
+        }
+        Ok(_) => Ok(()),
+        Err(r) if !(400..=599).contains(&r.status) => Err(format!(
+            "rejection with status {} (must be 4xx or 5xx)",
+            r.status
+        )),
+        Err(r) if r.reason.len() > MAX_REASON => {
+            Err(format!("rejection reason longer than {MAX_REASON} bytes"))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::types::Traffic;
+
+    #[test]
+    fn step_limits() {
+        let ok = Step {
+            actions: vec![Action::ScaleCandidate(3), Action::Done],
+            plugin_state: vec![1; 10],
+        };
+        assert!(step(&ok, 1024).is_ok());
+        assert!(step(
+            &Step {
+                plugin_state: vec![0; 2048],
+                ..ok.clone()
+            },
+            1024
+        )
+        .is_err());
+        assert!(step(
+            &Step {
+                actions: vec![Action::ScaleStable(1001)],
+                plugin_state: vec![]
+            },
+            1024
+        )
+        .is_err());
+        let zero = Action::SetTraffic(Traffic {
+            stable: 0,
+            candidate: 0,
+        });
+        assert!(step(
+            &Step {
+                actions: vec![zero],
+                plugin_state: vec![]
+            },
+            1024
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn verdicts_name_known_nodes_once() {
+        let nodes = vec![Node {
+            id: "a".into(),
+            ..Node::default()
+        }];
+        let v = |n: &str| Verdict {
+            node: n.into(),
+            feasible: true,
+            score: 1,
+            reason: String::new(),
+        };
+        assert!(verdicts(&[v("a")], &nodes).is_ok());
+        assert!(verdicts(&[v("b")], &nodes).is_err());
+        assert!(verdicts(&[v("a"), v("a")], &nodes).is_err());
+    }
+}

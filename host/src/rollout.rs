@@ -1,0 +1,266 @@
+//! The rollout driver's decisions: starting a rollout, applying a strategy's step to the
+//! persisted rollout record, the failure policy, and the instance groups and traffic weights
+//! a rollout asks for. Pure functions over plain data; the controller calls the strategy
+//! plugin and persists the record.
+
+use orca_store::{RolloutPhase, RolloutRecord};
+
+use crate::plugins::types::{Action, Step, Traffic};
+use crate::reconciler::DesiredGroup;
+
+/// The strategy used when a service names none.
+pub const DEFAULT_STRATEGY: &str = "rolling";
+
+/// The largest instance count a strategy may ask for (a guard against nonsense output).
+pub const MAX_SCALE: u32 = 1_000;
+
+/// A new rollout from `stable` (with `stable_running` live instances) to `candidate`.
+pub fn start(
+    stable: Option<u64>,
+    stable_running: u32,
+    candidate: u64,
+    strategy: &str,
+    now_ms: u64,
+) -> RolloutRecord {
+    RolloutRecord {
+        stable_revision: stable,
+        candidate_revision: candidate,
+        strategy: strategy.to_string(),
+        stable_count: stable_running,
+        candidate_count: 0,
+        traffic: None,
+        started_at_ms: now_ms,
+        wait_until_ms: None,
+        plugin_state: Vec::new(),
+        promote_requested: false,
+        rollback_requested: false,
+        phase: RolloutPhase::Progressing,
+        updated_at_ms: now_ms,
+        steps: 0,
+    }
+}
+
+/// What a step did to the rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still progressing: persist the record.
+    Progressing(RolloutRecord),
+    /// Finished (promoted or done): delete the record; the candidate is the only revision.
+    Finished,
+    /// Rolled back (by the strategy, or by the failure policy): persist the record so the
+    /// same candidate is not retried until the service changes again.
+    RolledBack(RolloutRecord),
+}
+
+/// Failure policy of a strategy call that errs, traps, times out or returns nonsense:
+/// halt the rollout and roll back to the stable revision.
+pub fn fail(mut r: RolloutRecord, reason: String, now_ms: u64) -> RolloutRecord {
+    r.phase = RolloutPhase::RolledBack {
+        reason: format!("strategy {} failed: {reason}", r.strategy),
+    };
+    r.updated_at_ms = now_ms;
+    r
+}
+
+/// Applies a step's actions, in order, to the record.
+pub fn apply(mut r: RolloutRecord, step: Step, now_ms: u64) -> Outcome {
+    r.steps += 1;
+    r.updated_at_ms = now_ms;
+    r.wait_until_ms = None;
+    r.plugin_state = step.plugin_state;
+    for action in step.actions {
+        match action {
+            Action::ScaleCandidate(n) | Action::ScaleStable(n) if n > MAX_SCALE => {
+                return Outcome::RolledBack(fail(
+                    r,
+                    format!("asked for {n} instances (at most {MAX_SCALE})"),
+                    now_ms,
+                ));
+            }
+            Action::ScaleCandidate(n) => r.candidate_count = n,
+            Action::ScaleStable(n) => r.stable_count = n,
+            Action::SetTraffic(Traffic { stable, candidate }) => {
+                if stable == 0 && candidate == 0 {
+                    return Outcome::RolledBack(fail(r, "set traffic weights 0/0".into(), now_ms));
+                }
+                r.traffic = Some((stable, candidate));
+            }
+            Action::WaitUntil(t) => r.wait_until_ms = Some(t),
+            Action::Promote | Action::Done => return Outcome::Finished,
+            Action::Rollback(reason) => {
+                r.phase = RolloutPhase::RolledBack { reason };
+                return Outcome::RolledBack(r);
+            }
+        }
+    }
+    Outcome::Progressing(r)
+}
+
+/// Instance groups a rollout record asks for, given the stable and candidate fingerprints
+/// and the service's replicas. A rolled-back or failed rollout runs the stable revision only.
+pub fn groups(
+    r: &RolloutRecord,
+    stable_fp: Option<&str>,
+    candidate_fp: &str,
+    replicas: u32,
+) -> Vec<DesiredGroup> {
+    match (&r.phase, stable_fp) {
+        (RolloutPhase::Progressing, Some(s)) => vec![
+            DesiredGroup {
+                fingerprint: s.to_string(),
+                count: r.stable_count,
+            },
+            DesiredGroup {
+                fingerprint: candidate_fp.to_string(),
+                count: r.candidate_count,
+            },
+        ],
+        (RolloutPhase::Progressing, None) => vec![DesiredGroup {
+            fingerprint: candidate_fp.to_string(),
+            count: r.candidate_count,
+        }],
+        (_, Some(s)) => vec![DesiredGroup {
+            fingerprint: s.to_string(),
+            count: replicas,
+        }],
+        // Nothing to go back to: keep running the candidate rather than nothing.
+        (_, None) => vec![DesiredGroup {
+            fingerprint: candidate_fp.to_string(),
+            count: replicas,
+        }],
+    }
+}
+
+/// Proxy weight of one ready instance: the group's traffic weight shared among its ready
+/// instances (scaled by 1000 to stay integral). Equal weights when no split is set.
+pub fn instance_weight(traffic: Option<(u32, u32)>, candidate: bool, ready_in_group: usize) -> u32 {
+    match traffic {
+        None => 1,
+        Some((s, c)) => {
+            let group = u64::from(if candidate { c } else { s });
+            let n = ready_in_group.max(1) as u64;
+            (group * 1000 / n).min(u64::from(u32::MAX)) as u32
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> RolloutRecord {
+        start(Some(1), 3, 2, "rolling", 1_000)
+    }
+
+    fn step(actions: Vec<Action>) -> Step {
+        Step {
+            actions,
+            plugin_state: b"s".to_vec(),
+        }
+    }
+
+    #[test]
+    fn scale_and_traffic_are_recorded_with_the_plugin_state() {
+        let out = apply(
+            rec(),
+            step(vec![
+                Action::ScaleCandidate(1),
+                Action::ScaleStable(2),
+                Action::SetTraffic(Traffic {
+                    stable: 80,
+                    candidate: 20,
+                }),
+                Action::WaitUntil(9_000),
+            ]),
+            2_000,
+        );
+        let Outcome::Progressing(r) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!((r.stable_count, r.candidate_count), (2, 1));
+        assert_eq!(r.traffic, Some((80, 20)));
+        assert_eq!(r.wait_until_ms, Some(9_000));
+        assert_eq!(r.plugin_state, b"s");
+        assert_eq!(r.steps, 1);
+    }
+
+    #[test]
+    fn promote_and_done_finish() {
+        assert_eq!(
+            apply(rec(), step(vec![Action::Promote]), 0),
+            Outcome::Finished
+        );
+        assert_eq!(
+            apply(rec(), step(vec![Action::ScaleStable(0), Action::Done]), 0),
+            Outcome::Finished
+        );
+    }
+
+    #[test]
+    fn rollback_keeps_the_reason() {
+        let Outcome::RolledBack(r) = apply(rec(), step(vec![Action::Rollback("bad".into())]), 0)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            r.phase,
+            RolloutPhase::RolledBack {
+                reason: "bad".into()
+            }
+        );
+        assert_eq!(
+            groups(&r, Some("s"), "c", 3),
+            vec![DesiredGroup {
+                fingerprint: "s".into(),
+                count: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn nonsense_output_rolls_back() {
+        assert!(matches!(
+            apply(rec(), step(vec![Action::ScaleCandidate(u32::MAX)]), 0),
+            Outcome::RolledBack(_)
+        ));
+        assert!(matches!(
+            apply(
+                rec(),
+                step(vec![Action::SetTraffic(Traffic {
+                    stable: 0,
+                    candidate: 0
+                })]),
+                0
+            ),
+            Outcome::RolledBack(_)
+        ));
+    }
+
+    #[test]
+    fn progressing_groups_follow_the_counts() {
+        let mut r = rec();
+        r.stable_count = 2;
+        r.candidate_count = 1;
+        assert_eq!(
+            groups(&r, Some("s"), "c", 3),
+            vec![
+                DesiredGroup {
+                    fingerprint: "s".into(),
+                    count: 2
+                },
+                DesiredGroup {
+                    fingerprint: "c".into(),
+                    count: 1
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn weights_split_a_group_among_its_ready_instances() {
+        assert_eq!(instance_weight(None, true, 3), 1);
+        assert_eq!(instance_weight(Some((80, 20)), false, 4), 20_000);
+        assert_eq!(instance_weight(Some((80, 20)), true, 1), 20_000);
+        assert_eq!(instance_weight(Some((100, 0)), true, 2), 0);
+    }
+}

@@ -1,0 +1,17 @@
+//! A strategy whose `plan` never returns: the host's epoch deadline must stop it.
+
+wit_bindgen::generate!({ world: "strategy", path: "../../../wit" });
+
+struct Spin;
+
+impl Guest for Spin {
+    fn plan(state: RolloutState) -> Result<Step, String> {
+        // `black_box` keeps the optimiser from proving anything about the loop.
+        let mut n = state.now_ms;
+        loop {
+            n = std::hint::black_box(n.wrapping_add(1));
+        }
+    }
+}
+
+export!(Spin);
