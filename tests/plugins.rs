@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
+mod support;
+
 use orca::plugins::*;
 use sha2::Sha256;
 
@@ -31,25 +33,6 @@ impl Guests {
     }
 }
 
-/// A cargo command with a clean environment: nothing the outer cargo set for this test
-/// (flags, target dir, build target, `CARGO_*`) leaks into the nested wasm build.
-fn nested_cargo(dir: &Path, target_dir: &Path) -> Command {
-    let mut cmd = Command::new("cargo");
-    cmd.env_clear().current_dir(dir);
-    for (key, value) in std::env::vars_os() {
-        let key_str = key.to_string_lossy();
-        let keep = matches!(
-            key_str.as_ref(),
-            "PATH" | "HOME" | "CARGO_HOME" | "TMPDIR" | "USER" | "LANG"
-        ) || key_str.starts_with("RUSTUP_");
-        if keep {
-            cmd.env(&key, value);
-        }
-    }
-    cmd.env("CARGO_TARGET_DIR", target_dir);
-    cmd
-}
-
 /// Builds `plugins/faults` once per test process (a no-op of a few tens of ms when nothing
 /// changed) and returns where the components are.
 fn guests() -> &'static Guests {
@@ -58,40 +41,10 @@ fn guests() -> &'static Guests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let faults = root.join("plugins/faults");
         let target = root.join("target/faults");
-        let run = |mut cmd: Command| {
-            let out = cmd.output().expect("running cargo for plugins/faults");
-            assert!(
-                out.status.success(),
-                "building plugins/faults failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let mut cmd = nested_cargo(&faults, &target);
-        cmd.env(
-            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER",
-            "wasm-component-ld",
-        )
-        .args([
-            "build",
-            "--locked",
-            "--release",
-            "--target",
-            "wasm32-unknown-unknown",
-        ]);
-        run(cmd);
-        let mut cmd = nested_cargo(&faults, &target);
-        cmd.args([
-            "build",
-            "--locked",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "echo-strategy",
-        ]);
-        run(cmd);
+        let dir = support::build_guests(&faults, "faults", "wasm32-unknown-unknown", None);
+        support::build_guests(&faults, "faults", "wasm32-wasip2", Some("echo-strategy"));
         Guests {
-            dir: target.join("wasm32-unknown-unknown/release"),
+            dir,
             wasip2_echo: target.join("wasm32-wasip2/release/echo_strategy.wasm"),
         }
     })

@@ -467,3 +467,52 @@ pub fn testapp_service(name: &str, replicas: u32, domain: &str, extra: &str) -> 
         testapp_image()
     )
 }
+
+/// A cargo command with a clean environment: nothing the outer cargo set for this test
+/// (flags, target dir, build target, `CARGO_*`) leaks into a nested wasm build.
+pub fn nested_cargo(dir: &Path, target_dir: &Path) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.env_clear().current_dir(dir);
+    for (key, value) in std::env::vars_os() {
+        let key_str = key.to_string_lossy();
+        let keep = matches!(
+            key_str.as_ref(),
+            "PATH" | "HOME" | "CARGO_HOME" | "TMPDIR" | "USER" | "LANG"
+        ) || key_str.starts_with("RUSTUP_");
+        if keep {
+            cmd.env(&key, value);
+        }
+    }
+    cmd.env("CARGO_TARGET_DIR", target_dir);
+    cmd
+}
+
+/// Builds a guest crate (or workspace) at `dir` for `target` in release mode into
+/// `target/<target_dir_name>` and returns the release directory of that target.
+pub fn build_guests(
+    dir: &Path,
+    target_dir_name: &str,
+    target: &str,
+    package: Option<&str>,
+) -> PathBuf {
+    let target_dir = workspace().join("target").join(target_dir_name);
+    let mut cmd = nested_cargo(dir, &target_dir);
+    if target == "wasm32-unknown-unknown" {
+        cmd.env(
+            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER",
+            "wasm-component-ld",
+        );
+    }
+    cmd.args(["build", "--locked", "--release", "--target", target]);
+    if let Some(p) = package {
+        cmd.args(["-p", p]);
+    }
+    let out = cmd.output().expect("running cargo for a guest build");
+    assert!(
+        out.status.success(),
+        "building guests in {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target_dir.join(target).join("release")
+}

@@ -1,0 +1,198 @@
+//! End-to-end: strategy plugins drive real rollouts on the real Docker Engine.
+//! A custom strategy built from its own crate (the SDK's blue-green example, for
+//! `wasm32-wasip2`) is referenced by path in service.toml, uploaded by `orca deploy`, and its
+//! decisions are applied; faulty strategies (an infinite loop, a memory bomb) are stopped,
+//! their rollouts rolled back, while other services keep serving.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn version_of(s: &Server, host: &str) -> String {
+    let (code, body) = s.proxy_get(host, "/").expect("proxy request");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["version"].as_str().unwrap().to_string()
+}
+
+fn running_count(cluster: &str) -> usize {
+    containers(cluster)
+        .iter()
+        .filter(|c| c.2 == "running")
+        .count()
+}
+
+fn service_toml(host: &str, version: &str, strategy: &str) -> String {
+    testapp_service(
+        "web",
+        2,
+        host,
+        &format!("[service.env]\nVERSION = \"{version}\"\n\n[service.deploy]\nstrategy = \"{strategy}\"\n"),
+    )
+}
+
+#[test]
+fn custom_strategy_by_path_is_uploaded_and_its_decisions_applied() {
+    let example = workspace().join("sdk/examples/blue-green");
+    let wasm =
+        build_guests(&example, "sdk-examples", "wasm32-wasip2", None).join("blue_green.wasm");
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    let dir = s.write_service(&project, &service_toml(&host, "v1", "./blue-green.wasm"));
+    std::fs::copy(&wasm, dir.join("blue-green.wasm")).unwrap();
+
+    let inspect = s.cli(&[
+        "plugin",
+        "inspect",
+        dir.join("blue-green.wasm").to_str().unwrap(),
+    ]);
+    assert!(
+        inspect.contains("world:    strategy") && inspect.contains("orca:plugin@0.1.0"),
+        "{inspect}"
+    );
+
+    s.cli(&["deploy"]);
+    assert_eq!(version_of(&s, &host), "v1");
+
+    // Watch the rollout from outside: blue-green starts a full candidate set beside the
+    // stable one (4 containers at once), which the default rolling strategy (surge 1) never does.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (stop, peak, cluster) = (stop.clone(), peak.clone(), s.cluster.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(running_count(&cluster), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    s.write_service(&project, &service_toml(&host, "v2", "./blue-green.wasm"));
+    let out = s.cli(&["deploy"]);
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(
+        out.contains("revision 2 (changed)") && out.contains("all 1 service(s) running"),
+        "{out}"
+    );
+    assert_eq!(
+        peak.load(Ordering::Relaxed),
+        4,
+        "blue-green ran both full sets at once"
+    );
+
+    let web = s.service(&project, "web");
+    assert!(web["rollout"].is_null(), "the rollout finished: {web:#}");
+    for _ in 0..10 {
+        assert_eq!(version_of(&s, &host), "v2");
+    }
+    assert_eq!(running_count(&s.cluster), 2);
+
+    // The uploaded strategy is stored by content and listed nowhere as a built-in.
+    let plugins = s.cli(&["plugin", "list"]);
+    assert!(
+        plugins.contains("rolling") && plugins.contains("canary") && plugins.contains("spread"),
+        "{plugins}"
+    );
+}
+
+#[test]
+fn faulty_strategies_roll_back_while_other_services_keep_serving() {
+    let faults = workspace().join("plugins/faults");
+    let guests = build_guests(&faults, "faults", "wasm32-unknown-unknown", None);
+    let s = Server::start();
+    let project = unique("p");
+    let steady_host = format!("{project}-steady.test");
+    let mut toml = testapp_service("steady", 1, &steady_host, "");
+    for (name, guest) in [("loop", "spin"), ("bomb", "membomb")] {
+        toml.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\nimage = \"{}\"\nreplicas = 1\nport = 8080\ndomain = \"{name}-{project}.test\"\nhealth = \"/healthz\"\n[service.env]\nVERSION = \"v1\"\n[service.deploy]\nstrategy = \"./{guest}.wasm\"\n",
+            testapp_image()
+        ));
+    }
+    let dir = s.write_service(&project, &toml);
+    for guest in ["spin", "membomb"] {
+        std::fs::copy(
+            guests.join(format!("{guest}.wasm")),
+            dir.join(format!("{guest}.wasm")),
+        )
+        .unwrap();
+    }
+    // First deploy: nothing to roll out from, no strategy call.
+    s.cli(&["deploy"]);
+
+    // Keep calling the steady service while the faulty rollouts run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, failures, calls, http, host) = (
+            stop.clone(),
+            failures.clone(),
+            calls.clone(),
+            s.http,
+            steady_host.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let ok = matches!(
+                    http_raw(
+                        "GET",
+                        &format!("http://{http}/"),
+                        None,
+                        &[("Host", &host)],
+                        None
+                    ),
+                    Ok((200, _))
+                );
+                calls.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let toml_v2 = toml.replace("VERSION = \"v1\"", "VERSION = \"v2\"");
+    s.write_service(&project, &toml_v2);
+    let out2 = s.cli_in(ADMIN, None, &["deploy", "--timeout-secs", "60"]);
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(
+        !out2.status.success(),
+        "the faulty rollouts are reported as rolled back"
+    );
+    let err = String::from_utf8_lossy(&out2.stderr);
+    assert!(err.contains("rolled back"), "{err}");
+
+    for (name, expect) in [("loop", "deadline"), ("bomb", "memory")] {
+        let svc = s.wait_service(&project, name, "rolled back", |v| {
+            v["rollout"]["phase"] == "rolled-back"
+        });
+        let reason = svc["rollout"]["reason"].as_str().unwrap().to_lowercase();
+        assert!(reason.contains(expect), "{name}: {reason}");
+        // The stable revision keeps serving.
+        assert_eq!(version_of(&s, &format!("{name}-{project}.test")), "v1");
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "the steady service never failed"
+    );
+    assert!(calls.load(Ordering::Relaxed) > 10);
+    assert!(
+        took < Duration::from_secs(60),
+        "faults are contained quickly: {took:?}"
+    );
+    let (code, _) = http_raw("GET", &format!("{}/api/v1/health", s.api), None, &[], None).unwrap();
+    assert_eq!(code, 200);
+}
