@@ -6,11 +6,11 @@ ci:
 
 # The whole test suite (needs a running Docker Engine).
 test:
-    cargo test --workspace
+    ./test.sh
 
 # Only the end-to-end tests in tests/.
 test-e2e:
-    cargo test -p orca --test foundation --test rbac --test bad_input
+    cargo test -p orca --test foundation --test rbac --test bad_input --test strategies --test plugins
 
 lint:
     cargo fmt --all -- --check
@@ -23,3 +23,12 @@ image:
 # Server + example service, reachable through the proxy.
 quickstart:
     ./quickstart.sh
+
+# Default plugins, built to components (what host/build.rs does).
+plugins:
+    cd plugins && CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-component-ld cargo build --release --locked --target wasm32-unknown-unknown --target-dir ../target/plugins
+
+# Benchmarks: deploy/self-healing vs Docker Swarm, and plugin call costs.
+bench:
+    bench/deploy.sh 5
+    cargo bench -p orca --bench plugins

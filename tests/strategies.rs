@@ -92,13 +92,52 @@ fn custom_strategy_by_path_is_uploaded_and_its_decisions_applied() {
     for _ in 0..10 {
         assert_eq!(version_of(&s, &host), "v2");
     }
-    assert_eq!(running_count(&s.cluster), 2);
+    // The old set is stopped once the new one serves (it may still be draining right now).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running_count(&s.cluster) != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "old instances removed: {:?}",
+            containers(&s.cluster)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
-    // The uploaded strategy is stored by content and listed nowhere as a built-in.
+    // Installed under a name, a component is listed with its world and usable by that name.
+    let out = s.cli(&["plugin", "install", wasm.to_str().unwrap(), "--name", "bg"]);
+    assert!(out.contains("installed bg (strategy plugin)"), "{out}");
     let plugins = s.cli(&["plugin", "list"]);
+    for name in [
+        "rolling",
+        "canary",
+        "spread",
+        "http-probe",
+        "tcp-probe",
+        "github",
+        "gitea",
+        "gitlab",
+        "git-build",
+    ] {
+        assert!(plugins.contains(name), "built-in {name} listed: {plugins}");
+    }
     assert!(
-        plugins.contains("rolling") && plugins.contains("canary") && plugins.contains("spread"),
+        plugins
+            .lines()
+            .any(|l| l.starts_with("bg ") && l.contains("strategy") && l.contains("installed")),
         "{plugins}"
+    );
+    s.write_service(&project, &service_toml(&host, "v3", "bg"));
+    let out = s.cli(&["deploy"]);
+    assert!(out.contains("revision 3 (changed)"), "{out}");
+    assert_eq!(version_of(&s, &host), "v3");
+    // A reference to nothing is refused at deploy, naming the built-ins.
+    s.write_service(&project, &service_toml(&host, "v4", "nosuch"));
+    let out = s.cli_in(ADMIN, None, &["deploy"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown plugin \"nosuch\"") && err.contains("rolling"),
+        "{err}"
     );
 }
 
@@ -106,7 +145,8 @@ fn custom_strategy_by_path_is_uploaded_and_its_decisions_applied() {
 fn faulty_strategies_roll_back_while_other_services_keep_serving() {
     let faults = workspace().join("plugins/faults");
     let guests = build_guests(&faults, "faults", "wasm32-unknown-unknown", None);
-    let s = Server::start();
+    // A generous deadline and a small memory cap, so each fault meets its own limit first.
+    let s = Server::start_with("[plugins]\ncall_deadline_ms = 500\nmemory_limit_mib = 16\n");
     let project = unique("p");
     let steady_host = format!("{project}-steady.test");
     let mut toml = testapp_service("steady", 1, &steady_host, "");

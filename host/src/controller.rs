@@ -920,6 +920,9 @@ pub fn plugin_service(spec: &ServiceSpec, replicas: u32) -> types::Service {
         if let Some(v) = d.drain_timeout_secs {
             put("drain_timeout_secs", v.into());
         }
+        if let Some(v) = d.progress_deadline_secs {
+            put("progress_deadline_secs", v.into());
+        }
         for (k, v) in &d.params {
             put(k, v.clone());
         }

@@ -103,11 +103,13 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let api_addr = api_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
-    let plugin_runtime = PluginRuntime::new(
-        RuntimeLimits::default(),
-        Some(crate::plugins::cache_dir(&cfg.home)),
-    )
-    .context("starting the plugin runtime")?;
+    let limits = RuntimeLimits {
+        call_deadline: Duration::from_millis(cluster.plugins.call_deadline_ms),
+        memory_bytes: (cluster.plugins.memory_limit_mib as usize) << 20,
+        ..RuntimeLimits::default()
+    };
+    let plugin_runtime = PluginRuntime::new(limits, Some(crate::plugins::cache_dir(&cfg.home)))
+        .context("starting the plugin runtime")?;
     let registry = Registry::new(plugin_runtime, &cfg.home);
     // Load every built-in once at start: a broken embedded plugin fails here, not mid-rollout.
     for name in crate::plugins::builtin_names() {

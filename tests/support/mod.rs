@@ -88,6 +88,11 @@ pub struct Server {
 impl Server {
     /// Starts a server with admin/deployer/viewer tokens in cluster.toml.
     pub fn start() -> Server {
+        Server::start_with("")
+    }
+
+    /// Starts a server whose cluster.toml also holds `extra` (e.g. a `[plugins]` table).
+    pub fn start_with(extra: &str) -> Server {
         let root = tempfile::tempdir().unwrap();
         let cluster = unique("t");
         std::fs::create_dir_all(root.path().join("config/services")).unwrap();
@@ -97,7 +102,7 @@ impl Server {
                 "[cluster]\nname = \"{cluster}\"\nstats_interval_secs = 1\n\n\
                  [[token]]\nname = \"root\"\nvalue = \"{ADMIN}\"\nrole = \"admin\"\n\n\
                  [[token]]\nname = \"ci\"\nvalue = \"{DEPLOYER}\"\nrole = \"deployer\"\n\n\
-                 [[token]]\nname = \"grafana\"\nvalue = \"{VIEWER}\"\nrole = \"viewer\"\n"
+                 [[token]]\nname = \"grafana\"\nvalue = \"{VIEWER}\"\nrole = \"viewer\"\n\n{extra}\n"
             ),
         )
         .unwrap();

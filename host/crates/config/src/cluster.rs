@@ -73,6 +73,37 @@ pub struct ClusterConfig {
     /// The `[[token]]` tables.
     #[serde(default, rename = "token")]
     pub tokens: Vec<TokenConfig>,
+    /// The `[plugins]` table: limits of plugin calls.
+    #[serde(default)]
+    pub plugins: PluginSettings,
+}
+
+/// Limits of WebAssembly plugin calls (`[plugins]` in cluster.toml).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Deadline of a strategy, placement or webhook call in milliseconds (default 100).
+    #[serde(default = "default_call_deadline")]
+    pub call_deadline_ms: u64,
+    /// Linear memory one plugin call may use, in MiB (default 64).
+    #[serde(default = "default_plugin_memory")]
+    pub memory_limit_mib: u64,
+}
+
+fn default_call_deadline() -> u64 {
+    100
+}
+fn default_plugin_memory() -> u64 {
+    64
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        PluginSettings {
+            call_deadline_ms: default_call_deadline(),
+            memory_limit_mib: default_plugin_memory(),
+        }
+    }
 }
 
 fn default_name() -> String {
@@ -161,6 +192,25 @@ fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
         if value == 0 {
             return Err(Invalid::new(at(key), format!("{key} must be at least 1")));
         }
+    }
+    let plugins = &config.plugins;
+    if !(1..=60_000).contains(&plugins.call_deadline_ms) {
+        return Err(Invalid::new(
+            FieldPath::key("plugins").k("call_deadline_ms"),
+            format!(
+                "call_deadline_ms {} is out of range: allowed 1 to 60000",
+                plugins.call_deadline_ms
+            ),
+        ));
+    }
+    if !(1..=4096).contains(&plugins.memory_limit_mib) {
+        return Err(Invalid::new(
+            FieldPath::key("plugins").k("memory_limit_mib"),
+            format!(
+                "memory_limit_mib {} is out of range: allowed 1 to 4096",
+                plugins.memory_limit_mib
+            ),
+        ));
     }
     for (i, token) in config.tokens.iter().enumerate() {
         let at = |key: &str| FieldPath::key("token").i(i).k(key);

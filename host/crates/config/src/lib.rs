@@ -29,7 +29,8 @@ mod source;
 pub mod units;
 
 pub use cluster::{
-    load_cluster_config, parse_cluster_file, ClusterConfig, ClusterSettings, Role, TokenConfig,
+    load_cluster_config, parse_cluster_file, ClusterConfig, ClusterSettings, PluginSettings, Role,
+    TokenConfig,
 };
 pub use error::ConfigError;
 pub use load::{

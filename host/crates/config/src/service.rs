@@ -202,6 +202,9 @@ pub struct Deploy {
     /// Seconds an old instance is given to finish its requests before it is stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout_secs: Option<u64>,
+    /// Seconds a rollout may go without progress before the strategy rolls it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_secs: Option<u64>,
     /// Free-form parameters passed to the strategy plugin (`[service.deploy.params]`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, serde_json::Value>,
