@@ -30,7 +30,7 @@ use crate::instance::{self, Instance};
 use crate::metrics::Metrics;
 use crate::plugins::types::{self, NodeCount, PlacementRequest, Readiness, RolloutState, Traffic};
 use crate::plugins::World;
-use crate::reconciler::{self, Action, DesiredGroup, DesiredService};
+use crate::reconciler::{self, Action, DesiredGroup, DesiredService, RemoveReason};
 use crate::registry::Registry;
 use crate::rollout;
 
@@ -62,6 +62,8 @@ struct Memory {
     not_before: HashMap<String, u64>,
     /// Failed containers already counted.
     counted: HashSet<String>,
+    /// Instances being drained and stopped by a background task.
+    removing: HashSet<String>,
     /// Last error per service.
     errors: BTreeMap<String, String>,
 }
@@ -79,7 +81,8 @@ pub struct Controller<R: ContainerRuntime> {
     node: NodeInfo,
     wake: Arc<Notify>,
     view: Arc<ArcSwap<View>>,
-    memory: Mutex<Memory>,
+    memory: Arc<Mutex<Memory>>,
+    in_flight: InFlight,
 }
 
 /// A handle for the API: wake the controller, read its view.
@@ -120,6 +123,7 @@ impl<R: ContainerRuntime> Controller<R> {
         metrics: Metrics,
         cluster: String,
         node: NodeInfo,
+        in_flight: InFlight,
     ) -> Controller<R> {
         Controller {
             runtime,
@@ -133,7 +137,8 @@ impl<R: ContainerRuntime> Controller<R> {
             node,
             wake: Arc::new(Notify::new()),
             view: Arc::new(ArcSwap::from_pointee(View::default())),
-            memory: Mutex::new(Memory::default()),
+            memory: Arc::new(Mutex::new(Memory::default())),
+            in_flight,
         }
     }
 
@@ -229,9 +234,22 @@ impl<R: ContainerRuntime> Controller<R> {
             .into_iter()
             .filter_map(|c| Instance::from_container(&self.cluster, c))
             .collect();
+        // Instances being drained and stopped are on their way out: decisions ignore them
+        // (they are neither failures nor members of any revision's group).
+        let draining = self
+            .memory
+            .lock()
+            .expect("controller memory lock")
+            .removing
+            .clone();
+        let active: Vec<Instance> = instances
+            .iter()
+            .filter(|i| !draining.contains(&i.info.id))
+            .cloned()
+            .collect();
         {
             let mut mem = self.memory.lock().expect("controller memory lock");
-            self.account_failures(&mut mem, &records, &instances);
+            self.account_failures(&mut mem, &records, &active);
         }
 
         let mut revisions: HashMap<String, RevisionRecord> = HashMap::new();
@@ -253,7 +271,7 @@ impl<R: ContainerRuntime> Controller<R> {
             {
                 None => {
                     self.set_error(&key, "no revision record: deploy the service again".into());
-                    keep_running(&instances, &key)
+                    keep_running(&active, &key)
                 }
                 Some(cur) if !running => {
                     if rollouts.remove(&key).is_some() {
@@ -269,7 +287,7 @@ impl<R: ContainerRuntime> Controller<R> {
                             rec,
                             &cur,
                             rollouts.remove(&key),
-                            &instances,
+                            &active,
                             now,
                             &mut revisions,
                             &mut splits,
@@ -293,9 +311,17 @@ impl<R: ContainerRuntime> Controller<R> {
             }
         }
 
-        let observed: Vec<_> = instances
+        let observed: Vec<_> = active
             .iter()
-            .map(|i| i.observed(self.health.verdict(&i.info.id).ready))
+            .map(|i| {
+                let verdict = self.health.verdict(&i.info.id);
+                let mut o = i.observed(verdict.ready);
+                // A liveness failure past its threshold: replace the instance like a crash.
+                if verdict.restart.is_some() {
+                    o.phase = reconciler::Phase::Failed;
+                }
+                o
+            })
             .collect();
         let plan = reconciler::plan(&desired, &observed, now);
         let removing: HashSet<&str> = plan
@@ -305,6 +331,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 Action::Remove { id, .. } => Some(id.as_str()),
                 _ => None,
             })
+            .chain(draining.iter().map(String::as_str))
             .collect();
         let next_wake = splits.values().filter_map(|s| s.wake_at_ms).min();
         self.publish(
@@ -321,10 +348,15 @@ impl<R: ContainerRuntime> Controller<R> {
             return Ok(());
         }
         info!(actions = plan.actions.len(), "executing plan");
-        self.execute(plan.actions, &records, &revisions, &instances)
-            .await;
-        // Observe the result right away.
-        self.wake.notify_one();
+        if self
+            .execute(plan.actions, &records, &revisions, &instances)
+            .await
+        {
+            // Observe the result right away. (When nothing could be done, such as a start
+            // blocked by a container still draining under the same name, the drain's end
+            // wakes the loop instead.)
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -337,6 +369,18 @@ impl<R: ContainerRuntime> Controller<R> {
         let live_ids: HashSet<&str> = instances.iter().map(|i| i.info.id.as_str()).collect();
         mem.counted.retain(|id| live_ids.contains(id.as_str()));
         for i in instances {
+            if let Some(reason) = self.health.verdict(&i.info.id).restart {
+                if mem.counted.insert(i.info.id.clone()) {
+                    let n = mem.failures.entry(i.service.clone()).or_default();
+                    *n += 1;
+                    let delay = reconciler::backoff_ms(*n);
+                    mem.not_before.insert(i.service.clone(), now_ms() + delay);
+                    let reason = format!("instance {} restarted: {reason}", i.info.name);
+                    warn!(service = %i.service, %reason, "liveness failure");
+                    mem.errors.insert(i.service.clone(), reason);
+                }
+                continue;
+            }
             if i.is_failed() && mem.counted.insert(i.info.id.clone()) {
                 let n = mem.failures.entry(i.service.clone()).or_default();
                 *n += 1;
@@ -609,6 +653,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 id: i.info.id.clone(),
                 addr,
                 probe: rec.spec.readiness_probe().unwrap_or_default(),
+                liveness: rec.spec.liveness.clone(),
             });
             if let Some(addr) = addr {
                 if self.health.verdict(&i.info.id).ready {
@@ -672,7 +717,8 @@ impl<R: ContainerRuntime> Controller<R> {
         records: &[ServiceRecord],
         revisions: &HashMap<String, RevisionRecord>,
         instances: &[Instance],
-    ) {
+    ) -> bool {
+        let mut acted = false;
         let by_key: HashMap<String, &ServiceRecord> =
             records.iter().map(|r| (r.spec.key(), r)).collect();
         let by_key = &by_key;
@@ -680,21 +726,65 @@ impl<R: ContainerRuntime> Controller<R> {
             .into_iter()
             .partition(|a| matches!(a, Action::Remove { .. }));
 
-        let removals = removes.into_iter().map(|a| async move {
+        for a in removes {
             let Action::Remove {
                 id,
                 service,
                 reason,
             } = a
             else {
-                return;
+                continue;
             };
-            info!(%service, id = %instance::short(&id), reason = reason.as_str(), "removing instance");
-            if let Err(e) = self.runtime.stop_and_remove(&id, STOP_GRACE).await {
-                warn!(%service, id = %instance::short(&id), error = %e, "remove failed");
+            if !self
+                .memory
+                .lock()
+                .expect("controller memory lock")
+                .removing
+                .insert(id.clone())
+            {
+                continue; // already draining
             }
-        });
-        futures::future::join_all(removals).await;
+            acted = true;
+            // Only an instance that may still be serving is drained: a failed or orphaned one
+            // goes at once.
+            let drain_from = match reason {
+                RemoveReason::Failed | RemoveReason::Orphan => None,
+                _ => instances.iter().find(|i| i.info.id == id).and_then(|i| {
+                    let rec = by_key.get(&i.service)?;
+                    let port = rec.spec.port?;
+                    let ip = i.info.ips.get(&instance::project_network(&i.project))?;
+                    let timeout = rec
+                        .spec
+                        .deploy
+                        .as_ref()
+                        .and_then(|d| d.drain_timeout_secs)
+                        .unwrap_or(DEFAULT_DRAIN_SECS);
+                    Some((SocketAddr::new(*ip, port), Duration::from_secs(timeout)))
+                }),
+            };
+            info!(%service, id = %instance::short(&id), reason = reason.as_str(), draining = drain_from.is_some(), "removing instance");
+            let runtime = self.runtime.clone();
+            let memory = self.memory.clone();
+            let wake = self.wake.clone();
+            let in_flight = self.in_flight.clone();
+            tokio::spawn(
+                async move {
+                    if let Some((addr, timeout)) = drain_from {
+                        drain(&in_flight, addr, timeout).await;
+                    }
+                    if let Err(e) = runtime.stop_and_remove(&id, STOP_GRACE).await {
+                        warn!(id = %instance::short(&id), error = %e, "remove failed");
+                    }
+                    memory
+                        .lock()
+                        .expect("controller memory lock")
+                        .removing
+                        .remove(&id);
+                    wake.notify_one();
+                }
+                .instrument(info_span!("orca.instance.remove", %service)),
+            );
+        }
 
         let node = self.node_capacity(records, instances);
         let node = &node;
@@ -705,23 +795,29 @@ impl<R: ContainerRuntime> Controller<R> {
                 fingerprint,
             } = a
             else {
-                return;
+                return false;
             };
             let (Some(rec), Some(rev)) = (by_key.get(&service), revisions.get(&fingerprint)) else {
                 warn!(%service, %fingerprint, "no revision record for a start; skipped");
-                return;
+                return false;
             };
-            if let Err(e) = self.start(rec, rev, slot, node).await {
-                warn!(%service, slot, error = %e, "start failed");
-                let mut mem = self.memory.lock().expect("controller memory lock");
-                let n = mem.failures.entry(service.clone()).or_default();
-                *n += 1;
-                let delay = reconciler::backoff_ms(*n).max(1_000);
-                mem.not_before.insert(service.clone(), now_ms() + delay);
-                mem.errors.insert(service, e);
+            match self.start(rec, rev, slot, node).await {
+                Ok(true) => true,
+                Ok(false) => false,
+                Err(e) => {
+                    warn!(%service, slot, error = %e, "start failed");
+                    let mut mem = self.memory.lock().expect("controller memory lock");
+                    let n = mem.failures.entry(service.clone()).or_default();
+                    *n += 1;
+                    let delay = reconciler::backoff_ms(*n).max(1_000);
+                    mem.not_before.insert(service.clone(), now_ms() + delay);
+                    mem.errors.insert(service, e);
+                    true
+                }
             }
         });
-        futures::future::join_all(starts).await;
+        let started = futures::future::join_all(starts).await;
+        acted || started.into_iter().any(|progressed| progressed)
     }
 
     /// This node as the placement plugin sees it: capacity minus the limits of what runs.
@@ -800,7 +896,7 @@ impl<R: ContainerRuntime> Controller<R> {
         rev: &RevisionRecord,
         slot: u32,
         node: &types::Node,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let spec: &ServiceSpec = &rev.spec;
         let project = spec.project();
         self.place(spec, node, 0)?;
@@ -853,10 +949,11 @@ impl<R: ContainerRuntime> Controller<R> {
         match self.runtime.create_and_start(&cspec).await {
             Ok(info) => {
                 info!(service = %rec.spec.key(), revision = rev.number, slot, id = %instance::short(&info.id), "started instance");
-                Ok(())
+                Ok(true)
             }
-            // Someone (an earlier pass that crashed half-way) created it already: adopt it.
-            Err(RuntimeError::Conflict { .. }) => Ok(()),
+            // The name is taken: an earlier pass created it (adopted on the next list), or an
+            // instance of the same slot and revision is still draining (retried after it goes).
+            Err(RuntimeError::Conflict { .. }) => Ok(false),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -864,6 +961,24 @@ impl<R: ContainerRuntime> Controller<R> {
 
 /// The placement plugin used for every service.
 const PLACEMENT: &str = "spread";
+
+/// Longest wait for an instance's in-flight requests before it is stopped, unless the
+/// service sets `[service.deploy] drain_timeout_secs`.
+const DEFAULT_DRAIN_SECS: u64 = 30;
+
+/// How many requests the proxy has in flight to an address.
+pub type InFlight = Arc<dyn Fn(SocketAddr) -> usize + Send + Sync>;
+
+/// Waits until the proxy has no request in flight to `addr` (it is already out of the routing
+/// table), or `timeout`. A short settle first lets a request that picked the backend from the
+/// previous table register.
+async fn drain(in_flight: &InFlight, addr: SocketAddr, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while in_flight(addr) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// How one service's traffic is split during a rollout.
 #[derive(Debug, Clone)]

@@ -1,15 +1,20 @@
-//! Readiness checking of running instances: the verdicts that gate traffic.
+//! Health checking of running instances: readiness verdicts that gate traffic, and liveness
+//! verdicts that get an instance restarted.
 //!
 //! The controller publishes the set of instances to watch (`set_targets`); one task probes
-//! them (HTTP GET on the readiness path, else a TCP connect to the service port) and keeps a
-//! verdict per instance. A verdict change wakes the controller so the routing table follows
-//! within milliseconds. An instance not yet ready is probed every 200 ms so a new replica
-//! joins the routes quickly; a ready one at its `interval_secs`, and it leaves the routes
-//! after `failure_threshold` consecutive failures.
+//! them and keeps verdicts per instance. A change wakes the controller so the routing table
+//! follows within milliseconds.
+//! - **Readiness**: an instance not yet ready is probed every 200 ms (after
+//!   `initial_delay_secs`) so a new replica joins the routes quickly; a ready one at its
+//!   `interval_secs`; it leaves the routes after `failure_threshold` consecutive failures and
+//!   comes back on the next success.
+//! - **Liveness** (only when the service has `[service.liveness]`): probed every
+//!   `interval_secs` after `initial_delay_secs`; `failure_threshold` consecutive failures
+//!   mark the instance for restart, which the controller carries out.
 //!
-//! The checks themselves are probe plugins (the `probe` world): `http-probe` when the service
-//! has a readiness path, `tcp-probe` otherwise. Each gets an endpoint capability bound to the
-//! one instance it probes and nothing else. A plugin failure counts as a failed probe.
+//! The checks themselves are probe plugins (the `probe` world): `http-probe` when the probe
+//! has a path, `tcp-probe` otherwise. Each gets an endpoint capability bound to the one
+//! instance it probes and nothing else. A plugin failure counts as a failed probe.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,17 +39,29 @@ pub struct Target {
     pub addr: Option<SocketAddr>,
     /// Readiness probe settings (defaults when the service has none).
     pub probe: Probe,
+    /// Liveness probe settings, if the service has any.
+    pub liveness: Option<Probe>,
 }
 
-/// Current verdict on one instance.
+/// Current verdicts on one instance.
 #[derive(Debug, Clone, Default)]
 pub struct Verdict {
     /// Passing readiness: receives traffic.
     pub ready: bool,
-    /// Consecutive failed probes.
+    /// Consecutive failed readiness probes.
     pub failures: u32,
-    /// Reason of the last failed probe, if the last probe failed.
+    /// Reason of the last failed readiness probe, if the last one failed.
     pub last_error: Option<String>,
+    /// Consecutive failed liveness probes.
+    pub live_failures: u32,
+    /// Set once liveness failed `failure_threshold` times: restart it (with the reason).
+    pub restart: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Readiness,
+    Liveness,
 }
 
 #[derive(Debug)]
@@ -53,6 +70,8 @@ struct Entry {
     verdict: Verdict,
     next_due: Instant,
     in_flight: bool,
+    live_next_due: Instant,
+    live_in_flight: bool,
 }
 
 /// Verdicts by container id, shared by the checker task, the controller and the API.
@@ -84,6 +103,13 @@ impl Health {
                 }
                 None => {
                     let delay = Duration::from_secs(t.probe.initial_delay_secs);
+                    let live_delay = t
+                        .liveness
+                        .as_ref()
+                        .map(|l| {
+                            Duration::from_secs(l.initial_delay_secs.max(l.interval_secs.max(1)))
+                        })
+                        .unwrap_or_default();
                     let ready = t.addr.is_none();
                     next.insert(
                         t.id.clone(),
@@ -95,6 +121,8 @@ impl Health {
                             },
                             next_due: now + delay,
                             in_flight: false,
+                            live_next_due: now + live_delay,
+                            live_in_flight: false,
                         },
                     );
                 }
@@ -103,7 +131,7 @@ impl Health {
         *map = next;
     }
 
-    /// The verdict on one instance (not ready when unknown).
+    /// The verdicts on one instance (not ready when unknown).
     pub fn verdict(&self, id: &str) -> Verdict {
         self.inner
             .lock()
@@ -113,7 +141,8 @@ impl Health {
             .unwrap_or_default()
     }
 
-    /// Runs the checker until `shutdown` resolves; `changed` is notified on every verdict flip.
+    /// Runs the checker until `shutdown` resolves; `changed` is notified on every verdict
+    /// flip and every restart request.
     pub async fn run(self, changed: Arc<Notify>, shutdown: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,17 +151,22 @@ impl Health {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            for target in self.take_due(Instant::now()) {
+            for (target, kind) in self.take_due(Instant::now()) {
                 let this = self.clone();
                 let changed = changed.clone();
                 tokio::spawn(async move {
                     let registry = this.registry.clone();
-                    let t = target.clone();
+                    let probe = match kind {
+                        Kind::Readiness => target.probe.clone(),
+                        Kind::Liveness => target.liveness.clone().unwrap_or_default(),
+                    };
+                    let addr = target.addr;
                     // Probe plugins block (up to their timeout): keep them off the async workers.
-                    let result = tokio::task::spawn_blocking(move || check(&registry, &t))
-                        .await
-                        .unwrap_or_else(|e| Err(format!("probe panicked: {e}")));
-                    if this.record(&target.id, result) {
+                    let result =
+                        tokio::task::spawn_blocking(move || check(&registry, addr, &probe))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("probe panicked: {e}")));
+                    if this.record(&target.id, kind, result) {
                         changed.notify_one();
                     }
                 });
@@ -140,55 +174,96 @@ impl Health {
         }
     }
 
-    fn take_due(&self, now: Instant) -> Vec<Target> {
+    fn take_due(&self, now: Instant) -> Vec<(Target, Kind)> {
         let mut map = self.inner.lock().expect("health lock");
-        map.values_mut()
-            .filter(|e| !e.in_flight && e.next_due <= now && e.target.addr.is_some())
-            .map(|e| {
+        let mut due = Vec::new();
+        for e in map.values_mut() {
+            if e.target.addr.is_none() {
+                continue;
+            }
+            if !e.in_flight && e.next_due <= now {
                 e.in_flight = true;
-                e.target.clone()
-            })
-            .collect()
+                due.push((e.target.clone(), Kind::Readiness));
+            }
+            if e.target.liveness.is_some()
+                && e.verdict.restart.is_none()
+                && !e.live_in_flight
+                && e.live_next_due <= now
+            {
+                e.live_in_flight = true;
+                due.push((e.target.clone(), Kind::Liveness));
+            }
+        }
+        due
     }
 
-    /// Records one probe result; returns true when the ready verdict flipped.
-    fn record(&self, id: &str, result: Result<(), String>) -> bool {
+    /// Records one probe result; returns true when the controller should look again.
+    fn record(&self, id: &str, kind: Kind, result: Result<(), String>) -> bool {
         let mut map = self.inner.lock().expect("health lock");
         let Some(e) = map.get_mut(id) else {
             return false;
         };
-        e.in_flight = false;
-        let before = e.verdict.ready;
-        match result {
-            Ok(()) => {
-                e.verdict.failures = 0;
-                e.verdict.last_error = None;
-                e.verdict.ready = true;
+        match kind {
+            Kind::Readiness => {
+                e.in_flight = false;
+                let before = e.verdict.ready;
+                match result {
+                    Ok(()) => {
+                        e.verdict.failures = 0;
+                        e.verdict.last_error = None;
+                        e.verdict.ready = true;
+                    }
+                    Err(reason) => {
+                        e.verdict.failures += 1;
+                        e.verdict.last_error = Some(reason);
+                        if e.verdict.failures >= e.target.probe.failure_threshold.max(1) {
+                            e.verdict.ready = false;
+                        }
+                    }
+                }
+                let interval = if e.verdict.ready {
+                    Duration::from_secs(e.target.probe.interval_secs.max(1))
+                } else {
+                    STARTING_INTERVAL
+                };
+                e.next_due = Instant::now() + interval;
+                before != e.verdict.ready
             }
-            Err(reason) => {
-                e.verdict.failures += 1;
-                e.verdict.last_error = Some(reason);
-                if e.verdict.failures >= e.target.probe.failure_threshold.max(1) {
-                    e.verdict.ready = false;
+            Kind::Liveness => {
+                e.live_in_flight = false;
+                let Some(live) = e.target.liveness.clone() else {
+                    return false;
+                };
+                e.live_next_due = Instant::now() + Duration::from_secs(live.interval_secs.max(1));
+                match result {
+                    Ok(()) => {
+                        e.verdict.live_failures = 0;
+                        false
+                    }
+                    Err(reason) => {
+                        e.verdict.live_failures += 1;
+                        if e.verdict.live_failures >= live.failure_threshold.max(1) {
+                            e.verdict.restart = Some(format!(
+                                "liveness probe failed {} times: {reason}",
+                                e.verdict.live_failures
+                            ));
+                            true
+                        } else {
+                            false
+                        }
+                    }
                 }
             }
         }
-        let interval = if e.verdict.ready {
-            Duration::from_secs(e.target.probe.interval_secs.max(1))
-        } else {
-            STARTING_INTERVAL
-        };
-        e.next_due = Instant::now() + interval;
-        before != e.verdict.ready
     }
 }
 
-/// Runs the probe plugin for one target.
-fn check(registry: &Registry, target: &Target) -> Result<(), String> {
-    let Some(addr) = target.addr else {
+/// Runs the probe plugin for one address.
+fn check(registry: &Registry, addr: Option<SocketAddr>, probe: &Probe) -> Result<(), String> {
+    let Some(addr) = addr else {
         return Ok(());
     };
-    let plugin_name = if target.probe.path.is_some() {
+    let plugin_name = if probe.path.is_some() {
         "http-probe"
     } else {
         "tcp-probe"
@@ -197,8 +272,8 @@ fn check(registry: &Registry, target: &Target) -> Result<(), String> {
         .resolve(plugin_name, World::Probe)
         .map_err(|e| e.to_string())?;
     let settings = ProbeSettings {
-        path: target.probe.path.clone(),
-        timeout_ms: (target.probe.timeout_secs.max(1) * 1000).min(u64::from(u32::MAX)) as u32,
+        path: probe.path.clone(),
+        timeout_ms: (probe.timeout_secs.max(1) * 1000).min(u64::from(u32::MAX)) as u32,
         params: Vec::new(),
     };
     match plugin.check(&settings, Arc::new(TcpEndpoint::new(addr))) {

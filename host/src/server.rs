@@ -124,6 +124,12 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let proxy_metrics = ProxyMetrics::new();
     let metrics = Metrics::new(|r| proxy_metrics.register(r));
     let health = Health::new(registry.clone());
+    let proxy = Proxy::new(
+        ProxyConfig::default(),
+        routes.clone(),
+        proxy_metrics.clone(),
+    );
+    let in_flight = proxy.in_flight();
     let controller = Arc::new(Controller::new(
         runtime.clone(),
         store.clone(),
@@ -134,6 +140,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         metrics.clone(),
         cluster.cluster.name.clone(),
         node.clone(),
+        Arc::new(move |addr| in_flight.get(addr)),
     ));
     let handle = controller.handle();
     let watchdog = Duration::from_secs(cluster.cluster.watchdog_interval_secs.max(1));
@@ -147,7 +154,6 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         shutdown.clone(),
     ));
 
-    let proxy = Proxy::new(ProxyConfig::default(), routes, proxy_metrics);
     let proxy_shutdown = shutdown.clone();
     let proxy_task = tokio::spawn(async move {
         proxy

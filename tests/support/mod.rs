@@ -521,3 +521,171 @@ pub fn build_guests(
     );
     target_dir.join(target).join("release")
 }
+
+/// One failed request of a [`Load`]: when (ms since the load started), the status (`None` for a
+/// connection or protocol error) and the body or error text.
+#[derive(Debug, Clone)]
+pub struct LoadFailure {
+    pub at_ms: u128,
+    pub status: Option<u16>,
+    pub detail: String,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub total: usize,
+    pub ok: usize,
+    pub failures: Vec<LoadFailure>,
+    /// 2xx answers per `version` field of the test app's JSON (`?` when not JSON).
+    pub versions: std::collections::BTreeMap<String, usize>,
+    pub elapsed: Duration,
+    /// Whether a cap (requests or duration) ended the load before it was stopped.
+    pub capped: bool,
+}
+
+impl LoadReport {
+    /// Share of 2xx answers from `version`, in percent.
+    pub fn share(&self, version: &str) -> f64 {
+        let n: usize = self.versions.values().sum();
+        100.0 * *self.versions.get(version).unwrap_or(&0) as f64 / n.max(1) as f64
+    }
+
+    /// A short human summary with the first failures, for assertion messages.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} requests in {:?} ({} ok, {} failed{}), versions {:?}",
+            self.total,
+            self.elapsed,
+            self.ok,
+            self.failures.len(),
+            if self.capped { ", CAPPED" } else { "" },
+            self.versions
+        );
+        for f in self.failures.iter().take(20) {
+            s.push_str(&format!(
+                "\n  +{}ms {}: {}",
+                f.at_ms,
+                f.status
+                    .map_or("connection error".to_string(), |c| c.to_string()),
+                f.detail.trim()
+            ));
+        }
+        if self.failures.len() > 20 {
+            s.push_str(&format!("\n  … and {} more", self.failures.len() - 20));
+        }
+        s
+    }
+}
+
+/// A bounded constant-rate load through the proxy: `threads` threads, each sending one
+/// `GET path` with `Host: host` every `every` (no catch-up bursts when late), until stopped or
+/// until `max_requests` in total or `max_duration` have passed (then `capped` is set).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    report: std::sync::Arc<std::sync::Mutex<LoadReport>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Load {
+    pub fn start(
+        proxy: SocketAddr,
+        host: &str,
+        path: &str,
+        threads: usize,
+        every: Duration,
+        max_requests: usize,
+        max_duration: Duration,
+    ) -> Load {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(LoadReport::default()));
+        let started = Instant::now();
+        let issued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let url = format!("http://{proxy}{path}");
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, report, issued, url, host) = (
+                    stop.clone(),
+                    report.clone(),
+                    issued.clone(),
+                    url.clone(),
+                    host.to_string(),
+                );
+                std::thread::spawn(move || {
+                    // Spread the threads' phases over one period.
+                    let mut next = started + every.mul_f64(t as f64 / threads.max(1) as f64);
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        if started.elapsed() >= max_duration
+                            || issued.fetch_add(1, Ordering::Relaxed) >= max_requests
+                        {
+                            report.lock().unwrap().capped = true;
+                            return;
+                        }
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        }
+                        next = (next + every).max(Instant::now());
+                        let at_ms = started.elapsed().as_millis();
+                        let result = http_raw("GET", &url, None, &[("Host", &host)], None);
+                        let mut r = report.lock().unwrap();
+                        r.total += 1;
+                        match result {
+                            Ok((code, body)) if (200..300).contains(&code) => {
+                                r.ok += 1;
+                                let version = serde_json::from_str::<Value>(&body)
+                                    .ok()
+                                    .and_then(|v| v["version"].as_str().map(str::to_string))
+                                    .unwrap_or_else(|| "?".to_string());
+                                *r.versions.entry(version).or_default() += 1;
+                            }
+                            Ok((code, body)) => r.failures.push(LoadFailure {
+                                at_ms,
+                                status: Some(code),
+                                detail: body.chars().take(300).collect(),
+                            }),
+                            Err(e) => r.failures.push(LoadFailure {
+                                at_ms,
+                                status: None,
+                                detail: e,
+                            }),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            report,
+            threads,
+            started,
+        }
+    }
+
+    /// Milliseconds since the load started (to relate failures to events).
+    pub fn now_ms(&self) -> u128 {
+        self.started.elapsed().as_millis()
+    }
+
+    /// Stops the load and returns what it saw.
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.join()
+    }
+
+    /// Waits until a cap ends the load and returns what it saw.
+    pub fn join(self) -> LoadReport {
+        for t in self.threads {
+            t.join().expect("load thread panicked");
+        }
+        let mut r = self.report.lock().unwrap().clone();
+        r.elapsed = self.started.elapsed();
+        r
+    }
+}

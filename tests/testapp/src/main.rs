@@ -9,7 +9,10 @@
 //! | path | answer |
 //! | --- | --- |
 //! | `/` | `200` JSON `{"instance":"<hostname>","version":"<$VERSION or v1>","greeting":"<$GREETING>"}` |
-//! | `/healthz` | `200 ok`, or `503 unhealthy` when `FAIL_HEALTH=1` or `/tmp/unhealthy` exists |
+//! | `/healthz` | readiness: `200 ok`, or `503 unhealthy` when `FAIL_HEALTH=1`, `NEVER_READY=1`, `/tmp/unhealthy` exists, less than `READY_AFTER_MS` passed since start, or `/admin/ready/fail` was called |
+//! | `/livez` | liveness: `200 ok`, or `503 not live` after `/admin/live/fail` |
+//! | `/admin/ready/fail`, `/admin/ready/ok` | flip what `/healthz` answers at runtime (`200` with the new state) |
+//! | `/admin/live/fail`, `/admin/live/ok` | flip what `/livez` answers at runtime |
 //! | `/env/<NAME>` | `200` with the value of env var `NAME`, `404` if unset |
 //! | `/sleep/<ms>` | sleeps `ms` milliseconds, then `200` |
 //! | `/status/<code>` | answers with that status code (200..=599) |
@@ -17,14 +20,20 @@
 //! | `/echo` | the request body |
 //! | any request with an `Upgrade` header | `101 Switching Protocols`, then echoes raw bytes until EOF |
 //!
-//! Environment: `PORT` (default 8080), `VERSION`, `GREETING`, `FAIL_HEALTH`, `LOG_REQUESTS=1`
+//! Environment: `PORT` (default 8080), `VERSION`, `GREETING`, `FAIL_HEALTH`, `READY_AFTER_MS`
+//! (`/healthz` answers 503 until that many ms after start), `NEVER_READY=1`, `LOG_REQUESTS=1`
 //! (log one line per request to stdout; off by default so benchmarks do not measure the
 //! container log driver).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Runtime toggles of `/healthz` and `/livez` (`/admin/{ready,live}/{fail,ok}`).
+static READY_FAIL: AtomicBool = AtomicBool::new(false);
+static LIVE_FAIL: AtomicBool = AtomicBool::new(false);
 
 /// Upper bound for one request line or header line, and for the number of headers: a test app
 /// still should not let a broken client make it allocate without limit.
@@ -76,6 +85,11 @@ struct Config {
     version: String,
     greeting: String,
     log_requests: bool,
+    started: Instant,
+    /// `/healthz` answers 503 until this long after start (`READY_AFTER_MS`).
+    ready_after: Duration,
+    /// `/healthz` always answers 503 (`NEVER_READY=1`).
+    never_ready: bool,
 }
 
 impl Config {
@@ -91,6 +105,14 @@ impl Config {
             version: std::env::var("VERSION").unwrap_or_else(|_| "v1".to_string()),
             greeting: std::env::var("GREETING").unwrap_or_default(),
             log_requests: std::env::var("LOG_REQUESTS").is_ok_and(|v| v == "1"),
+            started: Instant::now(),
+            ready_after: Duration::from_millis(
+                std::env::var("READY_AFTER_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            ),
+            never_ready: std::env::var("NEVER_READY").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -193,11 +215,35 @@ fn route(req: &Request, config: &Config) -> Response {
     }
     if path == "/healthz" {
         let failing = std::env::var("FAIL_HEALTH").is_ok_and(|v| v == "1")
+            || config.never_ready
+            || config.started.elapsed() < config.ready_after
+            || READY_FAIL.load(Ordering::Relaxed)
             || std::path::Path::new("/tmp/unhealthy").exists();
         return if failing {
             Response::text(503, "unhealthy\n")
         } else {
             Response::text(200, "ok\n")
+        };
+    }
+    if path == "/livez" {
+        return if LIVE_FAIL.load(Ordering::Relaxed) {
+            Response::text(503, "not live\n")
+        } else {
+            Response::text(200, "ok\n")
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/admin/") {
+        let (flag, which) = match rest.split_once('/') {
+            Some(("ready", which)) => (&READY_FAIL, which),
+            Some(("live", which)) => (&LIVE_FAIL, which),
+            _ => return Response::text(404, format!("no route for {path}\n")),
+        };
+        return match which {
+            "fail" | "ok" => {
+                flag.store(which == "fail", Ordering::Relaxed);
+                Response::text(200, format!("{rest}\n"))
+            }
+            _ => Response::text(404, format!("no route for {path}\n")),
         };
     }
     if path == "/headers" {

@@ -6,7 +6,8 @@
 //! replica without the herding of "least loaded wins" on stale counts.
 //!
 //! In-flight counts are kept per backend address, outside the routing table, so they
-//! survive table swaps (a swap that keeps a backend keeps its count).
+//! survive table swaps (a swap that keeps a backend keeps its count). The same counters
+//! back [`InFlightView`], through which the controller waits for a removed backend to drain.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -20,12 +21,40 @@ use crate::table::Backend;
 /// Above this many tracked addresses, idle ones are forgotten (addresses churn with deploys).
 const PRUNE_ABOVE: usize = 1024;
 
+/// In-flight counters by backend address. A std mutex: it is held only for a map lookup,
+/// never across an await.
+type Loads = Arc<Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>>;
+
 /// Picks backends and tracks in-flight requests per backend address.
 #[derive(Debug)]
 pub(crate) struct Balancer {
-    // A std mutex: it is held only for a map lookup, never across an await.
-    loads: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    loads: Loads,
     rng: AtomicU64,
+}
+
+/// A read-only view of how many requests the proxy is proxying to each backend address
+/// right now, including open upgraded (WebSocket) connections. Cloning is cheap; it stays
+/// valid after the proxy is consumed by [`Proxy::serve`](crate::Proxy::serve).
+///
+/// A request counts from the moment it picks a backend until its response body is done
+/// (or its tunnel closes). A request that loaded a routing table just before a swap may
+/// still pick a backend the swap removed, so a drain should see 0 after the swap has been
+/// published (and ideally for a short settle time); a request that then fails to connect
+/// is retried on another replica when that is safe.
+#[derive(Clone, Debug)]
+pub struct InFlightView {
+    loads: Loads,
+}
+
+impl InFlightView {
+    /// Requests in flight to `addr`; 0 for an address the proxy has never used (or has
+    /// forgotten, which it only does for addresses with nothing in flight).
+    pub fn get(&self, addr: SocketAddr) -> usize {
+        let loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
+        loads
+            .get(&addr)
+            .map_or(0, |count| count.load(Ordering::Relaxed))
+    }
 }
 
 /// Counts one in-flight request against a backend until dropped.
@@ -44,27 +73,53 @@ impl Balancer {
         // guards nothing.
         let seed = RandomState::new().build_hasher().finish();
         Balancer {
-            loads: Mutex::new(HashMap::new()),
+            loads: Arc::default(),
             rng: AtomicU64::new(seed),
         }
     }
 
-    /// Picks one of `backends` (which must not be empty) and counts a request against it.
-    pub(crate) fn pick<'b>(&self, backends: &'b [Backend]) -> (&'b Backend, InFlight) {
+    /// A view of the in-flight counts, sharing this balancer's counters.
+    pub(crate) fn view(&self) -> InFlightView {
+        InFlightView {
+            loads: self.loads.clone(),
+        }
+    }
+
+    /// Picks one of `backends` whose address is not in `exclude` and counts a request
+    /// against it; `None` if no backend is left. Excluding backends (the ones a request
+    /// already failed on) never brings a weight-0 backend into rotation, unless every
+    /// backend of the route has weight 0.
+    pub(crate) fn pick<'b>(
+        &self,
+        backends: &'b [Backend],
+        exclude: &[SocketAddr],
+    ) -> Option<(&'b Backend, InFlight)> {
+        let any_weight = backends.iter().any(|b| b.weight > 0);
+        let candidates: Vec<&'b Backend> = backends
+            .iter()
+            .filter(|b| !exclude.contains(&b.addr) && (b.weight > 0 || !any_weight))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
         let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
         if loads.len() > PRUNE_ABOVE {
+            // Only counters nobody holds are dropped: a held counter is an in-flight
+            // request (or a pick in progress), and every count above 0 has a holder, so
+            // forgetting an address never changes what `InFlightView::get` answers.
             loads.retain(|_, count| Arc::strong_count(count) > 1);
         }
-        let counters: Vec<Arc<AtomicUsize>> = backends
+        let counters: Vec<Arc<AtomicUsize>> = candidates
             .iter()
             .map(|b| loads.entry(b.addr).or_default().clone())
             .collect();
         drop(loads);
+        let weights: Vec<u32> = candidates.iter().map(|b| b.weight).collect();
         let current: Vec<usize> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        let index = choose(backends, &current, self.next_random(), self.next_random());
+        let index = choose(&weights, &current, self.next_random(), self.next_random());
         let counter = counters[index].clone();
         counter.fetch_add(1, Ordering::Relaxed);
-        (&backends[index], InFlight(counter))
+        Some((candidates[index], InFlight(counter)))
     }
 
     /// splitmix64 over an atomic counter: lock-free and well spread.
@@ -79,31 +134,32 @@ impl Balancer {
     }
 }
 
-/// The pure choice: draws two candidates with `r1` and `r2` in proportion to weight and
-/// returns the index of the one with fewer in-flight requests per unit of weight (the first
-/// on a tie). If every weight is 0 the backends are treated as equally weighted.
-pub(crate) fn choose(backends: &[Backend], in_flight: &[usize], r1: u64, r2: u64) -> usize {
-    debug_assert!(!backends.is_empty());
-    debug_assert_eq!(backends.len(), in_flight.len());
-    if backends.len() == 1 {
+/// The pure choice among candidates with `weights`: draws two candidates with `r1` and
+/// `r2` in proportion to weight and returns the index of the one with fewer in-flight
+/// requests per unit of weight (the first on a tie). If every weight is 0 the candidates
+/// are treated as equally weighted.
+pub(crate) fn choose(weights: &[u32], in_flight: &[usize], r1: u64, r2: u64) -> usize {
+    debug_assert!(!weights.is_empty());
+    debug_assert_eq!(weights.len(), in_flight.len());
+    if weights.len() == 1 {
         return 0;
     }
-    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
     let weight = |i: usize| {
         if total == 0 {
             1
         } else {
-            u64::from(backends[i].weight)
+            u64::from(weights[i])
         }
     };
     let total = if total == 0 {
-        backends.len() as u64
+        weights.len() as u64
     } else {
         total
     };
     let draw = |r: u64| {
         let mut point = r % total;
-        for i in 0..backends.len() {
+        for i in 0..weights.len() {
             let w = weight(i);
             if point < w {
                 return i;
@@ -141,26 +197,24 @@ mod tests {
 
     #[test]
     fn prefers_the_less_loaded_candidate() {
-        let b = backends(&[1, 1]);
+        let w = [1, 1];
         // r % 2 selects the candidate: 0 draws backend 0, 1 draws backend 1.
-        assert_eq!(choose(&b, &[5, 0], 0, 1), 1);
-        assert_eq!(choose(&b, &[0, 5], 1, 0), 0);
-        assert_eq!(choose(&b, &[2, 2], 1, 0), 1, "ties go to the first draw");
+        assert_eq!(choose(&w, &[5, 0], 0, 1), 1);
+        assert_eq!(choose(&w, &[0, 5], 1, 0), 0);
+        assert_eq!(choose(&w, &[2, 2], 1, 0), 1, "ties go to the first draw");
     }
 
     #[test]
     fn zero_weight_is_never_chosen() {
-        let b = backends(&[0, 3]);
         for r in 0..100 {
-            assert_eq!(choose(&b, &[0, 100], r, r + 7), 1);
+            assert_eq!(choose(&[0, 3], &[0, 100], r, r + 7), 1);
         }
     }
 
     #[test]
     fn all_zero_weights_fall_back_to_equal_shares() {
-        let b = backends(&[0, 0]);
-        assert_eq!(choose(&b, &[0, 0], 0, 0), 0);
-        assert_eq!(choose(&b, &[0, 0], 1, 1), 1);
+        assert_eq!(choose(&[0, 0], &[0, 0], 0, 0), 0);
+        assert_eq!(choose(&[0, 0], &[0, 0], 1, 1), 1);
     }
 
     #[test]
@@ -169,7 +223,7 @@ mod tests {
         let b = backends(&[9, 1]);
         let mut hits = [0usize; 2];
         for _ in 0..10_000 {
-            let (chosen, _guard) = balancer.pick(&b);
+            let (chosen, _guard) = balancer.pick(&b, &[]).unwrap();
             hits[usize::from(chosen.addr.port() - 9000)] += 1;
         }
         assert!((800..=1200).contains(&hits[1]), "canary share {hits:?}");
@@ -179,7 +233,7 @@ mod tests {
     fn in_flight_guard_counts_and_releases() {
         let balancer = Balancer::new();
         let b = backends(&[1, 1]);
-        let guards: Vec<_> = (0..10).map(|_| balancer.pick(&b).1).collect();
+        let guards: Vec<_> = (0..10).map(|_| balancer.pick(&b, &[]).unwrap().1).collect();
         let total: usize = {
             let loads = balancer.loads.lock().unwrap();
             loads.values().map(|c| c.load(Ordering::Relaxed)).sum()
@@ -188,5 +242,47 @@ mod tests {
         drop(guards);
         let loads = balancer.loads.lock().unwrap();
         assert!(loads.values().all(|c| c.load(Ordering::Relaxed) == 0));
+    }
+
+    #[test]
+    fn view_shares_the_counters() {
+        let balancer = Balancer::new();
+        let view = balancer.view();
+        let b = backends(&[1]);
+        assert_eq!(view.get(b[0].addr), 0, "unknown address");
+        let guard = balancer.pick(&b, &[]).unwrap().1;
+        assert_eq!(view.get(b[0].addr), 1);
+        drop(guard);
+        assert_eq!(view.get(b[0].addr), 0);
+    }
+
+    #[test]
+    fn excluded_and_out_of_rotation_backends_are_not_picked() {
+        let balancer = Balancer::new();
+        let b = backends(&[1, 0, 1]);
+        for _ in 0..100 {
+            let (chosen, _guard) = balancer.pick(&b, &[b[0].addr]).unwrap();
+            assert_eq!(chosen.addr, b[2].addr);
+        }
+        assert!(balancer.pick(&b, &[b[0].addr, b[2].addr]).is_none());
+        let zero = backends(&[0, 0]);
+        assert_eq!(
+            balancer.pick(&zero, &[zero[0].addr]).unwrap().0.addr,
+            zero[1].addr
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_counters_in_use() {
+        let balancer = Balancer::new();
+        let view = balancer.view();
+        let held = backends(&[1]);
+        let _guard = balancer.pick(&held, &[]).unwrap().1;
+        for port in 0..=PRUNE_ABOVE as u16 + 1 {
+            let other = [Backend::new("x", SocketAddr::from(([127, 0, 0, 2], port)))];
+            drop(balancer.pick(&other, &[]));
+        }
+        assert_eq!(view.get(held[0].addr), 1);
+        assert!(balancer.loads.lock().unwrap().len() <= PRUNE_ABOVE + 2);
     }
 }

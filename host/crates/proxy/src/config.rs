@@ -12,7 +12,8 @@ pub struct ProxyConfig {
     /// How long the whole upstream response head may take, counted from when the proxy
     /// starts sending the request. Stops a backend that accepts but never answers from
     /// holding a client forever; the client gets a 504. The response body streams without
-    /// a deadline (long polls, server-sent events).
+    /// a deadline (long polls, server-sent events). A retry on another backend (after the
+    /// first could not be reached) starts its own `request_timeout`.
     pub request_timeout: Duration,
     /// How long a client may take to send a complete request head. Stops slowloris clients
     /// (connections that never finish their headers) from exhausting connections. It also

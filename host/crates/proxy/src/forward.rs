@@ -9,10 +9,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -20,12 +20,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{debug, field, info_span, warn, Instrument, Span};
 
-use crate::balance::{Balancer, InFlight};
+use crate::balance::{Balancer, InFlight, InFlightView};
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::metrics::{ProxyMetrics, UNROUTED};
 use crate::server::{phase_reached, Drain, Phase};
+use crate::stats::RouteStats;
 use crate::table::{normalize_host, Backend, Route, RouteTable, Routes};
 
 /// A boxed error, as bodies and the upstream client produce them.
@@ -45,6 +46,7 @@ pub(crate) struct Forwarder {
     metrics: ProxyMetrics,
     client: Client<HttpConnector, UpstreamBody>,
     balancer: Balancer,
+    stats: RouteStats,
     drain: Drain,
 }
 
@@ -102,8 +104,19 @@ impl Forwarder {
             metrics,
             client,
             balancer: Balancer::new(),
+            stats: RouteStats::new(),
             drain,
         }
+    }
+
+    /// A view of the balancer's in-flight counters.
+    pub(crate) fn in_flight(&self) -> InFlightView {
+        self.balancer.view()
+    }
+
+    /// The per-service outcome counters.
+    pub(crate) fn route_stats(&self) -> RouteStats {
+        self.stats.clone()
     }
 
     /// Answers one client request; never fails (proxy errors become responses).
@@ -125,20 +138,20 @@ impl Forwarder {
         async move {
             // One snapshot for the whole request: a concurrent swap cannot change its route.
             let table = self.routes.load();
-            let (service, result) = match resolve(&table, &req) {
+            let (service, routed, result) = match resolve(&table, &req) {
                 Ok(target) => {
                     let span = Span::current();
                     span.record("host", target.authority.as_str());
                     span.record("service", target.route.service.as_str());
                     let route = target.route;
                     let result = self.forward(route, &target.authority, req, client).await;
-                    (route.service.as_str(), result)
+                    (route.service.as_str(), true, result)
                 }
                 Err(e) => {
                     if let ProxyError::UnknownHost { host } = &e {
                         Span::current().record("host", host.as_str());
                     }
-                    (UNROUTED, Err(e))
+                    (UNROUTED, false, Err(e))
                 }
             };
             let response = match result {
@@ -156,6 +169,9 @@ impl Forwarder {
             Span::current().record("status", response.status().as_u16());
             self.metrics
                 .record(service, response.status(), started.elapsed());
+            if routed {
+                self.stats.record(service, response.status());
+            }
             response
         }
         .instrument(span)
@@ -178,41 +194,68 @@ impl Forwarder {
         if content_length(&req).is_some_and(|len| len > limit) {
             return Err(ProxyError::BodyTooLarge { limit });
         }
-        let (backend, in_flight) = self.balancer.pick(&route.backends);
-        Span::current().record("upstream", field::display(backend.addr));
+        let Some((mut backend, mut in_flight)) = self.balancer.pick(&route.backends, &[]) else {
+            // Every backend has weight 0 and none is excluded: `pick` treats them as equal,
+            // so this only happens for an empty route, handled above.
+            return Err(ProxyError::NoReadyReplica {
+                service: route.service.clone(),
+            });
+        };
 
         let upgrade = headers::upgrade_request(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let is_upgrade = upgrade.is_some();
-        let upstream_req =
+        let replayable = replayable(&req);
+        let mut upstream_req =
             self.upstream_request(req, backend, route, authority, client, upgrade)?;
+        // What a retry sends: the rewritten request again, with its (empty) body.
+        let replay = replayable.then(|| Replay::of(&upstream_req));
+        let mut failed: Vec<SocketAddr> = Vec::new();
 
-        let response = match tokio::time::timeout(
-            self.config.request_timeout,
-            self.client.request(upstream_req),
-        )
-        .await
-        {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
-                return Err(ProxyError::BodyTooLarge { limit });
+        let response = loop {
+            Span::current().record("upstream", field::display(backend.addr));
+            let error = match tokio::time::timeout(
+                self.config.request_timeout,
+                self.client.request(upstream_req),
+            )
+            .await
+            {
+                Ok(Ok(response)) => break response,
+                Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
+                    return Err(ProxyError::BodyTooLarge { limit });
+                }
+                Ok(Err(e)) => e,
+                // Dropping the request future closes that upstream connection, so a
+                // backend that answers late cannot confuse a pooled connection.
+                Err(_elapsed) => {
+                    return Err(ProxyError::UpstreamTimeout {
+                        addr: backend.addr,
+                        service: route.service.clone(),
+                        timeout: self.config.request_timeout,
+                    });
+                }
+            };
+            let failure = ProxyError::UpstreamFailed {
+                addr: backend.addr,
+                service: route.service.clone(),
+                reason: error_chain(&error),
+            };
+            let Some(replay) = replay.as_ref() else {
+                return Err(failure);
+            };
+            if failed.len() >= MAX_RETRIES || !not_sent(&error) {
+                return Err(failure);
             }
-            Ok(Err(e)) => {
-                return Err(ProxyError::UpstreamFailed {
-                    addr: backend.addr,
-                    service: route.service.clone(),
-                    reason: error_chain(&e),
-                });
-            }
-            // Dropping the request future closes that upstream connection, so a
-            // backend that answers late cannot confuse a pooled connection.
-            Err(_elapsed) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    addr: backend.addr,
-                    service: route.service.clone(),
-                    timeout: self.config.request_timeout,
-                });
-            }
+            failed.push(backend.addr);
+            // The failed backend no longer has this request in flight.
+            drop(in_flight);
+            let Some((next, guard)) = self.balancer.pick(&route.backends, &failed) else {
+                return Err(failure);
+            };
+            debug!(error = %failure, retry_on = %next.addr, "upstream not reached; retrying");
+            self.metrics.retry(&route.service);
+            (backend, in_flight) = (next, guard);
+            upstream_req = replay.request(backend, route)?;
         };
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS && is_upgrade {
@@ -267,21 +310,90 @@ impl Forwarder {
             .path_and_query()
             .map(|pq| pq.as_str())
             .unwrap_or("/");
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(backend.addr.to_string())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| ProxyError::UpstreamFailed {
-                addr: backend.addr,
-                service: route.service.clone(),
-                reason: format!("cannot build the upstream URI: {e}"),
-            })?;
+        parts.uri = upstream_uri(backend, route, path)?;
         // HTTP/1.1 to backends whatever the client spoke, so upstream connections pool.
         parts.version = Version::HTTP_11;
         let limit = usize::try_from(self.config.max_request_body).unwrap_or(usize::MAX);
         let body = Limited::new(body, limit).boxed_unsync();
         Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// How many times a request is sent again to another backend after a failure that
+/// happened before anything was sent.
+const MAX_RETRIES: usize = 2;
+
+/// The URI of `path` on `backend`.
+fn upstream_uri(backend: &Backend, route: &Route, path: &str) -> Result<Uri, ProxyError> {
+    Uri::builder()
+        .scheme("http")
+        .authority(backend.addr.to_string())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::UpstreamFailed {
+            addr: backend.addr,
+            service: route.service.clone(),
+            reason: format!("cannot build the upstream URI: {e}"),
+        })
+}
+
+/// Whether a request may be sent to another backend when the first could not be reached:
+/// an idempotent method and no body (so nothing of it is lost with the failed attempt).
+/// Upgrade requests qualify too; they are retried on the same (not-sent) failures.
+fn replayable<B>(req: &Request<B>) -> bool {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    let bodiless = !req.headers().contains_key(TRANSFER_ENCODING)
+        && (!req.headers().contains_key(CONTENT_LENGTH) || content_length(req) == Some(0));
+    idempotent && bodiless
+}
+
+/// Whether the upstream client failed before any byte of the request reached the backend:
+/// the connection could not be made (refused, reset, connect timeout), or the pooled
+/// connection closed before the request was written (hyper hands the request back, which
+/// hyper-util reports as `Canceled` with hyper's canceled error as the source; a reused
+/// connection is already retried inside hyper-util, a fresh one surfaces here). Anything
+/// else may have reached the backend and is never retried.
+fn not_sent(error: &hyper_util::client::legacy::Error) -> bool {
+    error.is_connect()
+        || error
+            .source()
+            .and_then(|source| source.downcast_ref::<hyper::Error>())
+            .is_some_and(hyper::Error::is_canceled)
+}
+
+/// A bodiless request as sent upstream, to send again to another backend.
+struct Replay {
+    method: Method,
+    path: String,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<UpstreamBody>) -> Self {
+        Replay {
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn request(
+        &self,
+        backend: &Backend,
+        route: &Route,
+    ) -> Result<Request<UpstreamBody>, ProxyError> {
+        let mut req = Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = upstream_uri(backend, route, &self.path)?;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        Ok(req)
     }
 }
 

@@ -7,15 +7,18 @@
 //!   which the reconciler swaps a whole new table in atomically.
 //! - [`config`] — [`ProxyConfig`]: timeouts and limits, each documented with what it stops.
 //! - `balance` — picks a backend for a request: weighted power-of-two-choices on in-flight
-//!   counts (weights are what canary splits will set).
+//!   counts (weights are what canary splits will set); [`InFlightView`] reads those counts
+//!   so the controller can drain a backend before stopping it.
 //! - `headers` — hop-by-hop stripping, `X-Forwarded-*`, and upgrade detection; pure
 //!   functions over `HeaderMap`.
 //! - `error` — [`ProxyError`]: every response the proxy makes itself (404, 502, 504, ...),
 //!   marked with `x-orca-error: 1`.
 //! - `forward` — the request path: `(table, request) -> response`, using a pooled upstream
-//!   client; also splices upgraded (WebSocket) connections.
+//!   client; retries bodiless idempotent requests on another backend when the first could
+//!   not be reached (nothing sent); also splices upgraded (WebSocket) connections.
 //! - `server` — [`Proxy`]: the accept loop, per-connection tasks, graceful drain.
 //! - [`metrics`] — [`ProxyMetrics`], the `orca_proxy_*` Prometheus metrics.
+//! - `stats` — [`RouteStats`], cumulative per-service request and 5xx counts for the host.
 //!
 //! # Invariants
 //!
@@ -24,6 +27,10 @@
 //! - Nothing the proxy waits on is unbounded: client headers (`header_read_timeout`), the
 //!   upstream connect (`connect_timeout`) and the upstream response head (`request_timeout`)
 //!   all have deadlines, and every client connection is its own task.
+//! - A request is sent to a second backend only if no byte of it reached the first
+//!   (connect failure, or a pooled connection that closed before the request was written),
+//!   and only if it is idempotent and bodiless; at most `2` retries, on backends not yet
+//!   tried.
 
 mod balance;
 pub mod config;
@@ -32,10 +39,13 @@ mod forward;
 mod headers;
 pub mod metrics;
 mod server;
+mod stats;
 pub mod table;
 
+pub use balance::InFlightView;
 pub use config::ProxyConfig;
 pub use error::ProxyError;
 pub use metrics::ProxyMetrics;
 pub use server::{Proxy, DEFAULT_SHUTDOWN_GRACE};
+pub use stats::RouteStats;
 pub use table::{Backend, Route, RouteTable, Routes};

@@ -82,6 +82,7 @@ fn latency_histogram() -> Histogram {
 pub struct ProxyMetrics {
     requests: Family<RequestLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    retries: Family<ServiceLabels, Counter>,
     duration: HistogramFamily,
 }
 
@@ -97,12 +98,13 @@ impl ProxyMetrics {
         ProxyMetrics {
             requests: Family::default(),
             upstream_errors: Family::default(),
+            retries: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
         }
     }
 
-    /// Registers `orca_proxy_requests_total`, `orca_proxy_upstream_errors_total` and
-    /// `orca_proxy_request_duration_seconds` in `registry`.
+    /// Registers `orca_proxy_requests_total`, `orca_proxy_upstream_errors_total`,
+    /// `orca_proxy_retries_total` and `orca_proxy_request_duration_seconds` in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "orca_proxy_requests",
@@ -113,6 +115,12 @@ impl ProxyMetrics {
             "orca_proxy_upstream_errors",
             "Requests whose upstream failed (502) or timed out (504), by service",
             self.upstream_errors.clone(),
+        );
+        registry.register(
+            "orca_proxy_retries",
+            "Requests sent again to another backend after the first could not be reached \
+             (nothing had been sent), by service",
+            self.retries.clone(),
         );
         registry.register(
             "orca_proxy_request_duration_seconds",
@@ -134,6 +142,15 @@ impl ProxyMetrics {
                 service: service.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one retry of a request of `service` on another backend.
+    pub(crate) fn retry(&self, service: &str) {
+        self.retries
+            .get_or_create(&ServiceLabels {
+                service: service.to_string(),
+            })
+            .inc();
     }
 
     /// Records an upstream failure of `kind`.
@@ -164,6 +181,7 @@ mod tests {
             Duration::from_millis(3),
         );
         metrics.upstream_error("demo/web", "failed");
+        metrics.retry("demo/web");
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         assert!(
@@ -178,6 +196,10 @@ mod tests {
             text.contains(
                 r#"orca_proxy_upstream_errors_total{service="demo/web",kind="failed"} 1"#
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"orca_proxy_retries_total{service="demo/web"} 1"#),
             "{text}"
         );
         assert!(

@@ -14,9 +14,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
+use crate::balance::InFlightView;
 use crate::config::ProxyConfig;
 use crate::forward::Forwarder;
 use crate::metrics::ProxyMetrics;
+use crate::stats::RouteStats;
 use crate::table::Routes;
 
 /// How long in-flight requests (and upgraded connections) may run after shutdown begins.
@@ -47,6 +49,19 @@ impl Proxy {
             http,
             grace: DEFAULT_SHUTDOWN_GRACE,
         }
+    }
+
+    /// A handle reporting how many requests are in flight to each backend address
+    /// (including open upgraded connections), for draining a backend before stopping it.
+    /// Take it before [`Proxy::serve`] consumes the proxy; it stays valid afterwards.
+    pub fn in_flight(&self) -> InFlightView {
+        self.forwarder.in_flight()
+    }
+
+    /// A handle to cumulative per-service request and 5xx counts. Take it before
+    /// [`Proxy::serve`] consumes the proxy; it stays valid afterwards.
+    pub fn route_stats(&self) -> RouteStats {
+        self.forwarder.route_stats()
     }
 
     /// Sets how long in-flight requests may run after shutdown begins (default 10 s).

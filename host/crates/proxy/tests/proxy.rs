@@ -16,7 +16,9 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use orca_proxy::{Backend, Proxy, ProxyConfig, ProxyMetrics, Route, RouteTable, Routes};
+use orca_proxy::{
+    Backend, InFlightView, Proxy, ProxyConfig, ProxyMetrics, Route, RouteStats, RouteTable, Routes,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -37,6 +39,8 @@ fn test_config() -> ProxyConfig {
 
 struct RunningProxy {
     addr: SocketAddr,
+    in_flight: InFlightView,
+    stats: RouteStats,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -47,11 +51,15 @@ impl RunningProxy {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let proxy = Proxy::new(config, routes, metrics);
+        let in_flight = proxy.in_flight();
+        let stats = proxy.route_stats();
         let task = tokio::spawn(proxy.serve(listener, async move {
             let _ = rx.await;
         }));
         RunningProxy {
             addr,
+            in_flight,
+            stats,
             shutdown: Some(tx),
             task,
         }
@@ -562,6 +570,7 @@ async fn upgraded_connections_are_spliced_both_ways() {
         head.to_ascii_lowercase().contains("upgrade: echo"),
         "{head}"
     );
+    assert_eq!(proxy.in_flight.get(echo), 1, "an open tunnel is in flight");
     for message in [&b"hello"[..], b"through the proxy"] {
         stream.write_all(message).await.unwrap();
         let mut back = vec![0u8; message.len()];
@@ -572,6 +581,7 @@ async fn upgraded_connections_are_spliced_both_ways() {
         assert_eq!(back, message);
     }
     drop(stream);
+    eventually_zero(&proxy.in_flight, echo).await;
     proxy.stop().await;
 }
 
@@ -643,4 +653,225 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
         TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+}
+
+fn metrics_text(metrics: &ProxyMetrics) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text
+}
+
+/// The value of the series `name{labels}` in `text`, 0 if absent.
+fn series(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits (up to 2 s) until the view reports nothing in flight to `addr`: the count drops
+/// when the proxy has finished with the response body, a moment after the client has it.
+async fn eventually_zero(view: &InFlightView, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while view.get(addr) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "still {} in flight",
+            view.get(addr)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_to_a_refused_backend_are_retried_on_another() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let live = named_backend("live", Arc::clone(&hits)).await;
+    let (dead_1, dead_2) = (closed_port().await, closed_port().await);
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("app.test", route("demo/app", &[dead_1, live]));
+    table.insert("two.test", route("demo/two", &[dead_1, dead_2, live]));
+    table.insert(
+        "none.test",
+        route("demo/none", &[dead_1, dead_2, closed_port().await]),
+    );
+    routes.swap(table);
+    let metrics = ProxyMetrics::new();
+    let proxy = RunningProxy::start(routes, test_config(), metrics.clone()).await;
+    let client = client();
+
+    for i in 0..200 {
+        let r = send(&client, proxy.addr, "app.test", "/").await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "live"),
+            "request {i}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 200);
+    let text = metrics_text(&metrics);
+    let retries = series(&text, r#"orca_proxy_retries_total{service="demo/app"}"#);
+    // Half the requests pick the dead backend first; 200 draws at 50% give 100 ± 7.
+    assert!((50..=150).contains(&retries), "{retries} retries\n{text}");
+    assert_eq!(
+        series(
+            &text,
+            r#"orca_proxy_upstream_errors_total{service="demo/app",kind="failed"}"#
+        ),
+        0
+    );
+    assert_eq!(proxy.stats.get("demo/app"), (200, 0));
+    assert_eq!(proxy.in_flight.get(dead_1), 0);
+
+    // Two dead backends before the live one: two retries are still enough.
+    for i in 0..50 {
+        let r = send(&client, proxy.addr, "two.test", "/").await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "live"),
+            "request {i}"
+        );
+    }
+
+    // Nothing alive: two retries, then the 502 of the last backend tried.
+    let r = send(&client, proxy.addr, "none.test", "/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.headers["x-orca-error"], "1");
+    let text = metrics_text(&metrics);
+    assert_eq!(
+        series(&text, r#"orca_proxy_retries_total{service="demo/none"}"#),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            &text,
+            r#"orca_proxy_upstream_errors_total{service="demo/none",kind="failed"}"#
+        ),
+        1
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_is_not_retried() {
+    let received = Arc::new(AtomicUsize::new(0));
+    let live = {
+        let received = Arc::clone(&received);
+        spawn_backend(move |req| {
+            let received = received.clone();
+            async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(&body[..], b"payload");
+                received.fetch_add(1, Ordering::SeqCst);
+                Response::new(Full::new(Bytes::from("stored")))
+            }
+        })
+        .await
+    };
+    let dead = closed_port().await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("app.test", route("demo/app", &[dead, live]));
+    routes.swap(table);
+    let metrics = ProxyMetrics::new();
+    let proxy = RunningProxy::start(routes, test_config(), metrics.clone()).await;
+    let client = client();
+
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..40 {
+        let req = Request::post(format!("http://{}/", proxy.addr))
+            .header("host", "app.test")
+            .body(Full::new(Bytes::from("payload")).boxed())
+            .unwrap();
+        let r = answer(client.request(req).await.unwrap()).await;
+        match r.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::BAD_GATEWAY => {
+                let prefix = format!("upstream {dead} for \"demo/app\" failed: ");
+                assert!(r.body.starts_with(&prefix), "{}", r.body);
+                failed += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    // 40 draws at 50%: all on one side has a chance of 2^-39.
+    assert!(failed > 0 && ok > 0, "{ok} ok / {failed} failed");
+    assert_eq!(received.load(Ordering::SeqCst), ok);
+    let text = metrics_text(&metrics);
+    assert_eq!(
+        series(&text, r#"orca_proxy_retries_total{service="demo/app"}"#),
+        0,
+        "{text}"
+    );
+    assert_eq!(proxy.stats.get("demo/app"), (40, failed as u64));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn in_flight_view_counts_a_slow_request_until_it_completes() {
+    let slow = spawn_backend(|_req| async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Response::new(Full::new(Bytes::from("done")))
+    })
+    .await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("slow.test", route("demo/slow", &[slow]));
+    routes.swap(table);
+    let proxy = RunningProxy::start(routes, test_config(), ProxyMetrics::new()).await;
+    let view = proxy.in_flight.clone();
+    assert_eq!(view.get(slow), 0);
+    let addr = proxy.addr;
+    let request = tokio::spawn(async move { send(&client(), addr, "slow.test", "/").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(view.get(slow), 1);
+    assert_eq!(view.get(closed_port().await), 0, "an unknown address");
+    let r = request.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "done"));
+    eventually_zero(&view, slow).await;
+    proxy.stop().await;
+    assert_eq!(view.get(slow), 0, "the view outlives the proxy");
+}
+
+#[tokio::test]
+async fn route_stats_count_requests_and_server_errors() {
+    let app = spawn_backend(|req| async move {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = match req.uri().path() {
+            "/fail" => StatusCode::INTERNAL_SERVER_ERROR,
+            "/missing" => StatusCode::NOT_FOUND,
+            _ => StatusCode::OK,
+        };
+        response
+    })
+    .await;
+    let dead = closed_port().await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("app.test", route("demo/app", &[app]));
+    table.insert("dead.test", route("demo/dead", &[dead]));
+    table.insert("empty.test", route("demo/empty", &[]));
+    routes.swap(table);
+    let proxy = RunningProxy::start(routes, test_config(), ProxyMetrics::new()).await;
+    let client = client();
+    for (host, path) in [
+        ("app.test", "/"),
+        ("app.test", "/fail"),
+        ("app.test", "/missing"),
+        ("app.test", "/fail"),
+        ("dead.test", "/"),
+        ("empty.test", "/"),
+        ("nope.test", "/"),
+    ] {
+        send(&client, proxy.addr, host, path).await;
+    }
+    assert_eq!(proxy.stats.get("demo/app"), (4, 2));
+    assert_eq!(proxy.stats.get("demo/dead"), (1, 1), "the proxy's own 502");
+    assert_eq!(proxy.stats.get("demo/empty"), (1, 1), "the proxy's own 503");
+    assert_eq!(proxy.stats.get("demo/other"), (0, 0));
+    assert_eq!(proxy.stats.get("unrouted"), (0, 0));
+    proxy.stop().await;
 }
