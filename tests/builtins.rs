@@ -101,6 +101,8 @@ fn state(
         },
         stable,
         candidate,
+        candidate_requests: 0,
+        candidate_errors: 0,
         elapsed_ms: 0,
         now_ms: 1_700_000_000_000,
         promote_requested: false,

@@ -93,6 +93,8 @@ fn rollout_state(params: Vec<Pair>) -> RolloutState {
             stable: 100,
             candidate: 0,
         },
+        candidate_requests: 0,
+        candidate_errors: 0,
         elapsed_ms: 5000,
         now_ms: 1_700_000_000_000,
         promote_requested: false,

@@ -236,3 +236,53 @@ fn faulty_strategies_roll_back_while_other_services_keep_serving() {
     let (code, _) = http_raw("GET", &format!("{}/api/v1/health", s.api), None, &[], None).unwrap();
     assert_eq!(code, 200);
 }
+
+#[test]
+fn a_canary_whose_proxied_5xx_rate_exceeds_the_threshold_is_rolled_back() {
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    let toml = |v: &str| {
+        testapp_service(
+            "web",
+            2,
+            &host,
+            &format!("[service.env]\nVERSION = \"{v}\"\n\n[service.deploy]\nstrategy = \"canary\"\ncanary_weight = 50\n\n[service.deploy.params]\nmax_error_rate = 0.1\nmin_requests = 10\n"),
+        )
+    };
+    s.write_service(&project, &toml("v1"));
+    s.cli(&["deploy"]);
+    s.write_service(&project, &toml("v2"));
+    s.cli(&["deploy", "--no-wait"]);
+    s.wait_service(&project, "web", "canary live", |v| {
+        v["rollout"]["traffic"]["candidate"] == 50
+            && v["instances"]
+                .as_array()
+                .is_some_and(|is| is.iter().any(|i| i["revision"] == 2 && i["ready"] == true))
+    });
+    // Requests that fail with 500 on whichever replica answers them: the canary's share
+    // pushes its proxied 5xx rate over max_error_rate.
+    for _ in 0..60 {
+        let (code, _) = s.proxy_get(&host, "/status/500").unwrap();
+        assert_eq!(code, 500);
+    }
+    let web = s.wait_service(&project, "web", "rolled back", |v| {
+        v["rollout"]["phase"] == "rolled-back"
+    });
+    let reason = web["rollout"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("5xx rate") && reason.contains("max_error_rate"),
+        "{reason}"
+    );
+    // Only the stable revision serves afterwards.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let versions: std::collections::BTreeSet<String> =
+            (0..10).map(|_| version_of(&s, &host)).collect();
+        if versions.len() == 1 && versions.contains("v1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still serving {versions:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -83,6 +83,7 @@ pub struct Controller<R: ContainerRuntime> {
     view: Arc<ArcSwap<View>>,
     memory: Arc<Mutex<Memory>>,
     in_flight: InFlight,
+    route_stats: orca_proxy::RouteStats,
 }
 
 /// A handle for the API: wake the controller, read its view.
@@ -124,6 +125,7 @@ impl<R: ContainerRuntime> Controller<R> {
         cluster: String,
         node: NodeInfo,
         in_flight: InFlight,
+        route_stats: orca_proxy::RouteStats,
     ) -> Controller<R> {
         Controller {
             runtime,
@@ -139,6 +141,7 @@ impl<R: ContainerRuntime> Controller<R> {
             view: Arc::new(ArcSwap::from_pointee(View::default())),
             memory: Arc::new(Mutex::new(Memory::default())),
             in_flight,
+            route_stats,
         }
     }
 
@@ -591,6 +594,11 @@ impl<R: ContainerRuntime> Controller<R> {
         };
         let stable = view(stable_fp);
         let candidate = view(Some(&cur.fingerprint));
+        // Candidates are created during the rollout, so their counters are this rollout's.
+        let (candidate_requests, candidate_errors) = candidate
+            .iter()
+            .map(|i| self.route_stats.get_instance(&i.id))
+            .fold((0, 0), |(r, e), (ri, ei)| (r + ri, e + ei));
         let ready = |v: &[types::Instance]| {
             v.iter().filter(|i| i.readiness == Readiness::Ready).count() as u32
         };
@@ -611,6 +619,8 @@ impl<R: ContainerRuntime> Controller<R> {
             stable,
             candidate,
             traffic,
+            candidate_requests,
+            candidate_errors,
             elapsed_ms: now.saturating_sub(r.started_at_ms),
             now_ms: now,
             promote_requested: r.promote_requested,

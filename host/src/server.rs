@@ -130,6 +130,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         proxy_metrics.clone(),
     );
     let in_flight = proxy.in_flight();
+    let route_stats = proxy.route_stats();
     let controller = Arc::new(Controller::new(
         runtime.clone(),
         store.clone(),
@@ -141,6 +142,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         cluster.cluster.name.clone(),
         node.clone(),
         Arc::new(move |addr| in_flight.get(addr)),
+        route_stats,
     ));
     let handle = controller.handle();
     let watchdog = Duration::from_secs(cluster.cluster.watchdog_interval_secs.max(1));

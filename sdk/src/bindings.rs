@@ -199,6 +199,8 @@ mod convert {
                 stable: s.stable.into_iter().map(Into::into).collect(),
                 candidate: s.candidate.into_iter().map(Into::into).collect(),
                 traffic: s.traffic.into(),
+                candidate_requests: s.candidate_requests,
+                candidate_errors: s.candidate_errors,
                 elapsed_ms: s.elapsed_ms,
                 now_ms: s.now_ms,
                 promote_requested: s.promote_requested,

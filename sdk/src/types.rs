@@ -254,6 +254,10 @@ pub struct RolloutState {
     pub candidate: Vec<Instance>,
     /// The current traffic split.
     pub traffic: Traffic,
+    /// Requests the proxy answered from candidate instances during this rollout.
+    pub candidate_requests: u64,
+    /// Of those, 5xx answers (the proxy's own 502/504 for an unreachable candidate included).
+    pub candidate_errors: u64,
     /// Milliseconds since the rollout started.
     pub elapsed_ms: u64,
     /// The host's clock (milliseconds since the epoch); the only clock a plugin has.

@@ -111,6 +111,8 @@ pub(crate) fn rollout_state(s: &orca::RolloutState) -> wit::RolloutState {
         stable: s.stable.iter().map(instance).collect(),
         candidate: s.candidate.iter().map(instance).collect(),
         traffic: traffic(s.traffic),
+        candidate_requests: s.candidate_requests,
+        candidate_errors: s.candidate_errors,
         elapsed_ms: s.elapsed_ms,
         now_ms: s.now_ms,
         promote_requested: s.promote_requested,

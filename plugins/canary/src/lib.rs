@@ -49,6 +49,10 @@ pub struct Params {
     pub step_interval_ms: u64,
     /// How long candidates get to become ready once asked for.
     pub progress_deadline_ms: u64,
+    /// Roll back when more than this many per mille of the candidates' answers are 5xx...
+    pub max_error_permille: u64,
+    /// ...once they have answered at least this many requests.
+    pub min_requests: u64,
 }
 
 impl Params {
@@ -65,11 +69,20 @@ impl Params {
         let interval = service.param_or("step_interval_secs", DEFAULT_STEP_INTERVAL_SECS)?;
         let deadline =
             service.param_or("progress_deadline_secs", DEFAULT_PROGRESS_DEADLINE_SECS)?;
+        let max_error_rate: f64 = service.param_or("max_error_rate", 0.05)?;
+        if !(0.0..=1.0).contains(&max_error_rate) {
+            return Err(format!(
+                "parameter max_error_rate = {max_error_rate} is out of range: allowed 0.0 to 1.0"
+            ));
+        }
+        let min_requests = service.param_or("min_requests", 20u64)?;
         Ok(Params {
             weights,
             automatic,
             step_interval_ms: interval.saturating_mul(1000),
             progress_deadline_ms: deadline.saturating_mul(1000),
+            max_error_permille: (max_error_rate * 1000.0).round() as u64,
+            min_requests,
         })
     }
 }
@@ -230,6 +243,17 @@ impl Strategy for Canary {
 
         if state.rollback_requested {
             return rollback(OPERATOR_ROLLBACK.into());
+        }
+        // Canary analysis: the proxied 5xx rate of the candidates.
+        let (requests, errors) = (state.candidate_requests, state.candidate_errors);
+        if requests >= params.min_requests.max(1)
+            && errors * 1000 > params.max_error_permille * requests
+        {
+            return rollback(format!(
+                "candidate 5xx rate {:.1}% ({errors} of {requests} requests) is over max_error_rate {:.1}%",
+                errors as f64 * 100.0 / requests as f64,
+                params.max_error_permille as f64 / 10.0
+            ));
         }
         if let Some(failed) = state.candidate.iter().find(|i| i.is_failed()) {
             return rollback(format!(
@@ -496,6 +520,39 @@ mod tests {
         assert_eq!(scales, vec![1, 5, 10]);
         assert_eq!(report.min_ready_during(), 10);
         assert_eq!(report.final_state.stable.len(), 10);
+    }
+
+    #[test]
+    fn a_canary_answering_5xx_over_the_threshold_is_rolled_back() {
+        // 10 requests/s to the canary, 20% of them 5xx: over the default 5% once 20 are seen.
+        let report = RolloutSim::new(Canary)
+            .replicas(5)
+            .param("steps", "[20, 100]")
+            .param("step_interval_secs", "60")
+            .candidate_traffic(10, 0.2)
+            .run_to_end();
+        match &report.outcome {
+            Outcome::RolledBack { reason } => {
+                assert!(
+                    reason.contains("5xx rate") && reason.contains("max_error_rate"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}\n{}", report.history_text()),
+        }
+        // Below the threshold the same rollout completes.
+        let report = RolloutSim::new(Canary)
+            .replicas(5)
+            .param("steps", "[20, 100]")
+            .param("step_interval_secs", "60")
+            .candidate_traffic(10, 0.01)
+            .run_to_end();
+        assert_eq!(
+            report.outcome,
+            Outcome::Completed,
+            "{}",
+            report.history_text()
+        );
     }
 
     #[test]

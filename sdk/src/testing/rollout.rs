@@ -225,6 +225,8 @@ pub struct RolloutSim<S> {
     max_steps: usize,
     nodes: u32,
     start_ms: u64,
+    candidate_rps: u64,
+    candidate_error_rate: f64,
     // State.
     started: bool,
     now_ms: u64,
@@ -267,6 +269,8 @@ impl<S: Strategy> RolloutSim<S> {
             max_steps: 1000,
             nodes: 3,
             start_ms: 1_700_000_000_000,
+            candidate_rps: 0,
+            candidate_error_rate: 0.0,
             started: false,
             now_ms: 0,
             candidate_revision: 0,
@@ -325,6 +329,14 @@ impl<S: Strategy> RolloutSim<S> {
     /// When `true`, every candidate becomes `Failed` once it has had the ready delay.
     pub fn fail_candidates(self, fail: bool) -> Self {
         self.candidate_fate(move |_| if fail { Fate::Fail } else { Fate::Ready })
+    }
+
+    /// Live traffic the candidates answer while any is ready: `requests_per_sec`, of which
+    /// the fraction `error_rate` are 5xx (reported as `candidate_requests`/`candidate_errors`).
+    pub fn candidate_traffic(mut self, requests_per_sec: u64, error_rate: f64) -> Self {
+        self.candidate_rps = requests_per_sec;
+        self.candidate_error_rate = error_rate;
+        self
     }
 
     /// When `true`, no candidate ever becomes ready: they stay `Starting`.
@@ -486,6 +498,13 @@ impl<S: Strategy> RolloutSim<S> {
                 .collect()
         };
         let elapsed_ms = self.now_ms.saturating_sub(self.start_ms);
+        // Candidates serve `candidate_rps` while any is ready (a coarse model of live traffic).
+        let candidate_requests = if ready(&self.candidate) > 0 {
+            self.candidate_rps * elapsed_ms / 1000
+        } else {
+            0
+        };
+        let candidate_errors = (candidate_requests as f64 * self.candidate_error_rate) as u64;
         RolloutState {
             service: self.service.clone(),
             stable_revision: self.stable_revision,
@@ -496,6 +515,8 @@ impl<S: Strategy> RolloutSim<S> {
                 stable: ready(&self.stable),
                 candidate: ready(&self.candidate),
             }),
+            candidate_requests,
+            candidate_errors,
             elapsed_ms,
             now_ms: self.now_ms,
             promote_requested: self.promote_at.is_some_and(|t| elapsed_ms >= t),

@@ -220,7 +220,10 @@ impl Forwarder {
             )
             .await
             {
-                Ok(Ok(response)) => break response,
+                Ok(Ok(response)) => {
+                    self.stats.record_instance(&backend.id, response.status());
+                    break response;
+                }
                 Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
                     return Err(ProxyError::BodyTooLarge { limit });
                 }
@@ -228,6 +231,8 @@ impl Forwarder {
                 // Dropping the request future closes that upstream connection, so a
                 // backend that answers late cannot confuse a pooled connection.
                 Err(_elapsed) => {
+                    self.stats
+                        .record_instance(&backend.id, StatusCode::GATEWAY_TIMEOUT);
                     return Err(ProxyError::UpstreamTimeout {
                         addr: backend.addr,
                         service: route.service.clone(),
@@ -241,9 +246,13 @@ impl Forwarder {
                 reason: error_chain(&error),
             };
             let Some(replay) = replay.as_ref() else {
+                self.stats
+                    .record_instance(&backend.id, StatusCode::BAD_GATEWAY);
                 return Err(failure);
             };
             if failed.len() >= MAX_RETRIES || !not_sent(&error) {
+                self.stats
+                    .record_instance(&backend.id, StatusCode::BAD_GATEWAY);
                 return Err(failure);
             }
             failed.push(backend.addr);

@@ -43,6 +43,19 @@ impl RouteStats {
         })
     }
 
+    /// `(total, errors_5xx)` answered by the backend instance `id` (a [`Backend::id`]) since
+    /// the proxy started, counting the proxy's own 502/504 for a failed upstream.
+    ///
+    /// [`Backend::id`]: crate::Backend::id
+    pub fn get_instance(&self, id: &str) -> (u64, u64) {
+        self.get(&instance_key(id))
+    }
+
+    /// Counts one answer attributed to the backend instance `id`.
+    pub(crate) fn record_instance(&self, id: &str, status: StatusCode) {
+        self.record(&instance_key(id), status);
+    }
+
     /// Counts one answered request of `service`.
     pub(crate) fn record(&self, service: &str, status: StatusCode) {
         let existing = self
@@ -67,6 +80,12 @@ impl RouteStats {
         }
         outcomes.total.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Instance counters share the map with services; `instance:` cannot start a service key
+/// (`project/name` of lowercase names).
+fn instance_key(id: &str) -> String {
+    format!("instance:{id}")
 }
 
 #[cfg(test)]
