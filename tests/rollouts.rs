@@ -32,7 +32,8 @@ fn web_toml(host: &str, replicas: u32, env: &[(&str, &str)], probes: &str, extra
 const HEALTH: &str = "health = \"/healthz\"";
 
 /// Status JSON of the project and the server log tail (`ORCA_TEST_LOG_LINES`, default 60
-/// lines), for assertion messages.
+/// lines; per-request proxy lines left out, they flood the log under load), for assertion
+/// messages.
 fn ctx(s: &Server, project: &str) -> String {
     let lines = std::env::var("ORCA_TEST_LOG_LINES")
         .ok()
@@ -42,7 +43,14 @@ fn ctx(s: &Server, project: &str) -> String {
         "status of {project}/web: {:#}\ncontainers: {:?}\nserver log tail:\n{}",
         s.service(project, "web"),
         containers(&s.cluster),
-        tail(&s.log(), lines)
+        tail(
+            &s.log()
+                .lines()
+                .filter(|l| !l.contains("orca.proxy.request{"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            lines
+        )
     )
 }
 
@@ -211,7 +219,8 @@ fn rolling_update_of_three_replicas_under_load_fails_no_request() {
     assert_eq!(
         field_counts(&answers(&s, &project, &host, 30), "version"),
         BTreeMap::from([("v2".to_string(), 30)]),
-        "only v2 answers after the rollout"
+        "only v2 answers after the rollout\n{}",
+        ctx(&s, &project)
     );
 }
 
@@ -312,7 +321,8 @@ fn canary_deploy_then_promote_under_load() {
     assert_eq!(
         field_counts(&answers(&s, &project, &host, 30), "version"),
         BTreeMap::from([("v2".to_string(), 30)]),
-        "only v2 answers after the promotion"
+        "only v2 answers after the promotion\n{}",
+        ctx(&s, &project)
     );
     assert_eq!(s.service(&project, "web")["revision"], 2);
 }
@@ -358,7 +368,8 @@ fn canary_rollback_under_load() {
     assert_eq!(
         field_counts(&answers(&s, &project, &host, 30), "version"),
         BTreeMap::from([("v1".to_string(), 30)]),
-        "only v1 answers after the rollback"
+        "only v1 answers after the rollback\n{}",
+        ctx(&s, &project)
     );
 }
 

@@ -64,6 +64,9 @@ struct Memory {
     counted: HashSet<String>,
     /// Instances being drained and stopped by a background task.
     removing: HashSet<String>,
+    /// The revision whose rollout finished last, per service: leftovers of older revisions
+    /// are then superseded, never the start of another rollout.
+    finished: HashMap<String, u64>,
     /// Last error per service.
     errors: BTreeMap<String, String>,
 }
@@ -231,20 +234,22 @@ impl<R: ContainerRuntime> Controller<R> {
             .into_iter()
             .map(|((p, n), r)| (format!("{p}/{n}"), r))
             .collect();
-        let containers = self.runtime.list().await?;
-        let now = now_ms();
-        let instances: Vec<Instance> = containers
-            .into_iter()
-            .filter_map(|c| Instance::from_container(&self.cluster, c))
-            .collect();
         // Instances being drained and stopped are on their way out: decisions ignore them
-        // (they are neither failures nor members of any revision's group).
+        // (they are neither failures nor members of any revision's group). The snapshot is
+        // taken BEFORE listing: an id leaves the set only once its container is gone, so every
+        // listed container that is being removed is in this snapshot.
         let draining = self
             .memory
             .lock()
             .expect("controller memory lock")
             .removing
             .clone();
+        let containers = self.runtime.list().await?;
+        let now = now_ms();
+        let instances: Vec<Instance> = containers
+            .into_iter()
+            .filter_map(|c| Instance::from_container(&self.cluster, c))
+            .collect();
         let active: Vec<Instance> = instances
             .iter()
             .filter(|i| !draining.contains(&i.info.id))
@@ -451,7 +456,14 @@ impl<R: ContainerRuntime> Controller<R> {
                     .iter()
                     .filter(|i| i.fingerprint != cur.fingerprint)
                     .collect();
-                if others.is_empty() {
+                let finished = self
+                    .memory
+                    .lock()
+                    .expect("controller memory lock")
+                    .finished
+                    .get(&key)
+                    == Some(&cur.number);
+                if others.is_empty() || finished {
                     if previous.is_some() {
                         self.store.delete_rollout(project, name)?;
                     }
@@ -530,6 +542,11 @@ impl<R: ContainerRuntime> Controller<R> {
                 }
                 rollout::Outcome::Finished => {
                     info!(service = %key, revision = cur.number, "rollout finished");
+                    self.memory
+                        .lock()
+                        .expect("controller memory lock")
+                        .finished
+                        .insert(key.clone(), cur.number);
                     self.store.delete_rollout(project, name)?;
                     return Ok(steady);
                 }
