@@ -31,4 +31,5 @@ plugins:
 # Benchmarks: deploy/self-healing vs Docker Swarm, and plugin call costs.
 bench:
     bench/deploy.sh 5
+    bench/rollout.sh 3
     cargo bench -p orca --bench plugins
