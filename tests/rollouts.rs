@@ -704,6 +704,14 @@ fn rollback_to_an_older_revision_restores_image_and_env() {
     );
     s.cli(&["deploy"]);
     let v1_fp = instances(&s.service(&project, "web"))[0]["fingerprint"].clone();
+    // Revision 2 also runs another image (the same bytes under a second tag).
+    let image_v1 = testapp_image();
+    let image_v2 = "orca-testapp:rollback-v2";
+    let tagged = std::process::Command::new("docker")
+        .args(["tag", image_v1, image_v2])
+        .status()
+        .unwrap();
+    assert!(tagged.success());
     s.write_service(
         &project,
         &web_toml(
@@ -712,6 +720,10 @@ fn rollback_to_an_older_revision_restores_image_and_env() {
             &[("VERSION", "v2"), ("GREETING", "b")],
             HEALTH,
             "",
+        )
+        .replace(
+            &format!("image = \"{image_v1}\""),
+            &format!("image = \"{image_v2}\""),
         ),
     );
     let out = s.cli(&["deploy"]);
@@ -724,6 +736,17 @@ fn rollback_to_an_older_revision_restores_image_and_env() {
     assert_eq!(
         field_counts(&a, "greeting"),
         BTreeMap::from([("b".into(), 10)])
+    );
+    let v2 = s.service(&project, "web");
+    let on = |v: &Value, rev: u64| -> Vec<Value> {
+        instances(v)
+            .into_iter()
+            .filter(|i| i["revision"] == rev)
+            .collect()
+    };
+    assert!(
+        on(&v2, 2).len() == 2 && on(&v2, 2).iter().all(|i| i["image"] == image_v2),
+        "revision 2 runs {image_v2}: {v2:#}"
     );
 
     let out = s.cli(&["rollback", "web", "--to", "1"]);
@@ -759,5 +782,11 @@ fn rollback_to_an_older_revision_restores_image_and_env() {
         field_counts(&a, "greeting"),
         BTreeMap::from([("a".into(), 20)])
     );
-    assert_eq!(s.service(&project, "web")["revision"], 3);
+    let restored = s.service(&project, "web");
+    assert_eq!(restored["revision"], 3);
+    assert_eq!(restored["image"], image_v1, "{restored:#}");
+    assert!(
+        on(&restored, 3).len() == 2 && on(&restored, 3).iter().all(|i| i["image"] == image_v1),
+        "the rollback restored revision 1's image: {restored:#}"
+    );
 }

@@ -48,6 +48,9 @@ pub struct View {
     pub backing_off: BTreeMap<String, u64>,
     /// When a progressing rollout wants the next pass (ms since epoch).
     pub next_wake_ms: Option<u64>,
+    /// Instances that were ready when the routing table was published: what `status` calls
+    /// ready is exactly what the proxy routes to.
+    pub ready: HashSet<String>,
     /// Unix ms of the pass.
     pub observed_at_ms: u64,
 }
@@ -663,6 +666,7 @@ impl<R: ContainerRuntime> Controller<R> {
         let mut targets = Vec::new();
         // (service, is candidate) → ready (id, addr) pairs.
         let mut ready: BTreeMap<(String, bool), Vec<(String, SocketAddr)>> = BTreeMap::new();
+        let mut ready_ids = HashSet::new();
         for i in instances {
             if !i.is_running() || removing.contains(i.info.id.as_str()) {
                 continue;
@@ -682,8 +686,12 @@ impl<R: ContainerRuntime> Controller<R> {
                 probe: rec.spec.readiness_probe().unwrap_or_default(),
                 liveness: rec.spec.liveness.clone(),
             });
+            let is_ready = self.health.verdict(&i.info.id).ready;
+            if is_ready {
+                ready_ids.insert(i.info.id.clone());
+            }
             if let Some(addr) = addr {
-                if self.health.verdict(&i.info.id).ready {
+                if is_ready {
                     let candidate = splits
                         .get(&i.service)
                         .is_some_and(|s| s.stable_fp.is_some() && s.candidate_fp == i.fingerprint);
@@ -734,6 +742,7 @@ impl<R: ContainerRuntime> Controller<R> {
             errors,
             backing_off: backing_off.clone(),
             next_wake_ms,
+            ready: ready_ids,
             observed_at_ms: now,
         }));
     }

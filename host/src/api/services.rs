@@ -115,7 +115,7 @@ pub async fn status<R: ContainerRuntime>(
         for i in view.instances.iter().filter(|i| i.service == key) {
             let verdict = health.verdict(&i.info.id);
             let usage = s.stats.usage(&i.info.id);
-            let is_ready = i.is_running() && verdict.ready;
+            let is_ready = i.is_running() && view.ready.contains(&i.info.id);
             running += u32::from(i.is_running());
             ready += u32::from(is_ready);
             let address = rec.spec.port.and_then(|port| {

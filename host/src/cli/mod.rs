@@ -843,7 +843,7 @@ fn print_status(v: &Value) {
         }
         for i in s["instances"].as_array().into_iter().flatten() {
             println!(
-                "  - {} rev {} slot {} {} {} {}",
+                "  - {} rev {} slot {} {} {} {}{}",
                 i["id"].as_str().unwrap_or(""),
                 i["revision"],
                 i["slot"],
@@ -853,7 +853,11 @@ fn print_status(v: &Value) {
                 } else {
                     "not-ready"
                 },
-                i["address"].as_str().unwrap_or("")
+                i["address"].as_str().unwrap_or(""),
+                i["probe_error"]
+                    .as_str()
+                    .map(|e| format!(" (probe: {e})"))
+                    .unwrap_or_default()
             );
         }
     }
