@@ -160,10 +160,13 @@ async fn answer(response: Response<Incoming>) -> Answer {
     }
 }
 
-/// A port with nothing listening on it.
+/// A distinct loopback address with nothing listening on it: connecting is refused at once.
+/// (Binding port 0 and dropping the listener is not enough: the next call, or a parallel
+/// test, may get the same port back, which makes two "dead" backends one.)
 async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    SocketAddr::from(([127, 0, 9, n], 9))
 }
 
 /// A backend that accepts connections and never answers.
