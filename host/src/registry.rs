@@ -171,7 +171,10 @@ impl Registry {
         };
         let parent = path.parent().expect("plugin paths have a parent");
         fs::create_dir_all(parent).map_err(io)?;
-        let tmp = parent.join(format!(".upload-{}", std::process::id()));
+        // Unique per upload: two concurrent uploads must not share a temp file.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = parent.join(format!(".upload-{}-{n}", std::process::id()));
         fs::write(&tmp, bytes).map_err(io)?;
         fs::rename(&tmp, path).map_err(io)?;
         Ok(plugin)

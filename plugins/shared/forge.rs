@@ -10,7 +10,7 @@
 
 #![allow(dead_code)]
 
-use orca_plugin_sdk::types::{Hook, Redeploy, Rejection, WebhookOutcome};
+use orca_plugin_sdk::types::{Hook, Redeploy, Rejection, WebhookOutcome, WebhookRequest};
 use serde::Deserialize;
 
 /// The fields of a push payload the plugins read; everything else is ignored (notably Gitea's
@@ -45,6 +45,25 @@ pub struct Project {
 #[derive(Debug, Default, Deserialize)]
 pub struct Commit {
     pub id: Option<String>,
+}
+
+/// The payload's `repository.full_name` (GitHub and Gitea shape), or 400.
+pub fn full_name(payload: &Payload) -> Result<&str, Rejection> {
+    payload
+        .repository
+        .as_ref()
+        .and_then(|r| r.full_name.as_deref())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| Rejection::bad_request("payload names no repository.full_name"))
+}
+
+/// A header that must be present and non-empty (the event name), or 400 naming it.
+pub fn required_header<'a>(request: &'a WebhookRequest, name: &str) -> Result<&'a str, Rejection> {
+    request
+        .header(name)
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| Rejection::bad_request(format!("missing {name} header")))
 }
 
 /// Parses a delivery's body; malformed JSON is a 400.

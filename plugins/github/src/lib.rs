@@ -63,12 +63,7 @@ impl Webhook for GitHub {
         crypto: &dyn Crypto,
     ) -> Result<WebhookOutcome, Rejection> {
         let payload = forge::parse(&request.body)?;
-        let repo = payload
-            .repository
-            .as_ref()
-            .and_then(|r| r.full_name.as_deref())
-            .filter(|r| !r.is_empty())
-            .ok_or_else(|| Rejection::bad_request("payload names no repository.full_name"))?;
+        let repo = forge::full_name(&payload)?;
         let candidates = forge::hooks_for(hooks, repo)?;
 
         let mac = parse_signature(request.header(SIGNATURE_HEADER))?;
@@ -77,11 +72,7 @@ impl Webhook for GitHub {
         })?;
 
         let delivery = request.header(DELIVERY_HEADER).unwrap_or("-");
-        let event = request
-            .header(EVENT_HEADER)
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .ok_or_else(|| Rejection::bad_request(format!("missing {EVENT_HEADER} header")))?;
+        let event = forge::required_header(request, EVENT_HEADER)?;
         log(
             Level::Info,
             &format!("github: verified {event} delivery {delivery} for {repo}"),

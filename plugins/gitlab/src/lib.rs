@@ -67,11 +67,7 @@ impl Webhook for GitLab {
         })?;
 
         let delivery = request.header(DELIVERY_HEADER).unwrap_or("-");
-        let event = request
-            .header(EVENT_HEADER)
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .ok_or_else(|| Rejection::bad_request(format!("missing {EVENT_HEADER} header")))?;
+        let event = forge::required_header(request, EVENT_HEADER)?;
         log(
             Level::Info,
             &format!("gitlab: verified {event} delivery {delivery} for {repo}"),
