@@ -8,6 +8,7 @@ root=$PWD
 demo=$root/.orca-demo
 api_port=${ORCA_DEMO_API_PORT:-6880}
 http_port=${ORCA_DEMO_HTTP_PORT:-8080}
+https_port=${ORCA_DEMO_HTTPS_PORT:-8443}
 
 docker info >/dev/null 2>&1 || { echo "error: Docker Engine not reachable (is dockerd running?)" >&2; exit 1; }
 
@@ -26,7 +27,7 @@ if [ -f "$demo/server.pid" ] && kill -0 "$(cat "$demo/server.pid")" 2>/dev/null;
 else
   echo "== starting orca server (API 127.0.0.1:$api_port, proxy 127.0.0.1:$http_port, log $demo/server.log)"
   ORCA_API_ADDR=127.0.0.1:$api_port ORCA_HTTP_ADDR=127.0.0.1:$http_port \
-    nohup "$orca" server >"$demo/server.log" 2>&1 &
+    ORCA_HTTPS_ADDR=127.0.0.1:$https_port nohup "$orca" server >"$demo/server.log" 2>&1 &
   echo $! >"$demo/server.pid"
   for _ in $(seq 1 100); do
     curl -fsS "$ORCA_API/api/v1/health" >/dev/null 2>&1 && break

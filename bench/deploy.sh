@@ -23,7 +23,7 @@ tests/build-testapp-image.sh orca-testapp:latest >/dev/null
 mkdir -p "$ORCA_CONFIG_DIR"
 printf '[cluster]\nname = "%s"\n\n[[token]]\nname = "bench"\nvalue = "bench-token-0123456789"\nrole = "admin"\n' "$cluster" >"$ORCA_CONFIG_DIR/cluster.toml"
 export ORCA_TOKEN=bench-token-0123456789
-ORCA_API_ADDR=127.0.0.1:$api_port ORCA_HTTP_ADDR=127.0.0.1:$http_port ORCA_LOG=warn "$orca" server 2>"$work/server.log" &
+ORCA_API_ADDR=127.0.0.1:$api_port ORCA_HTTP_ADDR=127.0.0.1:$http_port ORCA_HTTPS_ADDR=127.0.0.1:0 ORCA_LOG=warn "$orca" server 2>"$work/server.log" &
 server=$!
 cleanup() {
   kill "$server" 2>/dev/null || true

@@ -49,6 +49,10 @@ pub fn short(s: &str) -> &str {
 pub fn fingerprint(spec: &ServiceSpec, env_mac: &[u8; 32]) -> String {
     let mut spec = spec.clone();
     spec.replicas = 0;
+    // Certificates are the proxy's business, not the container's: a new certificate
+    // never replaces instances.
+    spec.tls_cert = None;
+    spec.tls_key = None;
     let canonical = serde_json::to_vec(&spec).expect("a service spec always serializes");
     let mut h = Sha256::new();
     h.update(b"orca.fingerprint.v1\0");

@@ -20,6 +20,7 @@
 //! `orca-proxy` (HTTP proxy), `orca-docker` (container runtime port + bollard).
 
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod controller;
 pub mod deploy;

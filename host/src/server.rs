@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{self, AppState};
+use crate::certs::CertManager;
 use crate::controller::Controller;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -37,7 +38,7 @@ pub struct ServerConfig {
     pub api_addr: SocketAddr,
     /// HTTP proxy listen address.
     pub http_addr: SocketAddr,
-    /// HTTPS listen address (reserved: the TLS listener lands with ACME).
+    /// HTTPS listen address (TLS, certificates by SNI, HTTP/2 or HTTP/1.1 by ALPN).
     pub https_addr: SocketAddr,
 }
 
@@ -53,6 +54,9 @@ pub fn credentials_path(home: &Path) -> PathBuf {
 
 /// Runs the server until `shutdown` is cancelled.
 pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // One crypto provider for every TLS user in the process (proxy, ACME client). An error
+    // means one is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -100,8 +104,19 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let http_listener = TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("binding the HTTP proxy to {}", cfg.http_addr))?;
+    let https_listener = TcpListener::bind(cfg.https_addr)
+        .await
+        .with_context(|| format!("binding the HTTPS proxy to {}", cfg.https_addr))?;
     let api_addr = api_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    let https_addr = https_listener.local_addr()?;
+    let acme = match &cluster.acme {
+        Some(settings) => Some(crate::certs::AcmePolicy::from_settings(
+            settings,
+            &cfg.config_dir,
+        )?),
+        None => None,
+    };
 
     let limits = RuntimeLimits {
         call_deadline: Duration::from_millis(cluster.plugins.call_deadline_ms),
@@ -131,6 +146,17 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     );
     let in_flight = proxy.in_flight();
     let route_stats = proxy.route_stats();
+    if let Some(policy) = &acme {
+        info!(directory = %crate::certs::describe(policy), "ACME enabled");
+    }
+    let cert_manager = CertManager::new(
+        store.clone(),
+        secrets.clone(),
+        proxy.certificates(),
+        proxy.challenges(),
+        acme,
+    );
+    tokio::spawn(cert_manager.run(shutdown.clone()));
     let controller = Arc::new(Controller::new(
         runtime.clone(),
         store.clone(),
@@ -159,10 +185,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let proxy_shutdown = shutdown.clone();
     let proxy_task = tokio::spawn(async move {
         proxy
-            .serve(
-                http_listener,
-                async move { proxy_shutdown.cancelled().await },
-            )
+            .serve_with_tls(http_listener, https_listener, async move {
+                proxy_shutdown.cancelled().await
+            })
             .await
     });
 
@@ -184,6 +209,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     info!(
         api = %api_addr,
         http = %http_addr,
+        https = %https_addr,
         cluster = %cluster.cluster.name,
         home = %cfg.home.display(),
         config = %cfg.config_dir.display(),

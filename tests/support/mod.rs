@@ -81,6 +81,8 @@ pub struct Server {
     pub api: String,
     /// Proxy address.
     pub http: SocketAddr,
+    /// HTTPS proxy address.
+    pub https: SocketAddr,
     api_port: u16,
     log: PathBuf,
 }
@@ -108,12 +110,14 @@ impl Server {
         .unwrap();
         let api_port = free_port();
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = root.path().join("server.log");
         let mut s = Server {
             child: None,
             cluster,
             api: format!("http://127.0.0.1:{api_port}"),
             http,
+            https,
             api_port,
             log,
             root,
@@ -150,6 +154,7 @@ impl Server {
             .env("ORCA_CONFIG_DIR", self.config_dir())
             .env("ORCA_API_ADDR", format!("127.0.0.1:{}", self.api_port))
             .env("ORCA_HTTP_ADDR", self.http.to_string())
+            .env("ORCA_HTTPS_ADDR", self.https.to_string())
             .env("ORCA_LOG", "info,orca=debug")
             .stdout(Stdio::null())
             .stderr(log)

@@ -39,8 +39,18 @@ pub async fn deploy<R: ContainerRuntime>(
     State(s): State<AppState<R>>,
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    let specs =
-        orca_config::parse_deploy_json(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let request = orca_config::parse_deploy_request(&body)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let specs = request.services;
+    // A service's own certificate must parse and match its key before anything is stored.
+    for upload in &request.tls {
+        orca_proxy::certified_key(&upload.cert_pem, &upload.key_pem).map_err(|e| {
+            ApiError::bad_request(format!(
+                "service \"{}/{}\": tls_cert/tls_key: {e}",
+                upload.project, upload.service
+            ))
+        })?;
+    }
     let mut items = Vec::with_capacity(specs.len());
     for spec in &specs {
         if spec.image.is_none() {
@@ -77,6 +87,28 @@ pub async fn deploy<R: ContainerRuntime>(
         }
     }
     let outcomes = s.store.apply_deploy(&items, now_unix())?;
+    // Certificates go in their own table (keys sealed), after the services that own them;
+    // the certificate manager serves them within a second.
+    for upload in &request.tls {
+        let Some(spec) = specs
+            .iter()
+            .find(|sp| sp.project() == upload.project && sp.name == upload.service)
+        else {
+            continue;
+        };
+        let Some(domain) = spec.domain.as_deref() else {
+            continue;
+        };
+        crate::certs::store_manual(
+            &s.store,
+            &s.secrets,
+            &spec.key(),
+            domain,
+            &upload.cert_pem,
+            &upload.key_pem,
+        )
+        .map_err(ApiError::bad_request)?;
+    }
     s.controller.wake();
     tracing::info!(services = outcomes.len(), "deploy accepted");
     Ok(Json(json!({
@@ -179,6 +211,7 @@ pub async fn status<R: ContainerRuntime>(
             "running_replicas": running,
             "ready_replicas": ready,
             "domain": rec.spec.domain,
+            "tls": crate::certs::status(&s.store, rec.spec.domain.as_deref()),
             "port": rec.spec.port,
             "revision": rec.revision,
             "updated_at": rec.updated_at,

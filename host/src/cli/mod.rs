@@ -279,13 +279,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout_secs,
         } => {
             let (mut specs, dirs) = load_specs(&config_dir, &services)?;
+            let tls = read_certificates(&specs, &dirs)?;
             let c = client()?;
             upload_plugin_paths(&c, &mut specs, &dirs).await?;
             let answer = c
                 .call(
                     Method::POST,
                     "/api/v1/deploy",
-                    Some(json!({ "services": specs })),
+                    Some(json!({ "services": specs, "tls": tls })),
                 )
                 .await?;
             for s in answer["services"].as_array().into_iter().flatten() {
@@ -674,6 +675,32 @@ fn load_specs(
     Ok((specs, dirs))
 }
 
+/// The contents of every service's `tls_cert`/`tls_key` (relative to its project
+/// directory), to send with the deploy: the server never reads the client's files.
+fn read_certificates(
+    specs: &[ServiceSpec],
+    dirs: &BTreeMap<String, PathBuf>,
+) -> anyhow::Result<Vec<orca_config::TlsUpload>> {
+    let mut uploads = Vec::new();
+    for spec in specs {
+        let dir = dirs
+            .get(spec.project())
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from("."));
+        let files = orca_config::read_tls_files(&dir, spec)
+            .map_err(|e| anyhow::anyhow!("service \"{}\": {e}", spec.key()))?;
+        if let Some(files) = files {
+            uploads.push(orca_config::TlsUpload {
+                project: spec.project().to_string(),
+                service: spec.name.clone(),
+                cert_pem: files.cert_pem,
+                key_pem: files.key_pem,
+            });
+        }
+    }
+    Ok(uploads)
+}
+
 /// Uploads every `./path.wasm` strategy (relative to its project directory) and rewrites the
 /// reference to the uploaded component's `sha256:<hex>`.
 async fn upload_plugin_paths(
@@ -794,6 +821,53 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line about a service's certificate: served until when, or why ACME failed.
+fn print_tls(tls: &Value) {
+    let Some(state) = tls["state"].as_str() else {
+        return;
+    };
+    let until = tls["not_after"]
+        .as_u64()
+        .map(|t| format!(" until {}", unix_date(t)))
+        .unwrap_or_default();
+    match state {
+        "none" => println!("  tls: no certificate (plain HTTP only)"),
+        "active" => println!(
+            "  tls: {} certificate{until}",
+            tls["source"].as_str().unwrap_or("")
+        ),
+        _ => println!(
+            "  tls: {state}{until}: {} (attempt {}, next in {}s)",
+            tls["error"].as_str().unwrap_or("unknown error"),
+            tls["failures"],
+            tls["next_attempt_at"]
+                .as_u64()
+                .map_or(0, |t| t.saturating_sub(now_secs()))
+        ),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `YYYY-MM-DD` of a Unix time (UTC).
+fn unix_date(secs: u64) -> String {
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 fn print_status(v: &Value) {
     println!(
         "{:<28} {:<10} {:>5} {:>5} {:>4}  {:<24} IMAGE",
@@ -817,6 +891,7 @@ fn print_status(v: &Value) {
         if let Some(e) = s["error"].as_str() {
             println!("  ! {e}");
         }
+        print_tls(&s["tls"]);
         let r = &s["rollout"];
         if r.is_object() {
             let traffic = if r["traffic"].is_object() {

@@ -76,6 +76,136 @@ pub struct ClusterConfig {
     /// The `[plugins]` table: limits of plugin calls.
     #[serde(default)]
     pub plugins: PluginSettings,
+    /// The `[acme]` table: automatic certificates. Absent: no ACME (services are served on
+    /// plain HTTP, or HTTPS with their own `tls_cert`).
+    #[serde(default)]
+    pub acme: Option<AcmeSettings>,
+}
+
+/// Let's Encrypt's production directory, the default `[acme] directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory, `directory = "letsencrypt-staging"`.
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// Automatic certificates by ACME (RFC 8555) HTTP-01 (`[acme]` in cluster.toml).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSettings {
+    /// Contact address of the ACME account (expiry notices from the CA).
+    pub email: String,
+    /// The CA's directory URL (`https://...`), or `letsencrypt` / `letsencrypt-staging`.
+    #[serde(default = "default_directory")]
+    pub directory: String,
+    /// An extra root certificate (PEM file; relative paths are relative to the config dir)
+    /// trusted for the TLS connection to the directory, for private or test CAs (Pebble).
+    #[serde(default)]
+    pub ca_root: Option<String>,
+    /// Renew a certificate this many days before it expires (default 30).
+    #[serde(default = "default_renew_before_days")]
+    pub renew_before_days: u32,
+    /// Seconds between checks of every certificate's expiry (default 3600).
+    #[serde(default = "default_check_interval")]
+    pub check_interval_secs: u64,
+    /// Seconds before the first retry of a failed order; doubles per failure (default 60).
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial_secs: u64,
+    /// Longest wait between retries of a failed order (default 21600, 6 hours).
+    #[serde(default = "default_retry_max")]
+    pub retry_max_secs: u64,
+}
+
+fn default_directory() -> String {
+    "letsencrypt".to_string()
+}
+fn default_renew_before_days() -> u32 {
+    30
+}
+fn default_check_interval() -> u64 {
+    3600
+}
+fn default_retry_initial() -> u64 {
+    60
+}
+fn default_retry_max() -> u64 {
+    6 * 3600
+}
+
+impl AcmeSettings {
+    /// The directory URL, with the `letsencrypt` shorthands resolved.
+    pub fn directory_url(&self) -> &str {
+        match self.directory.as_str() {
+            "letsencrypt" => LETS_ENCRYPT,
+            "letsencrypt-staging" => LETS_ENCRYPT_STAGING,
+            other => other,
+        }
+    }
+}
+
+fn check_acme(acme: &AcmeSettings) -> Result<(), Invalid> {
+    let at = |key: &str| FieldPath::key("acme").k(key);
+    let email = acme.email.as_str();
+    let valid_email = match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+                && email.bytes().all(|b| b.is_ascii_graphic())
+        }
+        None => false,
+    };
+    if !valid_email {
+        return Err(Invalid::new(
+            at("email"),
+            format!("invalid email {email:?}: expected an address such as \"ops@example.com\""),
+        ));
+    }
+    let url = acme.directory_url();
+    let host = url.strip_prefix("https://").unwrap_or("");
+    if host.is_empty() || host.starts_with('/') || url.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(Invalid::new(
+            at("directory"),
+            format!(
+                "invalid ACME directory {:?}: expected an https:// URL, \"letsencrypt\" or \"letsencrypt-staging\"",
+                acme.directory
+            ),
+        ));
+    }
+    if acme.ca_root.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        return Err(Invalid::new(
+            at("ca_root"),
+            "empty `ca_root`: expected the path of a PEM root certificate, or leave it out",
+        ));
+    }
+    if !(1..=365).contains(&acme.renew_before_days) {
+        return Err(Invalid::new(
+            at("renew_before_days"),
+            format!(
+                "renew_before_days {} is out of range: allowed 1 to 365",
+                acme.renew_before_days
+            ),
+        ));
+    }
+    for (key, value) in [
+        ("check_interval_secs", acme.check_interval_secs),
+        ("retry_initial_secs", acme.retry_initial_secs),
+        ("retry_max_secs", acme.retry_max_secs),
+    ] {
+        if value == 0 {
+            return Err(Invalid::new(at(key), format!("{key} must be at least 1")));
+        }
+    }
+    if acme.retry_max_secs < acme.retry_initial_secs {
+        return Err(Invalid::new(
+            at("retry_max_secs"),
+            format!(
+                "retry_max_secs {} is less than retry_initial_secs {}",
+                acme.retry_max_secs, acme.retry_initial_secs
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Limits of WebAssembly plugin calls (`[plugins]` in cluster.toml).
@@ -192,6 +322,9 @@ fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
         if value == 0 {
             return Err(Invalid::new(at(key), format!("{key} must be at least 1")));
         }
+    }
+    if let Some(acme) = &config.acme {
+        check_acme(acme)?;
     }
     let plugins = &config.plugins;
     if !(1..=60_000).contains(&plugins.call_deadline_ms) {

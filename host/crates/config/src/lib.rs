@@ -29,12 +29,13 @@ mod source;
 pub mod units;
 
 pub use cluster::{
-    load_cluster_config, parse_cluster_file, ClusterConfig, ClusterSettings, PluginSettings, Role,
-    TokenConfig,
+    load_cluster_config, parse_cluster_file, AcmeSettings, ClusterConfig, ClusterSettings,
+    PluginSettings, Role, TokenConfig,
 };
 pub use error::ConfigError;
 pub use load::{
-    load_project_dir, load_services_dir, parse_deploy_json, parse_service_file, validate_set,
+    load_project_dir, load_services_dir, parse_deploy_json, parse_deploy_request,
+    parse_service_file, read_tls_files, validate_set, DeployRequest, TlsFiles, TlsUpload,
 };
 pub use names::validate_name;
 pub use secrets::{secret_refs, substitute_secrets};

@@ -1,10 +1,11 @@
 //! Loading service definitions — `service.toml` files, project directories and the deploy
 //! request body — and the checks that span several services.
 
+use std::fmt;
 use std::fs;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, FieldPath, Invalid};
 use crate::names::validate_name;
@@ -27,6 +28,43 @@ struct ServiceFile {
 #[serde(deny_unknown_fields)]
 struct DeployBody {
     services: Vec<ServiceSpec>,
+    #[serde(default)]
+    tls: Vec<TlsUpload>,
+}
+
+/// A service's own certificate in a deploy request (`"tls"` array): the contents of its
+/// `tls_cert` and `tls_key` files, so the server never needs the client's filesystem.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsUpload {
+    /// The service's project.
+    pub project: String,
+    /// The service's name.
+    pub service: String,
+    /// The PEM certificate chain, leaf first.
+    pub cert_pem: String,
+    /// The PEM private key.
+    pub key_pem: String,
+}
+
+/// Debug output never shows the key.
+impl fmt::Debug for TlsUpload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsUpload")
+            .field("project", &self.project)
+            .field("service", &self.service)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A whole `POST /api/v1/deploy` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployRequest {
+    /// The services, checked one by one and as a set.
+    pub services: Vec<ServiceSpec>,
+    /// One certificate per service that sets `tls_cert`, and no other.
+    pub tls: Vec<TlsUpload>,
 }
 
 /// Parses one `service.toml` of `project`: sets `project` on every spec, checks every spec and
@@ -39,7 +77,7 @@ pub fn parse_service_file(
     text: &str,
     project: &str,
 ) -> Result<Vec<ServiceSpec>, ConfigError> {
-    let (specs, doc) = parse_located(file_label, text, project)?;
+    let (specs, doc) = parse_located(file_label, text, project, None)?;
     check_set(&specs).map_err(|c| {
         let other = doc
             .position(&table_path(c.other))
@@ -56,10 +94,13 @@ fn table_path(index: usize) -> FieldPath {
 
 /// [`parse_service_file`] without the checks across services, keeping the document so that
 /// callers can locate later errors.
+///
+/// With `dir` (the directory of the file), `tls_cert`/`tls_key` files are read and checked.
 fn parse_located<'a>(
     file_label: &'a str,
     text: &'a str,
     project: &str,
+    dir: Option<&Path>,
 ) -> Result<(Vec<ServiceSpec>, TomlDoc<'a>), ConfigError> {
     validate_name("project", project).map_err(|e| e.with_file(file_label))?;
     let (file, doc): (ServiceFile, _) = TomlDoc::parse(file_label, text).map_err(|mut e| {
@@ -92,8 +133,87 @@ fn parse_located<'a>(
         }
         spec.project = Some(project.to_string());
         check_spec(spec).map_err(|e| doc.error(&table_path(i), e))?;
+        if let Some(dir) = dir {
+            tls_files(dir, spec).map_err(|e| doc.error(&table_path(i), e))?;
+        }
     }
     Ok((specs, doc))
+}
+
+/// A service's own certificate, as read from its `tls_cert` and `tls_key` files.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The PEM certificate chain, leaf first.
+    pub cert_pem: String,
+    /// The PEM private key.
+    pub key_pem: String,
+}
+
+/// Debug output never shows the key.
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The largest certificate or key file read: real ones are a few KiB.
+const MAX_PEM_FILE: u64 = 1 << 20;
+
+/// Reads `spec`'s `tls_cert` and `tls_key` (relative to `dir`, the service file's
+/// directory) and checks that they look like a PEM certificate and a PEM private key. `None`
+/// when the spec names no files. The server parses them fully when they are deployed; this
+/// catches a wrong path or a swapped pair at load time, naming the field.
+pub fn read_tls_files(dir: &Path, spec: &ServiceSpec) -> Result<Option<TlsFiles>, ConfigError> {
+    tls_files(dir, spec).map_err(|e| ConfigError::new(e.message).with_field(e.path.to_string()))
+}
+
+fn tls_files(dir: &Path, spec: &ServiceSpec) -> Result<Option<TlsFiles>, Invalid> {
+    let (Some(cert), Some(key)) = (&spec.tls_cert, &spec.tls_key) else {
+        return Ok(None);
+    };
+    let read = |field: &str, rel: &str| -> Result<String, Invalid> {
+        let path = dir.join(rel);
+        let invalid = |m: String| Invalid::new(FieldPath::key(field), m);
+        let meta = fs::metadata(&path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        if meta.len() > MAX_PEM_FILE {
+            return Err(invalid(format!(
+                "{} is {} bytes; a PEM file is expected to be under 1 MiB",
+                path.display(),
+                meta.len()
+            )));
+        }
+        let text = fs::read_to_string(&path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        Ok(text)
+    };
+    let cert_pem = read("tls_cert", cert)?;
+    let key_pem = read("tls_key", key)?;
+    if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(Invalid::new(
+            FieldPath::key("tls_cert"),
+            format!(
+                "{} holds no \"-----BEGIN CERTIFICATE-----\" block: expected a PEM certificate chain",
+                dir.join(cert).display()
+            ),
+        ));
+    }
+    let has_key = key_pem
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.ends_with("PRIVATE KEY-----"));
+    if !has_key {
+        return Err(Invalid::new(
+            FieldPath::key("tls_key"),
+            format!(
+                "{} holds no \"-----BEGIN PRIVATE KEY-----\" block: expected a PEM private key",
+                dir.join(key).display()
+            ),
+        ));
+    }
+    Ok(Some(TlsFiles { cert_pem, key_pem }))
 }
 
 /// Loads `dir/service.toml`; the project is the directory's name, which must be a valid name.
@@ -102,7 +222,15 @@ pub fn load_project_dir(dir: &Path) -> Result<Vec<ServiceSpec>, ConfigError> {
     let label = file.display().to_string();
     let project = project_name(dir).map_err(|e| e.with_file(&label))?;
     let text = read(&file, &label)?;
-    parse_service_file(&label, &text, &project)
+    let (specs, doc) = parse_located(&label, &text, &project, Some(dir))?;
+    check_set(&specs).map_err(|c| {
+        let other = doc
+            .position(&table_path(c.other))
+            .map(|(line, _)| format!("{label}:{line}"))
+            .unwrap_or_else(|| format!("service[{}]", c.other));
+        doc.error(&table_path(c.index), c.into_invalid(&other))
+    })?;
+    Ok(specs)
 }
 
 fn project_name(dir: &Path) -> Result<String, ConfigError> {
@@ -182,7 +310,8 @@ pub fn load_services_dir(config_dir: &Path) -> Result<Vec<ServiceSpec>, ConfigEr
     let mut specs = Vec::new();
     let mut origin = Vec::new();
     for (label, text, project) in &files {
-        let (file_specs, doc) = parse_located(label, text, project)?;
+        let dir = config_dir.join("services").join(project);
+        let (file_specs, doc) = parse_located(label, text, project, Some(&dir))?;
         for (i, spec) in file_specs.into_iter().enumerate() {
             origin.push((docs.len(), i));
             specs.push(spec);
@@ -220,6 +349,12 @@ pub fn validate_set(specs: &[ServiceSpec]) -> Result<(), ConfigError> {
 /// the set is checked with [`validate_set`]'s rules. Errors carry the JSON path
 /// (`services[0].replicas`) and, for syntax and type errors, the line and column.
 pub fn parse_deploy_json(body: &[u8]) -> Result<Vec<ServiceSpec>, ConfigError> {
+    parse_deploy_request(body).map(|request| request.services)
+}
+
+/// [`parse_deploy_json`] with the `"tls"` uploads: every service that sets `tls_cert` has
+/// exactly one upload, and every upload belongs to such a service.
+pub fn parse_deploy_request(body: &[u8]) -> Result<DeployRequest, ConfigError> {
     let body: DeployBody = parse_json(body)?;
     if body.services.is_empty() {
         return Err(
@@ -245,7 +380,52 @@ pub fn parse_deploy_json(body: &[u8]) -> Result<Vec<ServiceSpec>, ConfigError> {
         let invalid = c.into_invalid(&other);
         error(at(index).join(&invalid.path), invalid.message)
     })?;
-    Ok(body.services)
+    for (i, upload) in body.tls.iter().enumerate() {
+        let owner = body
+            .services
+            .iter()
+            .find(|s| s.project() == upload.project && s.name == upload.service);
+        if !owner.is_some_and(|s| s.tls_cert.is_some()) {
+            return Err(error(
+                FieldPath::key("tls").i(i),
+                format!(
+                    "certificate for \"{}/{}\": no service of this request with that name sets `tls_cert`",
+                    upload.project, upload.service
+                ),
+            ));
+        }
+        if body.tls[..i]
+            .iter()
+            .any(|u| u.project == upload.project && u.service == upload.service)
+        {
+            return Err(error(
+                FieldPath::key("tls").i(i),
+                format!(
+                    "two certificates for \"{}/{}\"",
+                    upload.project, upload.service
+                ),
+            ));
+        }
+    }
+    for (i, spec) in body.services.iter().enumerate() {
+        let uploaded = body
+            .tls
+            .iter()
+            .any(|u| u.project == spec.project() && u.service == spec.name);
+        if spec.tls_cert.is_some() && !uploaded {
+            return Err(error(
+                at(i).k("tls_cert"),
+                format!(
+                    "service \"{}\" sets `tls_cert` but the request carries no certificate for it (\"tls\" array)",
+                    spec.key()
+                ),
+            ));
+        }
+    }
+    Ok(DeployRequest {
+        services: body.services,
+        tls: body.tls,
+    })
 }
 
 /// Two services that may not coexist: `index` (the later one) clashes with `other`.
@@ -439,6 +619,8 @@ mod tests {
             build: None,
             deploy: None,
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 

@@ -83,6 +83,14 @@ pub struct ServiceSpec {
     /// Extra network aliases (DNS labels) other services of the project reach this one by.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Bring your own certificate: a PEM certificate chain (leaf first) for `domain`, as a
+    /// path relative to the service file's directory. `orca deploy` reads it and sends its
+    /// contents; the server serves it instead of asking ACME. Requires `tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    /// The PEM private key of `tls_cert`, relative to the service file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
 }
 
 /// Resource limits of one instance.
@@ -252,6 +260,42 @@ impl ServiceSpec {
 }
 
 /// The checks behind [`ServiceSpec::validate`], returning the path relative to the spec.
+/// `tls_cert` and `tls_key` come together, name files, and need a `domain` to serve.
+fn check_tls_paths(spec: &ServiceSpec) -> Result<(), Invalid> {
+    let at = FieldPath::key;
+    match (&spec.tls_cert, &spec.tls_key) {
+        (None, None) => return Ok(()),
+        (Some(_), None) => {
+            return Err(Invalid::new(
+                at("tls_cert"),
+                "`tls_cert` is set but `tls_key` is not: give both, the certificate and its private key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(Invalid::new(
+                at("tls_key"),
+                "`tls_key` is set but `tls_cert` is not: give both, the certificate and its private key",
+            ))
+        }
+        (Some(_), Some(_)) => {}
+    }
+    for (field, value) in [("tls_cert", &spec.tls_cert), ("tls_key", &spec.tls_key)] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(Invalid::new(
+                at(field),
+                format!("empty `{field}`: expected the path of a PEM file"),
+            ));
+        }
+    }
+    if spec.domain.is_none() {
+        return Err(Invalid::new(
+            at("tls_cert"),
+            "`tls_cert` is set but `domain` is not: a certificate is served for the service's domain",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
     let at = FieldPath::key;
     validate_name("service", &spec.name).map_err(|e| Invalid::new(at("name"), e.message))?;
@@ -295,6 +339,7 @@ pub(crate) fn check_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
             ));
         }
     }
+    check_tls_paths(spec)?;
     if let Some(health) = &spec.health {
         check_http_path(health).map_err(|m| Invalid::new(at("health"), m))?;
     }

@@ -19,6 +19,10 @@ pub struct ProxyConfig {
     /// (connections that never finish their headers) from exhausting connections. It also
     /// bounds how long an idle keep-alive client connection is kept.
     pub header_read_timeout: Duration,
+    /// How long a client may pause while sending a request body (between two reads). Stops
+    /// a client that trickles or stalls its body from holding a backend connection; it gets
+    /// a 408.
+    pub body_read_timeout: Duration,
     /// How long an idle pooled connection to a backend is kept for reuse.
     pub idle_timeout: Duration,
     /// The largest request body the proxy forwards, in bytes; larger requests get a 413.
@@ -32,6 +36,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_request_body: 64 * 1024 * 1024,
         }

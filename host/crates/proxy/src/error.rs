@@ -28,6 +28,15 @@ pub enum ProxyError {
         /// The normalized host the client asked for.
         host: String,
     },
+    /// An ACME HTTP-01 challenge path with a token that is not pending. 404.
+    #[error("no pending ACME challenge for this token")]
+    UnknownChallenge,
+    /// The client stalled while sending its request body. 408.
+    #[error("the client sent no request body data for {timeout:?}")]
+    ClientBodyTimeout {
+        /// The configured `body_read_timeout`.
+        timeout: Duration,
+    },
     /// The service exists but has no ready replica. 503.
     #[error("service \"{service}\" has no ready replica")]
     NoReadyReplica {
@@ -68,6 +77,8 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost => StatusCode::BAD_REQUEST,
             ProxyError::UnknownHost { .. } => StatusCode::NOT_FOUND,
+            ProxyError::UnknownChallenge => StatusCode::NOT_FOUND,
+            ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoReadyReplica { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,

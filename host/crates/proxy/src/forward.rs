@@ -3,10 +3,12 @@
 //! and return the response (or splice both connections after a `101 Switching Protocols`).
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -18,9 +20,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Sleep;
 use tracing::{debug, field, info_span, warn, Instrument, Span};
 
 use crate::balance::{Balancer, InFlight, InFlightView};
+use crate::challenge::{Challenges, ACME_CHALLENGE_PREFIX};
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::headers;
@@ -28,6 +32,7 @@ use crate::metrics::{ProxyMetrics, UNROUTED};
 use crate::server::{phase_reached, Drain, Phase};
 use crate::stats::RouteStats;
 use crate::table::{normalize_host, Backend, Route, RouteTable, Routes};
+use crate::tls::Certificates;
 
 /// A boxed error, as bodies and the upstream client produce them.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -48,6 +53,31 @@ pub(crate) struct Forwarder {
     balancer: Balancer,
     stats: RouteStats,
     drain: Drain,
+    /// Certificates served by the HTTPS listener; a plain-HTTP request for one of these
+    /// domains is redirected (once an HTTPS listener runs).
+    certificates: Certificates,
+    /// Pending ACME HTTP-01 answers.
+    challenges: Challenges,
+    /// The HTTPS listener's port for redirects; 0 while none runs.
+    https_port: AtomicU16,
+}
+
+/// Which listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    /// Plain HTTP/1.1.
+    Http,
+    /// TLS, with HTTP/1.1 or HTTP/2 by ALPN.
+    Https,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
 }
 
 /// Where a request goes, resolved from one routing-table snapshot.
@@ -106,7 +136,25 @@ impl Forwarder {
             balancer: Balancer::new(),
             stats: RouteStats::new(),
             drain,
+            certificates: Certificates::new(),
+            challenges: Challenges::new(),
+            https_port: AtomicU16::new(0),
         }
+    }
+
+    /// The certificate set the HTTPS listener serves.
+    pub(crate) fn certificates(&self) -> Certificates {
+        self.certificates.clone()
+    }
+
+    /// The pending ACME challenges the HTTP listener answers.
+    pub(crate) fn challenges(&self) -> Challenges {
+        self.challenges.clone()
+    }
+
+    /// Enables redirects of plain-HTTP requests for domains with a certificate to `port`.
+    pub(crate) fn set_https_port(&self, port: u16) {
+        self.https_port.store(port, Ordering::Relaxed);
     }
 
     /// A view of the balancer's in-flight counters.
@@ -120,31 +168,53 @@ impl Forwarder {
     }
 
     /// Answers one client request; never fails (proxy errors become responses).
+    ///
+    /// Order of precedence: an ACME HTTP-01 challenge path is answered by the proxy itself
+    /// (never redirected, never routed); a plain-HTTP request for a domain that has a
+    /// certificate is redirected to HTTPS (308); everything else is routed.
     pub(crate) async fn handle(
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
+        scheme: Scheme,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let span = info_span!(
             "orca.proxy.request",
             method = %req.method(),
             path = %req.uri().path(),
+            scheme = scheme.as_str(),
+            version = ?req.version(),
             host = field::Empty,
             service = field::Empty,
             upstream = field::Empty,
             status = field::Empty,
         );
         async move {
+            if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX) {
+                let response = self.challenge(token);
+                self.log_access(&req_line(&req), response.status(), started);
+                return response;
+            }
             // One snapshot for the whole request: a concurrent swap cannot change its route.
             let table = self.routes.load();
+            let line = req_line(&req);
+            if scheme == Scheme::Http {
+                if let Some(response) = self.redirect(&table, &req) {
+                    Span::current().record("status", response.status().as_u16());
+                    self.log_access(&line, response.status(), started);
+                    return response;
+                }
+            }
             let (service, routed, result) = match resolve(&table, &req) {
                 Ok(target) => {
                     let span = Span::current();
                     span.record("host", target.authority.as_str());
                     span.record("service", target.route.service.as_str());
                     let route = target.route;
-                    let result = self.forward(route, &target.authority, req, client).await;
+                    let result = self
+                        .forward(route, &target.authority, req, client, scheme)
+                        .await;
                     (route.service.as_str(), true, result)
                 }
                 Err(e) => {
@@ -172,10 +242,72 @@ impl Forwarder {
             if routed {
                 self.stats.record(service, response.status());
             }
+            self.log_access(&line, response.status(), started);
             response
         }
         .instrument(span)
         .await
+    }
+
+    /// One access-log line per request (target `orca::access`, inside the request span
+    /// that carries host, service and upstream). The response head is ready at this
+    /// point; the body may still be streaming.
+    fn log_access(&self, line: &str, status: StatusCode, started: Instant) {
+        tracing::info!(
+            target: "orca::access",
+            request = line,
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "access"
+        );
+    }
+
+    /// The answer to an ACME HTTP-01 challenge request: the key authorization of a pending
+    /// token, or 404.
+    fn challenge(&self, token: &str) -> Response<ProxyBody> {
+        match self.challenges.get(token) {
+            Some(key_authorization) => {
+                let mut response = Response::new(
+                    http_body_util::Full::new(Bytes::from(key_authorization))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                );
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                response
+            }
+            None => ProxyError::UnknownChallenge.into_response(),
+        }
+    }
+
+    /// A 308 to the same URL on HTTPS, if an HTTPS listener runs and the request's host has
+    /// a certificate.
+    fn redirect<B>(&self, table: &RouteTable, req: &Request<B>) -> Option<Response<ProxyBody>> {
+        let port = self.https_port.load(Ordering::Relaxed);
+        if port == 0 {
+            return None;
+        }
+        let target = resolve(table, req).ok()?;
+        if !self.certificates.contains(&target.authority) {
+            return None;
+        }
+        let host = normalize_host(&target.authority);
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let location = if port == 443 {
+            format!("https://{host}{path}")
+        } else {
+            format!("https://{host}:{port}{path}")
+        };
+        let location = HeaderValue::from_str(&location).ok()?;
+        let mut response =
+            Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+        *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location);
+        Some(response)
     }
 
     async fn forward(
@@ -184,6 +316,7 @@ impl Forwarder {
         authority: &str,
         mut req: Request<Incoming>,
         client: SocketAddr,
+        scheme: Scheme,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if route.backends.is_empty() {
             return Err(ProxyError::NoReadyReplica {
@@ -205,9 +338,11 @@ impl Forwarder {
         let upgrade = headers::upgrade_request(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let is_upgrade = upgrade.is_some();
-        let replayable = replayable(&req);
+        // A bodiless request: no `Content-Length`/`Transfer-Encoding` on HTTP/1, and the
+        // stream already ended with the headers on HTTP/2 (where a body needs no header).
+        let replayable = replayable(&req) && req.body().is_end_stream();
         let mut upstream_req =
-            self.upstream_request(req, backend, route, authority, client, upgrade)?;
+            self.upstream_request(req, backend, route, authority, client, upgrade, scheme)?;
         // What a retry sends: the rewritten request again, with its (empty) body.
         let replay = replayable.then(|| Replay::of(&upstream_req));
         let mut failed: Vec<SocketAddr> = Vec::new();
@@ -226,6 +361,11 @@ impl Forwarder {
                 }
                 Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
                     return Err(ProxyError::BodyTooLarge { limit });
+                }
+                Ok(Err(e)) if caused_by::<BodyReadTimeout>(&e) => {
+                    return Err(ProxyError::ClientBodyTimeout {
+                        timeout: self.config.body_read_timeout,
+                    });
                 }
                 Ok(Err(e)) => e,
                 // Dropping the request future closes that upstream connection, so a
@@ -304,10 +444,11 @@ impl Forwarder {
         authority: &str,
         client: SocketAddr,
         upgrade: Option<HeaderValue>,
+        scheme: Scheme,
     ) -> Result<Request<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        headers::add_forwarded(&mut parts.headers, client.ip(), "http", authority);
+        headers::add_forwarded(&mut parts.headers, client.ip(), scheme.as_str(), authority);
         // Applications see the host the client asked for, not the replica's address.
         if !parts.headers.contains_key(HOST) {
             if let Ok(host) = HeaderValue::from_str(authority) {
@@ -323,7 +464,11 @@ impl Forwarder {
         // HTTP/1.1 to backends whatever the client spoke, so upstream connections pool.
         parts.version = Version::HTTP_11;
         let limit = usize::try_from(self.config.max_request_body).unwrap_or(usize::MAX);
-        let body = Limited::new(body, limit).boxed_unsync();
+        let body = Limited::new(
+            ReadDeadline::new(body, self.config.body_read_timeout),
+            limit,
+        )
+        .boxed_unsync();
         Ok(Request::from_parts(parts, body))
     }
 }
@@ -456,6 +601,66 @@ impl Body for Counted {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The client stopped sending its request body for longer than `body_read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body data for {0:?}")]
+pub(crate) struct BodyReadTimeout(Duration);
+
+/// A request body that fails with [`BodyReadTimeout`] when no frame arrives for `timeout`:
+/// a client trickling (or stalling) its body cannot hold a backend connection forever.
+struct ReadDeadline {
+    inner: Incoming,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl ReadDeadline {
+    fn new(inner: Incoming, timeout: Duration) -> Self {
+        ReadDeadline {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl Body for ReadDeadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyReadTimeout(this.timeout).into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `METHOD path HTTP/x` for the access log.
+fn req_line<B>(req: &Request<B>) -> String {
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    format!("{} {} {:?}", req.method(), path, req.version())
 }
 
 fn content_length<B>(req: &Request<B>) -> Option<u64> {

@@ -16,7 +16,11 @@
 //! - `forward` — the request path: `(table, request) -> response`, using a pooled upstream
 //!   client; retries bodiless idempotent requests on another backend when the first could
 //!   not be reached (nothing sent); also splices upgraded (WebSocket) connections.
-//! - `server` — [`Proxy`]: the accept loop, per-connection tasks, graceful drain.
+//! - `server` — [`Proxy`]: the accept loops (plain HTTP/1.1, and TLS with HTTP/2 or
+//!   HTTP/1.1 by ALPN), per-connection tasks, graceful drain.
+//! - [`tls`] — [`Certificates`]: the SNI certificate set, hot-swapped; PEM parsing; the
+//!   rustls server configuration.
+//! - [`challenge`] — [`Challenges`]: pending ACME HTTP-01 answers, served on plain HTTP.
 //! - [`metrics`] — [`ProxyMetrics`], the `orca_proxy_*` Prometheus metrics.
 //! - `stats` — [`RouteStats`], cumulative per-service request and 5xx counts for the host.
 //!
@@ -27,12 +31,16 @@
 //! - Nothing the proxy waits on is unbounded: client headers (`header_read_timeout`), the
 //!   upstream connect (`connect_timeout`) and the upstream response head (`request_timeout`)
 //!   all have deadlines, and every client connection is its own task.
+//! - The ACME challenge path (`/.well-known/acme-challenge/`) is answered by the proxy on
+//!   any host and never redirected; other plain-HTTP requests for a domain with a
+//!   certificate get a 308 to HTTPS once an HTTPS listener runs.
 //! - A request is sent to a second backend only if no byte of it reached the first
 //!   (connect failure, or a pooled connection that closed before the request was written),
 //!   and only if it is idempotent and bodiless; at most `2` retries, on backends not yet
 //!   tried.
 
 mod balance;
+pub mod challenge;
 pub mod config;
 mod error;
 mod forward;
@@ -41,11 +49,14 @@ pub mod metrics;
 mod server;
 mod stats;
 pub mod table;
+pub mod tls;
 
 pub use balance::InFlightView;
+pub use challenge::{Challenges, ACME_CHALLENGE_PREFIX};
 pub use config::ProxyConfig;
 pub use error::ProxyError;
 pub use metrics::ProxyMetrics;
 pub use server::{Proxy, DEFAULT_SHUTDOWN_GRACE};
 pub use stats::RouteStats;
 pub use table::{Backend, Route, RouteTable, Routes};
+pub use tls::{certified_key, Certificates, TlsError};

@@ -7,19 +7,50 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::balance::InFlightView;
+use crate::challenge::Challenges;
 use crate::config::ProxyConfig;
-use crate::forward::Forwarder;
+use crate::forward::{Forwarder, Scheme};
 use crate::metrics::ProxyMetrics;
 use crate::stats::RouteStats;
 use crate::table::Routes;
+use crate::tls::{self, Certificates, ALPN_H2};
+
+/// Drives one served connection until it ends, starting a graceful shutdown (finish the
+/// request in progress, then close; idle connections close at once) when the drain phase
+/// begins, and cutting it off when the shutdown grace expires. A macro, not a function:
+/// hyper's HTTP/1 (upgradeable) and HTTP/2 connections share no trait for this.
+macro_rules! drive_connection {
+    ($conn:expr, $phase:expr, $peer:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = phase_reached(&mut $phase, Phase::Draining) => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = conn.as_mut() => result,
+                    () = phase_reached(&mut $phase, Phase::Abort) => {
+                        debug!(peer = %$peer, "connection cut off: shutdown grace expired");
+                        return;
+                    }
+                }
+            }
+        };
+        // A broken client connection is that client's problem, never the loop's.
+        if let Err(e) = result {
+            debug!(peer = %$peer, error = %e, "client connection error");
+        }
+    }};
+}
 
 /// How long in-flight requests (and upgraded connections) may run after shutdown begins.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -29,26 +60,51 @@ pub struct Proxy {
     forwarder: Arc<Forwarder>,
     drain: Drain,
     http: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     grace: Duration,
+    handshake_timeout: Duration,
 }
 
 impl Proxy {
     /// A proxy routing by `routes` (swap tables in through any clone of it).
     pub fn new(config: ProxyConfig, routes: Routes, metrics: ProxyMetrics) -> Proxy {
-        // HTTP/1 only for now. When HTTP/2 comes (TLS + ALPN), note that hyper-util's `auto`
-        // builder sniffs the protocol with no deadline of its own, so the sniffing must be
-        // wrapped in `header_read_timeout` or slowloris protection is lost.
+        // Plain HTTP is HTTP/1.1 only. On TLS the protocol is chosen by ALPN, not sniffed:
+        // hyper-util's `auto` builder sniffs with no deadline of its own, which would lose
+        // the slowloris protection of `header_read_timeout`.
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             .keep_alive(true);
+        // HTTP/2 has no header timeout; pings find dead peers, and the TLS handshake before
+        // it is bounded by `header_read_timeout`.
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .max_concurrent_streams(256);
+        let handshake_timeout = config.header_read_timeout;
         let drain = Drain::new();
         Proxy {
             forwarder: Arc::new(Forwarder::new(config, routes, metrics, drain.clone())),
             drain,
             http,
+            http2,
             grace: DEFAULT_SHUTDOWN_GRACE,
+            handshake_timeout,
         }
+    }
+
+    /// The certificates the HTTPS listener serves by SNI. Insert and remove through any
+    /// clone, at any time; handshakes use the set as it is when they start.
+    pub fn certificates(&self) -> Certificates {
+        self.forwarder.certificates()
+    }
+
+    /// The pending ACME HTTP-01 challenges the plain-HTTP listener answers under
+    /// `/.well-known/acme-challenge/`.
+    pub fn challenges(&self) -> Challenges {
+        self.forwarder.challenges()
     }
 
     /// A handle reporting how many requests are in flight to each backend address
@@ -79,24 +135,59 @@ impl Proxy {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_listeners(listener, None, shutdown).await
+    }
+
+    /// Like [`Proxy::serve`], and also terminates TLS on `https` (certificates by SNI from
+    /// [`Proxy::certificates`], HTTP/2 or HTTP/1.1 by ALPN). Plain-HTTP requests for a
+    /// domain with a certificate are redirected to `https`'s port from then on.
+    pub async fn serve_with_tls(
+        self,
+        http: TcpListener,
+        https: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.serve_listeners(http, Some(https), shutdown).await
+    }
+
+    async fn serve_listeners(
+        self,
+        listener: TcpListener,
+        https: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let local = listener.local_addr()?;
         info!(%local, "proxy listening");
+        let acceptor = match &https {
+            Some(https) => {
+                let local = https.local_addr()?;
+                let config = tls::server_config(&self.forwarder.certificates())
+                    .map_err(std::io::Error::other)?;
+                self.forwarder.set_https_port(local.port());
+                info!(%local, "proxy listening (TLS)");
+                Some(TlsAcceptor::from(config))
+            }
+            None => None,
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => self.spawn_connection(stream, peer),
-                    Err(e) => {
-                        // Usually out of file descriptors: back off instead of spinning, and
-                        // keep serving the connections we have.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(e) => accept_failed(e).await,
+                },
+                accepted = accept_tls(https.as_ref()) => match (accepted, &acceptor) {
+                    (Ok((stream, peer)), Some(acceptor)) => {
+                        self.spawn_tls_connection(acceptor.clone(), stream, peer);
                     }
+                    (Ok(_), None) => {}
+                    (Err(e), _) => accept_failed(e).await,
                 },
             }
         }
         drop(listener);
+        drop(https);
         info!(in_flight = self.drain.count(), "proxy draining");
         self.drain.set(Phase::Draining);
         if tokio::time::timeout(self.grace, self.drain.idle())
@@ -120,7 +211,7 @@ impl Proxy {
         let forwarder = self.forwarder.clone();
         let service = service_fn(move |req| {
             let forwarder = forwarder.clone();
-            async move { Ok::<_, Infallible>(forwarder.handle(req, peer).await) }
+            async move { Ok::<_, Infallible>(forwarder.handle(req, peer, Scheme::Http).await) }
         });
         let conn = self
             .http
@@ -130,27 +221,71 @@ impl Proxy {
         let mut phase = self.drain.subscribe();
         tokio::spawn(async move {
             let _task = task;
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                () = phase_reached(&mut phase, Phase::Draining) => {
-                    // Finish the request in progress, then close; idle connections close now.
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        result = conn.as_mut() => result,
-                        () = phase_reached(&mut phase, Phase::Abort) => {
-                            debug!(%peer, "connection cut off: shutdown grace expired");
-                            return;
-                        }
-                    }
+            drive_connection!(conn, phase, peer);
+        });
+    }
+
+    /// One TLS client connection: the handshake (bounded by `header_read_timeout`), then
+    /// HTTP/2 if the client chose `h2` by ALPN, else HTTP/1.1 with upgrades (WebSocket).
+    fn spawn_tls_connection(&self, acceptor: TlsAcceptor, stream: TcpStream, peer: SocketAddr) {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "set_nodelay failed");
+        }
+        let forwarder = self.forwarder.clone();
+        let http1 = self.http.clone();
+        let http2 = self.http2.clone();
+        let handshake_timeout = self.handshake_timeout;
+        let task = self.drain.track();
+        let mut phase = self.drain.subscribe();
+        tokio::spawn(async move {
+            let _task = task;
+            let handshake = tokio::select! {
+                result = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => result,
+                () = phase_reached(&mut phase, Phase::Draining) => return,
+            };
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return;
                 }
             };
-            // A broken client connection is that client's problem, never the loop's.
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "client connection error");
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+            let service = service_fn(move |req| {
+                let forwarder = forwarder.clone();
+                async move { Ok::<_, Infallible>(forwarder.handle(req, peer, Scheme::Https).await) }
+            });
+            let io = TokioIo::new(stream);
+            if h2 {
+                drive_connection!(http2.serve_connection(io, service), phase, peer);
+            } else {
+                drive_connection!(
+                    http1.serve_connection(io, service).with_upgrades(),
+                    phase,
+                    peer
+                );
             }
         });
     }
+}
+
+/// Accepts on the TLS listener, or never completes when there is none.
+async fn accept_tls(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Usually out of file descriptors: back off instead of spinning, and keep serving the
+/// connections we have.
+async fn accept_failed(e: std::io::Error) {
+    warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 /// Where shutdown is; phases only move forward.

@@ -32,6 +32,7 @@ fn test_config() -> ProxyConfig {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(600),
         header_read_timeout: Duration::from_millis(500),
+        body_read_timeout: Duration::from_millis(500),
         idle_timeout: Duration::from_secs(5),
         max_request_body: 1024,
     }

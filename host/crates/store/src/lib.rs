@@ -16,6 +16,9 @@
 //!   and the constant-time verifier [`TokenSet`].
 //! - [`secrets`] — owns table `secrets` (sealed values) and the cipher [`SecretBox`]
 //!   (XChaCha20-Poly1305 under a key file) with env fingerprinting.
+//! - [`certs`] — owns tables `certificates` ([`CertificateRecord`]: PEM chain, sealed
+//!   private key), `acme_orders` ([`AcmeOrderRecord`]: failures, the CA's reason, next
+//!   attempt) and `acme_accounts` (sealed ACME account credentials).
 //! - `record` — JSON encoding with a `schema` version on every value; decode failures become
 //!   [`StoreError::Corrupt`].
 //! - [`error`] — [`StoreError`].
@@ -42,6 +45,7 @@ use std::sync::Arc;
 
 use redb::Database;
 
+pub mod certs;
 pub mod error;
 mod record;
 pub mod revisions;
@@ -50,6 +54,7 @@ pub mod secrets;
 pub mod services;
 pub mod tokens;
 
+pub use certs::{AcmeOrderRecord, CertSource, CertificateRecord, ACME_SEAL_SCOPE, TLS_SEAL_SCOPE};
 pub use error::StoreError;
 pub use revisions::{RevisionRecord, REVISIONS_KEPT};
 pub use rollouts::{RolloutPhase, RolloutRecord, PLUGIN_STATE_MAX};
@@ -93,6 +98,7 @@ impl Store {
         secrets::create_table(&txn)?;
         revisions::create_table(&txn)?;
         rollouts::create_table(&txn)?;
+        certs::create_table(&txn)?;
         txn.commit()?;
         tracing::debug!(path = %path.display(), "orca.store.open");
         Ok(Store {
