@@ -140,7 +140,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let metrics = Metrics::new(|r| proxy_metrics.register(r));
     let health = Health::new(registry.clone());
     let proxy = Proxy::new(
-        ProxyConfig::default(),
+        proxy_config(&cluster.proxy),
         routes.clone(),
         proxy_metrics.clone(),
     );
@@ -234,6 +234,18 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
     info!("orca server stopped; containers keep running");
     Ok(())
+}
+
+/// The proxy's timeouts and limits from `[proxy]`.
+fn proxy_config(settings: &orca_config::ProxySettings) -> ProxyConfig {
+    ProxyConfig {
+        connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+        request_timeout: Duration::from_secs(settings.request_timeout_secs),
+        header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs),
+        body_read_timeout: Duration::from_secs(settings.body_read_timeout_secs),
+        idle_timeout: Duration::from_secs(settings.idle_timeout_secs),
+        max_request_body: settings.max_request_body.0,
+    }
 }
 
 /// First start with no token anywhere: create an admin token and write it, with the API

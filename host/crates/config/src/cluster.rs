@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ConfigError, FieldPath, Invalid};
 use crate::names::validate_name;
 use crate::source::TomlDoc;
+use crate::units::Memory;
 
 /// The name of the cluster configuration file inside the config directory.
 pub const CLUSTER_FILE: &str = "cluster.toml";
@@ -76,10 +77,91 @@ pub struct ClusterConfig {
     /// The `[plugins]` table: limits of plugin calls.
     #[serde(default)]
     pub plugins: PluginSettings,
+    /// The `[proxy]` table: timeouts and limits of the HTTP/HTTPS proxy.
+    #[serde(default)]
+    pub proxy: ProxySettings,
     /// The `[acme]` table: automatic certificates. Absent: no ACME (services are served on
     /// plain HTTP, or HTTPS with their own `tls_cert`).
     #[serde(default)]
     pub acme: Option<AcmeSettings>,
+}
+
+/// Timeouts and limits of the proxy (`[proxy]` in cluster.toml); each stops one kind of
+/// slow or hostile peer from holding the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// Longest TCP connect to a backend, in milliseconds (default 3000).
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for a backend's response head, in seconds (default 60): 504 after.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Longest time a client may take to send its request head, and the idle keep-alive
+    /// time of client connections, in seconds (default 10).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Longest pause of a client while sending a request body, in seconds (default 30):
+    /// 408 after.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_secs: u64,
+    /// How long an idle pooled backend connection is kept, in seconds (default 60).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// The largest request body forwarded (default "64Mi"); 413 beyond.
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body: Memory,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    3000
+}
+fn default_request_timeout() -> u64 {
+    60
+}
+fn default_header_read_timeout() -> u64 {
+    10
+}
+fn default_body_read_timeout() -> u64 {
+    30
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_max_request_body() -> Memory {
+    Memory(64 << 20)
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            connect_timeout_ms: default_connect_timeout_ms(),
+            request_timeout_secs: default_request_timeout(),
+            header_read_timeout_secs: default_header_read_timeout(),
+            body_read_timeout_secs: default_body_read_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_request_body: default_max_request_body(),
+        }
+    }
+}
+
+fn check_proxy(proxy: &ProxySettings) -> Result<(), Invalid> {
+    for (key, value) in [
+        ("connect_timeout_ms", proxy.connect_timeout_ms),
+        ("request_timeout_secs", proxy.request_timeout_secs),
+        ("header_read_timeout_secs", proxy.header_read_timeout_secs),
+        ("body_read_timeout_secs", proxy.body_read_timeout_secs),
+        ("idle_timeout_secs", proxy.idle_timeout_secs),
+        ("max_request_body", proxy.max_request_body.0),
+    ] {
+        if value == 0 {
+            return Err(Invalid::new(
+                FieldPath::key("proxy").k(key),
+                format!("{key} must be at least 1"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Let's Encrypt's production directory, the default `[acme] directory`.
@@ -323,6 +405,7 @@ fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
             return Err(Invalid::new(at(key), format!("{key} must be at least 1")));
         }
     }
+    check_proxy(&config.proxy)?;
     if let Some(acme) = &config.acme {
         check_acme(acme)?;
     }

@@ -37,6 +37,13 @@ pub enum ProxyError {
         /// The configured `body_read_timeout`.
         timeout: Duration,
     },
+    /// The client had not finished sending its request body when the response-head
+    /// deadline passed. 408.
+    #[error("the client did not finish sending its request body within {timeout:?}")]
+    ClientBodyIncomplete {
+        /// The configured `request_timeout`.
+        timeout: Duration,
+    },
     /// The service exists but has no ready replica. 503.
     #[error("service \"{service}\" has no ready replica")]
     NoReadyReplica {
@@ -78,7 +85,9 @@ impl ProxyError {
             ProxyError::MissingHost => StatusCode::BAD_REQUEST,
             ProxyError::UnknownHost { .. } => StatusCode::NOT_FOUND,
             ProxyError::UnknownChallenge => StatusCode::NOT_FOUND,
-            ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientBodyTimeout { .. } | ProxyError::ClientBodyIncomplete { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             ProxyError::NoReadyReplica { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,

@@ -6,7 +6,8 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -341,8 +342,17 @@ impl Forwarder {
         // A bodiless request: no `Content-Length`/`Transfer-Encoding` on HTTP/1, and the
         // stream already ended with the headers on HTTP/2 (where a body needs no header).
         let replayable = replayable(&req) && req.body().is_end_stream();
-        let mut upstream_req =
-            self.upstream_request(req, backend, route, authority, client, upgrade, scheme)?;
+        let body_done = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+        let mut upstream_req = self.upstream_request(
+            req,
+            backend,
+            route,
+            authority,
+            client,
+            upgrade,
+            scheme,
+            body_done.clone(),
+        )?;
         // What a retry sends: the rewritten request again, with its (empty) body.
         let replay = replayable.then(|| Replay::of(&upstream_req));
         let mut failed: Vec<SocketAddr> = Vec::new();
@@ -370,6 +380,13 @@ impl Forwarder {
                 Ok(Err(e)) => e,
                 // Dropping the request future closes that upstream connection, so a
                 // backend that answers late cannot confuse a pooled connection.
+                // The client had not even finished its body: the client was slow, not the
+                // backend.
+                Err(_elapsed) if !body_done.load(Ordering::Acquire) => {
+                    return Err(ProxyError::ClientBodyIncomplete {
+                        timeout: self.config.request_timeout,
+                    });
+                }
                 Err(_elapsed) => {
                     self.stats
                         .record_instance(&backend.id, StatusCode::GATEWAY_TIMEOUT);
@@ -435,7 +452,9 @@ impl Forwarder {
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
 
-    /// Rewrites a client request into the request for `backend`.
+    /// Rewrites a client request into the request for `backend`; `body_done` is set once
+    /// the client's body has been read to its end.
+    #[allow(clippy::too_many_arguments)]
     fn upstream_request(
         &self,
         req: Request<Incoming>,
@@ -445,6 +464,7 @@ impl Forwarder {
         client: SocketAddr,
         upgrade: Option<HeaderValue>,
         scheme: Scheme,
+        body_done: Arc<AtomicBool>,
     ) -> Result<Request<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -465,7 +485,7 @@ impl Forwarder {
         parts.version = Version::HTTP_11;
         let limit = usize::try_from(self.config.max_request_body).unwrap_or(usize::MAX);
         let body = Limited::new(
-            ReadDeadline::new(body, self.config.body_read_timeout),
+            ReadDeadline::new(body, self.config.body_read_timeout, body_done),
             limit,
         )
         .boxed_unsync();
@@ -610,18 +630,21 @@ pub(crate) struct BodyReadTimeout(Duration);
 
 /// A request body that fails with [`BodyReadTimeout`] when no frame arrives for `timeout`:
 /// a client trickling (or stalling) its body cannot hold a backend connection forever.
+/// It also reports (`done`) when the body has been read to its end.
 struct ReadDeadline {
     inner: Incoming,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
+    done: Arc<AtomicBool>,
 }
 
 impl ReadDeadline {
-    fn new(inner: Incoming, timeout: Duration) -> Self {
+    fn new(inner: Incoming, timeout: Duration, done: Arc<AtomicBool>) -> Self {
         ReadDeadline {
             inner,
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            done,
         }
     }
 }
@@ -637,6 +660,9 @@ impl Body for ReadDeadline {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
+                if frame.is_none() || this.inner.is_end_stream() {
+                    this.done.store(true, Ordering::Release);
+                }
                 let deadline = tokio::time::Instant::now() + this.timeout;
                 this.sleep.as_mut().reset(deadline);
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))

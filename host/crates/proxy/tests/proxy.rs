@@ -879,3 +879,208 @@ async fn route_stats_count_requests_and_server_errors() {
     assert_eq!(proxy.stats.get("unrouted"), (0, 0));
     proxy.stop().await;
 }
+
+/// A self-signed certificate for `name`, as rustls serves it, and its DER for clients.
+fn self_signed(
+    name: &str,
+) -> (
+    Arc<rustls::sign::CertifiedKey>,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let key =
+        orca_proxy::certified_key(&cert.cert.pem(), &cert.signing_key.serialize_pem()).unwrap();
+    (Arc::new(key), cert.cert.der().clone())
+}
+
+/// A TLS client connection to `addr` for `sni`, trusting `root`, offering `alpn`.
+async fn tls_client(
+    addr: SocketAddr,
+    sni: &str,
+    root: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    connector.connect(name, tcp).await
+}
+
+struct TlsProxy {
+    http: SocketAddr,
+    https: SocketAddr,
+    certificates: orca_proxy::Certificates,
+    challenges: orca_proxy::Challenges,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+async fn start_tls_proxy(routes: Routes, metrics: ProxyMetrics) -> TlsProxy {
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
+    let proxy = Proxy::new(test_config(), routes, metrics);
+    let certificates = proxy.certificates();
+    let challenges = proxy.challenges();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(proxy.serve_with_tls(http, https, async move {
+        let _ = rx.await;
+    }));
+    TlsProxy {
+        http: http_addr,
+        https: https_addr,
+        certificates,
+        challenges,
+        shutdown: Some(tx),
+    }
+}
+
+#[tokio::test]
+async fn h2_over_tls_retries_a_refused_backend_and_keeps_connections_across_a_certificate_swap() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let live = named_backend("live", Arc::clone(&hits)).await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("app.test", route("demo/app", &[closed_port().await, live]));
+    routes.swap(table);
+    let metrics = ProxyMetrics::new();
+    let mut proxy = start_tls_proxy(routes, metrics.clone()).await;
+    let (key, root) = self_signed("app.test");
+    proxy.certificates.insert("app.test", key);
+
+    let tls = tls_client(proxy.https, "app.test", &root, &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for i in 0..60 {
+        let req = Request::get("https://app.test/x").body(empty()).unwrap();
+        let r = answer(sender.send_request(req).await.unwrap()).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "live"),
+            "request {i}"
+        );
+    }
+    let retries = series(
+        &metrics_text(&metrics),
+        r#"orca_proxy_retries_total{service="demo/app"}"#,
+    );
+    assert!(
+        retries > 0,
+        "HTTP/2 requests that could not reach a backend are retried"
+    );
+
+    // A new certificate: the open HTTP/2 connection keeps working, new handshakes get it.
+    let (new_key, new_root) = self_signed("app.test");
+    proxy.certificates.insert("app.test", new_key);
+    let req = Request::get("https://app.test/after-swap")
+        .body(empty())
+        .unwrap();
+    let r = answer(sender.send_request(req).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(tls_client(proxy.https, "app.test", &root, &[b"h2"])
+        .await
+        .is_err());
+    assert!(tls_client(proxy.https, "app.test", &new_root, &[b"h2"])
+        .await
+        .is_ok());
+    // No certificate for a name: the handshake fails.
+    assert!(tls_client(proxy.https, "other.test", &new_root, &[b"h2"])
+        .await
+        .is_err());
+    let _ = proxy.shutdown.take().map(|tx| tx.send(()));
+}
+
+#[tokio::test]
+async fn plain_http_redirects_domains_with_a_certificate_except_the_acme_path() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let live = named_backend("live", Arc::clone(&hits)).await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("app.test", route("demo/app", &[live]));
+    table.insert("plain.test", route("demo/plain", &[live]));
+    routes.swap(table);
+    let mut proxy = start_tls_proxy(routes, ProxyMetrics::new()).await;
+    let (key, _) = self_signed("app.test");
+    proxy.certificates.insert("app.test", key);
+    proxy.challenges.insert("tok-1", "tok-1.thumbprint");
+    let client = client();
+
+    let r = send(&client, proxy.http, "APP.test:80", "/a/b?c=d").await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        r.headers["location"],
+        format!("https://app.test:{}/a/b?c=d", proxy.https.port()).as_str()
+    );
+    let r = send(
+        &client,
+        proxy.http,
+        "app.test",
+        "/.well-known/acme-challenge/tok-1",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "tok-1.thumbprint")
+    );
+    let r = send(
+        &client,
+        proxy.http,
+        "app.test",
+        "/.well-known/acme-challenge/nope",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.headers["x-orca-error"], "1");
+    // No certificate: served on plain HTTP.
+    let r = send(&client, proxy.http, "plain.test", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "live"));
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the ACME path never reaches a backend"
+    );
+    let _ = proxy.shutdown.take().map(|tx| tx.send(()));
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_its_body_gets_a_408() {
+    let backend = spawn_backend(|req: Request<Incoming>| async move {
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        Response::new(Full::new(body.unwrap_or_default()))
+    })
+    .await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("app.test", route("demo/app", &[backend]));
+    routes.swap(table);
+    let mut config = test_config();
+    config.request_timeout = Duration::from_secs(5);
+    let proxy = RunningProxy::start(routes, config, ProxyMetrics::new()).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"PUT /x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\nten bytes!")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let head = tokio::time::timeout(Duration::from_secs(3), read_head(&mut stream))
+        .await
+        .expect("answered within the body timeout");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    proxy.stop().await;
+}
