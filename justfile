@@ -10,7 +10,7 @@ test:
 
 # Only the end-to-end tests in tests/.
 test-e2e:
-    cargo test -p orca --test foundation --test rbac --test bad_input --test strategies --test plugins
+    cargo test -p orca --test foundation --test rbac --test bad_input --test strategies --test plugins --test tls --test edge
 
 lint:
     cargo fmt --all -- --check
@@ -27,6 +27,11 @@ quickstart:
 # Default plugins, built to components (what host/build.rs does).
 plugins:
     cd plugins && CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-component-ld cargo build --release --locked --target wasm32-unknown-unknown --target-dir ../target/plugins
+
+# Proxy throughput and latency: orca vs nginx vs caddy with wrk (HTTP/1.1 and HTTPS).
+# Needs `apt-get install -y wrk nginx caddy`.
+bench-proxy:
+    bench/proxy.sh 10 64
 
 # Benchmarks: deploy/self-healing vs Docker Swarm, and plugin call costs.
 bench:
