@@ -213,7 +213,7 @@ impl CertManager {
                 loaded.remove(&domain);
             }
             for order in self.store.list_acme_orders()? {
-                if !wanted.get(&order.domain).is_some_and(|w| !w.manual) {
+                if wanted.get(&order.domain).is_none_or(|w| w.manual) {
                     self.store.delete_acme_order(&order.domain)?;
                 }
             }

@@ -385,7 +385,7 @@ pub fn parse_deploy_request(body: &[u8]) -> Result<DeployRequest, ConfigError> {
             .services
             .iter()
             .find(|s| s.project() == upload.project && s.name == upload.service);
-        if !owner.is_some_and(|s| s.tls_cert.is_some()) {
+        if owner.is_none_or(|s| s.tls_cert.is_none()) {
             return Err(error(
                 FieldPath::key("tls").i(i),
                 format!(
