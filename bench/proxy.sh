@@ -90,7 +90,6 @@ until curl -fsS "$ORCA_API/api/v1/health" >/dev/null 2>&1; do sleep 0.05; done
 address() { "$orca" status -o json | python3 -c "import json,sys; print([s for s in json.load(sys.stdin)['services'] if s['name']=='$1'][0]['instances'][0]['address'])"; }
 plain_backend=$(address plain)
 tls_backend=$(address tls)
-until curl -fsS -o /dev/null --cacert "$work/cert.pem" "https://$tls_host:${https_port[orca]}/"; do sleep 0.1; done
 
 cat >"$work/nginx.conf" <<EOF
 worker_processes auto;
@@ -127,7 +126,6 @@ cat >"$work/Caddyfile" <<EOF
 {
   admin off
   auto_https off
-  persist_config off
 }
 http://$plain_host:${http_port[caddy]} {
   bind 127.0.0.1
@@ -141,9 +139,17 @@ https://$tls_host:${https_port[caddy]} {
 EOF
 XDG_DATA_HOME=$work XDG_CONFIG_HOME=$work caddy run --config "$work/Caddyfile" --adapter caddyfile >"$work/caddy.log" 2>&1 &
 pids+=($!)
+# Every proxy answers both scenarios before anything is measured (at most 30 s each).
+wait_ok() { # proxy curl-args...
+  local p=$1; shift
+  for _ in $(seq 1 300); do curl -fsS -o /dev/null "$@" 2>/dev/null && return 0; sleep 0.1; done
+  echo "error: $p does not answer curl $*" >&2
+  tail -5 "$work"/*.log >&2 || true
+  exit 1
+}
 for p in orca nginx caddy; do
-  until curl -fsS -o /dev/null -H "Host: $plain_host" "http://127.0.0.1:${http_port[$p]}/"; do sleep 0.1; done
-  until curl -fsS -o /dev/null --cacert "$work/cert.pem" "https://$tls_host:${https_port[$p]}/"; do sleep 0.1; done
+  wait_ok "$p" -H "Host: $plain_host" "http://127.0.0.1:${http_port[$p]}/"
+  wait_ok "$p" --cacert "$work/cert.pem" "https://$tls_host:${https_port[$p]}/"
 done
 
 # wrk output → "req/s p50 p99" (latencies in ms).
@@ -155,17 +161,26 @@ def ms(v):
     n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
 rps = re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)
-p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
-p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 sock = re.search(r"Socket errors: (.*)", text)
 print(f"{float(rps):.0f} {p50:.2f} {p99:.2f} {errors.group(1) if errors else 0} {'yes' if sock else 'no'}")
 PY
 }
 
-run() { # scenario proxy url [extra wrk args]
+run() { # scenario proxy url host
   local file="$out/$1-$2.txt"
+  # BENCH_PERF=1: profile orca's server process during its runs (perf report in $out).
+  if [ "${BENCH_PERF:-0}" = 1 ] && [ "$2" = orca ]; then
+    perf record -F 499 -g -o "$out/$1-orca.perf.data" -p "${pids[0]}" -- sleep "$secs" >/dev/null 2>&1 &
+    local perf_pid=$!
+  fi
   wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -H "Host: $4" "$3" >"$file"
+  if [ -n "${perf_pid:-}" ]; then
+    wait "$perf_pid" || true
+    perf report -i "$out/$1-orca.perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -60 >"$out/$1-orca.perf.txt" || true
+  fi
   parse "$file"
 }
 

@@ -192,14 +192,19 @@ impl Forwarder {
             status = field::Empty,
         );
         async move {
+            // The request line is only formatted when the access log is on.
+            let line = if tracing::enabled!(target: "orca::access", tracing::Level::INFO) {
+                req_line(&req)
+            } else {
+                String::new()
+            };
             if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX) {
                 let response = self.challenge(token);
-                self.log_access(&req_line(&req), response.status(), started);
+                self.log_access(&line, response.status(), started);
                 return response;
             }
             // One snapshot for the whole request: a concurrent swap cannot change its route.
             let table = self.routes.load();
-            let line = req_line(&req);
             if scheme == Scheme::Http {
                 if let Some(response) = self.redirect(&table, &req) {
                     Span::current().record("status", response.status().as_u16());
