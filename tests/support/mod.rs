@@ -85,6 +85,8 @@ pub struct Server {
     pub https: SocketAddr,
     api_port: u16,
     log: PathBuf,
+    /// Whether the server has been up once (its ports are then fixed for restarts).
+    started_once: bool,
 }
 
 impl Server {
@@ -113,6 +115,7 @@ impl Server {
         let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = root.path().join("server.log");
         let mut s = Server {
+            started_once: false,
             child: None,
             cluster,
             api: format!("http://127.0.0.1:{api_port}"),
@@ -164,7 +167,18 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("orca server exited with {status}:\n{}", self.log());
+                // A free port picked by `free_port` can be taken by a parallel test before
+                // the server binds it; on the first start, pick new ports and try again.
+                let log = self.log();
+                if !self.started_once && log.contains("Address already in use") {
+                    std::fs::write(&self.log, "").unwrap();
+                    self.api_port = free_port();
+                    self.api = format!("http://127.0.0.1:{}", self.api_port);
+                    self.http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    self.https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                    return self.spawn();
+                }
+                panic!("orca server exited with {status}:\n{log}");
             }
             if let Ok((200, _)) = http_raw(
                 "GET",
@@ -173,6 +187,7 @@ impl Server {
                 &[],
                 None,
             ) {
+                self.started_once = true;
                 return;
             }
             assert!(
