@@ -59,7 +59,7 @@ enum Command {
         /// HTTP proxy listen address.
         #[arg(long, env = "ORCA_HTTP_ADDR", default_value = "0.0.0.0:80")]
         http_addr: SocketAddr,
-        /// HTTPS listen address (reserved until the TLS listener lands).
+        /// HTTPS proxy listen address (TLS with certificates by SNI; HTTP/2 or HTTP/1.1 by ALPN).
         #[arg(long, env = "ORCA_HTTPS_ADDR", default_value = "0.0.0.0:443")]
         https_addr: SocketAddr,
     },
