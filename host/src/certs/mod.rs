@@ -423,6 +423,77 @@ pub fn describe(policy: &AcmePolicy) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orca_store::DeployItem;
+
+    fn deploy(store: &Store, domain: &str, manual: bool) {
+        let mut spec = serde_json::json!({
+            "name": "web", "project": "p", "image": "i", "port": 80, "domain": domain,
+        });
+        if manual {
+            spec["tls_cert"] = "c.pem".into();
+            spec["tls_key"] = "k.pem".into();
+        }
+        let item = DeployItem {
+            spec: serde_json::from_value(spec).unwrap(),
+            sealed_env: Vec::new(),
+            fingerprint: format!("{domain}{manual}"),
+        };
+        store.apply_deploy(&[item], 1).unwrap();
+    }
+
+    #[test]
+    fn sync_serves_what_the_store_holds_and_drops_what_no_service_wants() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cluster.db")).unwrap();
+        let secrets = Arc::new(SecretBox::load_or_create(&dir.path().join("secret.key")).unwrap());
+        let certificates = Certificates::new();
+        let manager = CertManager::new(
+            store.clone(),
+            secrets.clone(),
+            certificates.clone(),
+            Challenges::new(),
+            None,
+        );
+        let mut loaded = HashMap::new();
+        deploy(&store, "a.test", true);
+        let cert = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        store_manual(
+            &store,
+            &secrets,
+            "p/web",
+            "A.test",
+            &cert.cert.pem(),
+            &cert.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        assert_eq!(status(&store, Some("a.test"))["state"], "active");
+        manager.sync(&mut loaded);
+        assert!(certificates.contains("a.test:443"));
+
+        // The service drops its own certificate: it is no longer served (ACME would take
+        // over if configured).
+        deploy(&store, "a.test", false);
+        manager.sync(&mut loaded);
+        assert!(!certificates.contains("a.test"));
+        assert_eq!(store.get_certificate("a.test").unwrap(), None);
+        assert_eq!(status(&store, Some("a.test"))["state"], "none");
+        assert_eq!(status(&store, None), Value::Null);
+    }
+
+    #[test]
+    fn a_mismatched_key_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cluster.db")).unwrap();
+        let secrets = SecretBox::load_or_create(&dir.path().join("secret.key")).unwrap();
+        let a = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        let key = b.signing_key.serialize_pem();
+        let err =
+            store_manual(&store, &secrets, "p/web", "a.test", &a.cert.pem(), &key).unwrap_err();
+        assert!(err.contains("does not match"), "{err}");
+        assert!(!err.contains("PRIVATE KEY"), "{err}");
+        assert_eq!(store.get_certificate("a.test").unwrap(), None);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_max() {

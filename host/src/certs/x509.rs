@@ -134,6 +134,22 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_leaf_not_after() {
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        // 2031-05-17T00:00:00Z
+        assert_eq!(not_after(&cert.pem()).unwrap(), 1_936_742_400);
+        // rcgen's default (year 4096) is a GeneralizedTime.
+        let default = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        assert_eq!(
+            not_after(&default.cert.pem()).unwrap(),
+            u64::try_from(days_from_civil(4096, 1, 1) * 86_400).unwrap()
+        );
+    }
+
+    #[test]
     fn garbage_is_an_error() {
         assert!(not_after("nope").is_err());
         assert!(not_after_der(&[0x30, 0x05, 0x01]).is_err());
