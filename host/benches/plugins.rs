@@ -1,6 +1,8 @@
 //! Plugin runtime costs: (a) a cold load from the disk cache (a new runtime loading bytes
 //! whose precompiled artifact exists), (b) one call in a fresh store: `plan` with 10 stable
-//! instances (echo-strategy) and `place` over 100 nodes (echo-placement).
+//! instances (echo-strategy) and `place` over 100 nodes (echo-placement, live contract
+//! 0.2.0; and compat-placement-0-1, a component built against the released 0.1.0, through the
+//! host's adapter: the 0.1.0 node records with ids, names, addresses and labels).
 //!
 //! Run: `cargo bench -p orca --bench plugins` (builds `plugins/faults` first if needed).
 
@@ -119,6 +121,8 @@ fn bench(c: &mut Criterion) {
     let warm = PluginRuntime::new(RuntimeLimits::default(), Some(cache.clone())).unwrap();
     let plan_plugin = warm.load(&strategy, origin("echo-strategy")).unwrap();
     let place_plugin = warm.load(&placement, origin("echo-placement")).unwrap();
+    let compat = std::fs::read(dir.join("compat_placement_0_1.wasm")).unwrap();
+    let compat_plugin = warm.load(&compat, origin("compat-placement-0-1")).unwrap();
 
     let mut group = c.benchmark_group("load");
     group
@@ -160,6 +164,9 @@ fn bench(c: &mut Criterion) {
     let nodes = nodes();
     group.bench_function("place/100-nodes", |b| {
         b.iter(|| place_plugin.place(&request, &nodes).unwrap())
+    });
+    group.bench_function("place/100-nodes/0.1.0-component", |b| {
+        b.iter(|| compat_plugin.place(&request, &nodes).unwrap())
     });
     group.finish();
 }

@@ -31,8 +31,8 @@ pub mod placement {
         path: "../wit",
         world: "orca:plugin/placement",
         with: {
-            "orca:plugin/types@0.1.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.1.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -47,8 +47,8 @@ pub mod probe {
         path: "../wit",
         world: "orca:plugin/probe",
         with: {
-            "orca:plugin/types@0.1.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.1.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -63,8 +63,8 @@ pub mod webhook {
         path: "../wit",
         world: "orca:plugin/webhook",
         with: {
-            "orca:plugin/types@0.1.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.1.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -79,8 +79,8 @@ pub mod builder {
         path: "../wit",
         world: "orca:plugin/builder",
         with: {
-            "orca:plugin/types@0.1.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.1.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -158,16 +158,14 @@ mod convert {
     impl From<wit::Node> for sdk::Node {
         fn from(n: wit::Node) -> Self {
             sdk::Node {
-                id: n.id,
-                name: n.name,
-                address: n.address,
                 cpu_millis: n.cpu_millis,
                 cpu_millis_free: n.cpu_millis_free,
                 memory_bytes: n.memory_bytes,
                 memory_bytes_free: n.memory_bytes_free,
                 instances: n.instances,
+                existing: n.existing,
                 draining: n.draining,
-                labels: pairs(n.labels),
+                selected: n.selected,
             }
         }
     }
@@ -233,15 +231,6 @@ mod convert {
         }
     }
 
-    impl From<wit::NodeCount> for sdk::NodeCount {
-        fn from(c: wit::NodeCount) -> Self {
-            sdk::NodeCount {
-                node: c.node,
-                count: c.count,
-            }
-        }
-    }
-
     impl From<wit::PlacementRequest> for sdk::PlacementRequest {
         fn from(r: wit::PlacementRequest) -> Self {
             sdk::PlacementRequest {
@@ -249,7 +238,6 @@ mod convert {
                 pin: r.pin,
                 memory_bytes: r.memory_bytes,
                 cpu_millis: r.cpu_millis,
-                existing: r.existing.into_iter().map(Into::into).collect(),
             }
         }
     }
@@ -258,9 +246,8 @@ mod convert {
         fn from(v: sdk::Verdict) -> Self {
             wit::Verdict {
                 node: v.node,
-                feasible: v.feasible,
                 score: v.score,
-                reason: v.reason,
+                infeasible: v.infeasible,
             }
         }
     }

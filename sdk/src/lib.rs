@@ -4,7 +4,7 @@
 //! # Map of the crate
 //!
 //! - [`types`]: the data plugins receive and return (`RolloutState`, `Step`, `Node`,
-//!   `Verdict`...), plain Rust types mirroring the WIT package `orca:plugin@0.1.0`.
+//!   `Verdict`...), plain Rust types mirroring the WIT package `orca:plugin@0.2.0`.
 //! - One module per extension point (WIT world), each with its trait and export macro:
 //!   [`strategy`] ([`Strategy`](strategy::Strategy), [`export_strategy!`]),
 //!   [`placement`] ([`Placement`](placement::Placement), [`export_placement!`]),

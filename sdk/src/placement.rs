@@ -8,9 +8,15 @@ use crate::types::{Node, PlacementRequest, Verdict};
 /// A placement policy.
 ///
 /// For each instance to place the host calls [`place`](Placement::place) with every node of
-/// the cluster; the answer has one [`Verdict`] per node (feasible or not, with a score). The
-/// host picks the feasible node with the highest score; when none is feasible it shows the
-/// reasons. Nodes missing from the answer count as infeasible.
+/// the cluster; the answer has one [`Verdict`] per node (feasible with a score, or
+/// infeasible with a reason), naming the node by its index in `nodes`. The host picks the
+/// feasible node with the highest score; when none is feasible it shows the reasons. Nodes
+/// missing from the answer count as infeasible; an index out of range or answered twice makes
+/// the whole answer invalid.
+///
+/// Nodes carry only numbers and flags (capacity, this service's instances on the node,
+/// draining, whether the node matches the service's `placement.node` pin), so a call over
+/// hundreds of nodes stays in the microseconds.
 ///
 /// Plugins are stateless: the export glue builds the type with `Default::default()` for every
 /// call. Register it with [`export_placement!`](crate::export_placement).

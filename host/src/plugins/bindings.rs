@@ -1,6 +1,7 @@
-//! The one place `bindgen!` runs: one module per world of `wit/types.wit`, sharing the
-//! `types` and `logging` interfaces of the `strategy` module through `with`, and the
-//! conversions between the bindgen records and orca's own types (`super::types`).
+//! `bindgen!` of the live contract (`wit/types.wit`, `orca:plugin@0.2.0`): one module per
+//! world, sharing the `types` and `logging` interfaces of the `strategy` module through
+//! `with`, and the conversions between the bindgen records and orca's own types
+//! (`super::types`). The released 0.1.0 contract has its own bindings in `super::v0_1`.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -127,30 +128,44 @@ pub(crate) fn placement_request(r: &orca::PlacementRequest) -> wit::PlacementReq
         pin: r.pin.clone(),
         memory_bytes: r.memory_bytes,
         cpu_millis: r.cpu_millis,
-        existing: r
-            .existing
-            .iter()
-            .map(|c| wit::NodeCount {
-                node: c.node.clone(),
-                count: c.count,
-            })
-            .collect(),
     }
 }
 
-pub(crate) fn node(n: &orca::Node) -> wit::Node {
-    wit::Node {
-        id: n.id.clone(),
-        name: n.name.clone(),
-        address: n.address.clone(),
-        cpu_millis: n.cpu_millis,
-        cpu_millis_free: n.cpu_millis_free,
-        memory_bytes: n.memory_bytes,
-        memory_bytes_free: n.memory_bytes_free,
-        instances: n.instances,
-        draining: n.draining,
-        labels: pairs(&n.labels),
-    }
+/// The nodes as the placement world sees them: scalars only, identified by their index. The
+/// host evaluates the pin against each node's name and address (`selected`) and counts the
+/// service's instances per node (`existing`), so no string crosses into the plugin per node.
+pub(crate) fn nodes(r: &orca::PlacementRequest, nodes: &[orca::Node]) -> Vec<wit::Node> {
+    let pin = r.pin.as_deref().filter(|p| !p.is_empty());
+    let by_id: Option<std::collections::HashMap<&str, u32>> = (r.existing.len() > 16).then(|| {
+        let mut map = std::collections::HashMap::with_capacity(r.existing.len());
+        for c in &r.existing {
+            *map.entry(c.node.as_str()).or_insert(0u32) += c.count;
+        }
+        map
+    });
+    let existing = |id: &str| -> u32 {
+        match &by_id {
+            Some(map) => map.get(id).copied().unwrap_or(0),
+            None => r
+                .existing
+                .iter()
+                .filter(|c| c.node == id)
+                .fold(0u32, |sum, c| sum.saturating_add(c.count)),
+        }
+    };
+    nodes
+        .iter()
+        .map(|n| wit::Node {
+            cpu_millis: n.cpu_millis,
+            cpu_millis_free: n.cpu_millis_free,
+            memory_bytes: n.memory_bytes,
+            memory_bytes_free: n.memory_bytes_free,
+            instances: n.instances,
+            existing: existing(&n.id),
+            draining: n.draining,
+            selected: pin.is_none_or(|p| n.matches_pin(p)),
+        })
+        .collect()
 }
 
 pub(crate) fn probe_settings(s: &orca::ProbeSettings) -> wit::ProbeSettings {
@@ -240,13 +255,16 @@ pub(crate) fn step(s: wit::Step) -> orca::Step {
     }
 }
 
-pub(crate) fn verdict(v: wit::Verdict) -> orca::Verdict {
-    orca::Verdict {
-        node: v.node,
-        feasible: v.feasible,
+/// A verdict naming a node by index, as orca's [`Verdict`](orca::Verdict) naming it by id;
+/// `None` if the index is out of range (checked by `validate::indexed_verdicts` first).
+pub(crate) fn verdict(v: wit::Verdict, nodes: &[orca::Node]) -> Option<orca::Verdict> {
+    let node = nodes.get(usize::try_from(v.node).ok()?)?;
+    Some(orca::Verdict {
+        node: node.id.clone(),
+        feasible: v.infeasible.is_none(),
         score: v.score,
-        reason: v.reason,
-    }
+        reason: v.infeasible.unwrap_or_default(),
+    })
 }
 
 pub(crate) fn webhook_outcome(o: wit::WebhookOutcome) -> orca::WebhookOutcome {

@@ -66,6 +66,33 @@ pub(crate) fn verdicts(verdicts: &[Verdict], nodes: &[Node]) -> Result<(), Strin
     Ok(())
 }
 
+/// The same rules for verdicts naming nodes by index (`orca:plugin@0.2.0`): each index in
+/// range and at most once. `verdicts` gives each verdict's node index and reason length.
+pub(crate) fn indexed_verdicts(
+    verdicts: impl IntoIterator<Item = (u32, usize)>,
+    nodes: &[Node],
+) -> Result<(), String> {
+    let mut seen = vec![false; nodes.len()];
+    for (index, reason_len) in verdicts {
+        let Some(slot) = usize::try_from(index).ok().and_then(|i| seen.get_mut(i)) else {
+            return Err(format!(
+                "verdict for node index {index} of {} nodes",
+                nodes.len()
+            ));
+        };
+        let id = &nodes[index as usize].id;
+        if std::mem::replace(slot, true) {
+            return Err(format!("two verdicts for node {id:?}"));
+        }
+        if reason_len > MAX_REASON {
+            return Err(format!(
+                "verdict reason for {id:?} longer than {MAX_REASON} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Redeploys name registered hooks; a rejection is a 4xx or 5xx status.
 pub(crate) fn webhook(
     outcome: &Result<WebhookOutcome, Rejection>,
@@ -162,5 +189,9 @@ mod tests {
         assert!(verdicts(&[v("a")], &nodes).is_ok());
         assert!(verdicts(&[v("b")], &nodes).is_err());
         assert!(verdicts(&[v("a"), v("a")], &nodes).is_err());
+        assert!(indexed_verdicts([(0, 0)], &nodes).is_ok());
+        assert!(indexed_verdicts([(1, 0)], &nodes).is_err());
+        assert!(indexed_verdicts([(0, 0), (0, 0)], &nodes).is_err());
+        assert!(indexed_verdicts([(0, MAX_REASON + 1)], &nodes).is_err());
     }
 }

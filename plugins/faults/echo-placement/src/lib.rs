@@ -1,5 +1,5 @@
 //! A well-behaved placement: every node not draining with enough free memory is feasible,
-//! scored by its free memory in MiB.
+//! scored by its free memory in MiB; infeasible nodes say why.
 
 wit_bindgen::generate!({ world: "placement", path: "../../../wit" });
 
@@ -9,21 +9,17 @@ impl Guest for Echo {
     fn place(request: PlacementRequest, nodes: Vec<Node>) -> Result<Vec<Verdict>, String> {
         Ok(nodes
             .into_iter()
-            .map(|n| {
-                let fits = n.memory_bytes_free >= request.memory_bytes;
-                let feasible = fits && !n.draining;
-                Verdict {
-                    node: n.id,
-                    feasible,
-                    score: (n.memory_bytes_free >> 20).min(u64::from(u32::MAX)) as u32,
-                    reason: if feasible {
-                        String::new()
-                    } else if n.draining {
-                        "draining".into()
-                    } else {
-                        "not enough free memory".into()
-                    },
-                }
+            .zip(0u32..)
+            .map(|(n, index)| Verdict {
+                node: index,
+                score: (n.memory_bytes_free >> 20).min(u64::from(u32::MAX)) as u32,
+                infeasible: if n.draining {
+                    Some("draining".into())
+                } else if n.memory_bytes_free < request.memory_bytes {
+                    Some("not enough free memory".into())
+                } else {
+                    None
+                },
             })
             .collect())
     }
