@@ -191,7 +191,9 @@ fn echo_placement_scores_100_nodes() {
 
 /// `orca plugin inspect FILE` of the real binary, its standard output.
 fn cli_inspect(name: &str) -> String {
-    let path = guests().dir.join(format!("{}.wasm", name.replace('-', "_")));
+    let path = guests()
+        .dir
+        .join(format!("{}.wasm", name.replace('-', "_")));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_orca"))
         .args(["plugin", "inspect"])
         .arg(&path)
@@ -235,7 +237,11 @@ fn placement_built_against_0_1_0_keeps_working() {
         assert_eq!(v.node, n.id);
     }
     assert!(!verdicts[0].feasible && verdicts[0].reason == "not enough free memory");
-    assert!(verdicts[1].feasible && verdicts[1].score == 0, "{:?}", verdicts[1]);
+    assert!(
+        verdicts[1].feasible && verdicts[1].score == 0,
+        "{:?}",
+        verdicts[1]
+    );
     assert!(!verdicts[3].feasible && verdicts[3].reason == "draining");
     assert!(verdicts[5].feasible && verdicts[5].score == 1536);
     // Feasibility agrees with the live-contract guest of the same policy.

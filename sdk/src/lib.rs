@@ -15,6 +15,7 @@
 //!   [`builder`] ([`Builder`](builder::Builder) + the [`BuildHost`](builder::BuildHost)
 //!   capability, [`export_builder!`]).
 //! - [`log`]: logging through the host.
+//! - [`CallArena`]: an opt-in bump allocator for plugins that allocate little per call.
 //! - [`testing`]: native test doubles — [`RolloutSim`](testing::RolloutSim),
 //!   [`FakeEndpoint`](testing::FakeEndpoint), [`SoftCrypto`](testing::SoftCrypto),
 //!   [`FakeBuildHost`](testing::FakeBuildHost).
@@ -100,6 +101,7 @@
 // this crate too.
 extern crate self as orca_plugin_sdk;
 
+mod arena;
 pub mod builder;
 pub mod placement;
 pub mod probe;
@@ -114,6 +116,7 @@ mod params;
 #[path = "bindings.rs"]
 pub mod __bindings;
 
+pub use arena::CallArena;
 pub use params::ParamError;
 pub use types::Level;
 

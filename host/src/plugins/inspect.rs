@@ -53,7 +53,10 @@ impl Contract {
 /// interfaces it imports or exports: `None` if it names none (then its exports' types
 /// decide, see `PluginRuntime::load`), an error if it names an unsupported version or two
 /// contracts.
-pub(crate) fn contract_of(engine: &Engine, component: &Component) -> Result<Option<Contract>, String> {
+pub(crate) fn contract_of(
+    engine: &Engine,
+    component: &Component,
+) -> Result<Option<Contract>, String> {
     let ty = component.component_type();
     let names = ty
         .imports(engine)

@@ -148,9 +148,7 @@ impl Linkers {
         v0_1::strategy::Strategy::add_to_linker::<_, HasSelf<HostState>>(&mut strategy, |s| s)?;
         let mut placement = Linker::new(engine);
         placement::Placement::add_to_linker::<_, HasSelf<HostState>>(&mut placement, |s| s)?;
-        v0_1::placement::Placement::add_to_linker::<_, HasSelf<HostState>>(&mut placement, |s| {
-            s
-        })?;
+        v0_1::placement::Placement::add_to_linker::<_, HasSelf<HostState>>(&mut placement, |s| s)?;
         let mut probe = Linker::new(engine);
         probe::Probe::add_to_linker::<_, HasSelf<HostState>>(&mut probe, |s| s)?;
         v0_1::probe::Probe::add_to_linker::<_, HasSelf<HostState>>(&mut probe, |s| s)?;
@@ -365,9 +363,7 @@ impl PluginRuntime {
                     Ok(p) => Pre::Placement(p),
                     Err(_) => {
                         contract = Contract::V0_1;
-                        Pre::PlacementV0_1(
-                            v0_1::placement::PlacementPre::new(pre).map_err(typed)?,
-                        )
+                        Pre::PlacementV0_1(v0_1::placement::PlacementPre::new(pre).map_err(typed)?)
                     }
                 },
             },
@@ -538,8 +534,11 @@ impl Plugin {
                     deadline,
                     |_| {},
                     |store| {
-                        pre.instantiate(&mut *store)?
-                            .call_place(&mut *store, &request_in, &nodes_in)
+                        pre.instantiate(&mut *store)?.call_place(
+                            &mut *store,
+                            &request_in,
+                            &nodes_in,
+                        )
                     },
                 )?;
                 let out = out.map_err(|e| self.failed(e))?;
@@ -561,8 +560,11 @@ impl Plugin {
                     deadline,
                     |_| {},
                     |store| {
-                        pre.instantiate(&mut *store)?
-                            .call_place(&mut *store, &request_in, &nodes_in)
+                        pre.instantiate(&mut *store)?.call_place(
+                            &mut *store,
+                            &request_in,
+                            &nodes_in,
+                        )
                     },
                 )?;
                 let verdicts: Vec<Verdict> = out

@@ -119,7 +119,8 @@ impl Node {
     /// address contains `pin`, ASCII case-insensitively. The host evaluates this for the
     /// placement world (`node.selected` since `orca:plugin@0.2.0`).
     pub fn matches_pin(&self, pin: &str) -> bool {
-        contains_ignore_ascii_case(&self.name, pin) || contains_ignore_ascii_case(&self.address, pin)
+        contains_ignore_ascii_case(&self.name, pin)
+            || contains_ignore_ascii_case(&self.address, pin)
     }
 }
 
