@@ -131,15 +131,17 @@ pub(crate) fn placement_request(r: &orca::PlacementRequest) -> wit::PlacementReq
     }
 }
 
-/// The nodes as the placement world sees them: scalars only, identified by their index. The
-/// host evaluates the pin against each node's name and address (`selected`) and counts the
-/// service's instances per node (`existing`), so no string crosses into the plugin per node.
-pub(crate) fn nodes(r: &orca::PlacementRequest, nodes: &[orca::Node]) -> Vec<wit::Node> {
+/// The nodes as the placement world sees them: columns of scalars, nodes identified by
+/// their index. The host evaluates the pin against each node's name and address
+/// (`unselected`) and counts the service's instances per node (`existing`), so no string
+/// crosses into the plugin per node, and each column is one copy.
+pub(crate) fn nodes(r: &orca::PlacementRequest, nodes: &[orca::Node]) -> wit::Nodes {
     let pin = r.pin.as_deref().filter(|p| !p.is_empty());
     let by_id: Option<std::collections::HashMap<&str, u32>> = (r.existing.len() > 16).then(|| {
         let mut map = std::collections::HashMap::with_capacity(r.existing.len());
         for c in &r.existing {
-            *map.entry(c.node.as_str()).or_insert(0u32) += c.count;
+            let sum: &mut u32 = map.entry(c.node.as_str()).or_insert(0);
+            *sum = sum.saturating_add(c.count);
         }
         map
     });
@@ -153,19 +155,31 @@ pub(crate) fn nodes(r: &orca::PlacementRequest, nodes: &[orca::Node]) -> Vec<wit
                 .fold(0u32, |sum, c| sum.saturating_add(c.count)),
         }
     };
-    nodes
-        .iter()
-        .map(|n| wit::Node {
-            cpu_millis: n.cpu_millis,
-            cpu_millis_free: n.cpu_millis_free,
-            memory_bytes: n.memory_bytes,
-            memory_bytes_free: n.memory_bytes_free,
-            instances: n.instances,
-            existing: existing(&n.id),
-            draining: n.draining,
-            selected: pin.is_none_or(|p| n.matches_pin(p)),
-        })
-        .collect()
+    let indices = |keep: &dyn Fn(&orca::Node) -> bool| -> Vec<u32> {
+        nodes
+            .iter()
+            .zip(0u32..)
+            .filter(|(n, _)| keep(n))
+            .map(|(_, i)| i)
+            .collect()
+    };
+    wit::Nodes {
+        cpu_millis: nodes.iter().map(|n| n.cpu_millis).collect(),
+        cpu_millis_free: nodes.iter().map(|n| n.cpu_millis_free).collect(),
+        memory_bytes: nodes.iter().map(|n| n.memory_bytes).collect(),
+        memory_bytes_free: nodes.iter().map(|n| n.memory_bytes_free).collect(),
+        instances: nodes.iter().map(|n| n.instances).collect(),
+        existing: if r.existing.is_empty() {
+            vec![0; nodes.len()]
+        } else {
+            nodes.iter().map(|n| existing(&n.id)).collect()
+        },
+        draining: indices(&|n| n.draining),
+        unselected: match pin {
+            Some(p) => indices(&|n| !n.matches_pin(p)),
+            None => Vec::new(),
+        },
+    }
 }
 
 pub(crate) fn probe_settings(s: &orca::ProbeSettings) -> wit::ProbeSettings {
@@ -255,16 +269,26 @@ pub(crate) fn step(s: wit::Step) -> orca::Step {
     }
 }
 
-/// A verdict naming a node by index, as orca's [`Verdict`](orca::Verdict) naming it by id;
-/// `None` if the index is out of range (checked by `validate::indexed_verdicts` first).
-pub(crate) fn verdict(v: wit::Verdict, nodes: &[orca::Node]) -> Option<orca::Verdict> {
-    let node = nodes.get(usize::try_from(v.node).ok()?)?;
-    Some(orca::Verdict {
-        node: node.id.clone(),
-        feasible: v.infeasible.is_none(),
-        score: v.score,
-        reason: v.infeasible.unwrap_or_default(),
-    })
+/// The plugin's scores and infeasible nodes (checked by `validate::indexed_verdicts` first)
+/// as orca's verdicts, one per node in node order, naming nodes by id.
+pub(crate) fn verdicts(v: wit::Verdicts, nodes: &[orca::Node]) -> Vec<orca::Verdict> {
+    let mut out: Vec<orca::Verdict> = nodes
+        .iter()
+        .zip(v.scores)
+        .map(|(n, score)| orca::Verdict {
+            node: n.id.clone(),
+            feasible: true,
+            score,
+            reason: String::new(),
+        })
+        .collect();
+    for i in v.infeasible {
+        if let Some(verdict) = out.get_mut(i.node as usize) {
+            verdict.feasible = false;
+            verdict.reason = i.reason;
+        }
+    }
+    out
 }
 
 pub(crate) fn webhook_outcome(o: wit::WebhookOutcome) -> orca::WebhookOutcome {

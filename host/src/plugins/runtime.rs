@@ -543,15 +543,12 @@ impl Plugin {
                 )?;
                 let out = out.map_err(|e| self.failed(e))?;
                 validate::indexed_verdicts(
-                    out.iter()
-                        .map(|v| (v.node, v.infeasible.as_ref().map_or(0, String::len))),
+                    out.scores.len(),
+                    out.infeasible.iter().map(|i| (i.node, i.reason.len())),
                     nodes,
                 )
                 .map_err(|e| self.invalid_output(e))?;
-                Ok(out
-                    .into_iter()
-                    .filter_map(|v| bindings::verdict(v, nodes))
-                    .collect())
+                Ok(bindings::verdicts(out, nodes))
             }
             Pre::PlacementV0_1(pre) => {
                 let request_in = v0_1::placement_request(request);
