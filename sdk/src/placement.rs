@@ -40,6 +40,31 @@ impl<T: Placement + Default> crate::__bindings::placement::Guest for __Export<T>
     }
 }
 
+/// Exports a [`Placement`] as the component's `place` function.
+///
+/// The type must implement [`Placement`] and [`Default`]; see
+/// [`export_strategy!`](crate::export_strategy) for how the export macros behave.
+#[macro_export]
+macro_rules! export_placement {
+    ($ty:ty) => {
+        const _: () = {
+            fn __orca_requires_placement_and_default<
+                T: $crate::placement::Placement + ::core::default::Default,
+            >() {
+            }
+            let _ = __orca_requires_placement_and_default::<$ty>;
+        };
+        #[cfg(target_family = "wasm")]
+        #[allow(unsafe_code)]
+        const _: () = {
+            type __OrcaPlacementExport = $crate::placement::__Export<$ty>;
+            $crate::__bindings::placement::export!(
+                __OrcaPlacementExport with_types_in $crate::__bindings::placement
+            );
+        };
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use crate::__bindings::convert;
@@ -79,29 +104,4 @@ mod tests {
         assert!(convert::verdicts(vec![Verdict::feasible(3, 1)], 3).is_err());
         assert!(convert::verdicts(vec![Verdict::feasible(1, 1); 2], 3).is_err());
     }
-}
-
-/// Exports a [`Placement`] as the component's `place` function.
-///
-/// The type must implement [`Placement`] and [`Default`]; see
-/// [`export_strategy!`](crate::export_strategy) for how the export macros behave.
-#[macro_export]
-macro_rules! export_placement {
-    ($ty:ty) => {
-        const _: () = {
-            fn __orca_requires_placement_and_default<
-                T: $crate::placement::Placement + ::core::default::Default,
-            >() {
-            }
-            let _ = __orca_requires_placement_and_default::<$ty>;
-        };
-        #[cfg(target_family = "wasm")]
-        #[allow(unsafe_code)]
-        const _: () = {
-            type __OrcaPlacementExport = $crate::placement::__Export<$ty>;
-            $crate::__bindings::placement::export!(
-                __OrcaPlacementExport with_types_in $crate::__bindings::placement
-            );
-        };
-    };
 }
