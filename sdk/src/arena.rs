@@ -1,23 +1,4 @@
-//! [`CallArena`]: a bump allocator for plugins whose calls allocate little, opted into with
-//! `#[global_allocator]`.
-//!
-//! orca runs every plugin call in a fresh instance and discards it afterwards, so memory a
-//! call allocates never needs to be reused by a later call. A bump allocator hands out memory
-//! by moving a pointer and frees by doing nothing (except for the newest block, which is
-//! given back, and grown in place by `realloc`), which makes the many small allocations of
-//! decoding a call's input and building its answer nearly free. It is the right choice for a
-//! plugin that allocates a bounded amount per call (a placement policy, a simple strategy);
-//! a plugin that allocates and frees a lot in one call (parsing large payloads) should keep
-//! the default allocator, since freed memory is not reused and counts against the host's
-//! memory cap.
-//!
-//! ```ignore
-//! #[cfg(target_family = "wasm")]
-//! #[global_allocator]
-//! static ALLOC: orca_plugin_sdk::CallArena = orca_plugin_sdk::CallArena::new();
-//! ```
-//!
-//! Natively (tests), it forwards to the system allocator.
+//! [`CallArena`], the SDK's opt-in bump allocator for plugin calls.
 
 #![allow(unsafe_code)]
 
@@ -25,7 +6,26 @@ use core::alloc::{GlobalAlloc, Layout};
 #[cfg(target_arch = "wasm32")]
 use core::cell::Cell;
 
-/// A bump allocator over the instance's linear memory (see the [module](self) docs).
+/// A bump allocator for plugins whose calls allocate little, opted into with
+/// `#[global_allocator]`.
+///
+/// orca runs every plugin call in a fresh instance and discards it afterwards, so memory a
+/// call allocates never needs to be reused by a later call. A bump allocator hands out memory
+/// by moving a pointer and frees by doing nothing (except for the newest block, which is
+/// given back, and grown in place by `realloc`), which makes the many small allocations of
+/// decoding a call's input and building its answer nearly free. It is the right choice for a
+/// plugin that allocates a bounded amount per call (a placement policy, a simple strategy);
+/// a plugin that allocates and frees a lot in one call (parsing large payloads) should keep
+/// the default allocator, since freed memory is not reused and counts against the host's
+/// memory cap.
+///
+/// ```ignore
+/// #[cfg(target_family = "wasm")]
+/// #[global_allocator]
+/// static ALLOC: orca_plugin_sdk::CallArena = orca_plugin_sdk::CallArena::new();
+/// ```
+///
+/// Natively (tests), it forwards to the system allocator.
 pub struct CallArena {
     #[cfg(target_arch = "wasm32")]
     next: Cell<usize>,
@@ -35,7 +35,8 @@ pub struct CallArena {
     last: Cell<usize>,
 }
 
-// SAFETY: a wasm32 plugin instance runs one thread; natively the type holds no state.
+// SAFETY: orca runs a plugin instance on one thread (wasm32 without the threads proposal, no
+// shared memory); natively the type holds no state.
 unsafe impl Sync for CallArena {}
 
 impl CallArena {

@@ -3,8 +3,9 @@
 //! `wit/README.md`) and calls them under a deadline and a memory cap.
 //!
 //! **Architecture invariant: only this module knows wasmtime.** Its API speaks orca's own
-//! types ([`types`]); `bindgen!` runs once per world in `bindings`, and no bindgen type leaves
-//! this module.
+//! types ([`types`]); `bindgen!` runs once per world and supported WIT version (`bindings`
+//! for the live 0.2.0, `v0_1` for the released 0.1.0), and no bindgen type leaves this
+//! module.
 //!
 //! # Model
 //!
