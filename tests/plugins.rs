@@ -287,6 +287,21 @@ fn strategy_built_against_0_1_0_keeps_working() {
 }
 
 #[test]
+fn component_of_an_unserved_version_is_refused_at_load() {
+    let rt = runtime(RuntimeLimits::default());
+    let err = rt
+        .load(&guests().bytes("future-version"), origin("future-version"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, PluginError::Invalid { reason, .. }
+            if reason.contains("orca:plugin@9.0.0") && reason.contains("0.1.x and 0.2.x")),
+        "{err}"
+    );
+    let info = inspect(&guests().bytes("future-version")).unwrap();
+    assert_eq!(info.package.as_deref(), Some("orca:plugin@9.0.0"));
+}
+
+#[test]
 fn second_runtime_loads_from_the_disk_cache() {
     let home = tempfile::tempdir().unwrap();
     let dir = cache_dir(home.path());
