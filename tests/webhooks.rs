@@ -191,7 +191,8 @@ fn signed_deliveries_act_once_and_everything_else_is_refused() {
     );
 
     // Refused: missing, empty, wrong signatures and a tampered body. Nothing changes.
-    let refused: Vec<(&str, Vec<(String, String)>, Vec<u8>)> = vec![
+    type Case<'a> = (&'a str, Vec<(String, String)>, Vec<u8>);
+    let refused: Vec<Case> = vec![
         (
             "missing signature",
             vec![

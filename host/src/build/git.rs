@@ -112,8 +112,8 @@ impl GitAccess {
             let stderr = text(&out.stderr);
             let message = stderr
                 .lines()
-                .filter(|l| !l.trim().is_empty())
-                .last()
+                .rev()
+                .find(|l| !l.trim().is_empty())
                 .unwrap_or("no output")
                 .to_string();
             Err(format!("{what}: {message}"))

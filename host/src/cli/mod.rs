@@ -986,6 +986,25 @@ fn print_status(v: &Value) {
         if let Some(e) = s["error"].as_str() {
             println!("  ! {e}");
         }
+        if let Some(c) = s["commit"].as_str() {
+            println!("  commit {c} (revision {})", s["revision"]);
+        }
+        let b = &s["last_build"];
+        if b.is_object() {
+            println!(
+                "  build {} of {}: {}{}",
+                b["number"],
+                b["commit"]
+                    .as_str()
+                    .map(|c| &c[..c.len().min(12)])
+                    .unwrap_or(""),
+                b["status"].as_str().unwrap_or(""),
+                b["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+        }
         let r = &s["rollout"];
         if r.is_object() {
             let traffic = if r["traffic"].is_object() {
@@ -1012,9 +1031,13 @@ fn print_status(v: &Value) {
         }
         for i in s["instances"].as_array().into_iter().flatten() {
             println!(
-                "  - {} rev {} slot {} {} {} {}{}",
+                "  - {} rev {}{} slot {} {} {} {}{}",
                 i["id"].as_str().unwrap_or(""),
                 i["revision"],
+                i["commit"]
+                    .as_str()
+                    .map(|c| format!(" @{}", &c[..c.len().min(12)]))
+                    .unwrap_or_default(),
                 i["slot"],
                 i["state"].as_str().unwrap_or(""),
                 if i["ready"].as_bool() == Some(true) {
