@@ -256,3 +256,108 @@ fn a_custom_forge_plugin_registered_by_path_handles_its_payload() {
         svc["commit"] == commit && svc["status"] == "running"
     });
 }
+
+/// An sshd on a loopback port that lets in one client key, for `ssh://` repositories.
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_sshd(dir: &Path, client_pub: &Path) -> Sshd {
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("sshd is not installed (apt-get install openssh-server; .ci/run does)");
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let host_key = dir.join("ssh_host_ed25519_key");
+    keygen(&host_key);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PidFile {}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+            host_key.display(),
+            client_pub.display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "sshd did not start: {}",
+            std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sshd { child, port }
+}
+
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_service_builds_from_an_ssh_repository_with_the_configured_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let client_key = keys.join("deploy_key");
+    keygen(&client_key);
+    let sshd = start_sshd(&keys, &keys.join("deploy_key.pub"));
+    let repo = make_repo(tmp.path());
+    let head = commit_version(&repo, &dockerfile("ssh-v1"), "v1");
+
+    let s = Server::start_with(&format!(
+        "[build]\nssh_key = \"{}\"\n",
+        client_key.display()
+    ));
+    let project = unique("ssh");
+    let host = format!("{project}.test");
+    s.write_service(
+        &project,
+        &format!(
+            "[[service]]\nname = \"web\"\nreplicas = 1\nport = 8080\ndomain = \"{host}\"\nhealth = \"/healthz\"\n\n\
+             [service.build]\nrepo = \"ssh://root@127.0.0.1:{}{}\"\nbranch = \"main\"\n",
+            sshd.port,
+            repo.display()
+        ),
+    );
+    s.cli(&["deploy", "web"]);
+    let svc = s.service(&project, "web");
+    assert_eq!(svc["commit"], head.as_str(), "{svc:#}");
+    assert_eq!(version_served(&s, &host), "ssh-v1");
+    // The host key was pinned on first use.
+    let known = std::fs::read_to_string(s.home().join("known_hosts")).unwrap();
+    assert!(known.contains("127.0.0.1"), "{known}");
+}

@@ -82,7 +82,7 @@ impl GitAccess {
             .kill_on_drop(true);
         let checking = if self.strict { "yes" } else { "accept-new" };
         let mut ssh = format!(
-            "ssh -o BatchMode=yes -o StrictHostKeyChecking={checking} -o UserKnownHostsFile={}",
+            "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking={checking} -o UserKnownHostsFile={}",
             self.known_hosts.display()
         );
         if let Some(key) = &self.ssh_key {
