@@ -476,3 +476,96 @@ fn signed_deliveries_act_once_and_everything_else_is_refused() {
     let (code, v) = send("github", &gh_headers(&sig, "after-remove"), &body);
     assert_eq!(code, 404, "{v}");
 }
+
+#[test]
+fn bad_registrations_and_deliveries_get_clear_errors_and_change_nothing() {
+    let s = Server::start();
+    let project = unique("whbad");
+    s.write_service(
+        &project,
+        &testapp_service("web", 1, &format!("{project}.test"), ""),
+    );
+    s.cli(&["deploy", "web", "--no-wait"]);
+    let register = |body: &str| {
+        http_raw(
+            "POST",
+            &format!("{}/api/v1/webhooks", s.api),
+            Some(ADMIN),
+            &[],
+            Some(body.as_bytes()),
+        )
+        .unwrap()
+    };
+    let cases = [
+        (
+            r#"{"repo":"a/b","service":"web","branch":"a b","secret":"0123456789"}"#,
+            400,
+            "`branch`",
+        ),
+        (
+            r#"{"repo":"a b","service":"web","branch":"main","secret":"0123456789"}"#,
+            400,
+            "`repo`",
+        ),
+        (
+            r#"{"repo":"a/b","service":"web","branch":"main","secret":"   "}"#,
+            400,
+            "`secret`",
+        ),
+        (
+            r#"{"repo":"a/b","service":"web","branch":"main","secret":"0123456789","forge":"nosuch"}"#,
+            400,
+            "`forge`",
+        ),
+        (
+            r#"{"repo":"a/b","service":"nope","branch":"main","secret":"0123456789"}"#,
+            404,
+            "not deployed",
+        ),
+        (
+            r#"{"repo":"a/b","service":"web","branch":"main","secret":"0123456789","extra":1}"#,
+            400,
+            "extra",
+        ),
+        (r#"{"repo":"a/b""#, 400, "invalid JSON"),
+    ];
+    for (body, code, needle) in cases {
+        let (got, text) = register(body);
+        assert_eq!(got, code, "{body}: {text}");
+        assert!(text.contains(needle), "{body}: {text}");
+    }
+    let listed: Value = serde_json::from_str(&s.cli(&["--output", "json", "webhooks"])).unwrap();
+    assert_eq!(
+        listed["webhooks"].as_array().unwrap().len(),
+        0,
+        "nothing was registered"
+    );
+
+    let (code, text) =
+        register(r#"{"repo":"a/b","service":"web","branch":"main","secret":"0123456789"}"#);
+    assert_eq!(code, 201, "{text}");
+    let (code, text) =
+        register(r#"{"repo":"a/b","service":"web","branch":"main","secret":"other-secret"}"#);
+    assert_eq!(code, 409, "the same hook twice: {text}");
+
+    // An oversized delivery is refused before any plugin runs; a malformed one by the plugin.
+    let big = vec![b' '; 5 * 1024 * 1024];
+    let (code, _) = deliver(&s, "github", &[("X-GitHub-Event", "push")], &big);
+    assert_eq!(code, 413);
+    let (code, v) = deliver(
+        &s,
+        "github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", "sha256=00"),
+        ],
+        b"{not json",
+    );
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = deliver(&s, "no-such-forge", &[], b"{}");
+    assert_eq!(code, 404, "{v}");
+    assert!(
+        s.log().contains("webhook delivery"),
+        "deliveries are logged"
+    );
+}
