@@ -29,8 +29,8 @@ mod source;
 pub mod units;
 
 pub use cluster::{
-    load_cluster_config, parse_cluster_file, ClusterConfig, ClusterSettings, PluginSettings, Role,
-    TokenConfig,
+    load_cluster_config, parse_cluster_file, BuildSettings, ClusterConfig, ClusterSettings,
+    PluginSettings, Role, TokenConfig,
 };
 pub use error::ConfigError;
 pub use load::{

@@ -16,6 +16,10 @@
 //!   and the constant-time verifier [`TokenSet`].
 //! - [`secrets`] — owns table `secrets` (sealed values) and the cipher [`SecretBox`]
 //!   (XChaCha20-Poly1305 under a key file) with env fingerprinting.
+//! - [`webhooks`] — owns tables `webhooks` ([`WebhookRecord`], secrets sealed), `deliveries`
+//!   (the recent delivery log, [`DeliveryRecord`]) and `delivery_ids` (dedupe of redeliveries).
+//! - [`builds`] — owns table `builds`: each service's recent image builds ([`BuildRecord`])
+//!   with their output.
 //! - `record` — JSON encoding with a `schema` version on every value; decode failures become
 //!   [`StoreError::Corrupt`].
 //! - [`error`] — [`StoreError`].
@@ -42,6 +46,7 @@ use std::sync::Arc;
 
 use redb::Database;
 
+pub mod builds;
 pub mod error;
 mod record;
 pub mod revisions;
@@ -49,13 +54,16 @@ pub mod rollouts;
 pub mod secrets;
 pub mod services;
 pub mod tokens;
+pub mod webhooks;
 
+pub use builds::{BuildRecord, BuildStatus};
 pub use error::StoreError;
 pub use revisions::{RevisionRecord, REVISIONS_KEPT};
 pub use rollouts::{RolloutPhase, RolloutRecord, PLUGIN_STATE_MAX};
 pub use secrets::{SecretBox, SecretMeta};
 pub use services::{DeployItem, DeployOutcome, DesiredState, ServiceRecord};
 pub use tokens::{generate_token, hash_token, StoredToken, TokenSet};
+pub use webhooks::{DeliveryRecord, WebhookRecord};
 
 /// A handle to orca's state database. Cloning is cheap (the database sits behind an `Arc`);
 /// clones share one redb `Database`, which serializes writers and lets readers run
@@ -93,6 +101,8 @@ impl Store {
         secrets::create_table(&txn)?;
         revisions::create_table(&txn)?;
         rollouts::create_table(&txn)?;
+        webhooks::create_table(&txn)?;
+        builds::create_table(&txn)?;
         txn.commit()?;
         tracing::debug!(path = %path.display(), "orca.store.open");
         Ok(Store {
