@@ -97,7 +97,8 @@ pub struct PluginInfo {
     pub world: Option<World>,
     /// `orca:plugin@X.Y.Z`, read from the versioned `orca:plugin/...` interface names it
     /// imports or exports; `None` if it names none (a world's top-level function exports
-    /// carry no version, so a strategy that never logs has none).
+    /// carry no version, but a component built with wit-bindgen imports at least
+    /// `orca:plugin/types@X.Y.Z`, which its exports' record types come from).
     pub package: Option<String>,
     /// Names of its exports (functions and interfaces).
     pub exports: Vec<String>,
