@@ -519,7 +519,9 @@ impl Plugin {
         Ok(step)
     }
 
-    /// Placement: a verdict per node (at most one each, only nodes of `nodes`).
+    /// Placement: verdicts naming nodes of `nodes` by id. A 0.2 plugin answers for every
+    /// node (its verdicts come back in node order); a 0.1.0 plugin at most once per node, and a
+    /// node it leaves out is infeasible for the caller.
     pub fn place(
         &self,
         request: &PlacementRequest,
