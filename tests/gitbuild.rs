@@ -211,7 +211,10 @@ fn a_push_builds_and_rolls_out_and_a_broken_build_changes_nothing() {
     let out = s.cli_in(ADMIN, None, &["deploy", "web"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Step 2/") && stderr.contains("--build"), "{stderr}");
+    assert!(
+        stderr.contains("Step 2/") && stderr.contains("--build"),
+        "{stderr}"
+    );
     assert_eq!(s.service(&project, "web")["commit"], head2.as_str());
     assert_eq!(version_served(&s, &host), "v2");
 }
