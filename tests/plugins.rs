@@ -187,6 +187,120 @@ fn echo_placement_scores_100_nodes() {
     assert!(!verdicts[3].feasible && verdicts[3].reason == "draining");
 }
 
+// ---- components built against the released orca:plugin@0.1.0 ----
+
+/// `orca plugin inspect FILE` of the real binary, its standard output.
+fn cli_inspect(name: &str) -> String {
+    let path = guests()
+        .dir
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orca"))
+        .args(["plugin", "inspect"])
+        .arg(&path)
+        .output()
+        .expect("running orca plugin inspect");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn placement_built_against_0_1_0_keeps_working() {
+    let bytes = guests().bytes("compat-placement-0-1");
+    let info = inspect(&bytes).unwrap();
+    assert_eq!(info.world, Some(World::Placement));
+    assert_eq!(info.package.as_deref(), Some("orca:plugin@0.1.0"));
+    assert!(
+        info.imports
+            .contains(&"orca:plugin/logging@0.1.0".to_string()),
+        "{:?}",
+        info.imports
+    );
+    let shown = cli_inspect("compat-placement-0-1");
+    assert!(
+        shown.contains("world:    placement") && shown.contains("package:  orca:plugin@0.1.0"),
+        "{shown}"
+    );
+
+    let rt = runtime(RuntimeLimits::default());
+    let old = load(&rt, "compat-placement-0-1");
+    assert_eq!(old.world(), World::Placement);
+    assert_eq!(old.package(), "orca:plugin@0.1.0");
+    let live = load(&rt, "echo-placement");
+    assert_eq!(live.package(), "orca:plugin@0.2.0");
+
+    // The 0.1.0 records reach it intact: ids, `existing` by id (node-1 runs 2 instances:
+    // 512 MiB - 2000 saturates to 0), verdicts by id come back as orca's verdicts.
+    let nodes = nodes(100);
+    let verdicts = old.place(&placement_request(), &nodes).expect("place");
+    assert_eq!(verdicts.len(), 100);
+    for (v, n) in verdicts.iter().zip(&nodes) {
+        assert_eq!(v.node, n.id);
+    }
+    assert!(!verdicts[0].feasible && verdicts[0].reason == "not enough free memory");
+    assert!(
+        verdicts[1].feasible && verdicts[1].score == 0,
+        "{:?}",
+        verdicts[1]
+    );
+    assert!(!verdicts[3].feasible && verdicts[3].reason == "draining");
+    assert!(verdicts[5].feasible && verdicts[5].score == 1536);
+    // Feasibility agrees with the live-contract guest of the same policy.
+    let live_verdicts = live.place(&placement_request(), &nodes).unwrap();
+    assert_eq!(
+        verdicts.iter().map(|v| v.feasible).collect::<Vec<_>>(),
+        live_verdicts.iter().map(|v| v.feasible).collect::<Vec<_>>()
+    );
+
+    // The pin is matched by the plugin against names, as 0.1.0 specifies.
+    let pinned = old
+        .place(
+            &PlacementRequest {
+                pin: Some("host1".into()),
+                ..placement_request()
+            },
+            &nodes,
+        )
+        .unwrap();
+    let feasible: Vec<&str> = pinned
+        .iter()
+        .filter(|v| v.feasible)
+        .map(|v| v.node.as_str())
+        .collect();
+    assert_eq!(feasible.len(), 11, "{feasible:?}"); // host1, host10..host19
+    assert!(pinned[2].reason.contains("not host1"), "{:?}", pinned[2]);
+}
+
+#[test]
+fn strategy_built_against_0_1_0_keeps_working() {
+    let bytes = guests().bytes("compat-strategy-0-1");
+    let info = inspect(&bytes).unwrap();
+    assert_eq!(info.world, Some(World::Strategy));
+    assert_eq!(info.package.as_deref(), Some("orca:plugin@0.1.0"));
+    let rt = runtime(RuntimeLimits::default());
+    let old = load(&rt, "compat-strategy-0-1");
+    assert_eq!(old.package(), "orca:plugin@0.1.0");
+    // Its step is the live echo-strategy's for the same state.
+    let state = rollout_state(vec![]);
+    let step = old.plan(&state).expect("plan");
+    assert_eq!(step, load(&rt, "echo-strategy").plan(&state).unwrap());
+    assert_eq!(step.plugin_state, vec![1, 2, 3]);
+}
+
+#[test]
+fn component_of_an_unserved_version_is_refused_at_load() {
+    let rt = runtime(RuntimeLimits::default());
+    let err = rt
+        .load(&guests().bytes("future-version"), origin("future-version"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, PluginError::Invalid { reason, .. }
+            if reason.contains("orca:plugin@9.0.0") && reason.contains("0.1.x and 0.2.x")),
+        "{err}"
+    );
+    let info = inspect(&guests().bytes("future-version")).unwrap();
+    assert_eq!(info.package.as_deref(), Some("orca:plugin@9.0.0"));
+}
+
 #[test]
 fn second_runtime_loads_from_the_disk_cache() {
     let home = tempfile::tempdir().unwrap();
@@ -414,10 +528,10 @@ fn inspect_describes_a_component() {
     let bytes = guests().bytes("echo-probe");
     let info = inspect(&bytes).unwrap();
     assert_eq!(info.world, Some(World::Probe));
-    assert_eq!(info.package.as_deref(), Some("orca:plugin@0.1.0"));
+    assert_eq!(info.package.as_deref(), Some("orca:plugin@0.2.0"));
     assert!(
         info.imports
-            .contains(&"orca:plugin/endpoint@0.1.0".to_string()),
+            .contains(&"orca:plugin/endpoint@0.2.0".to_string()),
         "{:?}",
         info.imports
     );

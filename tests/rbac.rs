@@ -12,6 +12,7 @@ fn call(s: &Server, method: &str, path: &str, token: Option<&str>) -> (u16, Stri
     let path = path
         .replace("{name}", "nosuch")
         .replace("{id}", "nosuch")
+        .replace("{forge}", "nosuch")
         .replace("{key}", "NOSUCH");
     // Bodies that are invalid on purpose: an authorized call fails validation (4xx) and
     // changes nothing, so the matrix can be checked without side effects.

@@ -53,7 +53,7 @@ fn custom_strategy_by_path_is_uploaded_and_its_decisions_applied() {
         dir.join("blue-green.wasm").to_str().unwrap(),
     ]);
     assert!(
-        inspect.contains("world:    strategy") && inspect.contains("orca:plugin@0.1.0"),
+        inspect.contains("world:    strategy") && inspect.contains("orca:plugin@0.2.0"),
         "{inspect}"
     );
 

@@ -1,6 +1,9 @@
 //! Plugin runtime costs: (a) a cold load from the disk cache (a new runtime loading bytes
 //! whose precompiled artifact exists), (b) one call in a fresh store: `plan` with 10 stable
-//! instances (echo-strategy) and `place` over 100 nodes (echo-placement).
+//! instances (echo-strategy) and `place` over 100 nodes (echo-placement, live contract
+//! 0.2.0; and compat-placement-0-1, a component built against the released 0.1.0, through the
+//! host's adapter: the 0.1.0 node records with ids, names, addresses and labels; and the
+//! built-in `spread` with a pin and existing instances, the SDK's glue included).
 //!
 //! Run: `cargo bench -p orca --bench plugins` (builds `plugins/faults` first if needed).
 
@@ -119,6 +122,11 @@ fn bench(c: &mut Criterion) {
     let warm = PluginRuntime::new(RuntimeLimits::default(), Some(cache.clone())).unwrap();
     let plan_plugin = warm.load(&strategy, origin("echo-strategy")).unwrap();
     let place_plugin = warm.load(&placement, origin("echo-placement")).unwrap();
+    let compat = std::fs::read(dir.join("compat_placement_0_1.wasm")).unwrap();
+    let compat_plugin = warm.load(&compat, origin("compat-placement-0-1")).unwrap();
+    let spread = warm
+        .load(builtin("spread").unwrap(), origin("spread"))
+        .unwrap();
 
     let mut group = c.benchmark_group("load");
     group
@@ -160,6 +168,23 @@ fn bench(c: &mut Criterion) {
     let nodes = nodes();
     group.bench_function("place/100-nodes", |b| {
         b.iter(|| place_plugin.place(&request, &nodes).unwrap())
+    });
+    let pinned = PlacementRequest {
+        pin: Some("host-4".into()),
+        existing: vec![NodeCount {
+            node: "node-7".into(),
+            count: 2,
+        }],
+        ..request.clone()
+    };
+    group.bench_function("place/100-nodes/spread", |b| {
+        b.iter(|| spread.place(&request, &nodes).unwrap())
+    });
+    group.bench_function("place/100-nodes/spread-pinned", |b| {
+        b.iter(|| spread.place(&pinned, &nodes).unwrap())
+    });
+    group.bench_function("place/100-nodes/0.1.0-component", |b| {
+        b.iter(|| compat_plugin.place(&request, &nodes).unwrap())
     });
     group.finish();
 }

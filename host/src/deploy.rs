@@ -15,20 +15,24 @@ fn env_key(service: &str) -> String {
     format!("env:{service}")
 }
 
-/// Resolves, seals and fingerprints one spec for `Store::apply_deploy`.
+/// Resolves, seals and fingerprints one spec for `Store::apply_deploy`. A `commit` (a push
+/// or a build) is part of the version: redeploying the same image for a new commit rolls.
 pub fn prepare(
     store: &Store,
     secrets: &SecretBox,
     spec: &ServiceSpec,
+    commit: Option<&str>,
 ) -> Result<DeployItem, ResolveError> {
     let env = resolve_env(store, secrets, spec)?;
     let env_json = serde_json::to_string(&env).expect("a string map always serializes");
-    let fingerprint = instance::fingerprint(spec, &secrets.fingerprint(env_json.as_bytes()));
+    let fingerprint =
+        instance::fingerprint(spec, &secrets.fingerprint(env_json.as_bytes()), commit);
     let sealed_env = secrets.seal(spec.project(), &env_key(&spec.name), &env_json);
     Ok(DeployItem {
         spec: spec.clone(),
         sealed_env,
         fingerprint,
+        commit: commit.map(str::to_owned),
     })
 }
 

@@ -46,7 +46,7 @@ pub fn short(s: &str) -> &str {
 /// Fingerprint of a service: everything that needs a new container when it changes.
 /// Replicas are left out (scaling must not replace containers); the resolved environment
 /// enters only as a keyed MAC (`env_mac`) so labels never carry secret material.
-pub fn fingerprint(spec: &ServiceSpec, env_mac: &[u8; 32]) -> String {
+pub fn fingerprint(spec: &ServiceSpec, env_mac: &[u8; 32], commit: Option<&str>) -> String {
     let mut spec = spec.clone();
     spec.replicas = 0;
     // Certificates are the proxy's business, not the container's: a new certificate
@@ -58,6 +58,11 @@ pub fn fingerprint(spec: &ServiceSpec, env_mac: &[u8; 32]) -> String {
     h.update(b"orca.fingerprint.v1\0");
     h.update(&canonical);
     h.update(env_mac);
+    // Absent for plain-image deploys, so their fingerprints stay what they were.
+    if let Some(commit) = commit {
+        h.update(b"\0commit\0");
+        h.update(commit.as_bytes());
+    }
     hex::encode(&h.finalize()[..16])
 }
 

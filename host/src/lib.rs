@@ -15,11 +15,15 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`plugins`]: the WebAssembly plugin runtime (wasmtime); the only module that knows wasmtime.
 //! - [`stats`]: the stats loop sampling instance memory and CPU.
+//! - [`webhooks`]: webhook deliveries: plugin choice, hooks and secrets, dedupe, redeploys.
+//! - [`build`]: git-build's host side: the builder plugin's capabilities (checkout, image
+//!   build), build records and logs.
 //!
 //! Sibling crates: `orca-config` (schema), `orca-store` (redb, secrets cipher, tokens),
 //! `orca-proxy` (HTTP proxy), `orca-docker` (container runtime port + bollard).
 
 pub mod api;
+pub mod build;
 pub mod certs;
 pub mod cli;
 pub mod controller;
@@ -34,3 +38,4 @@ pub mod rollout;
 pub mod secrets;
 pub mod server;
 pub mod stats;
+pub mod webhooks;

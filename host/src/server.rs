@@ -121,6 +121,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let limits = RuntimeLimits {
         call_deadline: Duration::from_millis(cluster.plugins.call_deadline_ms),
         memory_bytes: (cluster.plugins.memory_limit_mib as usize) << 20,
+        build_deadline: Duration::from_secs(cluster.build.timeout_secs),
         ..RuntimeLimits::default()
     };
     let plugin_runtime = PluginRuntime::new(limits, Some(crate::plugins::cache_dir(&cfg.home)))
@@ -191,6 +192,22 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             .await
     });
 
+    let git = crate::build::git::GitAccess::new(&cluster.build, &cfg.home)
+        .map_err(|e| anyhow::anyhow!("cluster.toml: {e}"))?;
+    let builds = Arc::new(crate::build::Builds::new(
+        runtime.clone(),
+        store.clone(),
+        registry.clone(),
+        git,
+        &cfg.home,
+    ));
+    let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+        store.clone(),
+        secrets.clone(),
+        registry.clone(),
+        handle.clone(),
+        builds.clone(),
+    ));
     let state = AppState {
         store,
         secrets,
@@ -204,6 +221,8 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         cluster: cluster.cluster.name.clone(),
         node,
         api_addr,
+        webhooks,
+        builds,
     };
     let app = api::app(state);
     info!(

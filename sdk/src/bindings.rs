@@ -31,8 +31,8 @@ pub mod placement {
         path: "../wit",
         world: "orca:plugin/placement",
         with: {
-            "orca:plugin/types@0.1.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.1.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -47,8 +47,8 @@ pub mod probe {
         path: "../wit",
         world: "orca:plugin/probe",
         with: {
-            "orca:plugin/types@0.1.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.1.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -63,8 +63,8 @@ pub mod webhook {
         path: "../wit",
         world: "orca:plugin/webhook",
         with: {
-            "orca:plugin/types@0.1.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.1.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -79,8 +79,8 @@ pub mod builder {
         path: "../wit",
         world: "orca:plugin/builder",
         with: {
-            "orca:plugin/types@0.1.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.1.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -93,7 +93,7 @@ pub mod builder {
 pub use strategy::orca::plugin::types as wit;
 
 /// Conversions between the generated records and the SDK's [`crate::types`].
-mod convert {
+pub(crate) mod convert {
     use super::wit;
     use crate::types as sdk;
 
@@ -155,21 +155,70 @@ mod convert {
         }
     }
 
-    impl From<wit::Node> for sdk::Node {
-        fn from(n: wit::Node) -> Self {
-            sdk::Node {
-                id: n.id,
-                name: n.name,
-                address: n.address,
-                cpu_millis: n.cpu_millis,
-                cpu_millis_free: n.cpu_millis_free,
-                memory_bytes: n.memory_bytes,
-                memory_bytes_free: n.memory_bytes_free,
-                instances: n.instances,
-                draining: n.draining,
-                labels: pairs(n.labels),
+    /// The columns of `nodes` as one [`sdk::Node`] per node (a column shorter than the
+    /// first reads as zeros; index lists outside the range are ignored).
+    pub(crate) fn nodes(n: wit::Nodes) -> Vec<sdk::Node> {
+        let at32 = |c: &[u32], i: usize| c.get(i).copied().unwrap_or(0);
+        let at64 = |c: &[u64], i: usize| c.get(i).copied().unwrap_or(0);
+        let mut nodes: Vec<sdk::Node> = (0..n.cpu_millis.len())
+            .map(|i| sdk::Node {
+                cpu_millis: n.cpu_millis[i],
+                cpu_millis_free: at32(&n.cpu_millis_free, i),
+                memory_bytes: at64(&n.memory_bytes, i),
+                memory_bytes_free: at64(&n.memory_bytes_free, i),
+                instances: at32(&n.instances, i),
+                existing: at32(&n.existing, i),
+                draining: false,
+                selected: true,
+            })
+            .collect();
+        for i in n.draining {
+            if let Some(node) = nodes.get_mut(i as usize) {
+                node.draining = true;
             }
         }
+        for i in n.unselected {
+            if let Some(node) = nodes.get_mut(i as usize) {
+                node.selected = false;
+            }
+        }
+        nodes
+    }
+
+    /// A plugin's verdicts as the `verdicts` record: a score per node and the infeasible
+    /// nodes. A node without a verdict is infeasible; a verdict for a node out of range or a
+    /// second verdict for a node is the plugin's error.
+    pub(crate) fn verdicts(
+        verdicts: Vec<sdk::Verdict>,
+        count: usize,
+    ) -> Result<wit::Verdicts, String> {
+        let mut scores = vec![0u32; count];
+        let mut answered = vec![false; count];
+        let mut infeasible = Vec::new();
+        for v in verdicts {
+            let i = v.node as usize;
+            match answered.get_mut(i) {
+                None => return Err(format!("verdict for node {i} of {count}")),
+                Some(true) => return Err(format!("two verdicts for node {i}")),
+                Some(seen) => *seen = true,
+            }
+            scores[i] = v.score;
+            if let Some(reason) = v.infeasible {
+                infeasible.push(wit::Infeasible {
+                    node: v.node,
+                    reason,
+                });
+            }
+        }
+        for (i, seen) in answered.into_iter().enumerate() {
+            if !seen {
+                infeasible.push(wit::Infeasible {
+                    node: i as u32,
+                    reason: "no verdict".into(),
+                });
+            }
+        }
+        Ok(wit::Verdicts { scores, infeasible })
     }
 
     impl From<wit::Traffic> for sdk::Traffic {
@@ -233,15 +282,6 @@ mod convert {
         }
     }
 
-    impl From<wit::NodeCount> for sdk::NodeCount {
-        fn from(c: wit::NodeCount) -> Self {
-            sdk::NodeCount {
-                node: c.node,
-                count: c.count,
-            }
-        }
-    }
-
     impl From<wit::PlacementRequest> for sdk::PlacementRequest {
         fn from(r: wit::PlacementRequest) -> Self {
             sdk::PlacementRequest {
@@ -249,18 +289,6 @@ mod convert {
                 pin: r.pin,
                 memory_bytes: r.memory_bytes,
                 cpu_millis: r.cpu_millis,
-                existing: r.existing.into_iter().map(Into::into).collect(),
-            }
-        }
-    }
-
-    impl From<sdk::Verdict> for wit::Verdict {
-        fn from(v: sdk::Verdict) -> Self {
-            wit::Verdict {
-                node: v.node,
-                feasible: v.feasible,
-                score: v.score,
-                reason: v.reason,
             }
         }
     }

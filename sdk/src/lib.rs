@@ -4,7 +4,7 @@
 //! # Map of the crate
 //!
 //! - [`types`]: the data plugins receive and return (`RolloutState`, `Step`, `Node`,
-//!   `Verdict`...), plain Rust types mirroring the WIT package `orca:plugin@0.1.0`.
+//!   `Verdict`...), plain Rust types mirroring the WIT package `orca:plugin@0.2.0`.
 //! - One module per extension point (WIT world), each with its trait and export macro:
 //!   [`strategy`] ([`Strategy`](strategy::Strategy), [`export_strategy!`]),
 //!   [`placement`] ([`Placement`](placement::Placement), [`export_placement!`]),
@@ -15,6 +15,7 @@
 //!   [`builder`] ([`Builder`](builder::Builder) + the [`BuildHost`](builder::BuildHost)
 //!   capability, [`export_builder!`]).
 //! - [`log`]: logging through the host.
+//! - [`CallArena`]: an opt-in bump allocator for plugins that allocate little per call.
 //! - [`testing`]: native test doubles — [`RolloutSim`](testing::RolloutSim),
 //!   [`FakeEndpoint`](testing::FakeEndpoint), [`SoftCrypto`](testing::SoftCrypto),
 //!   [`FakeBuildHost`](testing::FakeBuildHost).
@@ -100,6 +101,7 @@
 // this crate too.
 extern crate self as orca_plugin_sdk;
 
+mod arena;
 pub mod builder;
 pub mod placement;
 pub mod probe;
@@ -114,6 +116,7 @@ mod params;
 #[path = "bindings.rs"]
 pub mod __bindings;
 
+pub use arena::CallArena;
 pub use params::ParamError;
 pub use types::Level;
 

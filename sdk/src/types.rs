@@ -1,5 +1,5 @@
 //! The data plugins receive and return: plain Rust mirrors of the records of the WIT `types`
-//! interface (`orca:plugin/types@0.1.0`), with helpers.
+//! interface (`orca:plugin/types@0.2.0`), with helpers.
 //!
 //! These types are owned by the SDK, not generated, so they can carry documentation, helpers
 //! and `Default`, and so plugin logic can be built and tested natively without any wasm
@@ -163,15 +163,12 @@ impl Instance {
     }
 }
 
-/// A node of the cluster, with its free capacity.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A node of the cluster as a placement policy sees it: its capacity, and what the host
+/// evaluated for the instance being placed. A node is identified by its index in the `nodes`
+/// slice [`Placement::place`](crate::placement::Placement::place) receives; its name, address
+/// and labels are not sent (the host evaluates the pin against them: [`selected`](Self::selected)).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
-    /// The node's id (what [`Verdict::node`] and [`NodeCount::node`] refer to).
-    pub id: String,
-    /// Its hostname.
-    pub name: String,
-    /// Its address.
-    pub address: String,
     /// Total CPU, in thousandths of a core.
     pub cpu_millis: u32,
     /// Unreserved CPU, in thousandths of a core.
@@ -182,16 +179,28 @@ pub struct Node {
     pub memory_bytes_free: u64,
     /// Instances (of any service) on the node.
     pub instances: u32,
+    /// Instances of the service being placed already on the node.
+    pub existing: u32,
     /// Whether the node is being drained (should receive nothing new).
     pub draining: bool,
-    /// The node's labels.
-    pub labels: Vec<Pair>,
+    /// Whether the node satisfies the service's node selection: `[service.placement] node`
+    /// is a substring of its name or address (ASCII case-insensitively). True when the
+    /// service selects no node (and by default).
+    pub selected: bool,
 }
 
-impl Node {
-    /// The value of label `key`, if set.
-    pub fn label(&self, key: &str) -> Option<&str> {
-        lookup(&self.labels, key)
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            cpu_millis: 0,
+            cpu_millis_free: 0,
+            memory_bytes: 0,
+            memory_bytes_free: 0,
+            instances: 0,
+            existing: 0,
+            draining: false,
+            selected: true,
+        }
     }
 }
 
@@ -375,73 +384,53 @@ impl Step {
     }
 }
 
-/// Instances of the service already on a node.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeCount {
-    /// The node's id.
-    pub node: String,
-    /// Instances of this service on it.
-    pub count: u32,
-}
-
 /// One instance to place.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlacementRequest {
     /// The service the instance belongs to.
     pub service: Service,
-    /// `[service.placement] node`: a hostname or address substring the node must match.
+    /// `[service.placement] node`, if set: already evaluated per node as
+    /// [`Node::selected`]; here for reasons and logs.
     pub pin: Option<String>,
     /// Memory the instance reserves.
     pub memory_bytes: u64,
     /// CPU the instance reserves, in thousandths of a core.
     pub cpu_millis: u32,
-    /// Instances of the service already placed, per node.
-    pub existing: Vec<NodeCount>,
-}
-
-impl PlacementRequest {
-    /// Instances of the service already on node `node_id` (0 when absent).
-    pub fn existing_on(&self, node_id: &str) -> u32 {
-        self.existing
-            .iter()
-            .filter(|c| c.node == node_id)
-            .map(|c| c.count)
-            .sum()
-    }
 }
 
 /// Filter and score of one node (the Kubernetes scheduler framework's shape).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Verdict {
-    /// The node's id.
-    pub node: String,
-    /// Whether the instance may go there.
-    pub feasible: bool,
+    /// The node: its index in the `nodes` slice of the call.
+    pub node: u32,
     /// Higher is better; only feasible nodes are compared.
     pub score: u32,
-    /// Why a node is infeasible (shown when no node fits).
-    pub reason: String,
+    /// `None` if the instance may go there; otherwise why not (shown when no node fits).
+    pub infeasible: Option<String>,
 }
 
 impl Verdict {
-    /// A feasible node with `score`.
-    pub fn feasible(node: impl Into<String>, score: u32) -> Self {
+    /// The node at index `node` is feasible, with `score`.
+    pub fn feasible(node: u32, score: u32) -> Self {
         Verdict {
-            node: node.into(),
-            feasible: true,
+            node,
             score,
-            reason: String::new(),
+            infeasible: None,
         }
     }
 
-    /// An infeasible node, and why.
-    pub fn infeasible(node: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// The node at index `node` is infeasible, and why.
+    pub fn infeasible(node: u32, reason: impl Into<String>) -> Self {
         Verdict {
-            node: node.into(),
-            feasible: false,
+            node,
             score: 0,
-            reason: reason.into(),
+            infeasible: Some(reason.into()),
         }
+    }
+
+    /// Whether the instance may go to the node.
+    pub fn is_feasible(&self) -> bool {
+        self.infeasible.is_none()
     }
 }
 

@@ -167,8 +167,3 @@ pub async fn cluster_info<R: ContainerRuntime>(State(s): State<AppState<R>>) -> 
         }],
     }))
 }
-
-/// `GET /api/v1/webhooks`: registered webhooks (registration lands with git-build).
-pub async fn list_webhooks() -> Json<Value> {
-    Json(json!({ "webhooks": [] }))
-}

@@ -7,6 +7,7 @@ pub mod auth;
 mod error;
 mod plugins;
 mod services;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,6 +55,10 @@ pub struct AppState<R: ContainerRuntime> {
     pub node: NodeInfo,
     /// Where the API listens (reported by cluster/info).
     pub api_addr: SocketAddr,
+    /// Webhook deliveries.
+    pub webhooks: Arc<crate::webhooks::Webhooks<R>>,
+    /// git-build.
+    pub builds: Arc<crate::build::Builds<R>>,
 }
 
 impl<R: ContainerRuntime> Clone for AppState<R> {
@@ -71,6 +76,8 @@ impl<R: ContainerRuntime> Clone for AppState<R> {
             cluster: self.cluster.clone(),
             node: self.node.clone(),
             api_addr: self.api_addr,
+            webhooks: self.webhooks.clone(),
+            builds: self.builds.clone(),
         }
     }
 }
@@ -122,7 +129,13 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
         Some(Permission::Admin),
     ),
     ("GET", "/api/v1/webhooks", Some(Permission::Read)),
+    ("POST", "/api/v1/webhooks", Some(Permission::Admin)),
+    ("DELETE", "/api/v1/webhooks/{id}", Some(Permission::Admin)),
+    // Signature-checked by the forge's webhook plugin, not by token.
     ("POST", "/api/v1/webhooks/github", None),
+    ("POST", "/api/v1/webhooks/gitea", None),
+    ("POST", "/api/v1/webhooks/gitlab", None),
+    ("POST", "/api/v1/webhooks/{forge}", None),
     ("GET", "/api/v1/tokens", Some(Permission::Admin)),
     ("POST", "/api/v1/tokens", Some(Permission::Admin)),
     (
@@ -199,10 +212,17 @@ pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
             "/api/v1/cluster/nodes/{id}/undrain",
             guard(Admin, not_yet("undrain lands with multi-node clusters")),
         )
-        .route("/api/v1/webhooks", guard(Read, get(admin::list_webhooks)))
         .route(
-            "/api/v1/webhooks/github",
-            not_yet("webhooks land with git-build; no webhook can be registered yet"),
+            "/api/v1/webhooks",
+            guard(Read, get(webhooks::list::<R>)).merge(guard(Admin, post(webhooks::add::<R>))),
+        )
+        // One path for the receivers (`{forge}`) and removal (`{id}`): the router needs one
+        // parameter name per segment.
+        .route(
+            "/api/v1/webhooks/{name}",
+            post(webhooks::receive::<R>)
+                .layer(DefaultBodyLimit::max(webhooks::MAX_DELIVERY))
+                .merge(guard(Admin, delete(webhooks::remove::<R>))),
         )
         .route(
             "/api/v1/tokens",

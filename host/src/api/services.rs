@@ -41,7 +41,7 @@ pub async fn deploy<R: ContainerRuntime>(
 ) -> Result<Json<Value>, ApiError> {
     let request = orca_config::parse_deploy_request(&body)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let specs = request.services;
+    let mut specs = request.services;
     // A service's own certificate must parse and match its key before anything is stored.
     for upload in &request.tls {
         orca_proxy::certified_key(&upload.cert_pem, &upload.key_pem).map_err(|e| {
@@ -51,23 +51,12 @@ pub async fn deploy<R: ContainerRuntime>(
             ))
         })?;
     }
-    let mut items = Vec::with_capacity(specs.len());
     for spec in &specs {
-        if spec.image.is_none() {
-            return Err(ApiError::bad_request(format!(
-                "service \"{}\": no image; building from [service.build] is not available yet, set `image`",
-                spec.name
-            )));
-        }
         if let Some(strategy) = spec.deploy.as_ref().and_then(|d| d.strategy.as_deref()) {
             s.registry
                 .resolve(strategy, World::Strategy)
                 .map_err(|e| ApiError::bad_request(format!("service \"{}\": {e}", spec.name)))?;
         }
-        items.push(
-            crate::deploy::prepare(&s.store, &s.secrets, spec)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        );
     }
     // A domain belongs to one service: refuse to take one from a service outside this request.
     let keys: HashSet<String> = specs.iter().map(|sp| sp.key()).collect();
@@ -85,6 +74,19 @@ pub async fn deploy<R: ContainerRuntime>(
                 )));
             }
         }
+    }
+    // Services with `[service.build]` and no image are built first (from their branch's
+    // head); a failed build fails the deploy and changes nothing.
+    let mut commits = Vec::with_capacity(specs.len());
+    for spec in &mut specs {
+        commits.push(build_if_needed(&s, spec).await?);
+    }
+    let mut items = Vec::with_capacity(specs.len());
+    for (spec, commit) in specs.iter().zip(&commits) {
+        items.push(
+            crate::deploy::prepare(&s.store, &s.secrets, spec, commit.as_deref())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        );
     }
     let outcomes = s.store.apply_deploy(&items, now_unix())?;
     // Certificates go in their own table (keys sealed), after the services that own them;
@@ -117,6 +119,48 @@ pub async fn deploy<R: ContainerRuntime>(
             "project": o.project, "name": o.name, "revision": o.revision, "changed": o.changed,
         })).collect::<Vec<_>>(),
     })))
+}
+
+/// For a spec with `[service.build]` and no `image`: resolves the branch head, reuses the
+/// running revision's image if it was built from that commit, else builds it; sets
+/// `spec.image` to the built tag and returns the commit.
+async fn build_if_needed<R: ContainerRuntime>(
+    s: &AppState<R>,
+    spec: &mut orca_config::ServiceSpec,
+) -> Result<Option<String>, ApiError> {
+    let Some(build) = spec.build.clone().filter(|_| spec.image.is_none()) else {
+        return Ok(None);
+    };
+    let (commit, branch) = s
+        .builds
+        .head(&build)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("service \"{}\": {e}", spec.name)))?;
+    if let Some(rev) = s.store.current_revision(spec.project(), &spec.name)? {
+        let same = rev.commit.as_deref() == Some(commit.as_str()) && rev.spec.build == spec.build;
+        if let Some(image) = rev.spec.image.filter(|_| same) {
+            if s.runtime.image_exists(&image).await.unwrap_or(false) {
+                spec.image = Some(image);
+                return Ok(Some(commit));
+            }
+        }
+    }
+    let job = crate::build::BuildJob {
+        project: spec.project().to_string(),
+        service: spec.name.clone(),
+        build,
+        commit: commit.clone(),
+        branch,
+        trigger: "deploy".into(),
+    };
+    let built = s.builds.run(job).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{e} (see `orca logs {} --build`)", spec.name),
+        )
+    })?;
+    spec.image = Some(built.tag);
+    Ok(Some(commit))
 }
 
 /// Query of `status`.
@@ -201,6 +245,33 @@ pub async fn status<R: ContainerRuntime>(
             });
         let error = view.errors.get(&key).cloned();
         let status = service_status(&rec, ready, error.is_some());
+        let revisions = s.store.list_revisions(rec.spec.project(), &rec.spec.name)?;
+        let commit_of = |n: u64| {
+            revisions
+                .iter()
+                .find(|r| r.number == n)
+                .and_then(|r| r.commit.clone())
+        };
+        for inst in &mut instances {
+            let commit = inst["revision"].as_u64().and_then(commit_of);
+            inst["commit"] = json!(commit);
+        }
+        let last_build = s
+            .store
+            .list_builds(rec.spec.project(), &rec.spec.name)?
+            .pop()
+            .map(|b| {
+                json!({
+                    "number": b.number,
+                    "status": b.status,
+                    "commit": b.commit,
+                    "tag": b.tag,
+                    "trigger": b.trigger,
+                    "error": b.error,
+                    "started_ms": b.started_ms,
+                    "finished_ms": b.finished_ms,
+                })
+            });
         services.push(json!({
             "name": rec.spec.name,
             "project": rec.spec.project(),
@@ -214,6 +285,8 @@ pub async fn status<R: ContainerRuntime>(
             "tls": crate::certs::status(&s.store, rec.spec.domain.as_deref()),
             "port": rec.spec.port,
             "revision": rec.revision,
+            "commit": commit_of(rec.revision),
+            "last_build": last_build,
             "updated_at": rec.updated_at,
             "error": error,
             "rollout": rollout,
@@ -372,6 +445,9 @@ pub struct LogsQuery {
     tail: Option<usize>,
     #[serde(default)]
     follow: bool,
+    /// The output of the service's latest image build instead of its containers' logs.
+    #[serde(default)]
+    build: bool,
 }
 
 /// `GET /api/v1/services/{name}/logs?tail=N&follow=true`: plain text, one line per log line,
@@ -381,6 +457,9 @@ pub async fn logs<R: ContainerRuntime>(
     Path(name): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
+    if q.build {
+        return build_logs(&s, &name, &q);
+    }
     let rec = find_service(&s, &name, q.project.as_deref())?;
     let key = rec.spec.key();
     let tail = q.tail.unwrap_or(100).min(100_000);
@@ -418,6 +497,66 @@ pub async fn logs<R: ContainerRuntime>(
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         body,
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/services/{name}/logs?build=true`: the latest build's status and output
+/// (also for a service whose first build failed, which was therefore never deployed).
+fn build_logs<R: ContainerRuntime>(
+    s: &AppState<R>,
+    name: &str,
+    q: &LogsQuery,
+) -> Result<Response, ApiError> {
+    orca_config::validate_name("service", name)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let project = match find_service(s, name, q.project.as_deref()) {
+        Ok(rec) => rec.spec.project().to_string(),
+        Err(e) => match &q.project {
+            Some(p) => p.clone(),
+            None => {
+                let projects = s.store.build_projects(name)?;
+                match projects.as_slice() {
+                    [one] => one.clone(),
+                    _ => return Err(e),
+                }
+            }
+        },
+    };
+    let builds = s.store.list_builds(&project, name)?;
+    let Some(b) = builds.last() else {
+        return Err(ApiError::not_found(format!(
+            "service \"{name}\" in project \"{project}\" has no builds"
+        )));
+    };
+    let tail = q.tail.unwrap_or(usize::MAX);
+    let mut text = format!(
+        "build {} of {project}/{name}: {} ({}), commit {} of {}{}\n",
+        b.number,
+        match b.status {
+            orca_store::BuildStatus::Running => "running",
+            orca_store::BuildStatus::Succeeded => "succeeded",
+            orca_store::BuildStatus::Failed => "failed",
+        },
+        b.trigger,
+        b.commit,
+        b.repo,
+        b.branch
+            .is_empty()
+            .then(String::new)
+            .unwrap_or_else(|| format!(" (branch {})", b.branch)),
+    );
+    for line in b.log.iter().skip(b.log.len().saturating_sub(tail)) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    if let Some(error) = &b.error {
+        text.push_str(&format!("error: {error}\n"));
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
     )
         .into_response())
 }

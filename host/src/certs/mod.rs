@@ -437,6 +437,7 @@ mod tests {
             spec: serde_json::from_value(spec).unwrap(),
             sealed_env: Vec::new(),
             fingerprint: format!("{domain}{manual}"),
+            commit: None,
         };
         store.apply_deploy(&[item], 1).unwrap();
     }

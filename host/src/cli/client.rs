@@ -48,6 +48,11 @@ impl Client {
         })
     }
 
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Sends a request and returns the JSON answer, or an error naming the API's reason.
     pub async fn call(
         &self,

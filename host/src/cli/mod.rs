@@ -103,6 +103,9 @@ enum Command {
         /// Project, when the name exists in several.
         #[arg(long)]
         project: Option<String>,
+        /// Show the output of the service's latest image build (git-build) instead.
+        #[arg(long, conflicts_with = "follow")]
+        build: bool,
     },
     /// Stop a service, a project, or everything: containers go, config stays.
     Stop {
@@ -143,6 +146,11 @@ enum Command {
     /// Manage a project's secrets.
     #[command(subcommand)]
     Secrets(SecretsCmd),
+    /// Webhooks: pushes that redeploy (and build) services. Without a subcommand: list.
+    Webhooks {
+        #[command(subcommand)]
+        cmd: Option<WebhooksCmd>,
+    },
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -181,6 +189,39 @@ enum PluginCmd {
         /// Name (default: the file's stem).
         #[arg(long)]
         name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCmd {
+    /// List webhooks with their recent deliveries (secrets are never shown).
+    List,
+    /// Register a webhook (admin): pushes to BRANCH of REPO redeploy SERVICE.
+    Add {
+        /// Repository as the forge names it: OWNER/NAME (or a clone URL).
+        #[arg(long)]
+        repo: String,
+        /// Service to redeploy (built first if it has [service.build]).
+        #[arg(long)]
+        service: String,
+        /// Branch, or a glob such as `release/*`.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// The secret the forge signs deliveries with (required).
+        #[arg(long, env = "ORCA_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        /// github (also Gitea/Forgejo), gitea, gitlab, an installed webhook plugin's name,
+        /// or a path to a webhook component (.wasm), installed under its file stem.
+        #[arg(long, default_value = "github")]
+        forge: String,
+        /// Project, when the service name exists in several.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Remove a webhook.
+    Remove {
+        /// Webhook id (`wh-...`).
+        id: String,
     },
 }
 
@@ -358,9 +399,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
             follow,
             project,
+            build,
         } => {
             let mut path = format!(
-                "/api/v1/services/{}/logs?tail={tail}&follow={follow}",
+                "/api/v1/services/{}/logs?tail={tail}&follow={follow}&build={build}",
                 enc(&service)
             );
             if let Some(p) = &project {
@@ -588,8 +630,135 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Webhooks { cmd } => webhooks(client()?, cmd, json_out).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "orca", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+async fn webhooks(c: Client, cmd: Option<WebhooksCmd>, json_out: bool) -> anyhow::Result<()> {
+    match cmd.unwrap_or(WebhooksCmd::List) {
+        WebhooksCmd::List => {
+            let v = c.call(Method::GET, "/api/v1/webhooks", None).await?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!(
+                "{:<12} {:<8} {:<28} {:<14} {:<20} URL",
+                "ID", "FORGE", "REPO", "BRANCH", "SERVICE"
+            );
+            for h in v["webhooks"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<12} {:<8} {:<28} {:<14} {:<20} {}",
+                    h["id"].as_str().unwrap_or(""),
+                    h["forge"].as_str().unwrap_or(""),
+                    h["repo"].as_str().unwrap_or(""),
+                    h["branch"].as_str().unwrap_or(""),
+                    format!(
+                        "{}/{}",
+                        h["project"].as_str().unwrap_or(""),
+                        h["service"].as_str().unwrap_or("")
+                    ),
+                    h["url_path"].as_str().unwrap_or(""),
+                );
+                for d in h["deliveries"].as_array().into_iter().flatten() {
+                    println!(
+                        "    {} {} {} {}: {}",
+                        d["at"],
+                        d["delivery"].as_str().unwrap_or("-"),
+                        d["status"],
+                        d["outcome"].as_str().unwrap_or(""),
+                        d["reason"].as_str().or(d["detail"].as_str()).unwrap_or("")
+                    );
+                }
+            }
+            let unmatched = v["unmatched_deliveries"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !unmatched.is_empty() {
+                println!("recent deliveries no webhook verified:");
+                for d in unmatched {
+                    println!(
+                        "    {} {} {} {} {}: {}",
+                        d["at"],
+                        d["forge"].as_str().unwrap_or(""),
+                        d["delivery"].as_str().unwrap_or("-"),
+                        d["status"],
+                        d["outcome"].as_str().unwrap_or(""),
+                        d["detail"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+        WebhooksCmd::Add {
+            repo,
+            service,
+            branch,
+            secret,
+            forge,
+            project,
+        } => {
+            let forge = if forge.ends_with(".wasm") {
+                let path = PathBuf::from(&forge);
+                let bytes =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                let name = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .context("the plugin file has no usable name")?
+                    .to_string();
+                c.send_bytes(
+                    Method::PUT,
+                    &format!("/api/v1/plugins/{}", enc(&name)),
+                    bytes,
+                )
+                .await
+                .with_context(|| format!("installing webhook plugin {}", path.display()))?;
+                name
+            } else {
+                forge
+            };
+            let v = c
+                .call(
+                    Method::POST,
+                    "/api/v1/webhooks",
+                    Some(json!({
+                        "repo": repo, "service": service, "branch": branch,
+                        "secret": secret, "forge": forge, "project": project,
+                    })),
+                )
+                .await?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!(
+                "webhook {} registered: {} pushes to {} {} redeploy {}/{}",
+                v["id"].as_str().unwrap_or(""),
+                v["forge"].as_str().unwrap_or(""),
+                v["repo"].as_str().unwrap_or(""),
+                v["branch"].as_str().unwrap_or(""),
+                v["project"].as_str().unwrap_or(""),
+                v["service"].as_str().unwrap_or("")
+            );
+            println!(
+                "point the forge at {}{} with the same secret (content type application/json, push events)",
+                c.base(),
+                v["url_path"].as_str().unwrap_or("")
+            );
+            Ok(())
+        }
+        WebhooksCmd::Remove { id } => {
+            c.call(
+                Method::DELETE,
+                &format!("/api/v1/webhooks/{}", enc(&id)),
+                None,
+            )
+            .await?;
+            println!("webhook {id} removed");
             Ok(())
         }
     }
@@ -892,6 +1061,25 @@ fn print_status(v: &Value) {
             println!("  ! {e}");
         }
         print_tls(&s["tls"]);
+        if let Some(c) = s["commit"].as_str() {
+            println!("  commit {c} (revision {})", s["revision"]);
+        }
+        let b = &s["last_build"];
+        if b.is_object() {
+            println!(
+                "  build {} of {}: {}{}",
+                b["number"],
+                b["commit"]
+                    .as_str()
+                    .map(|c| &c[..c.len().min(12)])
+                    .unwrap_or(""),
+                b["status"].as_str().unwrap_or(""),
+                b["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+        }
         let r = &s["rollout"];
         if r.is_object() {
             let traffic = if r["traffic"].is_object() {
@@ -918,9 +1106,13 @@ fn print_status(v: &Value) {
         }
         for i in s["instances"].as_array().into_iter().flatten() {
             println!(
-                "  - {} rev {} slot {} {} {} {}{}",
+                "  - {} rev {}{} slot {} {} {} {}{}",
                 i["id"].as_str().unwrap_or(""),
                 i["revision"],
+                i["commit"]
+                    .as_str()
+                    .map(|c| format!(" @{}", &c[..c.len().min(12)]))
+                    .unwrap_or_default(),
                 i["slot"],
                 i["state"].as_str().unwrap_or(""),
                 if i["ready"].as_bool() == Some(true) {

@@ -1,6 +1,7 @@
-//! The one place `bindgen!` runs: one module per world of `wit/types.wit`, sharing the
-//! `types` and `logging` interfaces of the `strategy` module through `with`, and the
-//! conversions between the bindgen records and orca's own types (`super::types`).
+//! `bindgen!` of the live contract (`wit/types.wit`, `orca:plugin@0.2.0`): one module per
+//! world, sharing the `types` and `logging` interfaces of the `strategy` module through
+//! `with`, and the conversions between the bindgen records and orca's own types
+//! (`super::types`). The released 0.1.0 contract has its own bindings in `super::v0_1`.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -127,29 +128,57 @@ pub(crate) fn placement_request(r: &orca::PlacementRequest) -> wit::PlacementReq
         pin: r.pin.clone(),
         memory_bytes: r.memory_bytes,
         cpu_millis: r.cpu_millis,
-        existing: r
-            .existing
-            .iter()
-            .map(|c| wit::NodeCount {
-                node: c.node.clone(),
-                count: c.count,
-            })
-            .collect(),
     }
 }
 
-pub(crate) fn node(n: &orca::Node) -> wit::Node {
-    wit::Node {
-        id: n.id.clone(),
-        name: n.name.clone(),
-        address: n.address.clone(),
-        cpu_millis: n.cpu_millis,
-        cpu_millis_free: n.cpu_millis_free,
-        memory_bytes: n.memory_bytes,
-        memory_bytes_free: n.memory_bytes_free,
-        instances: n.instances,
-        draining: n.draining,
-        labels: pairs(&n.labels),
+/// The nodes as the placement world sees them: columns of scalars, nodes identified by
+/// their index. The host evaluates the pin against each node's name and address
+/// (`unselected`) and counts the service's instances per node (`existing`), so no string
+/// crosses into the plugin per node, and each column is one copy.
+pub(crate) fn nodes(r: &orca::PlacementRequest, nodes: &[orca::Node]) -> wit::Nodes {
+    let pin = r.pin.as_deref().filter(|p| !p.is_empty());
+    let by_id: Option<std::collections::HashMap<&str, u32>> = (r.existing.len() > 16).then(|| {
+        let mut map = std::collections::HashMap::with_capacity(r.existing.len());
+        for c in &r.existing {
+            let sum: &mut u32 = map.entry(c.node.as_str()).or_insert(0);
+            *sum = sum.saturating_add(c.count);
+        }
+        map
+    });
+    let existing = |id: &str| -> u32 {
+        match &by_id {
+            Some(map) => map.get(id).copied().unwrap_or(0),
+            None => r
+                .existing
+                .iter()
+                .filter(|c| c.node == id)
+                .fold(0u32, |sum, c| sum.saturating_add(c.count)),
+        }
+    };
+    let indices = |keep: &dyn Fn(&orca::Node) -> bool| -> Vec<u32> {
+        nodes
+            .iter()
+            .zip(0u32..)
+            .filter(|(n, _)| keep(n))
+            .map(|(_, i)| i)
+            .collect()
+    };
+    wit::Nodes {
+        cpu_millis: nodes.iter().map(|n| n.cpu_millis).collect(),
+        cpu_millis_free: nodes.iter().map(|n| n.cpu_millis_free).collect(),
+        memory_bytes: nodes.iter().map(|n| n.memory_bytes).collect(),
+        memory_bytes_free: nodes.iter().map(|n| n.memory_bytes_free).collect(),
+        instances: nodes.iter().map(|n| n.instances).collect(),
+        existing: if r.existing.is_empty() {
+            vec![0; nodes.len()]
+        } else {
+            nodes.iter().map(|n| existing(&n.id)).collect()
+        },
+        draining: indices(&|n| n.draining),
+        unselected: match pin {
+            Some(p) => indices(&|n| !n.matches_pin(p)),
+            None => Vec::new(),
+        },
     }
 }
 
@@ -240,13 +269,26 @@ pub(crate) fn step(s: wit::Step) -> orca::Step {
     }
 }
 
-pub(crate) fn verdict(v: wit::Verdict) -> orca::Verdict {
-    orca::Verdict {
-        node: v.node,
-        feasible: v.feasible,
-        score: v.score,
-        reason: v.reason,
+/// The plugin's scores and infeasible nodes (checked by `validate::indexed_verdicts` first)
+/// as orca's verdicts, one per node in node order, naming nodes by id.
+pub(crate) fn verdicts(v: wit::Verdicts, nodes: &[orca::Node]) -> Vec<orca::Verdict> {
+    let mut out: Vec<orca::Verdict> = nodes
+        .iter()
+        .zip(v.scores)
+        .map(|(n, score)| orca::Verdict {
+            node: n.id.clone(),
+            feasible: true,
+            score,
+            reason: String::new(),
+        })
+        .collect();
+    for i in v.infeasible {
+        if let Some(verdict) = out.get_mut(i.node as usize) {
+            verdict.feasible = false;
+            verdict.reason = i.reason;
+        }
     }
+    out
 }
 
 pub(crate) fn webhook_outcome(o: wit::WebhookOutcome) -> orca::WebhookOutcome {

@@ -12,6 +12,84 @@ use super::types::World;
 /// The WIT package the host serves.
 pub const PACKAGE: &str = "orca:plugin";
 
+/// The live version of [`PACKAGE`] (`wit/types.wit`): what the SDK and the default plugins
+/// are built against.
+pub const CURRENT_VERSION: &str = "0.2.0";
+
+/// The versions of [`PACKAGE`] the host loads, as semver-compatible families (`0.1` is any
+/// `0.1.x`): the released, frozen ones (`wit/released/`) and the live one.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.1", "0.2"];
+
+/// A version of the contract the host serves (one per [`SUPPORTED_VERSIONS`] entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Contract {
+    /// `orca:plugin@0.1.x`, released and frozen in `wit/released/0.1.0/`.
+    V0_1,
+    /// `orca:plugin@0.2.x`, the live `wit/types.wit`.
+    V0_2,
+}
+
+impl Contract {
+    /// The contract of `version` (`0.1.0` → `V0_1`), if the host serves it.
+    fn of(version: &str) -> Option<Contract> {
+        let mut parts = version.split(['.', '-', '+']);
+        match (parts.next(), parts.next()) {
+            (Some("0"), Some("1")) => Some(Contract::V0_1),
+            (Some("0"), Some("2")) => Some(Contract::V0_2),
+            _ => None,
+        }
+    }
+
+    /// `orca:plugin@0.1.0`: the release whose bindings serve this contract.
+    pub(crate) fn package(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "orca:plugin@0.1.0",
+            Contract::V0_2 => "orca:plugin@0.2.0",
+        }
+    }
+}
+
+/// The contract a component was built against, from the versions of the `orca:plugin/...`
+/// interfaces it imports or exports: `None` if it names none (then its exports' types
+/// decide, see `PluginRuntime::load`), an error if it names an unsupported version or two
+/// contracts.
+pub(crate) fn contract_of(
+    engine: &Engine,
+    component: &Component,
+) -> Result<Option<Contract>, String> {
+    let ty = component.component_type();
+    let names = ty
+        .imports(engine)
+        .map(|(n, _)| n)
+        .chain(ty.exports(engine).map(|(n, _)| n));
+    let mut found: Option<(Contract, String)> = None;
+    for name in names {
+        let Some(version) = version_of(name) else {
+            continue;
+        };
+        let Some(contract) = Contract::of(version) else {
+            return Err(format!(
+                "built against {PACKAGE}@{version} (imports {name}); this host loads {PACKAGE} {}",
+                SUPPORTED_VERSIONS
+                    .iter()
+                    .map(|v| format!("{v}.x"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ));
+        };
+        match &found {
+            Some((c, first)) if *c != contract => {
+                return Err(format!(
+                    "mixes two versions of {PACKAGE}: {first} and {name}"
+                ));
+            }
+            Some(_) => {}
+            None => found = Some((contract, name.to_string())),
+        }
+    }
+    Ok(found.map(|(c, _)| c))
+}
+
 /// A component described for `orca plugin inspect`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginInfo {
@@ -19,7 +97,8 @@ pub struct PluginInfo {
     pub world: Option<World>,
     /// `orca:plugin@X.Y.Z`, read from the versioned `orca:plugin/...` interface names it
     /// imports or exports; `None` if it names none (a world's top-level function exports
-    /// carry no version, so a strategy that never logs has none).
+    /// carry no version, but a component built with wit-bindgen imports at least
+    /// `orca:plugin/types@X.Y.Z`, which its exports' record types come from).
     pub package: Option<String>,
     /// Names of its exports (functions and interfaces).
     pub exports: Vec<String>,
@@ -114,9 +193,14 @@ pub(crate) fn describe(
 
 /// `orca:plugin@0.1.0` from `orca:plugin/logging@0.1.0`.
 fn package_of(name: &str) -> Option<String> {
+    Some(format!("{PACKAGE}@{}", version_of(name)?))
+}
+
+/// `0.1.0` from `orca:plugin/logging@0.1.0`.
+fn version_of(name: &str) -> Option<&str> {
     let rest = name.strip_prefix(PACKAGE)?.strip_prefix('/')?;
     let (_, version) = rest.split_once('@')?;
-    Some(format!("{PACKAGE}@{version}"))
+    Some(version)
 }
 
 #[cfg(test)]
@@ -131,6 +215,11 @@ mod tests {
         );
         assert_eq!(package_of("orca:plugin/logging"), None);
         assert_eq!(package_of("wasi:cli/environment@0.2.0"), None);
+        assert_eq!(Contract::of("0.1.0"), Some(Contract::V0_1));
+        assert_eq!(Contract::of("0.1.7"), Some(Contract::V0_1));
+        assert_eq!(Contract::of("0.2.0"), Some(Contract::V0_2));
+        assert_eq!(Contract::of("0.3.0"), None);
+        assert_eq!(Contract::of("1.0.0"), None);
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! The WebAssembly plugin runtime: loads components implementing the worlds of
-//! `wit/types.wit` (`orca:plugin@0.1.0`) and calls them under a deadline and a memory cap.
+//! `wit/types.wit` (`orca:plugin@0.2.0`, and the released `0.1.0`: see `v0_1` and
+//! `wit/README.md`) and calls them under a deadline and a memory cap.
 //!
 //! **Architecture invariant: only this module knows wasmtime.** Its API speaks orca's own
-//! types ([`types`]); `bindgen!` runs once per world in `bindings`, and no bindgen type leaves
-//! this module.
+//! types ([`types`]); `bindgen!` runs once per world and supported WIT version (`bindings`
+//! for the live 0.2.0, `v0_1` for the released 0.1.0), and no bindgen type leaves this
+//! module.
 //!
 //! # Model
 //!
 //! - One [`PluginRuntime`] per process: one engine (component model, epoch interruption,
 //!   pooling allocator, cranelift `speed`), one epoch ticker thread (1 ms), one linker per
-//!   world holding exactly the host interfaces that world imports.
+//!   world holding exactly the host interfaces that world imports (under the names of every
+//!   supported WIT version).
 //! - [`PluginRuntime::load`] checks the bytes are a component, finds its world from its
-//!   exports (`plan`, `place`, `check`, `handle`, `build`), compiles it once and caches the
+//!   exports (`plan`, `place`, `check`, `handle`, `build`) and its WIT version from its
+//!   interface names ([`SUPPORTED_VERSIONS`]), compiles it once and caches the
 //!   artifact in `$ORCA_HOME/plugin-cache/` ([`cache_dir`]); a later load, even by another
 //!   process, deserializes it (~100 µs instead of ~10 ms). Imports outside the world (such
 //!   as the `wasi:*` interfaces a `wasm32-wasip2` std guest imports) are linked to traps:
@@ -57,6 +61,7 @@ mod host;
 mod inspect;
 mod runtime;
 pub mod types;
+mod v0_1;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -65,7 +70,7 @@ pub use build_host::BuildHostCap;
 pub use builtin::{builtin, builtin_names};
 pub use endpoint::{EndpointCap, TcpEndpoint, MAX_BODY};
 pub use error::PluginError;
-pub use inspect::{inspect, PluginInfo, PACKAGE};
+pub use inspect::{inspect, PluginInfo, CURRENT_VERSION, PACKAGE, SUPPORTED_VERSIONS};
 pub use runtime::{Plugin, PluginOrigin, PluginRuntime, RuntimeLimits, RuntimeStats};
 pub use types::*;
 pub use validate::{MAX_ACTIONS, MAX_REASON, MAX_SCALE};

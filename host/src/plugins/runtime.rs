@@ -20,8 +20,9 @@ use super::build_host::BuildHostCap;
 use super::endpoint::EndpointCap;
 use super::error::PluginError;
 use super::host::{truncate, HostState};
+use super::inspect::Contract;
 use super::types::*;
-use super::{cache, inspect, validate};
+use super::{cache, inspect, v0_1, validate};
 
 /// Resource limits of plugin calls. Each one stops an attack or an accident: the deadline an
 /// infinite loop, the memory cap an allocation bomb, the plugin-state cap a strategy growing
@@ -130,7 +131,8 @@ impl Drop for Inner {
     }
 }
 
-/// One linker per world, holding exactly the host interfaces that world imports.
+/// One linker per world, holding exactly the host interfaces that world imports, under the
+/// names of every supported contract version (`@0.1.0` and `@0.2.0`).
 struct Linkers {
     strategy: Linker<HostState>,
     placement: Linker<HostState>,
@@ -143,14 +145,19 @@ impl Linkers {
     fn new(engine: &Engine) -> wasmtime::Result<Self> {
         let mut strategy = Linker::new(engine);
         strategy::Strategy::add_to_linker::<_, HasSelf<HostState>>(&mut strategy, |s| s)?;
+        v0_1::strategy::Strategy::add_to_linker::<_, HasSelf<HostState>>(&mut strategy, |s| s)?;
         let mut placement = Linker::new(engine);
         placement::Placement::add_to_linker::<_, HasSelf<HostState>>(&mut placement, |s| s)?;
+        v0_1::placement::Placement::add_to_linker::<_, HasSelf<HostState>>(&mut placement, |s| s)?;
         let mut probe = Linker::new(engine);
         probe::Probe::add_to_linker::<_, HasSelf<HostState>>(&mut probe, |s| s)?;
+        v0_1::probe::Probe::add_to_linker::<_, HasSelf<HostState>>(&mut probe, |s| s)?;
         let mut webhook = Linker::new(engine);
         webhook::Webhook::add_to_linker::<_, HasSelf<HostState>>(&mut webhook, |s| s)?;
+        v0_1::webhook::Webhook::add_to_linker::<_, HasSelf<HostState>>(&mut webhook, |s| s)?;
         let mut builder = Linker::new(engine);
         builder::Builder::add_to_linker::<_, HasSelf<HostState>>(&mut builder, |s| s)?;
+        v0_1::builder::Builder::add_to_linker::<_, HasSelf<HostState>>(&mut builder, |s| s)?;
         Ok(Linkers {
             strategy,
             placement,
@@ -174,13 +181,19 @@ impl Linkers {
 /// A compiled component, pre-linked against its world.
 struct Loaded {
     world: World,
+    /// The contract version it was built against (see `v0_1` for how older ones are served).
+    contract: Contract,
     pre: Pre,
     sha256: [u8; 32],
 }
 
+/// The typed entry point of a loaded component. Worlds whose records did not change since
+/// 0.1.0 are called through the live bindings whatever the component's version; `placement`
+/// has one variant per contract.
 enum Pre {
     Strategy(strategy::StrategyPre<HostState>),
     Placement(placement::PlacementPre<HostState>),
+    PlacementV0_1(v0_1::placement::PlacementPre<HostState>),
     Probe(probe::ProbePre<HostState>),
     Webhook(webhook::WebhookPre<HostState>),
     Builder(builder::BuilderPre<HostState>),
@@ -325,6 +338,7 @@ impl PluginRuntime {
         };
         let component = self.component(bytes, &sha256, origin)?;
         let world = inspect::world_of(&self.inner.engine, &component).map_err(invalid)?;
+        let named = inspect::contract_of(&self.inner.engine, &component).map_err(invalid)?;
         let mut linker = self.inner.linkers.get(world).clone();
         linker
             .define_unknown_imports_as_traps(&component)
@@ -334,14 +348,35 @@ impl PluginRuntime {
             .map_err(|e| invalid(format!("linking against the {world} world: {e:#}")))?;
         let typed =
             |e: wasmtime::Error| invalid(format!("exports do not match the {world} world: {e:#}"));
+        let mut contract = named.unwrap_or(Contract::V0_2);
         let pre = match world {
             World::Strategy => Pre::Strategy(strategy::StrategyPre::new(pre).map_err(typed)?),
-            World::Placement => Pre::Placement(placement::PlacementPre::new(pre).map_err(typed)?),
+            World::Placement => match named {
+                Some(Contract::V0_1) => {
+                    Pre::PlacementV0_1(v0_1::placement::PlacementPre::new(pre).map_err(typed)?)
+                }
+                Some(Contract::V0_2) => {
+                    Pre::Placement(placement::PlacementPre::new(pre).map_err(typed)?)
+                }
+                // A component naming no version: its `place` signature decides.
+                None => match placement::PlacementPre::new(pre.clone()) {
+                    Ok(p) => Pre::Placement(p),
+                    Err(_) => {
+                        contract = Contract::V0_1;
+                        Pre::PlacementV0_1(v0_1::placement::PlacementPre::new(pre).map_err(typed)?)
+                    }
+                },
+            },
             World::Probe => Pre::Probe(probe::ProbePre::new(pre).map_err(typed)?),
             World::Webhook => Pre::Webhook(webhook::WebhookPre::new(pre).map_err(typed)?),
             World::Builder => Pre::Builder(builder::BuilderPre::new(pre).map_err(typed)?),
         };
-        Ok(Loaded { world, pre, sha256 })
+        Ok(Loaded {
+            world,
+            contract,
+            pre,
+            sha256,
+        })
     }
 
     /// The compiled component: from the disk cache, or compiled and then cached.
@@ -432,6 +467,13 @@ impl Plugin {
         self.loaded.world
     }
 
+    /// The WIT package release the component was built against and is served as:
+    /// `orca:plugin@0.1.0` or `orca:plugin@0.2.0` (the live one, also for a component naming
+    /// no version whose exports fit it).
+    pub fn package(&self) -> &'static str {
+        self.loaded.contract.package()
+    }
+
     /// SHA-256 of the component's bytes, hex.
     pub fn sha256(&self) -> String {
         hex::encode(self.loaded.sha256)
@@ -477,33 +519,63 @@ impl Plugin {
         Ok(step)
     }
 
-    /// Placement: a verdict per node (at most one each, only nodes of `nodes`).
+    /// Placement: verdicts naming nodes of `nodes` by id. A 0.2 plugin answers for every
+    /// node (its verdicts come back in node order); a 0.1.0 plugin at most once per node, and a
+    /// node it leaves out is infeasible for the caller.
     pub fn place(
         &self,
         request: &PlacementRequest,
         nodes: &[Node],
     ) -> Result<Vec<Verdict>, PluginError> {
-        let Pre::Placement(pre) = &self.loaded.pre else {
-            return Err(self.wrong_world(World::Placement));
-        };
-        let request_in = bindings::placement_request(request);
-        let nodes_in: Vec<_> = nodes.iter().map(bindings::node).collect();
         let deadline = self.runtime.limits.call_deadline;
-        let out = self.call(
-            deadline,
-            |_| {},
-            |store| {
-                pre.instantiate(&mut *store)?
-                    .call_place(&mut *store, &request_in, &nodes_in)
-            },
-        )?;
-        let verdicts: Vec<Verdict> = out
-            .map_err(|e| self.failed(e))?
-            .into_iter()
-            .map(bindings::verdict)
-            .collect();
-        validate::verdicts(&verdicts, nodes).map_err(|e| self.invalid_output(e))?;
-        Ok(verdicts)
+        match &self.loaded.pre {
+            Pre::Placement(pre) => {
+                let request_in = bindings::placement_request(request);
+                let nodes_in = bindings::nodes(request, nodes);
+                let out = self.call(
+                    deadline,
+                    |_| {},
+                    |store| {
+                        pre.instantiate(&mut *store)?.call_place(
+                            &mut *store,
+                            &request_in,
+                            &nodes_in,
+                        )
+                    },
+                )?;
+                let out = out.map_err(|e| self.failed(e))?;
+                validate::indexed_verdicts(
+                    out.scores.len(),
+                    out.infeasible.iter().map(|i| (i.node, i.reason.len())),
+                    nodes,
+                )
+                .map_err(|e| self.invalid_output(e))?;
+                Ok(bindings::verdicts(out, nodes))
+            }
+            Pre::PlacementV0_1(pre) => {
+                let request_in = v0_1::placement_request(request);
+                let nodes_in: Vec<_> = nodes.iter().map(v0_1::node).collect();
+                let out = self.call(
+                    deadline,
+                    |_| {},
+                    |store| {
+                        pre.instantiate(&mut *store)?.call_place(
+                            &mut *store,
+                            &request_in,
+                            &nodes_in,
+                        )
+                    },
+                )?;
+                let verdicts: Vec<Verdict> = out
+                    .map_err(|e| self.failed(e))?
+                    .into_iter()
+                    .map(v0_1::verdict)
+                    .collect();
+                validate::verdicts(&verdicts, nodes).map_err(|e| self.invalid_output(e))?;
+                Ok(verdicts)
+            }
+            _ => Err(self.wrong_world(World::Placement)),
+        }
     }
 
     /// Probe: `Ok(Ok(()))` healthy, `Ok(Err(reason))` unhealthy. The plugin reaches the

@@ -1,5 +1,8 @@
-//! orca's own mirror of the WIT records of `orca:plugin@0.1.0` (see `wit/types.wit`): the
-//! plugin runtime's public API speaks these types; the bindgen types stay in `bindings`.
+//! orca's own types for plugin calls, the plugin runtime's public API. They mirror the WIT
+//! records of `orca:plugin` (see `wit/types.wit`) where the contract is plain data; where a
+//! contract version sends a leaner shape (placement nodes by index in 0.2.0), the runtime
+//! converts, so callers see one API whatever version a plugin was built against. The
+//! bindgen types stay in `bindings` and `v0_1`.
 
 use std::fmt;
 
@@ -109,6 +112,21 @@ pub struct Node {
     pub instances: u32,
     pub draining: bool,
     pub labels: Vec<Pair>,
+}
+
+impl Node {
+    /// Whether the node satisfies the pin `[service.placement] node = "pin"`: its name or its
+    /// address contains `pin`, ASCII case-insensitively. The host evaluates this for the
+    /// placement world (`node.selected` since `orca:plugin@0.2.0`).
+    pub fn matches_pin(&self, pin: &str) -> bool {
+        contains_ignore_ascii_case(&self.name, pin)
+            || contains_ignore_ascii_case(&self.address, pin)
+    }
+}
+
+fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }
 
 /// Traffic split between the stable and the candidate revision, as relative weights.

@@ -66,6 +66,38 @@ pub(crate) fn verdicts(verdicts: &[Verdict], nodes: &[Node]) -> Result<(), Strin
     Ok(())
 }
 
+/// The rules for verdicts naming nodes by index (`orca:plugin@0.2.0`): one score per node,
+/// and each infeasible node in range and listed at most once. `infeasible` gives each entry's
+/// node index and reason length.
+pub(crate) fn indexed_verdicts(
+    scores: usize,
+    infeasible: impl IntoIterator<Item = (u32, usize)>,
+    nodes: &[Node],
+) -> Result<(), String> {
+    if scores != nodes.len() {
+        return Err(format!("{scores} scores for {} nodes", nodes.len()));
+    }
+    let mut seen = vec![false; nodes.len()];
+    for (index, reason_len) in infeasible {
+        let Some(slot) = usize::try_from(index).ok().and_then(|i| seen.get_mut(i)) else {
+            return Err(format!(
+                "infeasible node index {index} of {} nodes",
+                nodes.len()
+            ));
+        };
+        let id = &nodes[index as usize].id;
+        if std::mem::replace(slot, true) {
+            return Err(format!("node {id:?} listed infeasible twice"));
+        }
+        if reason_len > MAX_REASON {
+            return Err(format!(
+                "verdict reason for {id:?} longer than {MAX_REASON} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Redeploys name registered hooks; a rejection is a 4xx or 5xx status.
 pub(crate) fn webhook(
     outcome: &Result<WebhookOutcome, Rejection>,
@@ -162,5 +194,12 @@ mod tests {
         assert!(verdicts(&[v("a")], &nodes).is_ok());
         assert!(verdicts(&[v("b")], &nodes).is_err());
         assert!(verdicts(&[v("a"), v("a")], &nodes).is_err());
+        assert!(indexed_verdicts(1, [], &nodes).is_ok());
+        assert!(indexed_verdicts(1, [(0, 10)], &nodes).is_ok());
+        assert!(indexed_verdicts(0, [], &nodes).is_err());
+        assert!(indexed_verdicts(2, [], &nodes).is_err());
+        assert!(indexed_verdicts(1, [(1, 0)], &nodes).is_err());
+        assert!(indexed_verdicts(1, [(0, 0), (0, 0)], &nodes).is_err());
+        assert!(indexed_verdicts(1, [(0, MAX_REASON + 1)], &nodes).is_err());
     }
 }

@@ -3,14 +3,16 @@
 //! **Filter** (every reason that applies is reported, joined by `; `):
 //! - a draining node is infeasible (`node is draining`);
 //! - with `[service.placement] node = "X"`, a node whose name and address both do not contain
-//!   `X` (ASCII case-insensitively) is infeasible (`does not match placement.node = X`);
+//!   `X` (ASCII case-insensitively; the host evaluates this as `node.selected`) is infeasible
+//!   (`does not match placement.node = X`);
 //! - a node with less free memory or CPU than the instance asks for is infeasible, with both
 //!   numbers.
 //!
 //! **Score** (feasible nodes): fewer instances of this service on the node first (spreading
 //! replicas over nodes), then more memory left free after placing the instance.
 //!
-//! Every node of the request gets exactly one verdict (the host requires it).
+//! Every node of the request gets exactly one verdict, in the order given (naming nodes by
+//! index).
 
 #![deny(unsafe_code)]
 
@@ -34,52 +36,59 @@ pub fn score(existing: u32, memory_free_after: u64) -> u32 {
     (spread << MEMORY_BITS) | memory
 }
 
-/// Why `node` cannot take the instance, if it cannot.
+/// Why `node` cannot take the instance, if it cannot: every reason that applies, joined by
+/// `; `, built in one string (this runs for every infeasible node of every call).
 pub fn infeasibility(request: &PlacementRequest, node: &Node) -> Option<String> {
-    let mut reasons = Vec::new();
-    if node.draining {
-        reasons.push("node is draining".to_string());
+    use std::fmt::Write as _;
+    let mut reasons = String::new();
+    fn next(reasons: &mut String) {
+        if !reasons.is_empty() {
+            reasons.push_str("; ");
+        }
     }
-    if let Some(pin) = request.pin.as_deref().filter(|p| !p.is_empty()) {
-        let matches =
-            contains_ignore_case(&node.name, pin) || contains_ignore_case(&node.address, pin);
-        if !matches {
-            reasons.push(format!("does not match placement.node = {pin}"));
+    if node.draining {
+        next(&mut reasons);
+        reasons.push_str("node is draining");
+    }
+    if !node.selected {
+        next(&mut reasons);
+        match request.pin.as_deref() {
+            Some(pin) => {
+                reasons.push_str("does not match placement.node = ");
+                reasons.push_str(pin);
+            }
+            None => reasons.push_str("not selected by the service's placement"),
         }
     }
     if request.memory_bytes > node.memory_bytes_free {
-        reasons.push(format!(
+        next(&mut reasons);
+        let _ = write!(
+            reasons,
             "needs {} bytes of memory, {} free",
             request.memory_bytes, node.memory_bytes_free
-        ));
+        );
     }
     if request.cpu_millis > node.cpu_millis_free {
-        reasons.push(format!(
+        next(&mut reasons);
+        let _ = write!(
+            reasons,
             "needs {} millicores of CPU, {} free",
             request.cpu_millis, node.cpu_millis_free
-        ));
+        );
     }
-    (!reasons.is_empty()).then(|| reasons.join("; "))
-}
-
-fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    haystack
-        .to_ascii_lowercase()
-        .contains(&needle.to_ascii_lowercase())
+    (!reasons.is_empty()).then_some(reasons)
 }
 
 impl Placement for Spread {
     fn place(&self, request: &PlacementRequest, nodes: &[Node]) -> Result<Vec<Verdict>, String> {
         Ok(nodes
             .iter()
-            .map(|node| match infeasibility(request, node) {
-                Some(reason) => Verdict::infeasible(node.id.clone(), reason),
+            .zip(0u32..)
+            .map(|(node, index)| match infeasibility(request, node) {
+                Some(reason) => Verdict::infeasible(index, reason),
                 None => Verdict::feasible(
-                    node.id.clone(),
-                    score(
-                        request.existing_on(&node.id),
-                        node.memory_bytes_free - request.memory_bytes,
-                    ),
+                    index,
+                    score(node.existing, node.memory_bytes_free - request.memory_bytes),
                 ),
             })
             .collect())
@@ -88,132 +97,123 @@ impl Placement for Spread {
 
 orca_plugin_sdk::export_placement!(Spread);
 
+// A call allocates a few bytes per node and the instance is discarded afterwards.
+#[cfg(target_family = "wasm")]
+#[global_allocator]
+static ALLOC: orca_plugin_sdk::CallArena = orca_plugin_sdk::CallArena::new();
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orca_plugin_sdk::types::NodeCount;
 
     const GIB: u64 = 1 << 30;
 
-    fn node(id: &str, name: &str, address: &str, mem_free: u64, cpu_free: u32) -> Node {
+    fn node(mem_free: u64, cpu_free: u32) -> Node {
         Node {
-            id: id.into(),
-            name: name.into(),
-            address: address.into(),
             cpu_millis: 4000,
             cpu_millis_free: cpu_free,
             memory_bytes: 16 * GIB,
             memory_bytes_free: mem_free,
-            instances: 0,
-            draining: false,
-            labels: Vec::new(),
+            ..Node::default()
         }
     }
 
-    fn request(existing: &[(&str, u32)]) -> PlacementRequest {
+    fn with_existing(mut n: Node, existing: u32) -> Node {
+        n.existing = existing;
+        n
+    }
+
+    fn request() -> PlacementRequest {
         PlacementRequest {
             memory_bytes: GIB,
             cpu_millis: 500,
-            existing: existing
-                .iter()
-                .map(|(n, c)| NodeCount {
-                    node: (*n).into(),
-                    count: *c,
-                })
-                .collect(),
             ..PlacementRequest::default()
         }
     }
 
-    fn best(verdicts: &[Verdict]) -> &str {
+    fn best(verdicts: &[Verdict]) -> u32 {
         verdicts
             .iter()
-            .filter(|v| v.feasible)
+            .filter(|v| v.is_feasible())
             .max_by_key(|v| v.score)
-            .map(|v| v.node.as_str())
+            .map(|v| v.node)
             .unwrap()
     }
 
     #[test]
     fn spreads_first_then_prefers_free_memory() {
-        let nodes = [
-            node("a", "alpha", "10.0.0.1", 8 * GIB, 2000),
-            node("b", "beta", "10.0.0.2", 4 * GIB, 2000),
-            node("c", "gamma", "10.0.0.3", 12 * GIB, 2000),
-        ];
+        let (a, b, c) = (
+            node(8 * GIB, 2000),
+            node(4 * GIB, 2000),
+            node(12 * GIB, 2000),
+        );
         // No instance anywhere: most free memory wins.
-        let v = Spread.place(&request(&[]), &nodes).unwrap();
-        assert_eq!(v.len(), 3);
-        assert!(v.iter().all(|v| v.feasible));
-        assert_eq!(best(&v), "c");
-        // c already runs one: a (more memory than b) wins.
-        let v = Spread.place(&request(&[("c", 1)]), &nodes).unwrap();
-        assert_eq!(best(&v), "a");
-        // Fewer instances beat any amount of memory.
         let v = Spread
-            .place(&request(&[("c", 1), ("a", 1)]), &nodes)
+            .place(&request(), &[a.clone(), b.clone(), c.clone()])
             .unwrap();
-        assert_eq!(best(&v), "b");
+        assert_eq!(v.len(), 3);
+        assert!(v.iter().all(|v| v.is_feasible()));
+        assert_eq!(best(&v), 2);
+        // c already runs one: a (more memory than b) wins.
+        let nodes = [a.clone(), b.clone(), with_existing(c.clone(), 1)];
+        let v = Spread.place(&request(), &nodes).unwrap();
+        assert_eq!(best(&v), 0);
+        // Fewer instances beat any amount of memory.
+        let nodes = [with_existing(a, 1), b, with_existing(c, 1)];
+        let v = Spread.place(&request(), &nodes).unwrap();
+        assert_eq!(best(&v), 1);
         assert!(score(0, 0) > score(1, u64::MAX));
         assert_eq!(score(5000, 0), score(MAX_COUNTED, 0));
     }
 
     #[test]
     fn filters_with_reasons_and_answers_for_every_node() {
-        let mut draining = node("d", "delta", "10.0.0.4", 8 * GIB, 2000);
+        let mut draining = node(8 * GIB, 2000);
         draining.draining = true;
         let nodes = [
             draining,
-            node("s", "small", "10.0.0.5", GIB / 2, 2000),
-            node("c", "cpuless", "10.0.0.6", 8 * GIB, 100),
-            node("o", "ok", "10.0.0.7", 8 * GIB, 2000),
+            node(GIB / 2, 2000),
+            node(8 * GIB, 100),
+            node(8 * GIB, 2000),
         ];
-        let v = Spread.place(&request(&[]), &nodes).unwrap();
+        let v = Spread.place(&request(), &nodes).unwrap();
+        assert_eq!(v.iter().map(|v| v.node).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(v[0].infeasible.as_deref(), Some("node is draining"));
         assert_eq!(
-            v.iter().map(|v| v.node.as_str()).collect::<Vec<_>>(),
-            ["d", "s", "c", "o"]
+            v[1].infeasible,
+            Some(format!("needs {GIB} bytes of memory, {} free", GIB / 2))
         );
-        assert!(!v[0].feasible);
-        assert_eq!(v[0].reason, "node is draining");
-        assert!(!v[1].feasible);
         assert_eq!(
-            v[1].reason,
-            format!("needs {GIB} bytes of memory, {} free", GIB / 2)
+            v[2].infeasible.as_deref(),
+            Some("needs 500 millicores of CPU, 100 free")
         );
-        assert!(!v[2].feasible);
-        assert_eq!(v[2].reason, "needs 500 millicores of CPU, 100 free");
-        assert!(v[3].feasible);
-        assert!(v[3].reason.is_empty());
+        assert!(v[3].is_feasible());
     }
 
     #[test]
-    fn pinning_matches_name_or_address() {
-        let nodes = [
-            node("1", "web-1.example.com", "10.0.0.1", 8 * GIB, 2000),
-            node("2", "db-1.example.com", "10.0.0.2", 8 * GIB, 2000),
-        ];
-        let mut req = request(&[]);
+    fn pinning_follows_the_hosts_selection() {
+        let mut other = node(8 * GIB, 2000);
+        other.selected = false;
+        let nodes = [node(8 * GIB, 2000), other.clone()];
+        let mut req = request();
         req.pin = Some("WEB-1".into());
         let v = Spread.place(&req, &nodes).unwrap();
-        assert!(v[0].feasible);
-        assert!(!v[1].feasible);
-        assert_eq!(v[1].reason, "does not match placement.node = WEB-1");
-        req.pin = Some("10.0.0.2".into());
-        let v = Spread.place(&req, &nodes).unwrap();
-        assert!(!v[0].feasible);
-        assert!(v[1].feasible);
-        // Every reason is given.
-        let mut drained = nodes[0].clone();
-        drained.draining = true;
-        let v = Spread.place(&req, &[drained]).unwrap();
+        assert!(v[0].is_feasible());
         assert_eq!(
-            v[0].reason,
-            "node is draining; does not match placement.node = 10.0.0.2"
+            v[1].infeasible.as_deref(),
+            Some("does not match placement.node = WEB-1")
+        );
+        // Every reason is given.
+        other.draining = true;
+        let v = Spread.place(&req, &[other]).unwrap();
+        assert_eq!(
+            v[0].infeasible.as_deref(),
+            Some("node is draining; does not match placement.node = WEB-1")
         );
     }
 
     #[test]
     fn no_nodes_no_verdicts() {
-        assert!(Spread.place(&request(&[]), &[]).unwrap().is_empty());
+        assert!(Spread.place(&request(), &[]).unwrap().is_empty());
     }
 }

@@ -84,6 +84,9 @@ pub struct ClusterConfig {
     /// plain HTTP, or HTTPS with their own `tls_cert`).
     #[serde(default)]
     pub acme: Option<AcmeSettings>,
+    /// The `[build]` table: how git-build reaches repositories and how long a build may take.
+    #[serde(default)]
+    pub build: BuildSettings,
 }
 
 /// Timeouts and limits of the proxy (`[proxy]` in cluster.toml); each stops one kind of
@@ -290,6 +293,36 @@ fn check_acme(acme: &AcmeSettings) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// git-build settings (`[build]` in cluster.toml).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSettings {
+    /// Private key for `ssh://` and `git@host:path` repositories (absolute path).
+    #[serde(default)]
+    pub ssh_key: Option<String>,
+    /// `known_hosts` file for ssh repositories (absolute path); without it, a host's key is
+    /// accepted the first time and pinned in `$ORCA_HOME/known_hosts`.
+    #[serde(default)]
+    pub known_hosts: Option<String>,
+    /// Longest a build (checkout + image build) may take, in seconds (default 1800).
+    #[serde(default = "default_build_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_build_timeout() -> u64 {
+    1800
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        BuildSettings {
+            ssh_key: None,
+            known_hosts: None,
+            timeout_secs: default_build_timeout(),
+        }
+    }
+}
+
 /// Limits of WebAssembly plugin calls (`[plugins]` in cluster.toml).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -427,6 +460,29 @@ fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
                 plugins.memory_limit_mib
             ),
         ));
+    }
+    let build = &config.build;
+    if !(10..=86_400).contains(&build.timeout_secs) {
+        return Err(Invalid::new(
+            FieldPath::key("build").k("timeout_secs"),
+            format!(
+                "timeout_secs {} is out of range: allowed 10 to 86400",
+                build.timeout_secs
+            ),
+        ));
+    }
+    for (key, value) in [
+        ("ssh_key", &build.ssh_key),
+        ("known_hosts", &build.known_hosts),
+    ] {
+        if let Some(path) = value {
+            if !Path::new(path).is_absolute() {
+                return Err(Invalid::new(
+                    FieldPath::key("build").k(key),
+                    format!("{key} must be an absolute path, got {path:?}"),
+                ));
+            }
+        }
     }
     for (i, token) in config.tokens.iter().enumerate() {
         let at = |key: &str| FieldPath::key("token").i(i).k(key);

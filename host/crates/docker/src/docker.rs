@@ -12,9 +12,10 @@ use bollard::models::{
     RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    InspectContainerOptions, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptions, StopContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptions,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
@@ -475,6 +476,71 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if status(&e) == Some(404) => Ok(false),
             Err(e) => Err(map_err("inspect image", e)),
         }
+    }
+
+    #[tracing::instrument(name = "orca.docker.build_image", skip(self, context_tar, on_line), fields(bytes = context_tar.len()))]
+    async fn build_image(
+        &self,
+        context_tar: Vec<u8>,
+        dockerfile: &str,
+        tag: &str,
+        mut on_line: Box<dyn FnMut(&str) + Send>,
+    ) -> Result<String, RuntimeError> {
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile(dockerfile)
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let mut stream =
+            self.docker
+                .build_image(options, None, Some(bollard::body_full(context_tar.into())));
+        // The legacy builder announces each step as `Step N/M : INSTRUCTION`; the last one
+        // seen is the step a failure belongs to.
+        let mut step = String::from("the build context");
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(e @ BollardError::DockerStreamError { .. }) => {
+                    return Err(RuntimeError::Build {
+                        step,
+                        reason: reason(&e),
+                    })
+                }
+                Err(e) if status(&e).is_some() => {
+                    return Err(RuntimeError::Build {
+                        step,
+                        reason: reason(&e),
+                    })
+                }
+                Err(e) => return Err(map_err("build image", e)),
+            };
+            if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
+                for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+                    if line.starts_with("Step ") {
+                        step = line.to_string();
+                    }
+                    on_line(line);
+                }
+            }
+            if let Some(detail) = info.error_detail {
+                let message = detail.message.unwrap_or_else(|| "unknown error".into());
+                on_line(&message);
+                return Err(RuntimeError::Build {
+                    step,
+                    reason: message,
+                });
+            }
+        }
+        let image = self
+            .docker
+            .inspect_image(tag)
+            .await
+            .map_err(|e| map_err("inspect built image", e))?;
+        image.id.ok_or_else(|| RuntimeError::Engine {
+            op: "inspect built image".into(),
+            reason: format!("image {tag} has no id"),
+        })
     }
 
     #[tracing::instrument(name = "orca.docker.stats", skip(self))]

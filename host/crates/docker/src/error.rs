@@ -23,6 +23,11 @@ pub enum RuntimeError {
     #[error("container {id:?} not found")]
     NotFound { id: String },
 
+    /// An image build failed: `step` is the build step that failed (`Step 2/3 : COPY app /`)
+    /// when the engine named one, `reason` the engine's message.
+    #[error("image build failed at {step}: {reason}")]
+    Build { step: String, reason: String },
+
     /// The engine refused or failed an operation for another reason.
     #[error("container engine failed to {op}: {reason}")]
     Engine { op: String, reason: String },

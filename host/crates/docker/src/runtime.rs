@@ -74,4 +74,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// One resource-usage sample of a running container.
     fn stats(&self, id: &str) -> impl Future<Output = Result<ContainerStats, RuntimeError>> + Send;
+
+    /// Builds an image from a build context (an uncompressed tar holding `dockerfile`, a path
+    /// inside the tar) and tags it `tag`. Every line of build output goes to `on_line` as it
+    /// arrives. Returns the image id. A failed build is [`RuntimeError::Build`], naming the
+    /// step that failed.
+    fn build_image(
+        &self,
+        context_tar: Vec<u8>,
+        dockerfile: &str,
+        tag: &str,
+        on_line: Box<dyn FnMut(&str) + Send>,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
 }

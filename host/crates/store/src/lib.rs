@@ -19,6 +19,10 @@
 //! - [`certs`] — owns tables `certificates` ([`CertificateRecord`]: PEM chain, sealed
 //!   private key), `acme_orders` ([`AcmeOrderRecord`]: failures, the CA's reason, next
 //!   attempt) and `acme_accounts` (sealed ACME account credentials).
+//! - [`webhooks`] — owns tables `webhooks` ([`WebhookRecord`], secrets sealed), `deliveries`
+//!   (the recent delivery log, [`DeliveryRecord`]) and `delivery_ids` (dedupe of redeliveries).
+//! - [`builds`] — owns table `builds`: each service's recent image builds ([`BuildRecord`])
+//!   with their output.
 //! - `record` — JSON encoding with a `schema` version on every value; decode failures become
 //!   [`StoreError::Corrupt`].
 //! - [`error`] — [`StoreError`].
@@ -45,6 +49,7 @@ use std::sync::Arc;
 
 use redb::Database;
 
+pub mod builds;
 pub mod certs;
 pub mod error;
 mod record;
@@ -53,7 +58,9 @@ pub mod rollouts;
 pub mod secrets;
 pub mod services;
 pub mod tokens;
+pub mod webhooks;
 
+pub use builds::{BuildRecord, BuildStatus};
 pub use certs::{AcmeOrderRecord, CertSource, CertificateRecord, ACME_SEAL_SCOPE, TLS_SEAL_SCOPE};
 pub use error::StoreError;
 pub use revisions::{RevisionRecord, REVISIONS_KEPT};
@@ -61,6 +68,7 @@ pub use rollouts::{RolloutPhase, RolloutRecord, PLUGIN_STATE_MAX};
 pub use secrets::{SecretBox, SecretMeta};
 pub use services::{DeployItem, DeployOutcome, DesiredState, ServiceRecord};
 pub use tokens::{generate_token, hash_token, StoredToken, TokenSet};
+pub use webhooks::{DeliveryRecord, WebhookRecord};
 
 /// A handle to orca's state database. Cloning is cheap (the database sits behind an `Arc`);
 /// clones share one redb `Database`, which serializes writers and lets readers run
@@ -99,6 +107,8 @@ impl Store {
         revisions::create_table(&txn)?;
         rollouts::create_table(&txn)?;
         certs::create_table(&txn)?;
+        webhooks::create_table(&txn)?;
+        builds::create_table(&txn)?;
         txn.commit()?;
         tracing::debug!(path = %path.display(), "orca.store.open");
         Ok(Store {

@@ -50,6 +50,9 @@ pub struct RevisionRecord {
     /// The host's fingerprint of this version (image and resolved environment, without
     /// `replicas`).
     pub fingerprint: String,
+    /// The git commit this revision was built from or deployed for (a push, or a build of
+    /// the branch head); `None` for a deploy of a plain image.
+    pub commit: Option<String>,
     /// Unix seconds when the revision was created, as passed in by the caller.
     pub created_at: u64,
 }
@@ -66,6 +69,7 @@ impl fmt::Debug for RevisionRecord {
                 &format_args!("<{} bytes>", self.sealed_env.len()),
             )
             .field("fingerprint", &self.fingerprint)
+            .field("commit", &self.commit)
             .field("created_at", &self.created_at)
             .finish()
     }
@@ -81,6 +85,8 @@ struct Row {
     spec: ServiceSpec,
     sealed_env: String,
     fingerprint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    commit: Option<String>,
     created_at: u64,
 }
 
@@ -125,6 +131,7 @@ fn decode_row(key: &str, bytes: &[u8]) -> Result<RevisionRecord, StoreError> {
         spec: row.spec,
         sealed_env,
         fingerprint: row.fingerprint,
+        commit: row.commit,
         created_at: row.created_at,
     })
 }
@@ -138,6 +145,7 @@ fn encode_row(record: &RevisionRecord) -> Vec<u8> {
         spec: record.spec.clone(),
         sealed_env: hex::encode(&record.sealed_env),
         fingerprint: record.fingerprint.clone(),
+        commit: record.commit.clone(),
         created_at: record.created_at,
     })
 }
@@ -312,6 +320,7 @@ pub(crate) mod tests {
             spec: spec("web", "api", "api:1", 1),
             sealed_env: vec![0xde, 0xad, 0xbe, 0xef],
             fingerprint: "fp".into(),
+            commit: None,
             created_at: 7,
         }
     }

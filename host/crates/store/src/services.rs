@@ -83,6 +83,8 @@ pub struct DeployItem {
     /// The host's fingerprint of this version (image and resolved environment, computed
     /// without `replicas`). Equal fingerprints mean "same version".
     pub fingerprint: String,
+    /// The git commit this version comes from, if any (kept in the revision record).
+    pub commit: Option<String>,
 }
 
 impl fmt::Debug for DeployItem {
@@ -94,6 +96,7 @@ impl fmt::Debug for DeployItem {
                 &format_args!("<{} bytes>", self.sealed_env.len()),
             )
             .field("fingerprint", &self.fingerprint)
+            .field("commit", &self.commit)
             .finish()
     }
 }
@@ -313,6 +316,7 @@ impl Store {
                                 spec: spec.clone(),
                                 sealed_env: item.sealed_env.clone(),
                                 fingerprint: item.fingerprint.clone(),
+                                commit: item.commit.clone(),
                                 created_at: now_unix,
                             },
                         )?;
@@ -374,6 +378,7 @@ impl Store {
                     spec: spec.clone(),
                     sealed_env: source.sealed_env,
                     fingerprint: source.fingerprint,
+                    commit: source.commit,
                     created_at: now_unix,
                 },
             )?;
@@ -507,6 +512,7 @@ mod tests {
             spec,
             sealed_env: format!("sealed:{fingerprint}").into_bytes(),
             fingerprint: fingerprint.to_owned(),
+            commit: None,
         }
     }
 
@@ -710,6 +716,7 @@ mod tests {
                 spec: spec("web", "api", "api:1", 2),
                 sealed_env: sealed,
                 fingerprint: "fp:api:1".into(),
+                commit: None,
                 created_at: 100,
             }
         );
