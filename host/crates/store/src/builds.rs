@@ -67,6 +67,15 @@ struct Row {
     build: BuildRecord,
 }
 
+/// The stored form of a build, its log bounded.
+fn encode_build(mut build: BuildRecord) -> Vec<u8> {
+    bound_log(&mut build.log);
+    encode(&Row {
+        schema: SCHEMA,
+        build,
+    })
+}
+
 fn build_key(project: &str, service: &str, number: u64) -> String {
     format!("{}/{number:020}", scoped_key(project, service))
 }
@@ -112,16 +121,8 @@ impl Store {
             };
             let mut row = build.clone();
             row.number = number;
-            bound_log(&mut row.log);
             let key = build_key(&build.project, &build.service, number);
-            table.insert(
-                key.as_str(),
-                encode(&Row {
-                    schema: SCHEMA,
-                    build: row,
-                })
-                .as_slice(),
-            )?;
+            table.insert(key.as_str(), encode_build(row).as_slice())?;
             let excess = (keys.len() + 1).saturating_sub(BUILDS_KEPT);
             for k in keys.iter().take(excess) {
                 table.remove(k.as_str())?;
@@ -142,16 +143,7 @@ impl Store {
                     what: format!("build {key}"),
                 });
             }
-            let mut row = build.clone();
-            bound_log(&mut row.log);
-            table.insert(
-                key.as_str(),
-                encode(&Row {
-                    schema: SCHEMA,
-                    build: row,
-                })
-                .as_slice(),
-            )?;
+            table.insert(key.as_str(), encode_build(build.clone()).as_slice())?;
         }
         txn.commit()?;
         Ok(())

@@ -12,7 +12,7 @@ use std::fmt;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::record::{decode, encode};
+use crate::record::{decode, encode, hex_bytes, Versioned};
 use crate::{Store, StoreError};
 
 const CERTS_NAME: &str = "certificates";
@@ -91,26 +91,6 @@ pub struct AcmeOrderRecord {
 struct AccountRow {
     #[serde(with = "hex_bytes")]
     sealed: Vec<u8>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Versioned<T> {
-    schema: u32,
-    #[serde(flatten)]
-    value: T,
-}
-
-mod hex_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
-        hex::decode(text).map_err(serde::de::Error::custom)
-    }
 }
 
 pub(crate) fn create_table(txn: &WriteTransaction) -> Result<(), StoreError> {

@@ -6,6 +6,29 @@ use serde::Serialize;
 
 use crate::StoreError;
 
+/// A record stored as its own fields plus a `schema` version, for tables whose rows are a
+/// plain serde type.
+#[derive(Serialize, serde::Deserialize)]
+pub(crate) struct Versioned<T> {
+    pub(crate) schema: u32,
+    #[serde(flatten)]
+    pub(crate) value: T,
+}
+
+/// Byte fields (sealed secrets, keys) stored as hex strings: `#[serde(with = "hex_bytes")]`.
+pub(crate) mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Encodes a record as JSON bytes.
 ///
 /// Records are plain structs of strings and integers, so serialization cannot fail; a failure

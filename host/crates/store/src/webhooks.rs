@@ -9,7 +9,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::record::{decode, encode};
+use crate::record::{decode, encode, hex_bytes, Versioned};
 use crate::{Store, StoreError};
 
 const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhooks");
@@ -89,26 +89,6 @@ pub struct DeliveryRecord {
     pub hooks: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Row<T> {
-    schema: u32,
-    #[serde(flatten)]
-    value: T,
-}
-
-mod hex_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
-        hex::decode(text).map_err(serde::de::Error::custom)
-    }
-}
-
 pub(crate) fn create_table(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(WEBHOOKS)?;
     txn.open_table(DELIVERIES)?;
@@ -117,7 +97,7 @@ pub(crate) fn create_table(txn: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 fn encode_row<T: Serialize + Clone>(value: &T) -> Vec<u8> {
-    encode(&Row {
+    encode(&Versioned {
         schema: SCHEMA,
         value: value.clone(),
     })
@@ -128,7 +108,7 @@ fn decode_row<T: serde::de::DeserializeOwned>(
     key: &str,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    decode::<Row<T>>(table, key, bytes, SCHEMA, |r| r.schema).map(|r| r.value)
+    decode::<Versioned<T>>(table, key, bytes, SCHEMA, |r| r.schema).map(|r| r.value)
 }
 
 impl Store {
