@@ -11,6 +11,8 @@
 #![allow(dead_code)]
 
 use orca_plugin_sdk::types::{Hook, Redeploy, Rejection, WebhookOutcome, WebhookRequest};
+use orca_plugin_sdk::webhook::Crypto;
+use orca_plugin_sdk::{log, Level};
 use serde::Deserialize;
 
 /// The fields of a push payload the plugins read; everything else is ignored (notably Gitea's
@@ -227,6 +229,66 @@ pub fn push_outcome(
         )));
     }
     Ok(WebhookOutcome::Redeploy(redeploys))
+}
+
+/// The headers of a forge that signs the raw body with HMAC-SHA256 (GitHub, Gitea).
+pub struct HmacForge {
+    /// Name in log lines.
+    pub name: &'static str,
+    pub event_header: &'static str,
+    pub signature_header: &'static str,
+    pub delivery_header: &'static str,
+    /// The MAC a signature header carries, or why it is unusable (401).
+    pub parse_signature: fn(Option<&str>) -> Result<Vec<u8>, Rejection>,
+}
+
+/// The whole handling of a GitHub-shaped delivery signed with HMAC-SHA256 of the raw body:
+/// candidates by repository, signature verified against them, then `ping` → pong, `push` →
+/// redeploys of the verified hooks, any other event ignored.
+pub fn handle_hmac_delivery(
+    forge: &HmacForge,
+    request: &WebhookRequest,
+    hooks: &[Hook],
+    crypto: &dyn Crypto,
+) -> Result<WebhookOutcome, Rejection> {
+    let payload = parse(&request.body)?;
+    let repo = full_name(&payload)?;
+    let candidates = hooks_for(hooks, repo)?;
+
+    let mac = (forge.parse_signature)(request.header(forge.signature_header))?;
+    let verified = verified(&candidates, repo, forge.signature_header, |secret| {
+        crypto.constant_time_eq(&crypto.hmac_sha256(secret, &request.body), &mac)
+    })?;
+
+    let delivery = request.header(forge.delivery_header).unwrap_or("-");
+    let event = required_header(request, forge.event_header)?;
+    log(
+        Level::Info,
+        &format!(
+            "{}: verified {event} delivery {delivery} for {repo}",
+            forge.name
+        ),
+    );
+    match event {
+        "ping" => Ok(WebhookOutcome::Pong),
+        "push" => push_outcome(
+            &verified,
+            repo,
+            payload.git_ref.as_deref(),
+            payload
+                .after
+                .as_deref()
+                .or(payload.head_commit.as_ref().and_then(|c| c.id.as_deref())),
+            payload.deleted.unwrap_or(false),
+            payload
+                .repository
+                .as_ref()
+                .and_then(|r| r.default_branch.as_deref()),
+        ),
+        other => Ok(WebhookOutcome::Ignore(format!(
+            "event {other} is not handled"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@
 
 use orca_plugin_sdk::types::{Hook, Rejection, WebhookOutcome, WebhookRequest};
 use orca_plugin_sdk::webhook::{Crypto, Webhook};
-use orca_plugin_sdk::{log, Level};
 
 #[path = "../../shared/forge.rs"]
 mod forge;
@@ -62,41 +61,14 @@ impl Webhook for GitHub {
         hooks: &[Hook],
         crypto: &dyn Crypto,
     ) -> Result<WebhookOutcome, Rejection> {
-        let payload = forge::parse(&request.body)?;
-        let repo = forge::full_name(&payload)?;
-        let candidates = forge::hooks_for(hooks, repo)?;
-
-        let mac = parse_signature(request.header(SIGNATURE_HEADER))?;
-        let verified = forge::verified(&candidates, repo, SIGNATURE_HEADER, |secret| {
-            crypto.constant_time_eq(&crypto.hmac_sha256(secret, &request.body), &mac)
-        })?;
-
-        let delivery = request.header(DELIVERY_HEADER).unwrap_or("-");
-        let event = forge::required_header(request, EVENT_HEADER)?;
-        log(
-            Level::Info,
-            &format!("github: verified {event} delivery {delivery} for {repo}"),
-        );
-        match event {
-            "ping" => Ok(WebhookOutcome::Pong),
-            "push" => forge::push_outcome(
-                &verified,
-                repo,
-                payload.git_ref.as_deref(),
-                payload
-                    .after
-                    .as_deref()
-                    .or(payload.head_commit.as_ref().and_then(|c| c.id.as_deref())),
-                payload.deleted.unwrap_or(false),
-                payload
-                    .repository
-                    .as_ref()
-                    .and_then(|r| r.default_branch.as_deref()),
-            ),
-            other => Ok(WebhookOutcome::Ignore(format!(
-                "event {other} is not handled"
-            ))),
-        }
+        let headers = forge::HmacForge {
+            name: "github",
+            event_header: EVENT_HEADER,
+            signature_header: SIGNATURE_HEADER,
+            delivery_header: DELIVERY_HEADER,
+            parse_signature,
+        };
+        forge::handle_hmac_delivery(&headers, request, hooks, crypto)
     }
 }
 
