@@ -46,8 +46,18 @@ if ! getent hosts "$tls_host" | grep -q '^127\.0\.0\.1'; then
 fi
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-cargo build --release -q -p orca
-orca=$root/target/release/orca
+# ORCA_BENCH_PROXY=edge: measure orca's proxy as the crate's `edge` example (the same `Proxy`
+# with its defaults, a fixed routing table), release-built alone, while a debug `orca server`
+# only deploys the backends; for when a release build of the whole server is out of reach.
+mode=${ORCA_BENCH_PROXY:-server}
+if [ "$mode" = edge ]; then
+  cargo build -q -p orca
+  cargo build --release -q -p orca-proxy --example edge
+  orca=$root/target/debug/orca
+else
+  cargo build --release -q -p orca
+  orca=$root/target/release/orca
+fi
 tests/build-testapp-image.sh orca-testapp:latest >/dev/null
 
 export ORCA_HOME=$work/home ORCA_CONFIG_DIR=$work/config ORCA_API=http://127.0.0.1:$api_port
@@ -90,14 +100,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ORCA_API_ADDR=127.0.0.1:$api_port ORCA_HTTP_ADDR=127.0.0.1:${http_port[orca]} \
-  ORCA_HTTPS_ADDR=127.0.0.1:${https_port[orca]} ORCA_LOG=warn "$orca" server 2>"$work/orca.log" &
+server_http=${http_port[orca]} server_https=${https_port[orca]}
+[ "$mode" = edge ] && server_http=18190 server_https=18553
+ORCA_API_ADDR=127.0.0.1:$api_port ORCA_HTTP_ADDR=127.0.0.1:$server_http \
+  ORCA_HTTPS_ADDR=127.0.0.1:$server_https ORCA_LOG=warn "$orca" server 2>"$work/orca.log" &
 pids+=($!)
+orca_pid=$!
 until curl -fsS "$ORCA_API/api/v1/health" >/dev/null 2>&1; do sleep 0.05; done
 (cd "$ORCA_CONFIG_DIR/services/bench" && "$orca" deploy --timeout-secs 120 >/dev/null)
 address() { "$orca" status -o json | python3 -c "import json,sys; print([s for s in json.load(sys.stdin)['services'] if s['name']=='$1'][0]['instances'][0]['address'])"; }
 plain_backend=$(address plain)
 tls_backend=$(address tls)
+if [ "$mode" = edge ]; then
+  "$root/target/release/examples/edge" "127.0.0.1:${http_port[orca]}" "127.0.0.1:${https_port[orca]}" \
+    "$work/cert.pem" "$work/key.pem" "$tls_host" "$plain_host=$plain_backend" "$tls_host=$tls_backend" \
+    2>"$work/edge.log" &
+  pids+=($!)
+  orca_pid=$!
+fi
 
 cat >"$work/nginx.conf" <<EOF
 worker_processes auto;
@@ -160,7 +180,7 @@ for p in orca nginx caddy; do
   wait_ok "$p" --cacert "$work/cert.pem" "https://$tls_host:${https_port[$p]}/"
 done
 
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/${pids[0]}/status"; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$orca_pid/status"; }
 idle_rss=$(rss_kb)
 rm -f "$out"/rss-*
 
@@ -201,7 +221,7 @@ run() { # scenario proxy round
   # BENCH_PERF=1: profile orca's server process during its first run (perf report in $out).
   local perf_pid=
   if [ "${BENCH_PERF:-0}" = 1 ] && [ "$p" = orca ] && [ "$round" = 1 ]; then
-    perf record -F 499 -g -o "$out/$scenario-orca.perf.data" -p "${pids[0]}" -- sleep "$secs" >/dev/null 2>&1 &
+    perf record -F 499 -g -o "$out/$scenario-orca.perf.data" -p "$orca_pid" -- sleep "$secs" >/dev/null 2>&1 &
     perf_pid=$!
   fi
   # orca's RSS is sampled in the middle of each of its runs.
@@ -267,5 +287,5 @@ PY
 echo
 # (run is called in a subshell: the samples are collected from their files.)
 peak_rss=$(cat "$out"/rss-* | sort -n | tail -1)
-echo "orca server RSS: idle $((idle_rss / 1024)) MiB before the runs, peak $((peak_rss / 1024)) MiB sampled mid-run under load"
+echo "orca ($mode) RSS: idle $((idle_rss / 1024)) MiB before the runs, peak $((peak_rss / 1024)) MiB sampled mid-run under load"
 echo "wrk -t$threads -c$conns -d${secs}s --latency; h2load -t$threads -c$conns -m10 -D$secs; backend: orca-testapp in a container at its bridge address; nginx $(nginx -v 2>&1 | sed 's|.*/||'), caddy $(caddy version | cut -d' ' -f1), $(h2load --version | head -1); load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg); raw outputs in $out"
