@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Proxy benchmark: wrk through orca, nginx and caddy, one after the other in one run, against
-# the same backend (one orca-testapp container, reached by every proxy at its bridge address),
-# on the same machine. Two scenarios: HTTP/1.1 keep-alive on plain HTTP, and HTTPS (TLS 1.3,
-# HTTP/1.1 keep-alive; wrk speaks no HTTP/2). Access logs are off for all three.
+# Proxy benchmark: orca, nginx and caddy side by side in one run, against the same backend (one
+# orca-testapp container per scenario, reached by every proxy at its bridge address), on the
+# same machine. Four scenarios, access logs off for all three:
+#   http1  HTTP/1.1 keep-alive on plain HTTP (wrk)
+#   https  HTTPS, TLS 1.3, HTTP/1.1 keep-alive (wrk)
+#   h2     HTTPS, TLS 1.3, HTTP/2, 10 streams per connection (h2load)
+#   close  a new connection per request on plain HTTP (wrk with `Connection: close`)
+# Runs alternate (orca, nginx, caddy, orca, ...) ROUNDS times per scenario; the table gives the
+# median requests/s, p50 and p99 of the rounds, the errors of all rounds, and orca/nginx.
 #
-#   bench/proxy.sh [SECONDS] [CONNECTIONS]     (default 10 s per run, 64 connections)
+#   bench/proxy.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (default 10 s per run, 64 connections, 3)
 #
-# Needs wrk, nginx and caddy (Debian packages: apt-get install -y wrk nginx caddy), openssl
-# and a running Docker Engine. Prints a Markdown table for BENCHMARKS.md and writes the raw
-# wrk outputs under $BENCH_OUT (default target/bench-proxy). Loopback only; the HTTPS runs
-# need bench.orca.test to resolve to 127.0.0.1 (added to /etc/hosts when run as root).
-# Leaves no container, network or process behind.
+# Needs wrk, h2load, nginx and caddy (Debian: apt-get install -y wrk nghttp2-client nginx
+# caddy), openssl and a running Docker Engine. Prints Markdown tables for BENCHMARKS.md and
+# writes the raw outputs under $BENCH_OUT (default target/bench-proxy). Loopback only; the
+# HTTPS runs need bench.orca.test to resolve to 127.0.0.1 (added to /etc/hosts when run as
+# root). Also reports orca's RSS idle and under load. Leaves no container, network or process
+# behind. BENCH_PERF=1 records a perf profile of orca's first run of each scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 conns=${2:-64}
+rounds=${3:-3}
 threads=2
 root=$PWD
 out=${BENCH_OUT:-$root/target/bench-proxy}
@@ -27,8 +34,8 @@ declare -A http_port=([orca]=18180 [nginx]=18181 [caddy]=18182)
 declare -A https_port=([orca]=18543 [nginx]=18544 [caddy]=18545)
 cluster=benchproxy$$
 
-for tool in wrk nginx caddy openssl docker curl; do
-  command -v "$tool" >/dev/null || { echo "error: $tool is not installed (apt-get install -y wrk nginx caddy)" >&2; exit 1; }
+for tool in wrk h2load nginx caddy openssl docker curl python3; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is not installed (apt-get install -y wrk nghttp2-client nginx caddy)" >&2; exit 1; }
 done
 if ! getent hosts "$tls_host" | grep -q '^127\.0\.0\.1'; then
   if [ "$(id -u)" = 0 ]; then
@@ -38,8 +45,19 @@ if ! getent hosts "$tls_host" | grep -q '^127\.0\.0\.1'; then
   fi
 fi
 
-cargo build --release -q -p orca
-orca=$root/target/release/orca
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+# ORCA_BENCH_PROXY=edge: measure orca's proxy as the crate's `edge` example (the same `Proxy`
+# with its defaults, a fixed routing table), release-built alone, while a debug `orca server`
+# only deploys the backends; for when a release build of the whole server is out of reach.
+mode=${ORCA_BENCH_PROXY:-server}
+if [ "$mode" = edge ]; then
+  cargo build -q -p orca
+  cargo build --release -q -p orca-proxy --example edge
+  orca=$root/target/debug/orca
+else
+  cargo build --release -q -p orca
+  orca=$root/target/release/orca
+fi
 tests/build-testapp-image.sh orca-testapp:latest >/dev/null
 
 export ORCA_HOME=$work/home ORCA_CONFIG_DIR=$work/config ORCA_API=http://127.0.0.1:$api_port
@@ -82,14 +100,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ORCA_API_ADDR=127.0.0.1:$api_port ORCA_HTTP_ADDR=127.0.0.1:${http_port[orca]} \
-  ORCA_HTTPS_ADDR=127.0.0.1:${https_port[orca]} ORCA_LOG=warn "$orca" server 2>"$work/orca.log" &
+server_http=${http_port[orca]} server_https=${https_port[orca]}
+[ "$mode" = edge ] && server_http=18190 server_https=18553
+ORCA_API_ADDR=127.0.0.1:$api_port ORCA_HTTP_ADDR=127.0.0.1:$server_http \
+  ORCA_HTTPS_ADDR=127.0.0.1:$server_https ORCA_LOG=warn "$orca" server 2>"$work/orca.log" &
 pids+=($!)
+orca_pid=$!
 until curl -fsS "$ORCA_API/api/v1/health" >/dev/null 2>&1; do sleep 0.05; done
 (cd "$ORCA_CONFIG_DIR/services/bench" && "$orca" deploy --timeout-secs 120 >/dev/null)
 address() { "$orca" status -o json | python3 -c "import json,sys; print([s for s in json.load(sys.stdin)['services'] if s['name']=='$1'][0]['instances'][0]['address'])"; }
 plain_backend=$(address plain)
 tls_backend=$(address tls)
+if [ "$mode" = edge ]; then
+  "$root/target/release/examples/edge" "127.0.0.1:${http_port[orca]}" "127.0.0.1:${https_port[orca]}" \
+    "$work/cert.pem" "$work/key.pem" "$tls_host" "$plain_host=$plain_backend" "$tls_host=$tls_backend" \
+    2>"$work/edge.log" &
+  pids+=($!)
+  orca_pid=$!
+fi
 
 cat >"$work/nginx.conf" <<EOF
 worker_processes auto;
@@ -152,51 +180,112 @@ for p in orca nginx caddy; do
   wait_ok "$p" --cacert "$work/cert.pem" "https://$tls_host:${https_port[$p]}/"
 done
 
-# wrk output → "req/s p50 p99" (latencies in ms).
-parse() {
-  python3 - "$1" <<'PY'
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$orca_pid/status"; }
+idle_rss=$(rss_kb)
+rm -f "$out"/rss-*
+
+# One run's output → "req/s p50 p99 errors" (latencies in ms; errors = non-2xx/3xx answers
+# plus socket errors for wrk, failed + errored requests for h2load).
+parse() { # file kind
+  python3 - "$1" "$2" <<'PY'
 import re, sys
-text = open(sys.argv[1]).read()
-def ms(v):
-    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
-rps = re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-sock = re.search(r"Socket errors: (.*)", text)
-print(f"{float(rps):.0f} {p50:.2f} {p99:.2f} {errors.group(1) if errors else 0} {'yes' if sock else 'no'}")
+path, kind = sys.argv[1], sys.argv[2]
+text = open(path).read()
+if kind == "wrk":
+    def ms(v):
+        n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+        return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+    p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = int(bad.group(1)) if bad else 0
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if sock:
+        errors += sum(int(x) for x in sock.groups())
+else:  # h2load, with per-request times in the .log beside the output
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text).group(1))
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+    errors = int(m.group(2)) + int(m.group(3))
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    errors += int(codes.group(3)) + int(codes.group(4))
+    times = sorted(int(line.split("\t")[2]) for line in open(path[:-4] + ".log") if line.strip())
+    p50 = times[len(times) // 2] / 1000
+    p99 = times[min(len(times) - 1, len(times) * 99 // 100)] / 1000
+print(f"{rps:.0f} {p50:.2f} {p99:.2f} {errors}")
 PY
 }
 
-run() { # scenario proxy url host
-  local file="$out/$1-$2.txt"
-  # BENCH_PERF=1: profile orca's server process during its runs (perf report in $out).
-  if [ "${BENCH_PERF:-0}" = 1 ] && [ "$2" = orca ]; then
-    perf record -F 499 -g -o "$out/$1-orca.perf.data" -p "${pids[0]}" -- sleep "$secs" >/dev/null 2>&1 &
-    local perf_pid=$!
+run() { # scenario proxy round
+  local scenario=$1 p=$2 round=$3 file="$out/$1-$2-$3.txt" kind=wrk
+  # BENCH_PERF=1: profile orca's server process during its first run (perf report in $out).
+  local perf_pid=
+  if [ "${BENCH_PERF:-0}" = 1 ] && [ "$p" = orca ] && [ "$round" = 1 ]; then
+    perf record -F 499 -g -o "$out/$scenario-orca.perf.data" -p "$orca_pid" -- sleep "$secs" >/dev/null 2>&1 &
+    perf_pid=$!
   fi
-  wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -H "Host: $4" "$3" >"$file"
-  if [ -n "${perf_pid:-}" ]; then
+  # orca's RSS is sampled in the middle of each of its runs.
+  local sampler=
+  if [ "$p" = orca ]; then
+    (sleep "$((secs / 2))"; rss_kb >"$out/rss-$scenario-$round") &
+    sampler=$!
+  fi
+  case $scenario in
+    http1) wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -H "Host: $plain_host" "http://127.0.0.1:${http_port[$p]}/" >"$file" ;;
+    https) wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "https://$tls_host:${https_port[$p]}/" >"$file" ;;
+    close) wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -H "Host: $plain_host" -H "Connection: close" "http://127.0.0.1:${http_port[$p]}/" >"$file" ;;
+    h2) kind=h2load
+        rm -f "${file%.txt}.log"
+        h2load -t"$threads" -c"$conns" -m10 -D"$secs" --log-file="${file%.txt}.log" "https://$tls_host:${https_port[$p]}/" >"$file" ;;
+  esac
+  if [ -n "$sampler" ]; then
+    wait "$sampler" || true
+  fi
+  if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
-    perf report -i "$out/$1-orca.perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -60 >"$out/$1-orca.perf.txt" || true
+    perf report -i "$out/$scenario-orca.perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -60 >"$out/$scenario-orca.perf.txt" || true
   fi
-  parse "$file"
+  parse "$file" "$kind"
 }
 
-echo "| scenario | proxy | requests/s | p50 ms | p99 ms | non-2xx | socket errors |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
-# Warm every proxy's upstream pool and the backend once, untimed.
+# Warm every proxy's upstream pool and the backends once, untimed.
 for p in orca nginx caddy; do
   wrk -t1 -c"$conns" -d2s -H "Host: $plain_host" "http://127.0.0.1:${http_port[$p]}/" >/dev/null
+  wrk -t1 -c"$conns" -d2s "https://$tls_host:${https_port[$p]}/" >/dev/null
 done
-for p in orca nginx caddy; do
-  read -r rps p50 p99 bad sock < <(run http1 "$p" "http://127.0.0.1:${http_port[$p]}/" "$plain_host")
-  echo "| HTTP/1.1 keep-alive | $p | $rps | $p50 | $p99 | $bad | $sock |"
+results=$out/results.txt
+: >"$results"
+for scenario in http1 https h2 close; do
+  for round in $(seq 1 "$rounds"); do
+    for p in orca nginx caddy; do
+      echo "$scenario $p $round $(run "$scenario" "$p" "$round")" | tee -a "$results" >&2
+    done
+  done
 done
-for p in orca nginx caddy; do
-  read -r rps p50 p99 bad sock < <(run https "$p" "https://$tls_host:${https_port[$p]}/" "$tls_host")
-  echo "| HTTPS (TLS 1.3, HTTP/1.1 keep-alive) | $p | $rps | $p50 | $p99 | $bad | $sock |"
-done
+
+python3 - "$results" "$rounds" <<'PY'
+import statistics, sys
+names = {"http1": "HTTP/1.1 keep-alive", "https": "HTTPS (TLS 1.3, HTTP/1.1 keep-alive)",
+         "h2": "HTTPS HTTP/2 (h2load, 10 streams/conn)", "close": "new connection per request (Connection: close)"}
+rows = {}
+for line in open(sys.argv[1]):
+    scenario, proxy, _round, rps, p50, p99, errors = line.split()
+    rows.setdefault((scenario, proxy), []).append((float(rps), float(p50), float(p99), int(errors)))
+print(f"Median of {sys.argv[2]} alternating runs per proxy and scenario.\n")
+print("| scenario | proxy | requests/s | p50 ms | p99 ms | errors | orca/nginx req/s |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for scenario in ["http1", "https", "h2", "close"]:
+    med = {}
+    for proxy in ["orca", "nginx", "caddy"]:
+        runs = rows[(scenario, proxy)]
+        med[proxy] = [statistics.median(r[i] for r in runs) for i in range(3)] + [sum(r[3] for r in runs)]
+    for proxy in ["orca", "nginx", "caddy"]:
+        rps, p50, p99, errors = med[proxy]
+        ratio = f"{med['orca'][0] / med['nginx'][0]:.2f}" if proxy == "orca" else ""
+        print(f"| {names[scenario]} | {proxy} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} | {ratio} |")
+PY
 echo
-echo "wrk -t$threads -c$conns -d${secs}s --latency; backend: orca-testapp in a container at its bridge address; nginx $(nginx -v 2>&1 | sed 's|.*/||'), caddy $(caddy version | cut -d' ' -f1); raw outputs in $out"
+# (run is called in a subshell: the samples are collected from their files.)
+peak_rss=$(cat "$out"/rss-* | sort -n | tail -1)
+echo "orca ($mode) RSS: idle $((idle_rss / 1024)) MiB before the runs, peak $((peak_rss / 1024)) MiB sampled mid-run under load"
+echo "wrk -t$threads -c$conns -d${secs}s --latency; h2load -t$threads -c$conns -m10 -D$secs; backend: orca-testapp in a container at its bridge address; nginx $(nginx -v 2>&1 | sed 's|.*/||'), caddy $(caddy version | cut -d' ' -f1), $(h2load --version | head -1); load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg); raw outputs in $out"

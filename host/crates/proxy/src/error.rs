@@ -22,6 +22,9 @@ pub enum ProxyError {
     /// The request names no host (HTTP/1.0 without `Host`). 400.
     #[error("request has no Host header")]
     MissingHost,
+    /// The request has more than one `Host` header (RFC 9112 §3.2: a 400). 400.
+    #[error("request has more than one Host header")]
+    DuplicateHost,
     /// No service has this domain. 404.
     #[error("no service is routed for host \"{host}\"")]
     UnknownHost {
@@ -82,7 +85,7 @@ impl ProxyError {
     /// The status code the client receives.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost | ProxyError::DuplicateHost => StatusCode::BAD_REQUEST,
             ProxyError::UnknownHost { .. } => StatusCode::NOT_FOUND,
             ProxyError::UnknownChallenge => StatusCode::NOT_FOUND,
             ProxyError::ClientBodyTimeout { .. } | ProxyError::ClientBodyIncomplete { .. } => {

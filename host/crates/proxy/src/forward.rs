@@ -45,12 +45,16 @@ pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// that later features (buffered bodies for retries) can swap what is inside.
 type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Everything a request needs, shared by all connections.
+/// The pooled HTTP/1.1 client to backends. Each proxy worker thread has its own (see
+/// `server`), so a request, its upstream connection task and its response never leave the
+/// worker thread that accepted the client connection.
+pub(crate) type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// Everything a request needs, shared by all connections and worker threads.
 pub(crate) struct Forwarder {
     config: ProxyConfig,
     routes: Routes,
     metrics: ProxyMetrics,
-    client: Client<HttpConnector, UpstreamBody>,
     balancer: Balancer,
     stats: RouteStats,
     drain: Drain,
@@ -90,11 +94,17 @@ pub(crate) struct Target<'t> {
 }
 
 /// Resolves a request's route. The URI authority (absolute-form requests, HTTP/2) wins
-/// over the `Host` header, as RFC 9112 §3.2.2 requires.
+/// over the `Host` header, as RFC 9112 §3.2.2 requires; the same authority is what the
+/// backend receives as `Host` (see `upstream_request`), so routing and forwarding never
+/// disagree. Two `Host` headers are refused (RFC 9112 §3.2), whatever the URI says.
 pub(crate) fn resolve<'t, B>(
     table: &'t RouteTable,
     req: &Request<B>,
 ) -> Result<Target<'t>, ProxyError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(ProxyError::DuplicateHost);
+    }
     let authority = req
         .uri()
         .authority()
@@ -122,18 +132,10 @@ impl Forwarder {
         metrics: ProxyMetrics,
         drain: Drain,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Forwarder {
             config,
             routes,
             metrics,
-            client,
             balancer: Balancer::new(),
             stats: RouteStats::new(),
             drain,
@@ -141,6 +143,18 @@ impl Forwarder {
             challenges: Challenges::new(),
             https_port: AtomicU16::new(0),
         }
+    }
+
+    /// A new upstream client (with its own connection pool) for the calling worker: its
+    /// connection tasks are spawned on the runtime that first uses them.
+    pub(crate) fn upstream_client(&self) -> UpstreamClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.config.connect_timeout));
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.config.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .build(connector)
     }
 
     /// The certificate set the HTTPS listener serves.
@@ -175,6 +189,7 @@ impl Forwarder {
     /// certificate is redirected to HTTPS (308); everything else is routed.
     pub(crate) async fn handle(
         &self,
+        upstream: &UpstreamClient,
         req: Request<Incoming>,
         client: SocketAddr,
         scheme: Scheme,
@@ -219,7 +234,7 @@ impl Forwarder {
                     span.record("service", target.route.service.as_str());
                     let route = target.route;
                     let result = self
-                        .forward(route, &target.authority, req, client, scheme)
+                        .forward(upstream, route, &target.authority, req, client, scheme)
                         .await;
                     (route.service.as_str(), true, result)
                 }
@@ -318,6 +333,7 @@ impl Forwarder {
 
     async fn forward(
         &self,
+        upstream: &UpstreamClient,
         route: &Route,
         authority: &str,
         mut req: Request<Incoming>,
@@ -366,7 +382,7 @@ impl Forwarder {
             Span::current().record("upstream", field::display(backend.addr));
             let error = match tokio::time::timeout(
                 self.config.request_timeout,
-                self.client.request(upstream_req),
+                upstream.request(upstream_req),
             )
             .await
             {
@@ -474,11 +490,11 @@ impl Forwarder {
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         headers::add_forwarded(&mut parts.headers, client.ip(), scheme.as_str(), authority);
-        // Applications see the host the client asked for, not the replica's address.
-        if !parts.headers.contains_key(HOST) {
-            if let Ok(host) = HeaderValue::from_str(authority) {
-                parts.headers.insert(HOST, host);
-            }
+        // Applications see the host the client asked for, not the replica's address: the
+        // authority the request was routed by, which replaces any other `Host` (an
+        // absolute-form URI's authority wins over the header, RFC 9112 §3.2.2).
+        if let Ok(host) = HeaderValue::from_str(authority) {
+            parts.headers.insert(HOST, host);
         }
         let path = parts
             .uri

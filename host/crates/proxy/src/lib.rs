@@ -13,11 +13,12 @@
 //!   functions over `HeaderMap`.
 //! - `error` — [`ProxyError`]: every response the proxy makes itself (404, 502, 504, ...),
 //!   marked with `x-orca-error: 1`.
-//! - `forward` — the request path: `(table, request) -> response`, using a pooled upstream
-//!   client; retries bodiless idempotent requests on another backend when the first could
+//! - `forward` — the request path: `(table, request) -> response`, using the worker's
+//!   pooled upstream client; retries bodiless idempotent requests on another backend when the first could
 //!   not be reached (nothing sent); also splices upgraded (WebSocket) connections.
-//! - `server` — [`Proxy`]: the accept loops (plain HTTP/1.1, and TLS with HTTP/2 or
-//!   HTTP/1.1 by ALPN), per-connection tasks, graceful drain.
+//! - `server` — [`Proxy`]: worker threads (one current-thread runtime each) accepting on
+//!   shared listeners (plain HTTP/1.1, and TLS with HTTP/2 or HTTP/1.1 by ALPN),
+//!   per-connection tasks, [`ConnectionLimits`], the `EMFILE` fd reserve, graceful drain.
 //! - [`tls`] — [`Certificates`]: the SNI certificate set, hot-swapped; PEM parsing; the
 //!   rustls server configuration.
 //! - [`challenge`] — [`Challenges`]: pending ACME HTTP-01 answers, served on plain HTTP.
@@ -26,6 +27,10 @@
 //!
 //! # Invariants
 //!
+//! - A client connection, its requests and the upstream connections they use run on the
+//!   worker thread that accepted it: no request crosses threads.
+//! - A request is routed and forwarded by one authority: an absolute-form URI's authority
+//!   wins over `Host` and replaces it upstream; two `Host` headers are a 400.
 //! - A request reads one snapshot of the routing table: a swap never changes the route of a
 //!   request that already started.
 //! - Nothing the proxy waits on is unbounded: client headers (`header_read_timeout`), the
@@ -56,7 +61,7 @@ pub use challenge::{Challenges, ACME_CHALLENGE_PREFIX};
 pub use config::ProxyConfig;
 pub use error::ProxyError;
 pub use metrics::ProxyMetrics;
-pub use server::{Proxy, DEFAULT_SHUTDOWN_GRACE};
+pub use server::{ConnectionLimits, Proxy, DEFAULT_SHUTDOWN_GRACE};
 pub use stats::RouteStats;
 pub use table::{Backend, Route, RouteTable, Routes};
 pub use tls::{certified_key, Certificates, TlsError};

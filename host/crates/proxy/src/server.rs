@@ -1,24 +1,28 @@
-//! The accept loop: one task per client connection, and a graceful drain on shutdown.
+//! The accept loops: worker threads (one current-thread runtime each, by default one per
+//! core) sharing the listening sockets, one task per client connection on the worker that
+//! accepted it, connection limits, an fd reserve for `EMFILE`, and a graceful drain.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::balance::InFlightView;
 use crate::challenge::Challenges;
 use crate::config::ProxyConfig;
-use crate::forward::{Forwarder, Scheme};
+use crate::forward::{Forwarder, Scheme, UpstreamClient};
 use crate::metrics::ProxyMetrics;
 use crate::stats::RouteStats;
 use crate::table::Routes;
@@ -55,6 +59,26 @@ macro_rules! drive_connection {
 /// How long in-flight requests (and upgraded connections) may run after shutdown begins.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Caps on open client connections, checked when a connection is accepted; a connection
+/// over a cap is closed at once (before any byte is read), so one client (or one address)
+/// cannot take every connection and file descriptor of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections per listener (plain HTTP and HTTPS each have their own count).
+    pub per_listener: usize,
+    /// Open connections per listener from one source IP address.
+    pub per_source: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            per_listener: 16_384,
+            per_source: 2_048,
+        }
+    }
+}
+
 /// The reverse proxy. Build it with [`Proxy::new`], run it with [`Proxy::serve`].
 pub struct Proxy {
     forwarder: Arc<Forwarder>,
@@ -63,6 +87,8 @@ pub struct Proxy {
     http2: http2::Builder<TokioExecutor>,
     grace: Duration,
     handshake_timeout: Duration,
+    limits: ConnectionLimits,
+    workers: usize,
 }
 
 impl Proxy {
@@ -92,6 +118,8 @@ impl Proxy {
             http2,
             grace: DEFAULT_SHUTDOWN_GRACE,
             handshake_timeout,
+            limits: ConnectionLimits::default(),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
@@ -126,10 +154,27 @@ impl Proxy {
         self
     }
 
+    /// Sets the caps on open client connections (default [`ConnectionLimits::default`]).
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Proxy {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets how many worker threads serve connections (default: one per available core;
+    /// at least 1).
+    pub fn with_workers(mut self, workers: usize) -> Proxy {
+        self.workers = workers.max(1);
+        self
+    }
+
     /// Serves connections from `listener` until `shutdown` completes, then stops accepting,
     /// closes idle connections, and waits up to the shutdown grace for in-flight requests
     /// and upgraded (WebSocket) connections before returning; what is still running then is
     /// cut off. Errors on one connection are logged at debug and never end the loop.
+    ///
+    /// Connections are served on the proxy's own worker threads, not on the caller's
+    /// runtime: whatever else the process runs there (the API, the controller) cannot
+    /// starve the proxy, nor the reverse.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -157,38 +202,76 @@ impl Proxy {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let local = listener.local_addr()?;
-        info!(%local, "proxy listening");
-        let acceptor = match &https {
+        let tls = match https {
             Some(https) => {
                 let local = https.local_addr()?;
                 let config = tls::server_config(&self.forwarder.certificates())
                     .map_err(std::io::Error::other)?;
                 self.forwarder.set_https_port(local.port());
                 info!(%local, "proxy listening (TLS)");
-                Some(TlsAcceptor::from(config))
+                Some((https.into_std()?, TlsAcceptor::from(config)))
             }
             None => None,
         };
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.spawn_connection(stream, peer),
-                    Err(e) => accept_failed(e).await,
+        let plain = listener.into_std()?;
+        info!(%local, workers = self.workers, "proxy listening");
+        let plain_admission = Arc::new(Admission::new(self.limits));
+        let tls_admission = Arc::new(Admission::new(self.limits));
+        // Every worker accepts on its own handle of the same sockets (each registered with
+        // its own runtime): whichever is free takes the next connection.
+        let mut workers = Vec::with_capacity(self.workers);
+        for index in 0..self.workers {
+            let tls = match &tls {
+                Some((listener, acceptor)) => Some(WorkerListener {
+                    listener: Some(listener.try_clone()?),
+                    admission: tls_admission.clone(),
+                    acceptor: Some(acceptor.clone()),
+                }),
+                None => None,
+            };
+            workers.push(Worker {
+                index,
+                forwarder: self.forwarder.clone(),
+                drain: self.drain.clone(),
+                http: self.http.clone(),
+                http2: self.http2.clone(),
+                handshake_timeout: self.handshake_timeout,
+                plain: WorkerListener {
+                    listener: Some(plain.try_clone()?),
+                    admission: plain_admission.clone(),
+                    acceptor: None,
                 },
-                accepted = accept_tls(https.as_ref()) => match (accepted, &acceptor) {
-                    (Ok((stream, peer)), Some(acceptor)) => {
-                        self.spawn_tls_connection(acceptor.clone(), stream, peer);
-                    }
-                    (Ok(_), None) => {}
-                    (Err(e), _) => accept_failed(e).await,
-                },
+                tls,
+            });
+        }
+        drop(plain);
+        drop(tls);
+        let mut done = Vec::with_capacity(workers.len());
+        for worker in workers {
+            let (tx, rx) = oneshot::channel::<()>();
+            let name = format!("orca-proxy-{}", worker.index);
+            let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(worker.run()),
+                    Err(e) => warn!(error = %e, "cannot start a proxy worker runtime"),
+                }
+                let _ = tx.send(());
+            });
+            match spawned {
+                Ok(_) => done.push(rx),
+                Err(e) => {
+                    // Workers already running stop at once.
+                    self.drain.set(Phase::Abort);
+                    return Err(e);
+                }
             }
         }
-        drop(listener);
-        drop(https);
+        shutdown.await;
         info!(in_flight = self.drain.count(), "proxy draining");
+        // Workers stop accepting (and close their listener handles) on this phase.
         self.drain.set(Phase::Draining);
         if tokio::time::timeout(self.grace, self.drain.idle())
             .await
@@ -201,17 +284,122 @@ impl Proxy {
             );
             self.drain.set(Phase::Abort);
         }
+        for worker in done {
+            // An error means the worker thread ended without sending (a panic): done too.
+            let _ = worker.await;
+        }
         Ok(())
     }
+}
 
-    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr) {
+/// One listening socket as a worker sees it.
+struct WorkerListener {
+    /// Taken by the worker when it starts (registered with its runtime).
+    listener: Option<std::net::TcpListener>,
+    admission: Arc<Admission>,
+    /// The TLS acceptor, for the HTTPS listener.
+    acceptor: Option<TlsAcceptor>,
+}
+
+/// One worker thread's share of the proxy: it accepts on every listener, and serves the
+/// connections it accepted on its own current-thread runtime with its own upstream pool,
+/// so a proxied request (client task, upstream connection task, response) never crosses
+/// threads.
+struct Worker {
+    index: usize,
+    forwarder: Arc<Forwarder>,
+    drain: Drain,
+    http: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+    plain: WorkerListener,
+    tls: Option<WorkerListener>,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let upstream = self.forwarder.upstream_client();
+        let plain = match self.plain.listener.take().map(TcpListener::from_std) {
+            Some(Ok(listener)) => listener,
+            Some(Err(e)) => {
+                warn!(worker = self.index, error = %e, "proxy worker cannot listen");
+                return;
+            }
+            None => return,
+        };
+        let tls = match self.tls.as_mut().and_then(|tls| tls.listener.take()) {
+            Some(listener) => match TcpListener::from_std(listener) {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    warn!(worker = self.index, error = %e, "proxy worker cannot listen (TLS)");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let mut reserve = FdReserve::new();
+        let mut phase = self.drain.subscribe();
+        loop {
+            tokio::select! {
+                () = phase_reached(&mut phase, Phase::Draining) => break,
+                accepted = plain.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        if let Some(admitted) = self.plain.admission.admit(peer) {
+                            self.spawn_connection(&upstream, stream, peer, admitted);
+                        }
+                    }
+                    Err(e) => reserve.accept_failed(&plain, e).await,
+                },
+                accepted = accept_tls(tls.as_ref()) => match (accepted, &self.tls) {
+                    (Ok((stream, peer)), Some(listener)) => {
+                        if let (Some(admitted), Some(acceptor)) =
+                            (listener.admission.admit(peer), &listener.acceptor)
+                        {
+                            self.spawn_tls_connection(
+                                &upstream,
+                                acceptor.clone(),
+                                stream,
+                                peer,
+                                admitted,
+                            );
+                        }
+                    }
+                    (Ok(_), None) => {}
+                    (Err(e), _) => {
+                        if let Some(tls) = &tls {
+                            reserve.accept_failed(tls, e).await;
+                        }
+                    }
+                },
+            }
+        }
+        drop(plain);
+        drop(tls);
+        // Keep driving this worker's connections until the drain is over.
+        tokio::select! {
+            () = self.drain.idle() => {}
+            () = phase_reached(&mut phase, Phase::Abort) => {}
+        }
+    }
+
+    fn spawn_connection(
+        &self,
+        upstream: &UpstreamClient,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+    ) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "set_nodelay failed");
         }
         let forwarder = self.forwarder.clone();
+        let upstream = upstream.clone();
         let service = service_fn(move |req| {
             let forwarder = forwarder.clone();
-            async move { Ok::<_, Infallible>(forwarder.handle(req, peer, Scheme::Http).await) }
+            let upstream = upstream.clone();
+            async move {
+                Ok::<_, Infallible>(forwarder.handle(&upstream, req, peer, Scheme::Http).await)
+            }
         });
         let conn = self
             .http
@@ -221,17 +409,26 @@ impl Proxy {
         let mut phase = self.drain.subscribe();
         tokio::spawn(async move {
             let _task = task;
+            let _admitted = admitted;
             drive_connection!(conn, phase, peer);
         });
     }
 
     /// One TLS client connection: the handshake (bounded by `header_read_timeout`), then
     /// HTTP/2 if the client chose `h2` by ALPN, else HTTP/1.1 with upgrades (WebSocket).
-    fn spawn_tls_connection(&self, acceptor: TlsAcceptor, stream: TcpStream, peer: SocketAddr) {
+    fn spawn_tls_connection(
+        &self,
+        upstream: &UpstreamClient,
+        acceptor: TlsAcceptor,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+    ) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "set_nodelay failed");
         }
         let forwarder = self.forwarder.clone();
+        let upstream = upstream.clone();
         let http1 = self.http.clone();
         let http2 = self.http2.clone();
         let handshake_timeout = self.handshake_timeout;
@@ -239,6 +436,7 @@ impl Proxy {
         let mut phase = self.drain.subscribe();
         tokio::spawn(async move {
             let _task = task;
+            let _admitted = admitted;
             let handshake = tokio::select! {
                 result = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => result,
                 () = phase_reached(&mut phase, Phase::Draining) => return,
@@ -257,7 +455,10 @@ impl Proxy {
             let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
             let service = service_fn(move |req| {
                 let forwarder = forwarder.clone();
-                async move { Ok::<_, Infallible>(forwarder.handle(req, peer, Scheme::Https).await) }
+                let upstream = upstream.clone();
+                async move {
+                    Ok::<_, Infallible>(forwarder.handle(&upstream, req, peer, Scheme::Https).await)
+                }
             });
             let io = TokioIo::new(stream);
             if h2 {
@@ -281,12 +482,137 @@ async fn accept_tls(listener: Option<&TcpListener>) -> std::io::Result<(TcpStrea
     }
 }
 
-/// Usually out of file descriptors: back off instead of spinning, and keep serving the
-/// connections we have.
-async fn accept_failed(e: std::io::Error) {
-    warn!(error = %e, "accept failed");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+/// Open connections of one listener, in total and by source address.
+#[derive(Debug)]
+struct Admission {
+    limits: ConnectionLimits,
+    open: AtomicUsize,
+    by_source: Mutex<HashMap<IpAddr, usize>>,
 }
+
+/// One admitted connection; gives its place back when dropped.
+#[derive(Debug)]
+struct Admitted {
+    admission: Arc<Admission>,
+    source: IpAddr,
+}
+
+impl Admission {
+    fn new(limits: ConnectionLimits) -> Self {
+        Admission {
+            limits,
+            open: AtomicUsize::new(0),
+            by_source: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A place for a connection from `peer`, or `None` (logged) when a cap is reached.
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Admitted> {
+        let source = peer.ip();
+        let mut by_source = self
+            .by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let open = self.open.load(Ordering::Relaxed);
+        if open >= self.limits.per_listener {
+            debug!(%peer, open, cap = self.limits.per_listener, "connection refused: listener at its connection cap");
+            return None;
+        }
+        let from_source = by_source.entry(source).or_insert(0);
+        if *from_source >= self.limits.per_source {
+            debug!(%peer, open = *from_source, cap = self.limits.per_source, "connection refused: source address at its connection cap");
+            return None;
+        }
+        *from_source += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(Admitted {
+            admission: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut by_source = self
+            .admission
+            .by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = by_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                by_source.remove(&self.source);
+            }
+        }
+        self.admission.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One spare file descriptor, kept so that running out of descriptors (`EMFILE`/`ENFILE`)
+/// never leaves the accept loop spinning on a connection it cannot take: the spare is
+/// closed, the waiting connections are accepted and closed at once (their clients see a
+/// closed connection instead of hanging), and the spare is taken again.
+struct FdReserve {
+    spare: Option<std::fs::File>,
+    last_warning: Option<Instant>,
+}
+
+/// How many waiting connections one `EMFILE` sheds at most before the loop goes on.
+const SHED_AT_ONCE: usize = 64;
+
+impl FdReserve {
+    fn new() -> Self {
+        FdReserve {
+            spare: Self::take(),
+            last_warning: None,
+        }
+    }
+
+    fn take() -> Option<std::fs::File> {
+        std::fs::File::open("/dev/null").ok()
+    }
+
+    async fn accept_failed(&mut self, listener: &TcpListener, e: std::io::Error) {
+        let exhausted = matches!(e.raw_os_error(), Some(code) if code == EMFILE || code == ENFILE);
+        if !exhausted {
+            // Per-connection failures (the peer reset before accept, ...): go on, with a
+            // pause so that an error that repeats cannot spin.
+            debug!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            return;
+        }
+        let mut shed = 0;
+        if self.spare.take().is_some() {
+            while shed < SHED_AT_ONCE {
+                match listener.accept().now_or_never() {
+                    Some(Ok((stream, _))) => {
+                        drop(stream);
+                        shed += 1;
+                    }
+                    _ => break,
+                }
+            }
+            self.spare = Self::take();
+        }
+        if self
+            .last_warning
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.last_warning = Some(Instant::now());
+            warn!(error = %e, shed, "accept failed: out of file descriptors; closing waiting connections");
+        }
+        if self.spare.is_none() {
+            // Someone else took the freed descriptor: back off before trying again.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.spare = Self::take();
+        }
+    }
+}
+
+/// `EMFILE` and `ENFILE` on Linux (the process's and the system's descriptor limits).
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
 
 /// Where shutdown is; phases only move forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
