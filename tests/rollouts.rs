@@ -224,6 +224,58 @@ fn rolling_update_of_three_replicas_under_load_fails_no_request() {
     );
 }
 
+/// A `web` service on `port`, ready on `health`, with the test app told to listen there.
+fn web_on_port(host: &str, port: u16, health: &str, version: &str) -> String {
+    format!(
+        "[[service]]\nname = \"web\"\nimage = \"{}\"\nreplicas = 3\nport = {port}\ndomain = \"{host}\"\nhealth = \"{health}\"\n\n[service.env]\nPORT = \"{port}\"\nVERSION = \"{version}\"\nREADY_{version} = \"yes\"\n",
+        testapp_image()
+    )
+}
+
+/// Regression: stable instances were routed, probed and drained on the NEW revision's port
+/// (the proxy sent traffic to `ip:9090` of instances listening on 8080), so a rolling update
+/// that changed `port` answered hundreds of requests with 502 and sometimes never finished.
+#[test]
+fn rolling_update_changing_port_and_readiness_path_drops_no_request() {
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    // v1 listens on 8080 and is ready on /env/READY_v1; v2 on 9090, ready on /env/READY_v2
+    // (a path only v2 answers 200: probing v1 with v2's path fails).
+    s.write_service(&project, &web_on_port(&host, 8080, "/env/READY_v1", "v1"));
+    s.cli(&["deploy"]);
+    answers(&s, &project, &host, 5);
+
+    let l = load(&s, &host);
+    std::thread::sleep(Duration::from_millis(500));
+    s.write_service(&project, &web_on_port(&host, 9090, "/env/READY_v2", "v2"));
+    let out = s.cli(&["deploy", "--timeout-secs", "90"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let report = l.stop();
+    assert!(out.contains("revision 2 (changed)"), "{out}");
+    assert_no_failures(&report, &s, &project);
+    assert!(
+        report.versions.contains_key("v1") && report.versions.contains_key("v2"),
+        "the load saw both revisions: {}",
+        report.summary()
+    );
+    let web = wait_for(
+        &s,
+        &project,
+        "3 ready on revision 2, rollout finished",
+        Duration::from_secs(30),
+        |v| ready_on(v, 2) == 3 && v["rollout"].is_null(),
+    );
+    for i in instances(&web) {
+        let addr = i["address"].as_str().unwrap_or_default();
+        assert!(
+            addr.ends_with(":9090"),
+            "a v2 instance shown on its own port: {i}"
+        );
+        assert_eq!(direct(addr, "/env/READY_v2").0, 200, "{i}");
+    }
+}
+
 fn canary_extra() -> String {
     "[service.deploy]\nstrategy = \"canary\"\ncanary_weight = 20\n".to_string()
 }

@@ -131,19 +131,6 @@ pub fn groups(
     }
 }
 
-/// Proxy weight of one ready instance: the group's traffic weight shared among its ready
-/// instances (scaled by 1000 to stay integral). Equal weights when no split is set.
-pub fn instance_weight(traffic: Option<(u32, u32)>, candidate: bool, ready_in_group: usize) -> u32 {
-    match traffic {
-        None => 1,
-        Some((s, c)) => {
-            let group = u64::from(if candidate { c } else { s });
-            let n = ready_in_group.max(1) as u64;
-            (group * 1000 / n).min(u64::from(u32::MAX)) as u32
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,13 +241,5 @@ mod tests {
                 }
             ]
         );
-    }
-
-    #[test]
-    fn weights_split_a_group_among_its_ready_instances() {
-        assert_eq!(instance_weight(None, true, 3), 1);
-        assert_eq!(instance_weight(Some((80, 20)), false, 4), 20_000);
-        assert_eq!(instance_weight(Some((80, 20)), true, 1), 20_000);
-        assert_eq!(instance_weight(Some((100, 0)), true, 2), 0);
     }
 }

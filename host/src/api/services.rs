@@ -194,12 +194,8 @@ pub async fn status<R: ContainerRuntime>(
             let is_ready = i.is_running() && view.ready.contains(&i.info.id);
             running += u32::from(i.is_running());
             ready += u32::from(is_ready);
-            let address = rec.spec.port.and_then(|port| {
-                i.info
-                    .ips
-                    .get(&instance::project_network(&i.project))
-                    .map(|ip| format!("{ip}:{port}"))
-            });
+            // Its own revision's port, as the controller routes and probes it.
+            let address = view.addresses.get(&i.info.id).map(|a| a.to_string());
             instances.push(json!({
                 "id": instance::short(&i.info.id),
                 "name": i.info.name,
