@@ -10,9 +10,11 @@
 //! - [`reconcile`]: desired groups × observed instances → starts and removes.
 //! - [`decide`](mod@decide): the whole pass decision — container actions with their drains,
 //!   the routing table, the probe targets and the addresses the status view shows.
+//! - [`sim`]: a fake node runtime and clock that apply decisions, for tests and benchmarks.
 
 pub mod decide;
 pub mod reconcile;
+pub mod sim;
 
 pub use decide::{
     decide, instance_weight, Backend, Decision, Drain, InstanceState, ProbeTarget, Remove,
