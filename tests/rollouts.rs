@@ -276,6 +276,92 @@ fn rolling_update_changing_port_and_readiness_path_drops_no_request() {
     }
 }
 
+/// Regression: a finished rollout was forgotten (its record deleted, "finished" kept only in
+/// memory), so a server SIGKILLed while superseded instances drained found them on restart
+/// and opened a new rollout back to them, routing traffic to the old revision again.
+#[test]
+fn sigkill_while_superseded_instances_drain_does_not_reopen_the_rollout() {
+    let mut s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    let drain = "[service.deploy]\ndrain_timeout_secs = 60\n";
+    s.write_service(
+        &project,
+        &web_toml(&host, 3, &[("VERSION", "v1")], HEALTH, drain),
+    );
+    s.cli(&["deploy"]);
+    answers(&s, &project, &host, 3);
+    // Slow requests keep every v1 instance busy, so its drain lasts after the rollout ends.
+    let slow: Vec<_> = (0..6)
+        .map(|_| {
+            let (port, host) = (s.http, host.clone());
+            std::thread::spawn(move || {
+                let _ = http_raw(
+                    "GET",
+                    &format!("http://127.0.0.1:{port}/sleep/25000"),
+                    None,
+                    &[("Host", host.as_str())],
+                    None,
+                );
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    s.write_service(
+        &project,
+        &web_toml(&host, 3, &[("VERSION", "v2")], HEALTH, drain),
+    );
+    s.cli(&["deploy", "--no-wait"]);
+    wait_for(
+        &s,
+        &project,
+        "the rollout finished on revision 2",
+        Duration::from_secs(60),
+        |v| v["rollout"].is_null() && ready_on(v, 2) == 3,
+    );
+    let at_kill = labelled(&s.cluster);
+    assert!(
+        at_kill.iter().any(|c| c.1 == "1" && c.2 == "running"),
+        "v1 instances still draining when the server is killed: {at_kill:?}"
+    );
+    s.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    s.spawn();
+    wait_for(
+        &s,
+        &project,
+        "the restarted server routing v2",
+        Duration::from_secs(30),
+        |v| ready_on(v, 2) == 3,
+    );
+    // For a while after the restart: no rollout is reopened and only v2 answers.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let web = s.service(&project, "web");
+        assert!(
+            web["rollout"].is_null(),
+            "no new rollout after the restart\n{}",
+            ctx(&s, &project)
+        );
+        assert_eq!(
+            field_counts(&answers(&s, &project, &host, 3), "version"),
+            BTreeMap::from([("v2".to_string(), 3)]),
+            "{}",
+            ctx(&s, &project)
+        );
+    }
+    wait_for(
+        &s,
+        &project,
+        "only the 3 v2 instances left",
+        Duration::from_secs(60),
+        |v| ready_on(v, 2) == 3 && labelled(&s.cluster).iter().all(|c| c.1 == "2"),
+    );
+    for t in slow {
+        let _ = t.join();
+    }
+}
+
 fn canary_extra() -> String {
     "[service.deploy]\nstrategy = \"canary\"\ncanary_weight = 20\n".to_string()
 }

@@ -7,7 +7,7 @@
 //! view and the metrics from what it observed, excluding instances it is about to remove, so
 //! traffic leaves an instance before the instance is stopped.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,7 +22,8 @@ use orca_core::{
 use orca_docker::{ContainerRuntime, ContainerSpec, ContainerState, NodeInfo, RuntimeError};
 use orca_proxy::{Backend, Route, RouteTable, Routes};
 use orca_store::{
-    DesiredState, RevisionRecord, RolloutPhase, RolloutRecord, SecretBox, ServiceRecord, Store,
+    DesiredState, OperatorRequest, RequestKind, RevisionRecord, RolloutPhase, RolloutRecord,
+    SecretBox, ServiceRecord, Store,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -73,9 +74,6 @@ struct Memory {
     counted: HashSet<String>,
     /// Instances being drained and stopped by a background task.
     removing: HashSet<String>,
-    /// The revision whose rollout finished last, per service: leftovers of older revisions
-    /// are then superseded, never the start of another rollout.
-    finished: HashMap<String, u64>,
     /// Last error per service.
     errors: BTreeMap<String, String>,
 }
@@ -243,6 +241,10 @@ impl<R: ContainerRuntime> Controller<R> {
             .into_iter()
             .map(|((p, n), r)| (format!("{p}/{n}"), r))
             .collect();
+        let mut requests: HashMap<String, Vec<OperatorRequest>> = HashMap::new();
+        for ((p, n), q) in self.store.pending_requests()? {
+            requests.entry(format!("{p}/{n}")).or_default().push(q);
+        }
         // Instances being drained and stopped are on their way out: decisions ignore them
         // (they are neither failures nor members of any revision's group). The snapshot is
         // taken BEFORE listing: an id leaves the set only once its container is gone, so every
@@ -291,9 +293,14 @@ impl<R: ContainerRuntime> Controller<R> {
                     keep_running(&active, &key)
                 }
                 Some(cur) if !running => {
-                    if rollouts.remove(&key).is_some() {
+                    // A stopped service ends its rollout and the requests made against it.
+                    let seen: Vec<u64> = requests
+                        .get(&key)
+                        .map(|qs| qs.iter().map(|q| q.seq).collect())
+                        .unwrap_or_default();
+                    if rollouts.remove(&key).is_some() || !seen.is_empty() {
                         self.store
-                            .delete_rollout(rec.spec.project(), &rec.spec.name)?;
+                            .step_rollout(rec.spec.project(), &rec.spec.name, None, &seen)?;
                     }
                     revisions.insert(cur.fingerprint.clone(), cur);
                     Vec::new()
@@ -304,6 +311,7 @@ impl<R: ContainerRuntime> Controller<R> {
                             rec,
                             &cur,
                             rollouts.remove(&key),
+                            requests.get(&key).map(Vec::as_slice).unwrap_or_default(),
                             &active,
                             now,
                             &mut revisions,
@@ -324,10 +332,19 @@ impl<R: ContainerRuntime> Controller<R> {
                 not_before_ms: not_before,
             });
         }
-        // Rollout records of services that no longer exist.
-        for key in rollouts.keys() {
+        // Rollout records (and requests) of services that no longer exist.
+        let known: HashSet<String> = records.iter().map(|r| r.spec.key()).collect();
+        let gone: BTreeSet<&String> = rollouts
+            .keys()
+            .chain(requests.keys().filter(|k| !known.contains(*k)))
+            .collect();
+        for key in gone {
             if let Some((p, n)) = key.split_once('/') {
-                self.store.delete_rollout(p, n)?;
+                let seen: Vec<u64> = requests
+                    .get(key)
+                    .map(|qs| qs.iter().map(|q| q.seq).collect())
+                    .unwrap_or_default();
+                self.store.step_rollout(p, n, None, &seen)?;
             }
         }
 
@@ -476,12 +493,18 @@ impl<R: ContainerRuntime> Controller<R> {
     }
 
     /// Drives the rollout of one running service and returns the instance groups it needs.
+    ///
+    /// The controller is the one writer of the service's rollout record: each step is one
+    /// store transaction that also consumes the operator requests (`requests`, read in this
+    /// pass's snapshot) it acted on. A step the store refuses — a request arrived while the
+    /// strategy was being called — is planned again on the next pass, with the request.
     #[allow(clippy::too_many_arguments)]
     async fn drive(
         &self,
         rec: &ServiceRecord,
         cur: &RevisionRecord,
         rollout: Option<RolloutRecord>,
+        requests: &[OperatorRequest],
         instances: &[Instance],
         now: u64,
         revisions: &mut HashMap<String, RevisionRecord>,
@@ -497,24 +520,25 @@ impl<R: ContainerRuntime> Controller<R> {
             .iter()
             .filter(|i| i.service == key && !i.is_failed())
             .collect();
+        let seen: Vec<u64> = requests.iter().map(|q| q.seq).collect();
 
         let mut r = match rollout {
+            // The rollout of this revision finished: whatever else runs is superseded.
+            Some(r) if r.candidate_revision == cur.number && r.phase == RolloutPhase::Finished => {
+                if !seen.is_empty() {
+                    self.store.step_rollout(project, name, Some(&r), &seen)?;
+                }
+                return Ok(steady);
+            }
             Some(r) if r.candidate_revision == cur.number => r,
             previous => {
                 let others: Vec<&&Instance> = live
                     .iter()
                     .filter(|i| i.fingerprint != cur.fingerprint)
                     .collect();
-                let finished = self
-                    .memory
-                    .lock()
-                    .expect("controller memory lock")
-                    .finished
-                    .get(&key)
-                    == Some(&cur.number);
-                if others.is_empty() || finished {
-                    if previous.is_some() {
-                        self.store.delete_rollout(project, name)?;
+                if others.is_empty() {
+                    if previous.is_some() || !seen.is_empty() {
+                        self.store.step_rollout(project, name, None, &seen)?;
                     }
                     return Ok(steady);
                 }
@@ -536,7 +560,10 @@ impl<R: ContainerRuntime> Controller<R> {
                     .unwrap_or_else(|| rollout::DEFAULT_STRATEGY.to_string());
                 info!(service = %key, from = stable, to = cur.number, %strategy, "rollout started");
                 let r = rollout::start(Some(stable), running, cur.number, &strategy, now);
-                self.store.put_rollout(project, name, &r)?;
+                // Requests made against the replaced rollout end with it.
+                if !self.store.step_rollout(project, name, Some(&r), &seen)? {
+                    self.wake.notify_one();
+                }
                 r
             }
         };
@@ -558,16 +585,30 @@ impl<R: ContainerRuntime> Controller<R> {
         }
 
         if r.phase == RolloutPhase::Progressing {
-            let outcome = if r.rollback_requested {
-                let mut rolled = r.clone();
+            // Apply the operator's requests made against this rollout (others are stale).
+            let mut asked = r.clone();
+            for q in requests
+                .iter()
+                .filter(|q| q.candidate_revision == r.candidate_revision)
+            {
+                info!(service = %key, request = ?q.kind, seq = q.seq, "operator request applied");
+                match q.kind {
+                    RequestKind::Promote => asked.promote_requested = true,
+                    RequestKind::Rollback => asked.rollback_requested = true,
+                }
+            }
+            let outcome = if asked.rollback_requested {
+                let mut rolled = asked.clone();
                 rolled.phase = RolloutPhase::RolledBack {
                     reason: "rolled back by the operator".into(),
                 };
+                rolled.updated_at_ms = now;
                 rollout::Outcome::RolledBack(rolled)
             } else {
-                let state = self.rollout_state(rec, cur, &r, stable_fp.as_deref(), instances, now);
+                let state =
+                    self.rollout_state(rec, cur, &asked, stable_fp.as_deref(), instances, now);
                 let registry = self.registry.clone();
-                let strategy = r.strategy.clone();
+                let strategy = asked.strategy.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let plugin = registry
                         .resolve(&strategy, World::Strategy)
@@ -578,35 +619,45 @@ impl<R: ContainerRuntime> Controller<R> {
                 .await
                 .unwrap_or_else(|e| Err(format!("strategy call panicked: {e}")));
                 match result {
-                    Ok(step) => rollout::apply(r.clone(), step, now),
+                    Ok(step) => rollout::apply(asked.clone(), step, now),
                     Err(reason) => {
-                        rollout::Outcome::RolledBack(rollout::fail(r.clone(), reason, now))
+                        rollout::Outcome::RolledBack(rollout::fail(asked.clone(), reason, now))
                     }
                 }
             };
-            match outcome {
-                rollout::Outcome::Progressing(next) => {
-                    self.store.put_rollout(project, name, &next)?;
-                    r = next;
-                }
+            let next = match outcome {
+                rollout::Outcome::Progressing(next) => next,
                 rollout::Outcome::Finished => {
-                    info!(service = %key, revision = cur.number, "rollout finished");
-                    self.memory
-                        .lock()
-                        .expect("controller memory lock")
-                        .finished
-                        .insert(key.clone(), cur.number);
-                    self.store.delete_rollout(project, name)?;
-                    return Ok(steady);
+                    let mut done = asked.clone();
+                    done.phase = RolloutPhase::Finished;
+                    done.updated_at_ms = now;
+                    done.wait_until_ms = None;
+                    done.traffic = None;
+                    done
                 }
-                rollout::Outcome::RolledBack(next) => {
-                    if let RolloutPhase::RolledBack { reason } = &next.phase {
+                rollout::Outcome::RolledBack(next) => next,
+            };
+            if !self.store.step_rollout(project, name, Some(&next), &seen)? {
+                // A request arrived during the strategy call: plan again with it, keeping
+                // the groups of the last stored step meanwhile.
+                debug!(service = %key, "operator request arrived during the step; planning again");
+                self.wake.notify_one();
+            } else {
+                match &next.phase {
+                    RolloutPhase::Finished => {
+                        info!(service = %key, revision = cur.number, "rollout finished");
+                        return Ok(steady);
+                    }
+                    RolloutPhase::RolledBack { reason } | RolloutPhase::Failed { reason } => {
                         warn!(service = %key, revision = cur.number, %reason, "rollout rolled back");
                     }
-                    self.store.put_rollout(project, name, &next)?;
-                    r = next;
+                    RolloutPhase::Progressing => {}
                 }
+                r = next;
             }
+        } else if !seen.is_empty() {
+            // Requests against a rollout that already ended change nothing; consume them.
+            self.store.step_rollout(project, name, Some(&r), &seen)?;
         }
 
         let progressing = r.phase == RolloutPhase::Progressing;

@@ -45,7 +45,8 @@ pub fn start(
 pub enum Outcome {
     /// Still progressing: persist the record.
     Progressing(RolloutRecord),
-    /// Finished (promoted or done): delete the record; the candidate is the only revision.
+    /// Finished (promoted or done): the record is stored as finished; the candidate is the
+    /// only revision.
     Finished,
     /// Rolled back (by the strategy, or by the failure policy): persist the record so the
     /// same candidate is not retried until the service changes again.
@@ -105,6 +106,10 @@ pub fn groups(
     replicas: u32,
 ) -> Vec<DesiredGroup> {
     match (&r.phase, stable_fp) {
+        (RolloutPhase::Finished, _) => vec![DesiredGroup {
+            fingerprint: candidate_fp.to_string(),
+            count: replicas,
+        }],
         (RolloutPhase::Progressing, Some(s)) => vec![
             DesiredGroup {
                 fingerprint: s.to_string(),

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use orca_docker::{ContainerRuntime, LogStream};
-use orca_store::{DesiredState, RolloutPhase, ServiceRecord};
+use orca_store::{DesiredState, RequestKind, RolloutPhase, ServiceRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -216,14 +216,27 @@ pub async fn status<R: ContainerRuntime>(
                 "cpu_percent": usage.and_then(|u| u.cpu_percent),
             }));
         }
-        let rollout = s
-            .store
-            .get_rollout(rec.spec.project(), &rec.spec.name)?
+        let record = s.store.get_rollout(rec.spec.project(), &rec.spec.name)?;
+        // The revision that serves: after the current revision's rollout was rolled back (or
+        // failed), its stable revision, with the candidate and the reason shown beside it.
+        let rolled_back = record.as_ref().and_then(|r| match &r.phase {
+            RolloutPhase::RolledBack { reason } | RolloutPhase::Failed { reason }
+                if r.candidate_revision == rec.revision =>
+            {
+                r.stable_revision
+                    .map(|stable| (stable, r.candidate_revision, reason.clone()))
+            }
+            _ => None,
+        });
+        let rollout = record
+            // A finished rollout is history, not live traffic.
+            .filter(|r| r.phase != RolloutPhase::Finished)
             .map(|r| {
                 let (phase, reason) = match &r.phase {
                     RolloutPhase::Progressing => ("progressing", None),
                     RolloutPhase::RolledBack { reason } => ("rolled-back", Some(reason.clone())),
                     RolloutPhase::Failed { reason } => ("failed", Some(reason.clone())),
+                    RolloutPhase::Finished => ("finished", None),
                 };
                 json!({
                     "phase": phase,
@@ -233,7 +246,11 @@ pub async fn status<R: ContainerRuntime>(
                     "candidate_revision": r.candidate_revision,
                     "stable_count": r.stable_count,
                     "candidate_count": r.candidate_count,
-                    "traffic": r.traffic.map(|(st, ca)| json!({"stable": st, "candidate": ca})),
+                    // An ended rollout splits no traffic any more.
+                    "traffic": r.traffic
+                        .filter(|_| r.phase == RolloutPhase::Progressing)
+                        .map(|(st, ca)| json!({"stable": st, "candidate": ca})),
+                    "awaiting_operator": awaiting_operator(&r),
                     "promote_requested": r.promote_requested,
                     "steps": r.steps,
                     "started_at_ms": r.started_at_ms,
@@ -268,10 +285,26 @@ pub async fn status<R: ContainerRuntime>(
                     "finished_ms": b.finished_ms,
                 })
             });
+        let (serving_revision, serving_image) = match &rolled_back {
+            Some((stable, _, _)) => (
+                *stable,
+                revisions
+                    .iter()
+                    .find(|r| r.number == *stable)
+                    .map_or(rec.spec.image.clone(), |r| r.spec.image.clone()),
+            ),
+            None => (rec.revision, rec.spec.image.clone()),
+        };
         services.push(json!({
             "name": rec.spec.name,
             "project": rec.spec.project(),
-            "image": rec.spec.image,
+            "image": serving_image,
+            "desired_revision": rec.revision,
+            "rolled_back": rolled_back.as_ref().map(|(_, candidate, reason)| json!({
+                "revision": candidate,
+                "image": rec.spec.image,
+                "reason": reason,
+            })),
             "status": status,
             "desired_state": match rec.state { DesiredState::Running => "running", DesiredState::Stopped => "stopped" },
             "replicas": rec.spec.replicas,
@@ -280,8 +313,8 @@ pub async fn status<R: ContainerRuntime>(
             "domain": rec.spec.domain,
             "tls": crate::certs::status(&s.store, rec.spec.domain.as_deref()),
             "port": rec.spec.port,
-            "revision": rec.revision,
-            "commit": commit_of(rec.revision),
+            "revision": serving_revision,
+            "commit": commit_of(serving_revision),
             "last_build": last_build,
             "updated_at": rec.updated_at,
             "error": error,
@@ -557,6 +590,16 @@ fn build_logs<R: ContainerRuntime>(
         .into_response())
 }
 
+/// Whether a progressing rollout waits for the operator: the candidate gets traffic and the
+/// strategy asked for no timer (a manual canary after its weight is set; `promote` or
+/// `rollback` moves it on).
+fn awaiting_operator(r: &orca_store::RolloutRecord) -> bool {
+    r.phase == RolloutPhase::Progressing
+        && r.wait_until_ms.is_none()
+        && !r.promote_requested
+        && r.traffic.is_some_and(|(_, candidate)| candidate > 0)
+}
+
 /// `POST /api/v1/services/{name}/promote`: asks the strategy of the rollout in progress to
 /// promote its candidate.
 pub async fn promote<R: ContainerRuntime>(
@@ -566,17 +609,19 @@ pub async fn promote<R: ContainerRuntime>(
 ) -> Result<Json<Value>, ApiError> {
     let rec = find_service(&s, &name, q.project.as_deref())?;
     let (project, name) = (rec.spec.project(), rec.spec.name.as_str());
-    match s.store.get_rollout(project, name)? {
-        Some(mut r) if r.phase == RolloutPhase::Progressing => {
-            r.promote_requested = true;
-            s.store.put_rollout(project, name, &r)?;
+    // The request is recorded; the controller (the one writer of rollouts) applies it.
+    match s
+        .store
+        .request_rollout_change(project, name, RequestKind::Promote, now_unix())?
+    {
+        Some((q, _)) => {
             s.controller.wake();
             Ok(Json(json!({
                 "project": project, "name": name,
-                "candidate_revision": r.candidate_revision, "promote_requested": true,
+                "candidate_revision": q.candidate_revision, "promote_requested": true,
             })))
         }
-        _ => Err(ApiError::conflict(format!(
+        None => Err(ApiError::conflict(format!(
             "service \"{name}\" has no rollout in progress to promote"
         ))),
     }
@@ -606,15 +651,14 @@ pub async fn rollback<R: ContainerRuntime>(
     let rec = find_service(&s, &name, q.project.as_deref())?;
     let (project, name) = (rec.spec.project(), rec.spec.name.as_str());
     if to.is_none() {
-        if let Some(mut r) = s.store.get_rollout(project, name)? {
-            if r.phase == RolloutPhase::Progressing {
-                r.rollback_requested = true;
-                s.store.put_rollout(project, name, &r)?;
-                s.controller.wake();
-                return Ok(Json(json!({
-                    "project": project, "name": name, "abandoned_revision": r.candidate_revision,
-                })));
-            }
+        if let Some((q, _)) =
+            s.store
+                .request_rollout_change(project, name, RequestKind::Rollback, now_unix())?
+        {
+            s.controller.wake();
+            return Ok(Json(json!({
+                "project": project, "name": name, "abandoned_revision": q.candidate_revision,
+            })));
         }
     }
     let target = match to {
