@@ -509,6 +509,75 @@ fn canary_rollback_under_load() {
         "only v1 answers after the rollback\n{}",
         ctx(&s, &project)
     );
+    // Status tells the truth: revision 1 serves; revision 2 was rolled back, and why; the
+    // ended rollout splits no traffic.
+    let web = s.service(&project, "web");
+    assert_eq!(web["revision"], 1, "{web:#}");
+    assert_eq!(web["desired_revision"], 2, "{web:#}");
+    assert_eq!(web["rolled_back"]["revision"], 2, "{web:#}");
+    assert!(
+        web["rolled_back"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("operator")),
+        "{web:#}"
+    );
+    assert!(web["rollout"]["traffic"].is_null(), "{web:#}");
+    let text = s.cli(&["status"]);
+    assert!(
+        text.contains("rolled back: revision 2") && text.contains("rolled back by the operator"),
+        "{text}"
+    );
+}
+
+/// Regression: `orca deploy` of a manual canary waited for the whole rollout and failed after
+/// its timeout ("rollout in progress"); it returns 0 once the canary serves its weight,
+/// printing the split and the promote command, and `orca promote` then completes it.
+#[test]
+fn canary_deploy_returns_once_the_canary_serves_and_promote_completes_it() {
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    s.write_service(
+        &project,
+        &web_toml(&host, 3, &[("VERSION", "v1")], HEALTH, &canary_extra()),
+    );
+    s.cli(&["deploy"]);
+    s.write_service(
+        &project,
+        &web_toml(&host, 3, &[("VERSION", "v2")], HEALTH, &canary_extra()),
+    );
+    let t0 = Instant::now();
+    let out = s.cli(&["deploy", "--timeout-secs", "60"]);
+    let took = t0.elapsed();
+    eprintln!("canary deploy returned after {took:?}:\n{out}");
+    assert!(
+        out.contains("serves 20% of the traffic")
+            && out.contains("stable revision 1 serves 80%")
+            && out.contains("orca promote web"),
+        "{out}"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "returned once the canary served: {took:?}"
+    );
+    let web = s.service(&project, "web");
+    assert_eq!(web["rollout"]["phase"], "progressing", "{web:#}");
+    assert!(ready_on(&web, 2) >= 1, "{web:#}");
+    let seen = field_counts(&answers(&s, &project, &host, 40), "version");
+    assert!(
+        seen.contains_key("v2") && seen.contains_key("v1"),
+        "{seen:?}"
+    );
+
+    s.cli(&["promote", "web"]);
+    wait_for(
+        &s,
+        &project,
+        "promoted: 3 ready on revision 2",
+        Duration::from_secs(60),
+        |v| v["rollout"].is_null() && ready_on(v, 2) == 3 && instances(v).len() == 3,
+    );
+    assert_eq!(s.service(&project, "web")["revision"], 2);
 }
 
 #[test]
