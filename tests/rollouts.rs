@@ -362,6 +362,81 @@ fn sigkill_while_superseded_instances_drain_does_not_reopen_the_rollout() {
     }
 }
 
+/// Regression: a server killed between a container's create and its start left the service
+/// stuck — the container stayed `created`, filled its slot and never became ready. A container
+/// not running after a bound (10 s) is replaced.
+#[test]
+fn container_left_created_by_a_killed_server_is_replaced() {
+    let mut s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    s.write_service(
+        &project,
+        &web_toml(&host, 1, &[("VERSION", "v1")], HEALTH, ""),
+    );
+    s.cli(&["deploy"]);
+    answers(&s, &project, &host, 2);
+    s.kill9();
+    // Recreate the instance as the killed server would have left it: created, never started.
+    let ids = String::from_utf8(
+        Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=orca.cluster={}", s.cluster),
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let id = ids.trim();
+    assert_eq!(id.lines().count(), 1, "{ids}");
+    let inspect = |fmt: &str| {
+        let out = Command::new("docker")
+            .args(["inspect", "--format", fmt, id])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let name = inspect("{{.Name}}").trim_start_matches('/').to_string();
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(&inspect("{{json .Config.Labels}}")).unwrap();
+    let rm = Command::new("docker")
+        .args(["rm", "-f", id])
+        .output()
+        .unwrap();
+    assert!(rm.status.success());
+    let mut create = Command::new("docker");
+    create.args(["create", "--name", &name]);
+    for (k, v) in &labels {
+        create.args(["--label", &format!("{k}={v}")]);
+    }
+    let out = create.arg(testapp_image()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(labelled(&s.cluster)[0].2, "created");
+
+    s.spawn();
+    let t0 = Instant::now();
+    wait_for(
+        &s,
+        &project,
+        "the stuck container replaced and ready",
+        Duration::from_secs(60),
+        |v| {
+            let cs = labelled(&s.cluster);
+            ready_on(v, 1) == 1 && cs.len() == 1 && cs[0].2 == "running"
+        },
+    );
+    eprintln!("stuck container replaced after {:?}", t0.elapsed());
+    answers(&s, &project, &host, 3);
+}
+
 fn canary_extra() -> String {
     "[service.deploy]\nstrategy = \"canary\"\ncanary_weight = 20\n".to_string()
 }

@@ -59,6 +59,7 @@ pub async fn deploy<R: ContainerRuntime>(
         }
     }
     // A domain belongs to one service: refuse to take one from a service outside this request.
+    // (Checked here before any build; the store checks again in the deploy's transaction.)
     let keys: HashSet<String> = specs.iter().map(|sp| sp.key()).collect();
     for rec in s.store.list_services()? {
         if keys.contains(&rec.spec.key()) {
@@ -88,9 +89,8 @@ pub async fn deploy<R: ContainerRuntime>(
                 .map_err(|e| ApiError::bad_request(e.to_string()))?,
         );
     }
-    let outcomes = s.store.apply_deploy(&items, now_unix())?;
-    // Certificates go in their own table (keys sealed), after the services that own them;
-    // the certificate manager serves them within a second.
+    // The request's own certificates, checked and sealed before the transaction.
+    let mut certificates = Vec::new();
     for upload in &request.tls {
         let Some(spec) = specs
             .iter()
@@ -101,16 +101,21 @@ pub async fn deploy<R: ContainerRuntime>(
         let Some(domain) = spec.domain.as_deref() else {
             continue;
         };
-        crate::certs::store_manual(
-            &s.store,
-            &s.secrets,
-            &spec.key(),
-            domain,
-            &upload.cert_pem,
-            &upload.key_pem,
-        )
-        .map_err(ApiError::bad_request)?;
+        certificates.push(
+            crate::certs::manual_record(
+                &s.secrets,
+                &spec.key(),
+                domain,
+                &upload.cert_pem,
+                &upload.key_pem,
+            )
+            .map_err(ApiError::bad_request)?,
+        );
     }
+    // One transaction: domain uniqueness, services, revisions and certificates.
+    let outcomes = s
+        .store
+        .apply_deploy_with(&items, &certificates, now_unix())?;
     s.controller.wake();
     tracing::info!(services = outcomes.len(), "deploy accepted");
     Ok(Json(json!({
