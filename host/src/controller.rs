@@ -411,7 +411,11 @@ impl<R: ContainerRuntime> Controller<R> {
                 .collect(),
         };
         let decision = orca_core::decide(&snapshot);
-        let next_wake = splits.values().filter_map(|s| s.wake_at_ms).min();
+        let next_wake = splits
+            .values()
+            .filter_map(|s| s.wake_at_ms)
+            .chain(decision.wake_at_ms)
+            .min();
         self.publish(&records, &instances, &decision, next_wake, now);
 
         if decision.is_idle() {

@@ -2,7 +2,6 @@
 //! instance converged and ready) and mid-rollout (every service with a stable and a candidate
 //! group, a traffic split and one instance to replace). Run: `cargo bench -p orca-core`.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 

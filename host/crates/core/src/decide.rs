@@ -216,6 +216,9 @@ pub struct Decision {
     pub ready: BTreeSet<String>,
     /// Services held back by crash back-off, with the time they may start.
     pub backing_off: BTreeMap<String, u64>,
+    /// When a pass must look again even if nothing happens: the earliest time a container
+    /// still `created` becomes stuck.
+    pub wake_at_ms: Option<u64>,
 }
 
 impl Decision {
@@ -273,6 +276,13 @@ pub fn decide(s: &Snapshot) -> Decision {
 
     let mut d = Decision {
         backing_off: plan.backing_off,
+        wake_at_ms: s
+            .instances
+            .iter()
+            .filter(|i| i.run == RunState::Created && !i.draining)
+            .map(|i| i.created_at_ms.saturating_add(STUCK_AFTER_MS))
+            .filter(|t| *t > s.now_ms)
+            .min(),
         ..Decision::default()
     };
     for a in plan.actions {

@@ -570,6 +570,11 @@ fn container_just_created_is_left_to_start() {
     let d = decide(&snap(vec![svc(WEB, &[("a", 1)])], one_rev(), vec![fresh]));
     assert!(d.is_idle(), "{d:?}");
     assert!(d.probes.is_empty(), "not running: not probed yet");
+    assert_eq!(
+        d.wake_at_ms,
+        Some(NOW - 500 + STUCK_AFTER_MS),
+        "the pass looks again when it would be stuck"
+    );
 }
 
 #[test]
