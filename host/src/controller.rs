@@ -1,11 +1,14 @@
-//! The controller: observes, plans (through the pure reconciler), executes, and publishes.
+//! The controller, the impure shell of a pass: observe, drive rollouts, build the snapshot,
+//! `orca_core::decide`, publish, execute.
 //!
 //! One loop runs passes one at a time, so two passes never race over the same container.
 //! A pass is triggered by a store change (API), a Docker event (a container died), a
-//! readiness flip (health checker), or the watchdog tick — the safety net when an event was
-//! missed. Each pass publishes the routing table, the health checker's targets, the status
-//! view and the metrics from what it observed, excluding instances it is about to remove, so
-//! traffic leaves an instance before the instance is stopped.
+//! readiness flip (health checker), a timer the decision or a rollout asked for, or the
+//! watchdog tick — the safety net when an event was missed. Each pass publishes the
+//! decision's routing table, probe targets and status view before any container changes
+//! (instances being removed are already out of them), so traffic leaves an instance before
+//! it is stopped. The controller is the one writer of `rollouts`: operator requests are read
+//! with the rest of the store and consumed in the step's transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;

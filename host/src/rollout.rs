@@ -1,7 +1,8 @@
 //! The rollout driver's decisions: starting a rollout, applying a strategy's step to the
-//! persisted rollout record, the failure policy, and the instance groups and traffic weights
-//! a rollout asks for. Pure functions over plain data; the controller calls the strategy
-//! plugin and persists the record.
+//! persisted rollout record, the failure policy, and the instance groups a rollout asks for.
+//! Pure functions over plain data; the controller calls the strategy plugin and persists the
+//! record (one `step_rollout` transaction per step); the traffic weights are
+//! `orca_core::instance_weight`, applied by `orca_core::decide`.
 
 use orca_store::{RolloutPhase, RolloutRecord};
 
