@@ -224,6 +224,219 @@ fn rolling_update_of_three_replicas_under_load_fails_no_request() {
     );
 }
 
+/// A `web` service on `port`, ready on `health`, with the test app told to listen there.
+fn web_on_port(host: &str, port: u16, health: &str, version: &str) -> String {
+    format!(
+        "[[service]]\nname = \"web\"\nimage = \"{}\"\nreplicas = 3\nport = {port}\ndomain = \"{host}\"\nhealth = \"{health}\"\n\n[service.env]\nPORT = \"{port}\"\nVERSION = \"{version}\"\nREADY_{version} = \"yes\"\n",
+        testapp_image()
+    )
+}
+
+/// Regression: stable instances were routed, probed and drained on the NEW revision's port
+/// (the proxy sent traffic to `ip:9090` of instances listening on 8080), so a rolling update
+/// that changed `port` answered hundreds of requests with 502 and sometimes never finished.
+#[test]
+fn rolling_update_changing_port_and_readiness_path_drops_no_request() {
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    // v1 listens on 8080 and is ready on /env/READY_v1; v2 on 9090, ready on /env/READY_v2
+    // (a path only v2 answers 200: probing v1 with v2's path fails).
+    s.write_service(&project, &web_on_port(&host, 8080, "/env/READY_v1", "v1"));
+    s.cli(&["deploy"]);
+    answers(&s, &project, &host, 5);
+
+    let l = load(&s, &host);
+    std::thread::sleep(Duration::from_millis(500));
+    s.write_service(&project, &web_on_port(&host, 9090, "/env/READY_v2", "v2"));
+    let out = s.cli(&["deploy", "--timeout-secs", "90"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let report = l.stop();
+    assert!(out.contains("revision 2 (changed)"), "{out}");
+    assert_no_failures(&report, &s, &project);
+    assert!(
+        report.versions.contains_key("v1") && report.versions.contains_key("v2"),
+        "the load saw both revisions: {}",
+        report.summary()
+    );
+    let web = wait_for(
+        &s,
+        &project,
+        "3 ready on revision 2, rollout finished",
+        Duration::from_secs(30),
+        |v| ready_on(v, 2) == 3 && v["rollout"].is_null(),
+    );
+    for i in instances(&web) {
+        let addr = i["address"].as_str().unwrap_or_default();
+        assert!(
+            addr.ends_with(":9090"),
+            "a v2 instance shown on its own port: {i}"
+        );
+        assert_eq!(direct(addr, "/env/READY_v2").0, 200, "{i}");
+    }
+}
+
+/// Regression: a finished rollout was forgotten (its record deleted, "finished" kept only in
+/// memory), so a server SIGKILLed while superseded instances drained found them on restart
+/// and opened a new rollout back to them, routing traffic to the old revision again.
+#[test]
+fn sigkill_while_superseded_instances_drain_does_not_reopen_the_rollout() {
+    let mut s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    let drain = "[service.deploy]\ndrain_timeout_secs = 60\n";
+    s.write_service(
+        &project,
+        &web_toml(&host, 3, &[("VERSION", "v1")], HEALTH, drain),
+    );
+    s.cli(&["deploy"]);
+    answers(&s, &project, &host, 3);
+    // Slow requests keep every v1 instance busy, so its drain lasts after the rollout ends.
+    let slow: Vec<_> = (0..6)
+        .map(|_| {
+            let (port, host) = (s.http, host.clone());
+            std::thread::spawn(move || {
+                let _ = http_raw(
+                    "GET",
+                    &format!("http://127.0.0.1:{port}/sleep/25000"),
+                    None,
+                    &[("Host", host.as_str())],
+                    None,
+                );
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    s.write_service(
+        &project,
+        &web_toml(&host, 3, &[("VERSION", "v2")], HEALTH, drain),
+    );
+    s.cli(&["deploy", "--no-wait"]);
+    wait_for(
+        &s,
+        &project,
+        "the rollout finished on revision 2",
+        Duration::from_secs(60),
+        |v| v["rollout"].is_null() && ready_on(v, 2) == 3,
+    );
+    let at_kill = labelled(&s.cluster);
+    assert!(
+        at_kill.iter().any(|c| c.1 == "1" && c.2 == "running"),
+        "v1 instances still draining when the server is killed: {at_kill:?}"
+    );
+    s.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    s.spawn();
+    wait_for(
+        &s,
+        &project,
+        "the restarted server routing v2",
+        Duration::from_secs(30),
+        |v| ready_on(v, 2) == 3,
+    );
+    // For a while after the restart: no rollout is reopened and only v2 answers.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let web = s.service(&project, "web");
+        assert!(
+            web["rollout"].is_null(),
+            "no new rollout after the restart\n{}",
+            ctx(&s, &project)
+        );
+        assert_eq!(
+            field_counts(&answers(&s, &project, &host, 3), "version"),
+            BTreeMap::from([("v2".to_string(), 3)]),
+            "{}",
+            ctx(&s, &project)
+        );
+    }
+    wait_for(
+        &s,
+        &project,
+        "only the 3 v2 instances left",
+        Duration::from_secs(60),
+        |v| ready_on(v, 2) == 3 && labelled(&s.cluster).iter().all(|c| c.1 == "2"),
+    );
+    for t in slow {
+        let _ = t.join();
+    }
+}
+
+/// Regression: a server killed between a container's create and its start left the service
+/// stuck — the container stayed `created`, filled its slot and never became ready. A container
+/// not running after a bound (10 s) is replaced.
+#[test]
+fn container_left_created_by_a_killed_server_is_replaced() {
+    let mut s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    s.write_service(
+        &project,
+        &web_toml(&host, 1, &[("VERSION", "v1")], HEALTH, ""),
+    );
+    s.cli(&["deploy"]);
+    answers(&s, &project, &host, 2);
+    s.kill9();
+    // Recreate the instance as the killed server would have left it: created, never started.
+    let ids = String::from_utf8(
+        Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=orca.cluster={}", s.cluster),
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let id = ids.trim();
+    assert_eq!(id.lines().count(), 1, "{ids}");
+    let inspect = |fmt: &str| {
+        let out = Command::new("docker")
+            .args(["inspect", "--format", fmt, id])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let name = inspect("{{.Name}}").trim_start_matches('/').to_string();
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(&inspect("{{json .Config.Labels}}")).unwrap();
+    let rm = Command::new("docker")
+        .args(["rm", "-f", id])
+        .output()
+        .unwrap();
+    assert!(rm.status.success());
+    let mut create = Command::new("docker");
+    create.args(["create", "--name", &name]);
+    for (k, v) in &labels {
+        create.args(["--label", &format!("{k}={v}")]);
+    }
+    let out = create.arg(testapp_image()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(labelled(&s.cluster)[0].2, "created");
+
+    s.spawn();
+    let t0 = Instant::now();
+    wait_for(
+        &s,
+        &project,
+        "the stuck container replaced and ready",
+        Duration::from_secs(60),
+        |v| {
+            let cs = labelled(&s.cluster);
+            ready_on(v, 1) == 1 && cs.len() == 1 && cs[0].2 == "running"
+        },
+    );
+    eprintln!("stuck container replaced after {:?}", t0.elapsed());
+    answers(&s, &project, &host, 3);
+}
+
 fn canary_extra() -> String {
     "[service.deploy]\nstrategy = \"canary\"\ncanary_weight = 20\n".to_string()
 }
@@ -371,6 +584,75 @@ fn canary_rollback_under_load() {
         "only v1 answers after the rollback\n{}",
         ctx(&s, &project)
     );
+    // Status tells the truth: revision 1 serves; revision 2 was rolled back, and why; the
+    // ended rollout splits no traffic.
+    let web = s.service(&project, "web");
+    assert_eq!(web["revision"], 1, "{web:#}");
+    assert_eq!(web["desired_revision"], 2, "{web:#}");
+    assert_eq!(web["rolled_back"]["revision"], 2, "{web:#}");
+    assert!(
+        web["rolled_back"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("operator")),
+        "{web:#}"
+    );
+    assert!(web["rollout"]["traffic"].is_null(), "{web:#}");
+    let text = s.cli(&["status"]);
+    assert!(
+        text.contains("rolled back: revision 2") && text.contains("rolled back by the operator"),
+        "{text}"
+    );
+}
+
+/// Regression: `orca deploy` of a manual canary waited for the whole rollout and failed after
+/// its timeout ("rollout in progress"); it returns 0 once the canary serves its weight,
+/// printing the split and the promote command, and `orca promote` then completes it.
+#[test]
+fn canary_deploy_returns_once_the_canary_serves_and_promote_completes_it() {
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    s.write_service(
+        &project,
+        &web_toml(&host, 3, &[("VERSION", "v1")], HEALTH, &canary_extra()),
+    );
+    s.cli(&["deploy"]);
+    s.write_service(
+        &project,
+        &web_toml(&host, 3, &[("VERSION", "v2")], HEALTH, &canary_extra()),
+    );
+    let t0 = Instant::now();
+    let out = s.cli(&["deploy", "--timeout-secs", "60"]);
+    let took = t0.elapsed();
+    eprintln!("canary deploy returned after {took:?}:\n{out}");
+    assert!(
+        out.contains("serves 20% of the traffic")
+            && out.contains("stable revision 1 serves 80%")
+            && out.contains("orca promote web"),
+        "{out}"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "returned once the canary served: {took:?}"
+    );
+    let web = s.service(&project, "web");
+    assert_eq!(web["rollout"]["phase"], "progressing", "{web:#}");
+    assert!(ready_on(&web, 2) >= 1, "{web:#}");
+    let seen = field_counts(&answers(&s, &project, &host, 40), "version");
+    assert!(
+        seen.contains_key("v2") && seen.contains_key("v1"),
+        "{seen:?}"
+    );
+
+    s.cli(&["promote", "web"]);
+    wait_for(
+        &s,
+        &project,
+        "promoted: 3 ready on revision 2",
+        Duration::from_secs(60),
+        |v| v["rollout"].is_null() && ready_on(v, 2) == 3 && instances(v).len() == 3,
+    );
+    assert_eq!(s.service(&project, "web")["revision"], 2);
 }
 
 #[test]

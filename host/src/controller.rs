@@ -1,13 +1,16 @@
-//! The controller: observes, plans (through the pure reconciler), executes, and publishes.
+//! The controller, the impure shell of a pass: observe, drive rollouts, build the snapshot,
+//! `orca_core::decide`, publish, execute.
 //!
 //! One loop runs passes one at a time, so two passes never race over the same container.
 //! A pass is triggered by a store change (API), a Docker event (a container died), a
-//! readiness flip (health checker), or the watchdog tick — the safety net when an event was
-//! missed. Each pass publishes the routing table, the health checker's targets, the status
-//! view and the metrics from what it observed, excluding instances it is about to remove, so
-//! traffic leaves an instance before the instance is stopped.
+//! readiness flip (health checker), a timer the decision or a rollout asked for, or the
+//! watchdog tick — the safety net when an event was missed. Each pass publishes the
+//! decision's routing table, probe targets and status view before any container changes
+//! (instances being removed are already out of them), so traffic leaves an instance before
+//! it is stopped. The controller is the one writer of `rollouts`: operator requests are read
+//! with the rest of the store and consumed in the step's transaction.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,10 +18,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use futures::StreamExt;
 use orca_config::ServiceSpec;
-use orca_docker::{ContainerRuntime, ContainerSpec, NodeInfo, RuntimeError};
+use orca_core::{
+    Decision, DesiredGroup, InstanceState, Remove, RevisionFacts, RunState, ServiceState, Snapshot,
+    Start,
+};
+use orca_docker::{ContainerRuntime, ContainerSpec, ContainerState, NodeInfo, RuntimeError};
 use orca_proxy::{Backend, Route, RouteTable, Routes};
 use orca_store::{
-    DesiredState, RevisionRecord, RolloutPhase, RolloutRecord, SecretBox, ServiceRecord, Store,
+    DesiredState, OperatorRequest, RequestKind, RevisionRecord, RolloutPhase, RolloutRecord,
+    SecretBox, ServiceRecord, Store,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +38,7 @@ use crate::instance::{self, Instance};
 use crate::metrics::Metrics;
 use crate::plugins::types::{self, NodeCount, PlacementRequest, Readiness, RolloutState, Traffic};
 use crate::plugins::World;
-use crate::reconciler::{self, Action, DesiredGroup, DesiredService, RemoveReason};
+use crate::reconciler;
 use crate::registry::Registry;
 use crate::rollout;
 
@@ -51,6 +59,8 @@ pub struct View {
     /// Instances that were ready when the routing table was published: what `status` calls
     /// ready is exactly what the proxy routes to.
     pub ready: HashSet<String>,
+    /// Each instance's address on its own revision's port.
+    pub addresses: BTreeMap<String, SocketAddr>,
     /// Unix ms of the pass.
     pub observed_at_ms: u64,
 }
@@ -67,9 +77,6 @@ struct Memory {
     counted: HashSet<String>,
     /// Instances being drained and stopped by a background task.
     removing: HashSet<String>,
-    /// The revision whose rollout finished last, per service: leftovers of older revisions
-    /// are then superseded, never the start of another rollout.
-    finished: HashMap<String, u64>,
     /// Last error per service.
     errors: BTreeMap<String, String>,
 }
@@ -237,6 +244,10 @@ impl<R: ContainerRuntime> Controller<R> {
             .into_iter()
             .map(|((p, n), r)| (format!("{p}/{n}"), r))
             .collect();
+        let mut requests: HashMap<String, Vec<OperatorRequest>> = HashMap::new();
+        for ((p, n), q) in self.store.pending_requests()? {
+            requests.entry(format!("{p}/{n}")).or_default().push(q);
+        }
         // Instances being drained and stopped are on their way out: decisions ignore them
         // (they are neither failures nor members of any revision's group). The snapshot is
         // taken BEFORE listing: an id leaves the set only once its container is gone, so every
@@ -285,9 +296,14 @@ impl<R: ContainerRuntime> Controller<R> {
                     keep_running(&active, &key)
                 }
                 Some(cur) if !running => {
-                    if rollouts.remove(&key).is_some() {
+                    // A stopped service ends its rollout and the requests made against it.
+                    let seen: Vec<u64> = requests
+                        .get(&key)
+                        .map(|qs| qs.iter().map(|q| q.seq).collect())
+                        .unwrap_or_default();
+                    if rollouts.remove(&key).is_some() || !seen.is_empty() {
                         self.store
-                            .delete_rollout(rec.spec.project(), &rec.spec.name)?;
+                            .step_rollout(rec.spec.project(), &rec.spec.name, None, &seen)?;
                     }
                     revisions.insert(cur.fingerprint.clone(), cur);
                     Vec::new()
@@ -298,6 +314,7 @@ impl<R: ContainerRuntime> Controller<R> {
                             rec,
                             &cur,
                             rollouts.remove(&key),
+                            requests.get(&key).map(Vec::as_slice).unwrap_or_default(),
                             &active,
                             now,
                             &mut revisions,
@@ -308,59 +325,112 @@ impl<R: ContainerRuntime> Controller<R> {
                     groups
                 }
             };
-            desired.push(DesiredService {
+            let traffic = splits.get(&key).and_then(|s| s.traffic.clone());
+            desired.push(ServiceState {
                 key,
-                groups,
                 running,
+                domain: rec.spec.domain.clone(),
+                groups,
+                traffic,
                 not_before_ms: not_before,
             });
         }
-        // Rollout records of services that no longer exist.
-        for key in rollouts.keys() {
+        // Rollout records (and requests) of services that no longer exist.
+        let known: HashSet<String> = records.iter().map(|r| r.spec.key()).collect();
+        let gone: BTreeSet<&String> = rollouts
+            .keys()
+            .chain(requests.keys().filter(|k| !known.contains(*k)))
+            .collect();
+        for key in gone {
             if let Some((p, n)) = key.split_once('/') {
-                self.store.delete_rollout(p, n)?;
+                let seen: Vec<u64> = requests
+                    .get(key)
+                    .map(|qs| qs.iter().map(|q| q.seq).collect())
+                    .unwrap_or_default();
+                self.store.step_rollout(p, n, None, &seen)?;
             }
         }
 
-        let observed: Vec<_> = active
-            .iter()
-            .map(|i| {
-                let verdict = self.health.verdict(&i.info.id);
-                let mut o = i.observed(verdict.ready);
-                // A liveness failure past its threshold: replace the instance like a crash.
-                if verdict.restart.is_some() {
-                    o.phase = reconciler::Phase::Failed;
+        // Every instance is handled with its own revision's facts: look up the revision of
+        // each fingerprint not yet known (instances of older revisions, still running).
+        let by_key: HashMap<String, &ServiceRecord> =
+            records.iter().map(|r| (r.spec.key(), r)).collect();
+        for i in &instances {
+            if revisions.contains_key(&i.fingerprint) {
+                continue;
+            }
+            let Some((project, name)) = i.service.split_once('/') else {
+                continue;
+            };
+            match self.store.get_revision(project, name, i.revision)? {
+                Some(rev) if rev.fingerprint == i.fingerprint => {
+                    revisions.insert(rev.fingerprint.clone(), rev);
                 }
-                o
-            })
-            .collect();
-        let plan = reconciler::plan(&desired, &observed, now);
-        let removing: HashSet<&str> = plan
-            .actions
+                _ => {
+                    debug!(service = %i.service, revision = i.revision, "no revision record for an instance; using the service's spec")
+                }
+            }
+        }
+        let mut facts: BTreeMap<String, RevisionFacts> = revisions
             .iter()
-            .filter_map(|a| match a {
-                Action::Remove { id, .. } => Some(id.as_str()),
-                _ => None,
-            })
-            .chain(draining.iter().map(String::as_str))
+            .map(|(fp, rev)| (fp.clone(), RevisionFacts::of(&rev.spec)))
             .collect();
-        let next_wake = splits.values().filter_map(|s| s.wake_at_ms).min();
-        self.publish(
-            &records,
-            &instances,
-            &removing,
-            &splits,
-            &plan.backing_off,
-            next_wake,
-            now,
-        );
+        for i in &instances {
+            if let (false, Some(rec)) = (facts.contains_key(&i.fingerprint), by_key.get(&i.service))
+            {
+                facts.insert(i.fingerprint.clone(), RevisionFacts::of(&rec.spec));
+            }
+        }
+        let snapshot = Snapshot {
+            now_ms: now,
+            services: desired,
+            revisions: facts,
+            instances: instances
+                .iter()
+                .map(|i| {
+                    let verdict = self.health.verdict(&i.info.id);
+                    InstanceState {
+                        id: i.info.id.clone(),
+                        service: i.service.clone(),
+                        fingerprint: i.fingerprint.clone(),
+                        slot: i.slot,
+                        run: match i.info.state {
+                            ContainerState::Created => RunState::Created,
+                            ContainerState::Running => RunState::Running,
+                            ContainerState::Exited | ContainerState::Dead => RunState::Failed,
+                            _ => RunState::Other,
+                        },
+                        created_at_ms: (i.info.created_unix.max(0) as u64).saturating_mul(1000),
+                        ip: i
+                            .info
+                            .ips
+                            .get(&instance::project_network(&i.project))
+                            .copied(),
+                        ready: verdict.ready,
+                        restart: verdict.restart.is_some(),
+                        draining: draining.contains(&i.info.id),
+                    }
+                })
+                .collect(),
+        };
+        let decision = orca_core::decide(&snapshot);
+        let next_wake = splits
+            .values()
+            .filter_map(|s| s.wake_at_ms)
+            .chain(decision.wake_at_ms)
+            .min();
+        self.publish(&records, &instances, &decision, next_wake, now);
 
-        if plan.is_empty() {
+        if decision.is_idle() {
             return Ok(());
         }
-        info!(actions = plan.actions.len(), "executing plan");
+        info!(
+            removes = decision.removes.len(),
+            starts = decision.starts.len(),
+            "executing decision"
+        );
         if self
-            .execute(plan.actions, &records, &revisions, &instances)
+            .execute(decision, &records, &revisions, &instances)
             .await
         {
             // Observe the result right away. (When nothing could be done, such as a start
@@ -430,12 +500,18 @@ impl<R: ContainerRuntime> Controller<R> {
     }
 
     /// Drives the rollout of one running service and returns the instance groups it needs.
+    ///
+    /// The controller is the one writer of the service's rollout record: each step is one
+    /// store transaction that also consumes the operator requests (`requests`, read in this
+    /// pass's snapshot) it acted on. A step the store refuses — a request arrived while the
+    /// strategy was being called — is planned again on the next pass, with the request.
     #[allow(clippy::too_many_arguments)]
     async fn drive(
         &self,
         rec: &ServiceRecord,
         cur: &RevisionRecord,
         rollout: Option<RolloutRecord>,
+        requests: &[OperatorRequest],
         instances: &[Instance],
         now: u64,
         revisions: &mut HashMap<String, RevisionRecord>,
@@ -451,24 +527,25 @@ impl<R: ContainerRuntime> Controller<R> {
             .iter()
             .filter(|i| i.service == key && !i.is_failed())
             .collect();
+        let seen: Vec<u64> = requests.iter().map(|q| q.seq).collect();
 
         let mut r = match rollout {
+            // The rollout of this revision finished: whatever else runs is superseded.
+            Some(r) if r.candidate_revision == cur.number && r.phase == RolloutPhase::Finished => {
+                if !seen.is_empty() {
+                    self.store.step_rollout(project, name, Some(&r), &seen)?;
+                }
+                return Ok(steady);
+            }
             Some(r) if r.candidate_revision == cur.number => r,
             previous => {
                 let others: Vec<&&Instance> = live
                     .iter()
                     .filter(|i| i.fingerprint != cur.fingerprint)
                     .collect();
-                let finished = self
-                    .memory
-                    .lock()
-                    .expect("controller memory lock")
-                    .finished
-                    .get(&key)
-                    == Some(&cur.number);
-                if others.is_empty() || finished {
-                    if previous.is_some() {
-                        self.store.delete_rollout(project, name)?;
+                if others.is_empty() {
+                    if previous.is_some() || !seen.is_empty() {
+                        self.store.step_rollout(project, name, None, &seen)?;
                     }
                     return Ok(steady);
                 }
@@ -490,7 +567,10 @@ impl<R: ContainerRuntime> Controller<R> {
                     .unwrap_or_else(|| rollout::DEFAULT_STRATEGY.to_string());
                 info!(service = %key, from = stable, to = cur.number, %strategy, "rollout started");
                 let r = rollout::start(Some(stable), running, cur.number, &strategy, now);
-                self.store.put_rollout(project, name, &r)?;
+                // Requests made against the replaced rollout end with it.
+                if !self.store.step_rollout(project, name, Some(&r), &seen)? {
+                    self.wake.notify_one();
+                }
                 r
             }
         };
@@ -512,16 +592,30 @@ impl<R: ContainerRuntime> Controller<R> {
         }
 
         if r.phase == RolloutPhase::Progressing {
-            let outcome = if r.rollback_requested {
-                let mut rolled = r.clone();
+            // Apply the operator's requests made against this rollout (others are stale).
+            let mut asked = r.clone();
+            for q in requests
+                .iter()
+                .filter(|q| q.candidate_revision == r.candidate_revision)
+            {
+                info!(service = %key, request = ?q.kind, seq = q.seq, "operator request applied");
+                match q.kind {
+                    RequestKind::Promote => asked.promote_requested = true,
+                    RequestKind::Rollback => asked.rollback_requested = true,
+                }
+            }
+            let outcome = if asked.rollback_requested {
+                let mut rolled = asked.clone();
                 rolled.phase = RolloutPhase::RolledBack {
                     reason: "rolled back by the operator".into(),
                 };
+                rolled.updated_at_ms = now;
                 rollout::Outcome::RolledBack(rolled)
             } else {
-                let state = self.rollout_state(rec, cur, &r, stable_fp.as_deref(), instances, now);
+                let state =
+                    self.rollout_state(rec, cur, &asked, stable_fp.as_deref(), instances, now);
                 let registry = self.registry.clone();
-                let strategy = r.strategy.clone();
+                let strategy = asked.strategy.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let plugin = registry
                         .resolve(&strategy, World::Strategy)
@@ -532,44 +626,60 @@ impl<R: ContainerRuntime> Controller<R> {
                 .await
                 .unwrap_or_else(|e| Err(format!("strategy call panicked: {e}")));
                 match result {
-                    Ok(step) => rollout::apply(r.clone(), step, now),
+                    Ok(step) => rollout::apply(asked.clone(), step, now),
                     Err(reason) => {
-                        rollout::Outcome::RolledBack(rollout::fail(r.clone(), reason, now))
+                        rollout::Outcome::RolledBack(rollout::fail(asked.clone(), reason, now))
                     }
                 }
             };
-            match outcome {
-                rollout::Outcome::Progressing(next) => {
-                    self.store.put_rollout(project, name, &next)?;
-                    r = next;
-                }
+            let next = match outcome {
+                rollout::Outcome::Progressing(next) => next,
                 rollout::Outcome::Finished => {
-                    info!(service = %key, revision = cur.number, "rollout finished");
-                    self.memory
-                        .lock()
-                        .expect("controller memory lock")
-                        .finished
-                        .insert(key.clone(), cur.number);
-                    self.store.delete_rollout(project, name)?;
-                    return Ok(steady);
+                    let mut done = asked.clone();
+                    done.phase = RolloutPhase::Finished;
+                    done.updated_at_ms = now;
+                    done.wait_until_ms = None;
+                    done.traffic = None;
+                    done
                 }
-                rollout::Outcome::RolledBack(next) => {
-                    if let RolloutPhase::RolledBack { reason } = &next.phase {
+                rollout::Outcome::RolledBack(next) => next,
+            };
+            if !self.store.step_rollout(project, name, Some(&next), &seen)? {
+                // A request arrived during the strategy call: plan again with it, keeping
+                // the groups of the last stored step meanwhile.
+                debug!(service = %key, "operator request arrived during the step; planning again");
+                self.wake.notify_one();
+            } else {
+                match &next.phase {
+                    RolloutPhase::Finished => {
+                        info!(service = %key, revision = cur.number, "rollout finished");
+                        return Ok(steady);
+                    }
+                    RolloutPhase::RolledBack { reason } | RolloutPhase::Failed { reason } => {
                         warn!(service = %key, revision = cur.number, %reason, "rollout rolled back");
                     }
-                    self.store.put_rollout(project, name, &next)?;
-                    r = next;
+                    RolloutPhase::Progressing => {}
                 }
+                r = next;
             }
+        } else if !seen.is_empty() {
+            // Requests against a rollout that already ended change nothing; consume them.
+            self.store.step_rollout(project, name, Some(&r), &seen)?;
         }
 
         let progressing = r.phase == RolloutPhase::Progressing;
         splits.insert(
             key,
             Split {
-                stable_fp: stable_fp.clone(),
-                candidate_fp: cur.fingerprint.clone(),
-                traffic: if progressing { r.traffic } else { None },
+                // Weights apply while a rollout progresses from a stable revision.
+                traffic: match (progressing, &stable_fp, r.traffic) {
+                    (true, Some(_), Some((stable, candidate))) => Some(orca_core::Traffic {
+                        candidate_fingerprint: cur.fingerprint.clone(),
+                        stable,
+                        candidate,
+                    }),
+                    _ => None,
+                },
                 // A progressing rollout is re-planned at least every second and at its wait time.
                 wake_at_ms: progressing
                     .then(|| r.wait_until_ms.unwrap_or(u64::MAX).min(now + 1_000)),
@@ -649,85 +759,45 @@ impl<R: ContainerRuntime> Controller<R> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Publishes a decision's routing table, probe targets and status view, before any
+    /// container changes: traffic leaves an instance before it is stopped.
     fn publish(
         &self,
         records: &[ServiceRecord],
         instances: &[Instance],
-        removing: &HashSet<&str>,
-        splits: &HashMap<String, Split>,
-        backing_off: &BTreeMap<String, u64>,
+        d: &Decision,
         next_wake_ms: Option<u64>,
         now: u64,
     ) {
-        let by_key: HashMap<String, &ServiceRecord> =
-            records.iter().map(|r| (r.spec.key(), r)).collect();
-
-        let mut targets = Vec::new();
-        // (service, is candidate) → ready (id, addr) pairs.
-        let mut ready: BTreeMap<(String, bool), Vec<(String, SocketAddr)>> = BTreeMap::new();
-        let mut ready_ids = HashSet::new();
-        for i in instances {
-            if !i.is_running() || removing.contains(i.info.id.as_str()) {
-                continue;
-            }
-            let Some(rec) = by_key.get(&i.service) else {
-                continue;
-            };
-            let addr = rec.spec.port.and_then(|port| {
-                i.info
-                    .ips
-                    .get(&instance::project_network(&i.project))
-                    .map(|ip| SocketAddr::new(*ip, port))
-            });
-            targets.push(Target {
-                id: i.info.id.clone(),
-                addr,
-                probe: rec.spec.readiness_probe().unwrap_or_default(),
-                liveness: rec.spec.liveness.clone(),
-            });
-            let is_ready = self.health.verdict(&i.info.id).ready;
-            if is_ready {
-                ready_ids.insert(i.info.id.clone());
-            }
-            if let Some(addr) = addr {
-                if is_ready {
-                    let candidate = splits
-                        .get(&i.service)
-                        .is_some_and(|s| s.stable_fp.is_some() && s.candidate_fp == i.fingerprint);
-                    ready
-                        .entry((i.service.clone(), candidate))
-                        .or_default()
-                        .push((i.info.id.clone(), addr));
-                }
-            }
-        }
+        self.health.set_targets(
+            d.probes
+                .iter()
+                .map(|p| Target {
+                    id: p.id.clone(),
+                    addr: p.addr,
+                    probe: p.readiness.clone(),
+                    liveness: p.liveness.clone(),
+                })
+                .collect(),
+        );
         let mut table = RouteTable::new();
-        for rec in records {
-            let (Some(domain), DesiredState::Running) = (&rec.spec.domain, rec.state) else {
-                continue;
-            };
-            let key = rec.spec.key();
-            let traffic = splits.get(&key).and_then(|s| s.traffic);
-            let mut backends = Vec::new();
-            for candidate in [false, true] {
-                let group = ready.remove(&(key.clone(), candidate)).unwrap_or_default();
-                let weight = rollout::instance_weight(traffic, candidate, group.len());
-                backends.extend(
-                    group
-                        .into_iter()
-                        .map(|(id, addr)| Backend { id, addr, weight }),
-                );
-            }
+        for r in &d.routes {
             table.insert(
-                domain,
+                &r.domain,
                 Route {
-                    service: key,
-                    backends,
+                    service: r.service.clone(),
+                    backends: r
+                        .backends
+                        .iter()
+                        .map(|b| Backend {
+                            id: b.id.clone(),
+                            addr: b.addr,
+                            weight: b.weight,
+                        })
+                        .collect(),
                 },
             );
         }
-        self.health.set_targets(targets);
         self.routes.swap(table);
 
         let errors = self
@@ -740,16 +810,17 @@ impl<R: ContainerRuntime> Controller<R> {
         self.view.store(Arc::new(View {
             instances: instances.to_vec(),
             errors,
-            backing_off: backing_off.clone(),
+            backing_off: d.backing_off.clone(),
             next_wake_ms,
-            ready: ready_ids,
+            ready: d.ready.iter().cloned().collect(),
+            addresses: d.addresses.clone(),
             observed_at_ms: now,
         }));
     }
 
     async fn execute(
         &self,
-        actions: Vec<Action>,
+        decision: Decision,
         records: &[ServiceRecord],
         revisions: &HashMap<String, RevisionRecord>,
         instances: &[Instance],
@@ -758,19 +829,14 @@ impl<R: ContainerRuntime> Controller<R> {
         let by_key: HashMap<String, &ServiceRecord> =
             records.iter().map(|r| (r.spec.key(), r)).collect();
         let by_key = &by_key;
-        let (removes, starts): (Vec<_>, Vec<_>) = actions
-            .into_iter()
-            .partition(|a| matches!(a, Action::Remove { .. }));
 
-        for a in removes {
-            let Action::Remove {
-                id,
-                service,
-                reason,
-            } = a
-            else {
-                continue;
-            };
+        for Remove {
+            id,
+            service,
+            reason,
+            drain: how,
+        } in decision.removes
+        {
             if !self
                 .memory
                 .lock()
@@ -781,23 +847,8 @@ impl<R: ContainerRuntime> Controller<R> {
                 continue; // already draining
             }
             acted = true;
-            // Only an instance that may still be serving is drained: a failed or orphaned one
-            // goes at once.
-            let drain_from = match reason {
-                RemoveReason::Failed | RemoveReason::Orphan => None,
-                _ => instances.iter().find(|i| i.info.id == id).and_then(|i| {
-                    let rec = by_key.get(&i.service)?;
-                    let port = rec.spec.port?;
-                    let ip = i.info.ips.get(&instance::project_network(&i.project))?;
-                    let timeout = rec
-                        .spec
-                        .deploy
-                        .as_ref()
-                        .and_then(|d| d.drain_timeout_secs)
-                        .unwrap_or(DEFAULT_DRAIN_SECS);
-                    Some((SocketAddr::new(*ip, port), Duration::from_secs(timeout)))
-                }),
-            };
+            // The decision drains with the instance's own revision's port and timeout.
+            let drain_from = how.map(|d| (d.addr, Duration::from_millis(d.timeout_ms)));
             info!(%service, id = %instance::short(&id), reason = reason.as_str(), draining = drain_from.is_some(), "removing instance");
             let runtime = self.runtime.clone();
             let memory = self.memory.clone();
@@ -824,15 +875,12 @@ impl<R: ContainerRuntime> Controller<R> {
 
         let node = self.node_capacity(records, instances);
         let node = &node;
-        let starts = starts.into_iter().map(|a| async move {
-            let Action::Start {
+        let starts = decision.starts.into_iter().map(|a| async move {
+            let Start {
                 service,
                 slot,
                 fingerprint,
-            } = a
-            else {
-                return false;
-            };
+            } = a;
             let (Some(rec), Some(rev)) = (by_key.get(&service), revisions.get(&fingerprint)) else {
                 warn!(%service, %fingerprint, "no revision record for a start; skipped");
                 return false;
@@ -998,10 +1046,6 @@ impl<R: ContainerRuntime> Controller<R> {
 /// The placement plugin used for every service.
 const PLACEMENT: &str = "spread";
 
-/// Longest wait for an instance's in-flight requests before it is stopped, unless the
-/// service sets `[service.deploy] drain_timeout_secs`.
-const DEFAULT_DRAIN_SECS: u64 = 30;
-
 /// How many requests the proxy has in flight to an address.
 pub type InFlight = Arc<dyn Fn(SocketAddr) -> usize + Send + Sync>;
 
@@ -1019,9 +1063,7 @@ async fn drain(in_flight: &InFlight, addr: SocketAddr, timeout: Duration) {
 /// How one service's traffic is split during a rollout.
 #[derive(Debug, Clone)]
 struct Split {
-    stable_fp: Option<String>,
-    candidate_fp: String,
-    traffic: Option<(u32, u32)>,
+    traffic: Option<orca_core::Traffic>,
     wake_at_ms: Option<u64>,
 }
 

@@ -1,7 +1,8 @@
 //! The rollout driver's decisions: starting a rollout, applying a strategy's step to the
-//! persisted rollout record, the failure policy, and the instance groups and traffic weights
-//! a rollout asks for. Pure functions over plain data; the controller calls the strategy
-//! plugin and persists the record.
+//! persisted rollout record, the failure policy, and the instance groups a rollout asks for.
+//! Pure functions over plain data; the controller calls the strategy plugin and persists the
+//! record (one `step_rollout` transaction per step); the traffic weights are
+//! `orca_core::instance_weight`, applied by `orca_core::decide`.
 
 use orca_store::{RolloutPhase, RolloutRecord};
 
@@ -45,7 +46,8 @@ pub fn start(
 pub enum Outcome {
     /// Still progressing: persist the record.
     Progressing(RolloutRecord),
-    /// Finished (promoted or done): delete the record; the candidate is the only revision.
+    /// Finished (promoted or done): the record is stored as finished; the candidate is the
+    /// only revision.
     Finished,
     /// Rolled back (by the strategy, or by the failure policy): persist the record so the
     /// same candidate is not retried until the service changes again.
@@ -105,6 +107,10 @@ pub fn groups(
     replicas: u32,
 ) -> Vec<DesiredGroup> {
     match (&r.phase, stable_fp) {
+        (RolloutPhase::Finished, _) => vec![DesiredGroup {
+            fingerprint: candidate_fp.to_string(),
+            count: replicas,
+        }],
         (RolloutPhase::Progressing, Some(s)) => vec![
             DesiredGroup {
                 fingerprint: s.to_string(),
@@ -128,19 +134,6 @@ pub fn groups(
             fingerprint: candidate_fp.to_string(),
             count: replicas,
         }],
-    }
-}
-
-/// Proxy weight of one ready instance: the group's traffic weight shared among its ready
-/// instances (scaled by 1000 to stay integral). Equal weights when no split is set.
-pub fn instance_weight(traffic: Option<(u32, u32)>, candidate: bool, ready_in_group: usize) -> u32 {
-    match traffic {
-        None => 1,
-        Some((s, c)) => {
-            let group = u64::from(if candidate { c } else { s });
-            let n = ready_in_group.max(1) as u64;
-            (group * 1000 / n).min(u64::from(u32::MAX)) as u32
-        }
     }
 }
 
@@ -254,13 +247,5 @@ mod tests {
                 }
             ]
         );
-    }
-
-    #[test]
-    fn weights_split_a_group_among_its_ready_instances() {
-        assert_eq!(instance_weight(None, true, 3), 1);
-        assert_eq!(instance_weight(Some((80, 20)), false, 4), 20_000);
-        assert_eq!(instance_weight(Some((80, 20)), true, 1), 20_000);
-        assert_eq!(instance_weight(Some((100, 0)), true, 2), 0);
     }
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use orca_docker::{ContainerRuntime, LogStream};
-use orca_store::{DesiredState, RolloutPhase, ServiceRecord};
+use orca_store::{DesiredState, RequestKind, RolloutPhase, ServiceRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -59,6 +59,7 @@ pub async fn deploy<R: ContainerRuntime>(
         }
     }
     // A domain belongs to one service: refuse to take one from a service outside this request.
+    // (Checked here before any build; the store checks again in the deploy's transaction.)
     let keys: HashSet<String> = specs.iter().map(|sp| sp.key()).collect();
     for rec in s.store.list_services()? {
         if keys.contains(&rec.spec.key()) {
@@ -88,9 +89,8 @@ pub async fn deploy<R: ContainerRuntime>(
                 .map_err(|e| ApiError::bad_request(e.to_string()))?,
         );
     }
-    let outcomes = s.store.apply_deploy(&items, now_unix())?;
-    // Certificates go in their own table (keys sealed), after the services that own them;
-    // the certificate manager serves them within a second.
+    // The request's own certificates, checked and sealed before the transaction.
+    let mut certificates = Vec::new();
     for upload in &request.tls {
         let Some(spec) = specs
             .iter()
@@ -101,16 +101,21 @@ pub async fn deploy<R: ContainerRuntime>(
         let Some(domain) = spec.domain.as_deref() else {
             continue;
         };
-        crate::certs::store_manual(
-            &s.store,
-            &s.secrets,
-            &spec.key(),
-            domain,
-            &upload.cert_pem,
-            &upload.key_pem,
-        )
-        .map_err(ApiError::bad_request)?;
+        certificates.push(
+            crate::certs::manual_record(
+                &s.secrets,
+                &spec.key(),
+                domain,
+                &upload.cert_pem,
+                &upload.key_pem,
+            )
+            .map_err(ApiError::bad_request)?,
+        );
     }
+    // One transaction: domain uniqueness, services, revisions and certificates.
+    let outcomes = s
+        .store
+        .apply_deploy_with(&items, &certificates, now_unix())?;
     s.controller.wake();
     tracing::info!(services = outcomes.len(), "deploy accepted");
     Ok(Json(json!({
@@ -194,12 +199,8 @@ pub async fn status<R: ContainerRuntime>(
             let is_ready = i.is_running() && view.ready.contains(&i.info.id);
             running += u32::from(i.is_running());
             ready += u32::from(is_ready);
-            let address = rec.spec.port.and_then(|port| {
-                i.info
-                    .ips
-                    .get(&instance::project_network(&i.project))
-                    .map(|ip| format!("{ip}:{port}"))
-            });
+            // Its own revision's port, as the controller routes and probes it.
+            let address = view.addresses.get(&i.info.id).map(|a| a.to_string());
             instances.push(json!({
                 "id": instance::short(&i.info.id),
                 "name": i.info.name,
@@ -220,14 +221,27 @@ pub async fn status<R: ContainerRuntime>(
                 "cpu_percent": usage.and_then(|u| u.cpu_percent),
             }));
         }
-        let rollout = s
-            .store
-            .get_rollout(rec.spec.project(), &rec.spec.name)?
+        let record = s.store.get_rollout(rec.spec.project(), &rec.spec.name)?;
+        // The revision that serves: after the current revision's rollout was rolled back (or
+        // failed), its stable revision, with the candidate and the reason shown beside it.
+        let rolled_back = record.as_ref().and_then(|r| match &r.phase {
+            RolloutPhase::RolledBack { reason } | RolloutPhase::Failed { reason }
+                if r.candidate_revision == rec.revision =>
+            {
+                r.stable_revision
+                    .map(|stable| (stable, r.candidate_revision, reason.clone()))
+            }
+            _ => None,
+        });
+        let rollout = record
+            // A finished rollout is history, not live traffic.
+            .filter(|r| r.phase != RolloutPhase::Finished)
             .map(|r| {
                 let (phase, reason) = match &r.phase {
                     RolloutPhase::Progressing => ("progressing", None),
                     RolloutPhase::RolledBack { reason } => ("rolled-back", Some(reason.clone())),
                     RolloutPhase::Failed { reason } => ("failed", Some(reason.clone())),
+                    RolloutPhase::Finished => ("finished", None),
                 };
                 json!({
                     "phase": phase,
@@ -237,7 +251,11 @@ pub async fn status<R: ContainerRuntime>(
                     "candidate_revision": r.candidate_revision,
                     "stable_count": r.stable_count,
                     "candidate_count": r.candidate_count,
-                    "traffic": r.traffic.map(|(st, ca)| json!({"stable": st, "candidate": ca})),
+                    // An ended rollout splits no traffic any more.
+                    "traffic": r.traffic
+                        .filter(|_| r.phase == RolloutPhase::Progressing)
+                        .map(|(st, ca)| json!({"stable": st, "candidate": ca})),
+                    "awaiting_operator": awaiting_operator(&r),
                     "promote_requested": r.promote_requested,
                     "steps": r.steps,
                     "started_at_ms": r.started_at_ms,
@@ -272,10 +290,26 @@ pub async fn status<R: ContainerRuntime>(
                     "finished_ms": b.finished_ms,
                 })
             });
+        let (serving_revision, serving_image) = match &rolled_back {
+            Some((stable, _, _)) => (
+                *stable,
+                revisions
+                    .iter()
+                    .find(|r| r.number == *stable)
+                    .map_or(rec.spec.image.clone(), |r| r.spec.image.clone()),
+            ),
+            None => (rec.revision, rec.spec.image.clone()),
+        };
         services.push(json!({
             "name": rec.spec.name,
             "project": rec.spec.project(),
-            "image": rec.spec.image,
+            "image": serving_image,
+            "desired_revision": rec.revision,
+            "rolled_back": rolled_back.as_ref().map(|(_, candidate, reason)| json!({
+                "revision": candidate,
+                "image": rec.spec.image,
+                "reason": reason,
+            })),
             "status": status,
             "desired_state": match rec.state { DesiredState::Running => "running", DesiredState::Stopped => "stopped" },
             "replicas": rec.spec.replicas,
@@ -284,8 +318,8 @@ pub async fn status<R: ContainerRuntime>(
             "domain": rec.spec.domain,
             "tls": crate::certs::status(&s.store, rec.spec.domain.as_deref()),
             "port": rec.spec.port,
-            "revision": rec.revision,
-            "commit": commit_of(rec.revision),
+            "revision": serving_revision,
+            "commit": commit_of(serving_revision),
             "last_build": last_build,
             "updated_at": rec.updated_at,
             "error": error,
@@ -561,6 +595,16 @@ fn build_logs<R: ContainerRuntime>(
         .into_response())
 }
 
+/// Whether a progressing rollout waits for the operator: the candidate gets traffic and the
+/// strategy asked for no timer (a manual canary after its weight is set; `promote` or
+/// `rollback` moves it on).
+fn awaiting_operator(r: &orca_store::RolloutRecord) -> bool {
+    r.phase == RolloutPhase::Progressing
+        && r.wait_until_ms.is_none()
+        && !r.promote_requested
+        && r.traffic.is_some_and(|(_, candidate)| candidate > 0)
+}
+
 /// `POST /api/v1/services/{name}/promote`: asks the strategy of the rollout in progress to
 /// promote its candidate.
 pub async fn promote<R: ContainerRuntime>(
@@ -570,17 +614,19 @@ pub async fn promote<R: ContainerRuntime>(
 ) -> Result<Json<Value>, ApiError> {
     let rec = find_service(&s, &name, q.project.as_deref())?;
     let (project, name) = (rec.spec.project(), rec.spec.name.as_str());
-    match s.store.get_rollout(project, name)? {
-        Some(mut r) if r.phase == RolloutPhase::Progressing => {
-            r.promote_requested = true;
-            s.store.put_rollout(project, name, &r)?;
+    // The request is recorded; the controller (the one writer of rollouts) applies it.
+    match s
+        .store
+        .request_rollout_change(project, name, RequestKind::Promote, now_unix())?
+    {
+        Some((q, _)) => {
             s.controller.wake();
             Ok(Json(json!({
                 "project": project, "name": name,
-                "candidate_revision": r.candidate_revision, "promote_requested": true,
+                "candidate_revision": q.candidate_revision, "promote_requested": true,
             })))
         }
-        _ => Err(ApiError::conflict(format!(
+        None => Err(ApiError::conflict(format!(
             "service \"{name}\" has no rollout in progress to promote"
         ))),
     }
@@ -610,15 +656,14 @@ pub async fn rollback<R: ContainerRuntime>(
     let rec = find_service(&s, &name, q.project.as_deref())?;
     let (project, name) = (rec.spec.project(), rec.spec.name.as_str());
     if to.is_none() {
-        if let Some(mut r) = s.store.get_rollout(project, name)? {
-            if r.phase == RolloutPhase::Progressing {
-                r.rollback_requested = true;
-                s.store.put_rollout(project, name, &r)?;
-                s.controller.wake();
-                return Ok(Json(json!({
-                    "project": project, "name": name, "abandoned_revision": r.candidate_revision,
-                })));
-            }
+        if let Some((q, _)) =
+            s.store
+                .request_rollout_change(project, name, RequestKind::Rollback, now_unix())?
+        {
+            s.controller.wake();
+            return Ok(Json(json!({
+                "project": project, "name": name, "abandoned_revision": q.candidate_revision,
+            })));
         }
     }
     let target = match to {

@@ -358,6 +358,21 @@ pub fn store_manual(
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<(), String> {
+    let record = manual_record(secrets, service, domain, cert_pem, key_pem)?;
+    store
+        .put_certificate(&record)
+        .map_err(|e| format!("storing the certificate of \"{service}\": {e}"))
+}
+
+/// The record of a service's own certificate (checked against its key, key sealed), for a
+/// deploy to store in its transaction.
+pub fn manual_record(
+    secrets: &SecretBox,
+    service: &str,
+    domain: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<CertificateRecord, String> {
     orca_proxy::certified_key(cert_pem, key_pem)
         .map_err(|e| format!("service \"{service}\": tls_cert/tls_key: {e}"))?;
     let not_after =
@@ -372,9 +387,7 @@ pub fn store_manual(
         not_after,
         stored_at: now_unix(),
     };
-    store
-        .put_certificate(&record)
-        .map_err(|e| format!("storing the certificate of \"{service}\": {e}"))
+    Ok(record)
 }
 
 /// The `tls` object of a service's status: whether HTTPS is served for its domain, until

@@ -917,8 +917,9 @@ async fn upload_plugin_paths(
     Ok(())
 }
 
-/// Waits until every deployed service runs its new revision on all replicas; fails at once
-/// if a rollout was rolled back.
+/// Waits until every deployed service runs its new revision on all replicas, or its rollout
+/// waits for the operator (a canary serving its weight: the split and the promote command are
+/// printed); fails at once if a rollout was rolled back.
 async fn wait_running(
     c: &Client,
     keys: &[(String, String, u64)],
@@ -928,6 +929,7 @@ async fn wait_running(
     loop {
         let v = c.call(Method::GET, "/api/v1/status", None).await?;
         let mut pending = Vec::new();
+        let mut awaiting = Vec::new();
         for (project, name, revision) in keys {
             let svc = v["services"].as_array().into_iter().flatten().find(|s| {
                 s["project"].as_str() == Some(project) && s["name"].as_str() == Some(name)
@@ -952,6 +954,20 @@ async fn wait_running(
                 .filter(|i| i["ready"] == true && i["revision"].as_u64() == Some(*revision))
                 .count() as u64;
             let want = s["replicas"].as_u64().unwrap_or(0);
+            let candidates_ready = on_revision > 0;
+            if rollout["phase"] == "progressing"
+                && rollout["awaiting_operator"] == true
+                && rollout["candidate_revision"].as_u64() == Some(*revision)
+                && candidates_ready
+            {
+                awaiting.push(format!(
+                    "{project}/{name}: revision {revision} serves {}% of the traffic ({on_revision} canary, stable revision {} serves {}%); run `orca promote {name}` to finish or `orca rollback {name}` to abandon it",
+                    rollout["traffic"]["candidate"],
+                    rollout["stable_revision"],
+                    rollout["traffic"]["stable"],
+                ));
+                continue;
+            }
             let done = s["status"] == "running"
                 && rollout["phase"] != "progressing"
                 && on_revision >= want;
@@ -972,7 +988,18 @@ async fn wait_running(
             }
         }
         if pending.is_empty() {
-            println!("all {} service(s) running", keys.len());
+            for a in &awaiting {
+                println!("{a}");
+            }
+            if awaiting.is_empty() {
+                println!("all {} service(s) running", keys.len());
+            } else {
+                println!(
+                    "{} service(s) running, {} waiting for the operator",
+                    keys.len() - awaiting.len(),
+                    awaiting.len()
+                );
+            }
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -1063,6 +1090,16 @@ fn print_status(v: &Value) {
         print_tls(&s["tls"]);
         if let Some(c) = s["commit"].as_str() {
             println!("  commit {c} (revision {})", s["revision"]);
+        }
+        let rb = &s["rolled_back"];
+        if rb.is_object() {
+            println!(
+                "  rolled back: revision {} ({}) does not serve: {}; revision {} serves",
+                rb["revision"],
+                rb["image"].as_str().unwrap_or("-"),
+                rb["reason"].as_str().unwrap_or("no reason given"),
+                s["revision"],
+            );
         }
         let b = &s["last_build"];
         if b.is_object() {

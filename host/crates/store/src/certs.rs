@@ -100,6 +100,17 @@ pub(crate) fn create_table(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Stores a certificate inside a caller's write transaction (a deploy's).
+pub(crate) fn put_in(txn: &WriteTransaction, record: &CertificateRecord) -> Result<(), StoreError> {
+    let row = Versioned {
+        schema: SCHEMA,
+        value: record.clone(),
+    };
+    txn.open_table(CERTS)?
+        .insert(record.domain.as_str(), encode(&row).as_slice())?;
+    Ok(())
+}
+
 fn put<T: Serialize + Clone>(
     store: &Store,
     table: TableDefinition<&str, &[u8]>,

@@ -12,6 +12,9 @@
 //!   the same transaction as the service record by `services`.
 //! - [`rollouts`] — owns table `rollouts`: the persisted state of each service's rollout
 //!   ([`RolloutRecord`], [`RolloutPhase`]); its stable/candidate revisions are never pruned.
+//! - [`requests`] — owns table `operator_requests`: promote/rollback requests
+//!   ([`OperatorRequest`]) recorded by the API, consumed by the controller's
+//!   [`Store::step_rollout`] in the transaction of the step they cause.
 //! - [`tokens`] — owns table `tokens`: hashed API tokens ([`StoredToken`]), token generation
 //!   and the constant-time verifier [`TokenSet`].
 //! - [`secrets`] — owns table `secrets` (sealed values) and the cipher [`SecretBox`]
@@ -53,6 +56,7 @@ pub mod builds;
 pub mod certs;
 pub mod error;
 mod record;
+pub mod requests;
 pub mod revisions;
 pub mod rollouts;
 pub mod secrets;
@@ -63,6 +67,7 @@ pub mod webhooks;
 pub use builds::{BuildRecord, BuildStatus};
 pub use certs::{AcmeOrderRecord, CertSource, CertificateRecord, ACME_SEAL_SCOPE, TLS_SEAL_SCOPE};
 pub use error::StoreError;
+pub use requests::{OperatorRequest, RequestKind};
 pub use revisions::{RevisionRecord, REVISIONS_KEPT};
 pub use rollouts::{RolloutPhase, RolloutRecord, PLUGIN_STATE_MAX};
 pub use secrets::{SecretBox, SecretMeta};
@@ -106,6 +111,7 @@ impl Store {
         secrets::create_table(&txn)?;
         revisions::create_table(&txn)?;
         rollouts::create_table(&txn)?;
+        requests::create_table(&txn)?;
         certs::create_table(&txn)?;
         webhooks::create_table(&txn)?;
         builds::create_table(&txn)?;

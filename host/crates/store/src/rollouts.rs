@@ -1,10 +1,11 @@
 //! Owns table `rollouts`: the persisted state of each service's rollout, keyed `project/name`.
 //!
 //! A record exists while a rollout is in progress (phase [`RolloutPhase::Progressing`]) and
-//! stays after a rollout ended in a rollback or failure, so the same candidate is not retried
-//! after a restart; the host deletes it when a rollout completes or a new one replaces it.
-//! Every step of a rollout is one [`Store::put_rollout`], so a rollout survives a SIGKILL of
-//! the server at any point.
+//! stays after it ended ([`RolloutPhase::Finished`], rolled back or failed), so the same
+//! candidate is not retried and a finished rollout is not reopened after a restart; a new
+//! rollout replaces it. The controller is its one writer: every step is one
+//! [`Store::step_rollout`] (which also consumes the operator requests it acted on, see
+//! `requests`), so a rollout survives a SIGKILL of the server at any point.
 //!
 //! The revisions a record references (`stable_revision`, `candidate_revision`) are never
 //! pruned from table `revisions` while the record exists.
@@ -28,7 +29,7 @@ pub const PLUGIN_STATE_MAX: usize = 1024 * 1024;
 /// Where a rollout stands.
 ///
 /// Stored as JSON tagged by `kind`: `{"kind":"progressing"}`,
-/// `{"kind":"rolledback","reason":"…"}`, `{"kind":"failed","reason":"…"}`.
+/// `{"kind":"rolledback","reason":"…"}`, `{"kind":"failed","reason":"…"}`, `{"kind":"finished"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum RolloutPhase {
@@ -44,6 +45,9 @@ pub enum RolloutPhase {
         /// What went wrong.
         reason: String,
     },
+    /// Ended with the candidate promoted: it is the only revision that runs. Kept so a server
+    /// restarted while superseded instances drain does not open a new rollout.
+    Finished,
 }
 
 /// The persisted state of one service's rollout.
@@ -183,6 +187,48 @@ fn read_row(
         Some(v) => decode_row(key, v.value()).map(Some),
         None => Ok(None),
     }
+}
+
+/// The rollout record of `project/name` inside a write transaction.
+pub(crate) fn get_in(
+    txn: &WriteTransaction,
+    project: &str,
+    name: &str,
+) -> Result<Option<RolloutRecord>, StoreError> {
+    read_row(&txn.open_table(ROLLOUTS)?, &scoped_key(project, name))
+}
+
+/// Stores the rollout record of `project/name` inside a write transaction.
+pub(crate) fn put_in(
+    txn: &WriteTransaction,
+    project: &str,
+    name: &str,
+    record: &RolloutRecord,
+) -> Result<(), StoreError> {
+    let key = scoped_key(project, name);
+    if record.plugin_state.len() > PLUGIN_STATE_MAX {
+        return Err(StoreError::TooLarge {
+            what: format!("plugin state of the rollout of {key}"),
+            len: record.plugin_state.len(),
+            limit: PLUGIN_STATE_MAX,
+        });
+    }
+    txn.open_table(ROLLOUTS)?
+        .insert(key.as_str(), encode_row(record).as_slice())?;
+    Ok(())
+}
+
+/// Deletes the rollout record of `project/name` inside a write transaction.
+pub(crate) fn delete_in(
+    txn: &WriteTransaction,
+    project: &str,
+    name: &str,
+) -> Result<bool, StoreError> {
+    let removed = txn
+        .open_table(ROLLOUTS)?
+        .remove(scoped_key(project, name).as_str())?
+        .is_some();
+    Ok(removed)
 }
 
 /// The revision numbers the rollout record of `project/name` references (stable and

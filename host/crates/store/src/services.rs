@@ -243,6 +243,19 @@ impl Store {
         items: &[DeployItem],
         now_unix: u64,
     ) -> Result<Vec<DeployOutcome>, StoreError> {
+        self.apply_deploy_with(items, &[], now_unix)
+    }
+
+    /// [`Store::apply_deploy`] with the request's certificates, as one transaction: the
+    /// domain uniqueness check (a domain another service outside this request holds is a
+    /// [`StoreError::Conflict`] naming both), the services and revisions, and the
+    /// certificates. Nothing is written if any part fails.
+    pub fn apply_deploy_with(
+        &self,
+        items: &[DeployItem],
+        certificates: &[crate::CertificateRecord],
+        now_unix: u64,
+    ) -> Result<Vec<DeployOutcome>, StoreError> {
         let _span = tracing::debug_span!("orca.store.write", op = "apply_deploy").entered();
         let mut seen = std::collections::HashSet::new();
         for item in items {
@@ -261,6 +274,28 @@ impl Store {
         let mut outcomes = Vec::with_capacity(items.len());
         {
             let mut table = txn.open_table(SERVICES)?;
+            // A domain belongs to one service: refuse to take one from a service outside
+            // this request (read in the transaction that writes, so no deploy races it).
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                let other = decode_row(k.value(), v.value())?;
+                if seen.contains(k.value()) {
+                    continue;
+                }
+                let Some(d) = &other.spec.domain else {
+                    continue;
+                };
+                if let Some(item) = items.iter().find(|i| i.spec.domain.as_ref() == Some(d)) {
+                    return Err(StoreError::Conflict {
+                        what: format!(
+                            "service \"{}\": domain \"{d}\" is already used by service \"{}\" in project \"{}\"",
+                            item.spec.name,
+                            other.spec.name,
+                            other.spec.project()
+                        ),
+                    });
+                }
+            }
             for item in items {
                 let spec = &item.spec;
                 let (project, name) = (spec.project(), spec.name.as_str());
@@ -331,6 +366,9 @@ impl Store {
                     changed: true,
                 });
             }
+        }
+        for cert in certificates {
+            crate::certs::put_in(&txn, cert)?;
         }
         txn.commit()?;
         Ok(outcomes)
@@ -521,6 +559,65 @@ mod tests {
             .iter()
             .map(|(p, n)| (p.to_string(), n.to_string()))
             .collect()
+    }
+
+    fn with_domain(mut i: DeployItem, domain: &str) -> DeployItem {
+        i.spec.domain = Some(domain.into());
+        i
+    }
+
+    fn cert(domain: &str, service: &str) -> crate::CertificateRecord {
+        crate::CertificateRecord {
+            domain: domain.into(),
+            service: service.into(),
+            source: crate::CertSource::Manual,
+            cert_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+            key_sealed: vec![1, 2, 3],
+            not_after: 100,
+            stored_at: 1,
+        }
+    }
+
+    #[test]
+    fn a_deploy_is_one_transaction_with_domains_and_certificates() {
+        let (_dir, store) = store();
+        store
+            .apply_deploy_with(
+                &[with_domain(d("web", "api", "api:1", 1), "a.test")],
+                &[cert("a.test", "web/api")],
+                1,
+            )
+            .unwrap();
+        assert!(store.get_certificate("a.test").unwrap().is_some());
+        // Another service taking a.test: refused, and nothing of the request is written —
+        // not its other service, not its certificate.
+        let err = store
+            .apply_deploy_with(
+                &[
+                    d("blog", "ok", "ok:1", 1),
+                    with_domain(d("blog", "web", "web:1", 1), "a.test"),
+                ],
+                &[cert("b.test", "blog/web")],
+                2,
+            )
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, StoreError::Conflict { .. })
+                && msg.contains("domain \"a.test\"")
+                && msg.contains("service \"api\" in project \"web\""),
+            "{msg}"
+        );
+        assert_eq!(store.get_service("blog", "ok").unwrap(), None);
+        assert_eq!(store.get_certificate("b.test").unwrap(), None);
+        // The service that holds the domain may redeploy with it.
+        store
+            .apply_deploy_with(
+                &[with_domain(d("web", "api", "api:2", 1), "a.test")],
+                &[],
+                3,
+            )
+            .unwrap();
     }
 
     #[test]

@@ -1,0 +1,529 @@
+//! The reconciler: a pure function from (desired groups, observed instances, now) to container actions.
+//!
+//! It does no I/O, reads no clock and draws no random numbers: everything it needs is passed
+//! in, so it is table-tested below and replays identically after a crash. [`crate::decide`]
+//! calls it; the host's executor applies the actions through the container runtime.
+//!
+//! A desired service is a list of *groups*, one per revision that should run, each a
+//! fingerprint and an instance count. Outside a rollout there is one group; during a rollout
+//! the strategy plugin sets the counts of the stable and the candidate group. Rules, per
+//! service:
+//! - an instance that has failed (exited, dead) is removed; its slot is then free; so is one
+//!   stuck in `created` past [`crate::STUCK_AFTER_MS`] (a server killed between create and start);
+//! - a stopped service has all its instances removed;
+//! - each group's slots are `0..count`; a slot with no live instance of the group's
+//!   fingerprint gets one started, unless the service is in crash back-off (`not_before`);
+//! - a live instance in a slot `>= count` of its group is removed (scale down);
+//! - two live instances of one fingerprint in one slot (adoption after a crash between
+//!   create and record) keep the better one: ready first, then the lower id;
+//! - a live instance whose fingerprint is in no group is removed (superseded): keeping old
+//!   instances serving while new ones start is the strategy's decision, expressed as groups;
+//! - an instance whose service is not desired at all is an orphan and is removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Instances of one revision that should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredGroup {
+    /// Hash of everything that requires a new container when it changes.
+    pub fingerprint: String,
+    /// Number of instances wanted.
+    pub count: u32,
+}
+
+/// What the store (and the rollout driver) say one service should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredService {
+    /// `project/name`.
+    pub key: String,
+    /// Revisions that should run, at most one group per fingerprint.
+    pub groups: Vec<DesiredGroup>,
+    /// `false` when the operator stopped the service.
+    pub running: bool,
+    /// Crash back-off: no instance is started before this time (milliseconds, caller's clock).
+    pub not_before_ms: Option<u64>,
+}
+
+/// How far an observed instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Created or running, readiness not (yet) established.
+    Starting,
+    /// Running and passing its readiness check: it receives traffic.
+    Ready,
+    /// Exited or dead; it will never serve again.
+    Failed,
+    /// Created but never started, for longer than [`crate::STUCK_AFTER_MS`].
+    Stuck,
+}
+
+/// One container the runtime reports, reduced to what decisions need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedInstance {
+    /// Runtime id of the container.
+    pub id: String,
+    /// `project/name` of the service it belongs to.
+    pub service: String,
+    /// Fingerprint it was created with.
+    pub fingerprint: String,
+    /// Replica slot it fills.
+    pub slot: u32,
+    /// Where it is in its life.
+    pub phase: Phase,
+}
+
+/// Why an instance is removed; shown in logs and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveReason {
+    /// The container exited or died.
+    Failed,
+    /// The service was stopped.
+    Stopped,
+    /// The service has fewer replicas now.
+    ScaledDown,
+    /// A second instance in the same slot.
+    Duplicate,
+    /// Replaced by an instance of the current fingerprint.
+    Superseded,
+    /// Its service is unknown to the store.
+    Orphan,
+    /// Created but never started (the server died between create and start).
+    Stuck,
+}
+
+impl RemoveReason {
+    /// Stable lowercase name for logs and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoveReason::Failed => "failed",
+            RemoveReason::Stopped => "stopped",
+            RemoveReason::ScaledDown => "scaled-down",
+            RemoveReason::Duplicate => "duplicate",
+            RemoveReason::Superseded => "superseded",
+            RemoveReason::Orphan => "orphan",
+            RemoveReason::Stuck => "stuck-created",
+        }
+    }
+}
+
+/// One step the executor performs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create and start an instance of `service` in `slot`.
+    Start {
+        /// `project/name`.
+        service: String,
+        /// Replica slot to fill.
+        slot: u32,
+        /// Fingerprint the new instance carries.
+        fingerprint: String,
+    },
+    /// Stop and remove a container.
+    Remove {
+        /// Runtime id.
+        id: String,
+        /// `project/name`.
+        service: String,
+        /// Why.
+        reason: RemoveReason,
+    },
+}
+
+/// The reconciler's output: removals first, then starts, both in a stable order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Actions in execution order.
+    pub actions: Vec<Action>,
+    /// Services that need a start but are held back by crash back-off, with the time they may.
+    pub backing_off: BTreeMap<String, u64>,
+}
+
+impl Plan {
+    /// True when nothing is to be done.
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+/// Computes the plan. Pure: same inputs, same plan.
+pub fn plan(desired: &[DesiredService], observed: &[ObservedInstance], now_ms: u64) -> Plan {
+    let mut removes = Vec::new();
+    let mut starts = Vec::new();
+    let mut backing_off = BTreeMap::new();
+
+    let mut by_service: BTreeMap<&str, Vec<&ObservedInstance>> = BTreeMap::new();
+    for inst in observed {
+        by_service
+            .entry(inst.service.as_str())
+            .or_default()
+            .push(inst);
+    }
+    let desired_keys: BTreeSet<&str> = desired.iter().map(|d| d.key.as_str()).collect();
+
+    for (service, instances) in &by_service {
+        if !desired_keys.contains(service) {
+            for inst in instances {
+                removes.push(remove(inst, RemoveReason::Orphan));
+            }
+        }
+    }
+
+    for d in desired {
+        let instances = by_service.get(d.key.as_str()).cloned().unwrap_or_default();
+        let (failed, live): (Vec<_>, Vec<_>) = instances
+            .into_iter()
+            .partition(|i| matches!(i.phase, Phase::Failed | Phase::Stuck));
+        for inst in &failed {
+            let reason = if inst.phase == Phase::Stuck {
+                RemoveReason::Stuck
+            } else {
+                RemoveReason::Failed
+            };
+            removes.push(remove(inst, reason));
+        }
+        if !d.running {
+            for inst in &live {
+                removes.push(remove(inst, RemoveReason::Stopped));
+            }
+            continue;
+        }
+
+        let mut held_back = false;
+        for group in &d.groups {
+            let members: Vec<&ObservedInstance> = live
+                .iter()
+                .copied()
+                .filter(|i| i.fingerprint == group.fingerprint)
+                .collect();
+            // Best instance per slot; the rest of the slot are duplicates.
+            let mut by_slot: BTreeMap<u32, Vec<&ObservedInstance>> = BTreeMap::new();
+            for inst in members {
+                by_slot.entry(inst.slot).or_default().push(inst);
+            }
+            let mut filled = BTreeSet::new();
+            for (slot, mut insts) in by_slot {
+                // Ready before starting, then by id for a deterministic choice.
+                insts.sort_by(|a, b| b.phase.cmp(&a.phase).then(a.id.cmp(&b.id)));
+                let (keep, dups) = insts.split_first().expect("slot group is never empty");
+                for dup in dups {
+                    removes.push(remove(dup, RemoveReason::Duplicate));
+                }
+                if slot >= group.count {
+                    removes.push(remove(keep, RemoveReason::ScaledDown));
+                } else {
+                    filled.insert(slot);
+                }
+            }
+            let missing: Vec<u32> = (0..group.count).filter(|s| !filled.contains(s)).collect();
+            if missing.is_empty() {
+                continue;
+            }
+            match d.not_before_ms {
+                Some(t) if t > now_ms => held_back = true,
+                _ => {
+                    for slot in missing {
+                        starts.push(Action::Start {
+                            service: d.key.clone(),
+                            slot,
+                            fingerprint: group.fingerprint.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        if held_back {
+            if let Some(t) = d.not_before_ms {
+                backing_off.insert(d.key.clone(), t);
+            }
+        }
+        for inst in live
+            .iter()
+            .filter(|i| !d.groups.iter().any(|g| g.fingerprint == i.fingerprint))
+        {
+            removes.push(remove(inst, RemoveReason::Superseded));
+        }
+    }
+
+    let mut actions = removes;
+    actions.extend(starts);
+    Plan {
+        actions,
+        backing_off,
+    }
+}
+
+fn remove(inst: &ObservedInstance, reason: RemoveReason) -> Action {
+    Action::Remove {
+        id: inst.id.clone(),
+        service: inst.service.clone(),
+        reason,
+    }
+}
+
+/// Crash back-off: how long to wait before starting again after `failures` consecutive
+/// failures. The first failure restarts at once (a killed replica must come back fast);
+/// a crash loop backs off exponentially to 30 s.
+pub fn backoff_ms(failures: u32) -> u64 {
+    match failures {
+        0 | 1 => 0,
+        n => (500u64 << (n - 2).min(6)).min(30_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(key: &str, fp: &str, replicas: u32) -> DesiredService {
+        groups(key, &[(fp, replicas)])
+    }
+
+    fn groups(key: &str, gs: &[(&str, u32)]) -> DesiredService {
+        DesiredService {
+            key: key.into(),
+            groups: gs
+                .iter()
+                .map(|(fp, count)| DesiredGroup {
+                    fingerprint: fp.to_string(),
+                    count: *count,
+                })
+                .collect(),
+            running: true,
+            not_before_ms: None,
+        }
+    }
+
+    fn inst(id: &str, service: &str, fp: &str, slot: u32, phase: Phase) -> ObservedInstance {
+        ObservedInstance {
+            id: id.into(),
+            service: service.into(),
+            fingerprint: fp.into(),
+            slot,
+            phase,
+        }
+    }
+
+    fn starts(p: &Plan) -> Vec<(String, u32)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { service, slot, .. } => Some((service.clone(), *slot)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn removes(p: &Plan) -> Vec<(String, RemoveReason)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove { id, reason, .. } => Some((id.clone(), *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fresh_service_starts_every_slot() {
+        let p = plan(&[svc("p/web", "a", 2)], &[], 0);
+        assert_eq!(starts(&p), vec![("p/web".into(), 0), ("p/web".into(), 1)]);
+        assert!(removes(&p).is_empty());
+    }
+
+    #[test]
+    fn converged_service_is_a_no_op() {
+        let obs = [
+            inst("1", "p/web", "a", 0, Phase::Ready),
+            inst("2", "p/web", "a", 1, Phase::Starting),
+        ];
+        assert!(plan(&[svc("p/web", "a", 2)], &obs, 0).is_empty());
+    }
+
+    #[test]
+    fn scale_up_fills_only_missing_slots() {
+        let obs = [
+            inst("1", "p/web", "a", 0, Phase::Ready),
+            inst("2", "p/web", "a", 1, Phase::Ready),
+        ];
+        let p = plan(&[svc("p/web", "a", 4)], &obs, 0);
+        assert_eq!(starts(&p), vec![("p/web".into(), 2), ("p/web".into(), 3)]);
+        assert!(removes(&p).is_empty());
+    }
+
+    #[test]
+    fn scale_down_removes_highest_slots() {
+        let obs = [
+            inst("1", "p/web", "a", 0, Phase::Ready),
+            inst("2", "p/web", "a", 1, Phase::Ready),
+            inst("3", "p/web", "a", 2, Phase::Ready),
+        ];
+        let p = plan(&[svc("p/web", "a", 1)], &obs, 0);
+        assert_eq!(
+            removes(&p),
+            vec![
+                ("2".into(), RemoveReason::ScaledDown),
+                ("3".into(), RemoveReason::ScaledDown)
+            ]
+        );
+        assert!(starts(&p).is_empty());
+    }
+
+    #[test]
+    fn failed_instance_is_removed_and_replaced_in_its_slot() {
+        let obs = [
+            inst("1", "p/web", "a", 0, Phase::Ready),
+            inst("2", "p/web", "a", 1, Phase::Failed),
+        ];
+        let p = plan(&[svc("p/web", "a", 2)], &obs, 0);
+        assert_eq!(removes(&p), vec![("2".into(), RemoveReason::Failed)]);
+        assert_eq!(starts(&p), vec![("p/web".into(), 1)]);
+        // Removals come before starts so a reused container name is free.
+        assert!(matches!(p.actions[0], Action::Remove { .. }));
+    }
+
+    #[test]
+    fn crash_backoff_holds_starts_until_its_time() {
+        let mut d = svc("p/web", "a", 1);
+        d.not_before_ms = Some(5_000);
+        let p = plan(std::slice::from_ref(&d), &[], 1_000);
+        assert!(starts(&p).is_empty());
+        assert_eq!(p.backing_off.get("p/web"), Some(&5_000));
+        let p = plan(&[d], &[], 5_000);
+        assert_eq!(starts(&p), vec![("p/web".into(), 0)]);
+    }
+
+    #[test]
+    fn stopped_service_removes_everything_and_starts_nothing() {
+        let mut d = svc("p/web", "a", 2);
+        d.running = false;
+        let obs = [
+            inst("1", "p/web", "a", 0, Phase::Ready),
+            inst("2", "p/web", "old", 1, Phase::Starting),
+        ];
+        let p = plan(&[d], &obs, 0);
+        assert_eq!(
+            removes(&p),
+            vec![
+                ("1".into(), RemoveReason::Stopped),
+                ("2".into(), RemoveReason::Stopped)
+            ]
+        );
+        assert!(starts(&p).is_empty());
+    }
+
+    #[test]
+    fn duplicate_in_slot_keeps_the_ready_one() {
+        let obs = [
+            inst("a1", "p/web", "a", 0, Phase::Starting),
+            inst("b2", "p/web", "a", 0, Phase::Ready),
+        ];
+        let p = plan(&[svc("p/web", "a", 1)], &obs, 0);
+        assert_eq!(removes(&p), vec![("a1".into(), RemoveReason::Duplicate)]);
+        assert!(starts(&p).is_empty());
+    }
+
+    #[test]
+    fn two_groups_run_side_by_side_and_a_dropped_group_is_superseded() {
+        let obs = [
+            inst("o1", "p/web", "old", 0, Phase::Ready),
+            inst("o2", "p/web", "old", 1, Phase::Ready),
+        ];
+        // A rollout step: keep 2 old, start 1 new.
+        let p = plan(&[groups("p/web", &[("old", 2), ("new", 1)])], &obs, 0);
+        assert_eq!(starts(&p), vec![("p/web".into(), 0)]);
+        assert!(removes(&p).is_empty(), "old instances keep serving");
+
+        // Next step: old down to 1.
+        let obs2 = [
+            obs[0].clone(),
+            obs[1].clone(),
+            inst("n1", "p/web", "new", 0, Phase::Ready),
+        ];
+        let p = plan(&[groups("p/web", &[("old", 1), ("new", 2)])], &obs2, 0);
+        assert_eq!(removes(&p), vec![("o2".into(), RemoveReason::ScaledDown)]);
+        assert_eq!(starts(&p), vec![("p/web".into(), 1)]);
+
+        // Promoted: the old group is gone.
+        let p = plan(&[svc("p/web", "new", 1)], &obs2, 0);
+        assert_eq!(
+            removes(&p),
+            vec![
+                ("o1".into(), RemoveReason::Superseded),
+                ("o2".into(), RemoveReason::Superseded)
+            ]
+        );
+    }
+
+    #[test]
+    fn orphans_are_removed_and_other_services_untouched() {
+        let obs = [
+            inst("1", "p/gone", "a", 0, Phase::Ready),
+            inst("2", "p/web", "a", 0, Phase::Ready),
+        ];
+        let p = plan(&[svc("p/web", "a", 1)], &obs, 0);
+        assert_eq!(removes(&p), vec![("1".into(), RemoveReason::Orphan)]);
+        assert!(starts(&p).is_empty());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff_ms(0), 0);
+        assert_eq!(backoff_ms(1), 0);
+        assert_eq!(backoff_ms(2), 500);
+        assert_eq!(backoff_ms(3), 1_000);
+        assert_eq!(backoff_ms(50), 30_000);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn phase() -> impl Strategy<Value = Phase> {
+            prop_oneof![
+                Just(Phase::Starting),
+                Just(Phase::Ready),
+                Just(Phase::Failed)
+            ]
+        }
+
+        proptest! {
+            /// Applying the plan (removes, then starts that become ready) converges: the next
+            /// plan is empty and exactly `replicas` current instances exist, one per slot.
+            #[test]
+            fn plan_converges(
+                replicas in 0u32..6,
+                running in any::<bool>(),
+                obs in proptest::collection::vec((0u32..8, any::<bool>(), phase()), 0..10),
+            ) {
+                let d = DesiredService { key: "p/s".into(), groups: vec![DesiredGroup { fingerprint: "cur".into(), count: replicas }], running, not_before_ms: None };
+                let mut world: Vec<ObservedInstance> = obs.iter().enumerate().map(|(i, (slot, cur, ph))| {
+                    inst(&format!("i{i}"), "p/s", if *cur { "cur" } else { "old" }, *slot, *ph)
+                }).collect();
+                let mut next_id = 100;
+                for _round in 0..4 {
+                    // Time passes: everything that was starting passes readiness.
+                    for i in world.iter_mut().filter(|i| i.phase == Phase::Starting) {
+                        i.phase = Phase::Ready;
+                    }
+                    let p = plan(std::slice::from_ref(&d), &world, 0);
+                    if p.is_empty() { break; }
+                    for a in p.actions {
+                        match a {
+                            Action::Remove { id, .. } => world.retain(|i| i.id != id),
+                            Action::Start { service, slot, fingerprint } => {
+                                next_id += 1;
+                                world.push(ObservedInstance { id: format!("n{next_id}"), service, fingerprint, slot, phase: Phase::Ready });
+                            }
+                        }
+                    }
+                }
+                prop_assert!(plan(std::slice::from_ref(&d), &world, 0).is_empty());
+                let want = if running { replicas as usize } else { 0 };
+                prop_assert_eq!(world.len(), want);
+                let slots: BTreeSet<u32> = world.iter().map(|i| i.slot).collect();
+                prop_assert_eq!(slots.len(), want);
+                prop_assert!(world.iter().all(|i| i.fingerprint == "cur" && i.slot < replicas));
+            }
+        }
+    }
+}
