@@ -21,6 +21,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod image;
 pub mod load;
 pub mod names;
 pub mod secrets;
