@@ -57,6 +57,11 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     // One crypto provider for every TLS user in the process (proxy, ACME client). An error
     // means one is installed already, which is as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::process::private_umask();
+    match crate::process::raise_fd_limit() {
+        Ok(limit) => info!(limit, "file descriptor limit"),
+        Err(e) => warn!(error = %e, "could not raise the file descriptor limit"),
+    }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -65,12 +70,12 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let cluster =
         orca_config::load_cluster_config(&cfg.config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store_file = store_path(&cfg.home);
-    let store = Store::open(&store_file).with_context(|| {
-        format!(
-            "opening store {} (is another orca server using this ORCA_HOME?)",
-            store_file.display()
-        )
-    })?;
+    // The state dir may exist already (made by hand, or by an older orca): it is private.
+    fs::set_permissions(&cfg.home, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making state dir {} private (0700)", cfg.home.display()))?;
+    let store = Store::open(&store_file)?;
+    fs::set_permissions(&store_file, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making store {} private (0600)", store_file.display()))?;
     let secrets = Arc::new(
         SecretBox::load_or_create(&cfg.home.join("secret.key")).context("loading secrets key")?,
     );
@@ -234,12 +239,12 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         config = %cfg.config_dir.display(),
         "orca server ready"
     );
-    let api_shutdown = shutdown.clone();
-    axum::serve(
+    api::listener::serve(
         api_listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        api::listener::Limits::from_settings(&cluster.api),
+        shutdown.clone(),
     )
-    .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
     .await
     .context("serving the API")?;
 

@@ -89,7 +89,8 @@ impl Store {
     /// Opens the database at `path`, creating its parent directory, the file and all tables
     /// if they do not exist yet.
     ///
-    /// Fails with [`StoreError::Db`] if another process holds the database open.
+    /// Fails with [`StoreError::Locked`] if another process holds the database open, and with
+    /// [`StoreError::Unreadable`] if the file is not a readable database.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
@@ -98,7 +99,23 @@ impl Store {
             })?;
         }
         // `Database::create` opens an existing file or creates a new one.
-        let db = Database::create(path)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: path.to_owned(),
+            },
+            redb::DatabaseError::Storage(redb::StorageError::Io(source))
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                StoreError::Io {
+                    context: format!("opening store {}", path.display()),
+                    source,
+                }
+            }
+            other => StoreError::Unreadable {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        })?;
         // Create every table up front so read transactions never meet a missing table.
         let txn = db.begin_write()?;
         services::create_table(&txn)?;
