@@ -199,6 +199,11 @@ impl Server {
         }
     }
 
+    /// The server process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no cleanup at all, like a crash.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
