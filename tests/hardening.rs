@@ -520,3 +520,93 @@ fn deploy_input_is_validated_env_control_chars_image_references_duplicate_keys()
     );
     assert!(!s.log().contains('\0'), "no raw NUL reaches the server log");
 }
+
+/// Holds `n` unfinished requests against `to`, spread over source addresses 127.0.<net>.x
+/// (200 per address, under the API's per-source cap of 512).
+fn hold_idle(n: usize, net: u8, to: SocketAddr) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|i| {
+            let from = [127, 0, net, (i / 200) as u8 + 1];
+            let mut c = connect_from(from, to).ok()?;
+            let _ = c.write_all(HALF_REQUEST);
+            Some(c)
+        })
+        .collect()
+}
+
+#[test]
+fn soak_1000_idle_sockets_each_against_api_and_proxy_while_deploying_scaling_requesting() {
+    // The test process holds 2,000 sockets plus its own: raise its own fd limit.
+    orca::process::raise_fd_limit().unwrap();
+    let s = Server::start();
+    let pid = s.pid().unwrap();
+    let project = unique("soak");
+    let host = format!("{project}.test");
+    s.write_service(&project, &testapp_service("web", 2, &host, ""));
+    s.cli(&["deploy"]);
+    assert_eq!(s.proxy_get(&host, "/").unwrap().0, 200);
+    std::thread::sleep(Duration::from_secs(1));
+    let baseline = open_fds(pid);
+
+    let api_idle = hold_idle(1000, 10, api_addr(&s));
+    let proxy_idle = hold_idle(1000, 11, s.http);
+    assert_eq!(api_idle.len(), 1000, "the test opened its API sockets");
+    assert_eq!(proxy_idle.len(), 1000, "the test opened its proxy sockets");
+
+    let mut requests = 0;
+    let mut failures = Vec::new();
+    let mut get = |what: &str, failures: &mut Vec<String>| {
+        requests += 1;
+        match s.proxy_get(&host, "/") {
+            Ok((200, _)) => {}
+            other => failures.push(format!("{what}: {other:?}")),
+        }
+    };
+    for round in 0..3u32 {
+        for _ in 0..20 {
+            get("request", &mut failures);
+        }
+        let n = (3 + round).to_string();
+        s.cli(&["scale", "web", &n]);
+        s.wait_service(&project, "web", "scaled", |v| {
+            v["ready_replicas"].as_u64() == Some(3 + u64::from(round))
+        });
+        for _ in 0..20 {
+            get("request after scale", &mut failures);
+        }
+        // A changed spec: a rollout while the idle sockets are held.
+        s.write_service(
+            &project,
+            &testapp_service(
+                "web",
+                2,
+                &host,
+                &format!("[service.env]\nROUND = \"{round}\"\n"),
+            ),
+        );
+        s.cli(&["deploy"]);
+        for _ in 0..20 {
+            get("request after deploy", &mut failures);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed: {failures:?}",
+        failures.len()
+    );
+
+    drop(api_idle);
+    drop(proxy_idle);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = open_fds(pid);
+        if now <= baseline + 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server's open fds return to baseline: baseline {baseline}, now {now}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

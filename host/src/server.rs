@@ -58,10 +58,13 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     // means one is installed already, which is as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
     crate::process::private_umask();
-    match crate::process::raise_fd_limit() {
-        Ok(limit) => info!(limit, "file descriptor limit"),
-        Err(e) => warn!(error = %e, "could not raise the file descriptor limit"),
-    }
+    let fd_limit = match crate::process::raise_fd_limit() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            warn!(error = %e, "could not raise the file descriptor limit");
+            None
+        }
+    };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -237,12 +240,13 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         cluster = %cluster.cluster.name,
         home = %cfg.home.display(),
         config = %cfg.config_dir.display(),
+        fd_limit = fd_limit.unwrap_or(0),
         "orca server ready"
     );
     api::listener::serve(
         api_listener,
         app,
-        api::listener::Limits::from_settings(&cluster.api),
+        api::listener::Limits::from_settings(&cluster.api, fd_limit),
         shutdown.clone(),
     )
     .await

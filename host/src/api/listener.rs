@@ -39,11 +39,14 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The limits configured in `[api]`.
-    pub fn from_settings(s: &orca_config::ApiSettings) -> Limits {
+    /// The limits configured in `[api]`, with the listener's cap also held to a quarter of
+    /// the process's fd limit (`fd_limit`), so the API can never take the descriptors the
+    /// proxy, the store and Docker need.
+    pub fn from_settings(s: &orca_config::ApiSettings, fd_limit: Option<u64>) -> Limits {
+        let share = fd_limit.map_or(usize::MAX, |l| (l / 4).max(16) as usize);
         Limits {
             header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
-            max_connections: s.max_connections as usize,
+            max_connections: (s.max_connections as usize).min(share),
             max_per_source: s.max_connections_per_source as usize,
         }
     }
