@@ -610,3 +610,39 @@ fn soak_1000_idle_sockets_each_against_api_and_proxy_while_deploying_scaling_req
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn idle_api_sockets_never_take_the_proxys_file_descriptors() {
+    orca::process::raise_fd_limit().unwrap();
+    // `ulimit -n 256` as in the report: 300 unauthenticated idle sockets used to stop both
+    // the API and the proxy (`accept failed error=Too many open files`).
+    let s = Server::start_under("", &["prlimit", "--nofile=256:256"]);
+    let project = unique("fd");
+    let host = format!("{project}.test");
+    s.write_service(&project, &testapp_service("web", 1, &host, ""));
+    s.cli(&["deploy"]);
+    let held = hold_idle(300, 12, api_addr(&s));
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..50 {
+        let answer = s.proxy_get(&host, "/");
+        assert!(
+            matches!(answer, Ok((200, _))),
+            "request {i} through the proxy while the API is flooded: {answer:?}\n{}",
+            tail(&s.log(), 20)
+        );
+    }
+    assert!(
+        !s.log().contains("Too many open files"),
+        "the process never ran out of descriptors:\n{}",
+        tail(&s.log(), 20)
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health(&s) != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the API answers again once the flood ends"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

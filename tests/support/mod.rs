@@ -87,6 +87,8 @@ pub struct Server {
     log: PathBuf,
     /// Whether the server has been up once (its ports are then fixed for restarts).
     started_once: bool,
+    /// A command the server is started under (e.g. `prlimit --nofile=256:256`).
+    wrapper: Vec<String>,
 }
 
 impl Server {
@@ -97,6 +99,12 @@ impl Server {
 
     /// Starts a server whose cluster.toml also holds `extra` (e.g. a `[plugins]` table).
     pub fn start_with(extra: &str) -> Server {
+        Server::start_under(extra, &[])
+    }
+
+    /// Like [`Server::start_with`], with the server run under `wrapper` (a command such as
+    /// `prlimit --nofile=256:256` that execs the rest of its arguments).
+    pub fn start_under(extra: &str, wrapper: &[&str]) -> Server {
         let root = tempfile::tempdir().unwrap();
         let cluster = unique("t");
         std::fs::create_dir_all(root.path().join("config/services")).unwrap();
@@ -115,6 +123,7 @@ impl Server {
         let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = root.path().join("server.log");
         let mut s = Server {
+            wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
             started_once: false,
             child: None,
             cluster,
@@ -151,7 +160,15 @@ impl Server {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_orca"))
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(env!("CARGO_BIN_EXE_orca"));
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_orca")),
+        };
+        let child = cmd
             .arg("server")
             .env("ORCA_HOME", self.home())
             .env("ORCA_CONFIG_DIR", self.config_dir())
