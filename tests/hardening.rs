@@ -646,3 +646,76 @@ fn idle_api_sockets_never_take_the_proxys_file_descriptors() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+fn running_ids(cluster: &str) -> Vec<String> {
+    containers(cluster)
+        .into_iter()
+        .filter(|c| c.2 == "running")
+        .map(|c| c.0)
+        .collect()
+}
+
+#[test]
+fn two_servers_with_the_same_cluster_name_never_remove_each_others_containers() {
+    // Two servers with default settings share the name `orca`; a name of this test's own
+    // stands in for it so no other cluster on this engine is involved.
+    let name = unique("same");
+    let a = Server::start_named(&name);
+    let mut b = Server::start_named(&name);
+    b.cleanup = false;
+    let (pa, pb) = (unique("pa"), unique("pb"));
+    a.write_service(&pa, &testapp_service("web", 2, &format!("{pa}.test"), ""));
+    a.cli(&["deploy"]);
+    b.write_service(&pb, &testapp_service("web", 1, &format!("{pb}.test"), ""));
+    b.cli(&["deploy"]);
+    let all = running_ids(&name);
+    assert_eq!(all.len(), 3, "both servers' containers run side by side");
+    // Several controller passes (watchdog, events of the other's containers).
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        running_ids(&name),
+        all,
+        "neither server removed the other's containers"
+    );
+    for (s, other) in [(&a, &pb), (&b, &pa)] {
+        assert!(
+            !s.log().contains("orphan"),
+            "no orphan removals:\n{}",
+            tail(&s.log(), 30)
+        );
+        let status = s.status().to_string();
+        assert!(
+            !status.contains(other.as_str()),
+            "status shows only its own services"
+        );
+    }
+    assert_eq!(a.proxy_get(&format!("{pa}.test"), "/").unwrap().0, 200);
+    assert_eq!(b.proxy_get(&format!("{pb}.test"), "/").unwrap().0, 200);
+    // `stop --all` on one leaves the other's containers.
+    b.cli(&["stop", "--all"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running_ids(&name).len() != 2 {
+        assert!(Instant::now() < deadline, "b stops only its own");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(running_ids(&name).len(), 2, "a's containers still run");
+    drop(b);
+
+    // A third server of that name, started while a's containers exist, is refused clearly.
+    match Server::try_start_named(&name) {
+        Ok(_) => {
+            panic!("a server whose name matches another cluster id's containers must be refused")
+        }
+        Err((mut refused, log)) => {
+            refused.cleanup = false;
+            assert!(log.contains("already used on this Docker Engine"), "{log}");
+            assert!(log.contains("cluster.toml"), "{log}");
+        }
+    }
+    assert_eq!(
+        running_ids(&name).len(),
+        2,
+        "the refused server touched nothing"
+    );
+}

@@ -97,10 +97,31 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         &stored_tokens,
     )));
 
-    let runtime =
-        Arc::new(DockerRuntime::connect().await.context(
-            "connecting to the Docker Engine (is dockerd running and DOCKER_HOST right?)",
-        )?);
+    let cluster_id = store.cluster_id_or_init(&new_cluster_id())?;
+    let scope = orca_docker::ClusterScope {
+        name: cluster.cluster.name.clone(),
+        id: cluster_id.clone(),
+    };
+    let runtime = DockerRuntime::connect()
+        .await
+        .context("connecting to the Docker Engine (is dockerd running and DOCKER_HOST right?)")?
+        .scoped(scope);
+    let others = runtime
+        .same_name_other_id()
+        .await
+        .context("listing containers")?;
+    if let Some((container, other_id)) = others.first() {
+        bail!(
+            "cluster name {:?} is already used on this Docker Engine by another orca server \
+             (cluster id {other_id}, {} container(s), e.g. {container}); this server's cluster id \
+             is {cluster_id}. Give this server its own [cluster] name in {}/cluster.toml",
+            cluster.cluster.name,
+            others.len(),
+            cfg.config_dir.display()
+        );
+    }
+    info!(cluster = %cluster.cluster.name, id = %cluster_id, "cluster identity");
+    let runtime = Arc::new(runtime);
     let node = runtime
         .node_info()
         .await
@@ -262,6 +283,11 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
     info!("orca server stopped; containers keep running");
     Ok(())
+}
+
+/// A fresh random cluster id (64 bits, hex), stored at first start.
+fn new_cluster_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
 }
 
 /// The proxy's timeouts and limits from `[proxy]`.

@@ -52,6 +52,7 @@ use redb::Database;
 pub mod builds;
 pub mod certs;
 pub mod error;
+pub mod meta;
 mod record;
 pub mod revisions;
 pub mod rollouts;
@@ -126,6 +127,7 @@ impl Store {
         certs::create_table(&txn)?;
         webhooks::create_table(&txn)?;
         builds::create_table(&txn)?;
+        meta::create_table(&txn)?;
         txn.commit()?;
         tracing::debug!(path = %path.display(), "orca.store.open");
         Ok(Store {
