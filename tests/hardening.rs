@@ -719,3 +719,38 @@ fn two_servers_with_the_same_cluster_name_never_remove_each_others_containers() 
         "the refused server touched nothing"
     );
 }
+
+#[test]
+fn networks_belong_to_one_cluster_and_another_clusters_is_never_joined() {
+    let s = Server::start();
+    let project = unique("net");
+    let network = format!("orca-{project}");
+    // Another cluster's project network of the same name (as its server would make it).
+    let made = Command::new("docker")
+        .args([
+            "network",
+            "create",
+            "--label",
+            &format!("orca.cluster={}", s.cluster),
+            "--label",
+            "orca.cluster.id=0123456789abcdef",
+            &network,
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    struct RmNet(String);
+    impl Drop for RmNet {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["network", "rm", &self.0]).output();
+        }
+    }
+    let _net = RmNet(network.clone());
+    s.write_service(&project, &testapp_service("web", 1, &format!("{project}.test"), ""));
+    s.cli(&["deploy", "--no-wait"]);
+    let web = s.wait_service(&project, "web", "refused", |v| {
+        v.to_string().contains("belongs to another cluster")
+    });
+    assert!(web.to_string().contains(&network), "{web}");
+    assert!(containers(&s.cluster).is_empty(), "no container joined the other cluster's network");
+}
