@@ -738,19 +738,93 @@ fn networks_belong_to_one_cluster_and_another_clusters_is_never_joined() {
         ])
         .output()
         .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     struct RmNet(String);
     impl Drop for RmNet {
         fn drop(&mut self) {
-            let _ = Command::new("docker").args(["network", "rm", &self.0]).output();
+            let _ = Command::new("docker")
+                .args(["network", "rm", &self.0])
+                .output();
         }
     }
     let _net = RmNet(network.clone());
-    s.write_service(&project, &testapp_service("web", 1, &format!("{project}.test"), ""));
+    s.write_service(
+        &project,
+        &testapp_service("web", 1, &format!("{project}.test"), ""),
+    );
     s.cli(&["deploy", "--no-wait"]);
     let web = s.wait_service(&project, "web", "refused", |v| {
         v.to_string().contains("belongs to another cluster")
     });
     assert!(web.to_string().contains(&network), "{web}");
-    assert!(containers(&s.cluster).is_empty(), "no container joined the other cluster's network");
+    assert!(
+        containers(&s.cluster).is_empty(),
+        "no container joined the other cluster's network"
+    );
+}
+
+#[test]
+fn one_corrupt_record_affects_only_its_own_service() {
+    let mut s = Server::start();
+    let (pa, pb) = (unique("ok"), unique("bad"));
+    let (ha, hb) = (format!("{pa}.test"), format!("{pb}.test"));
+    s.write_service(&pa, &testapp_service("web", 1, &ha, ""));
+    s.cli(&["deploy"]);
+    s.write_service(&pb, &testapp_service("web", 1, &hb, ""));
+    s.cli(&["deploy"]);
+    s.kill9();
+    {
+        let store = orca_store::Store::open(&s.home().join("cluster.db")).unwrap();
+        let key = format!("{pb}/web/{:020}", 1);
+        store
+            .write_raw_for_tests("revisions", &key, b"\x8f\x00random garbage\xff")
+            .unwrap();
+        store
+            .write_raw_for_tests("services", &format!("{pb}/ghost"), b"{not json")
+            .unwrap();
+    }
+    s.spawn();
+    // Status answers (not 500), names the broken records, and the other service converges.
+    let bad = s.wait_service(&pb, "web", "reported", |v| {
+        v["error"].as_str().is_some_and(|e| e.contains("revisions"))
+    });
+    let err = bad["error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("{pb}/web/")),
+        "the error names the key: {err}"
+    );
+    let status = s.status();
+    let broken = status["broken_records"].to_string();
+    assert!(
+        broken.contains("services") && broken.contains(&format!("{pb}/ghost")),
+        "{broken}"
+    );
+    assert!(broken.contains("revisions"), "{broken}");
+    let (code, body) =
+        http_raw("GET", &format!("{}/api/v1/health", s.api), None, &[], None).unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("degraded"), "{body}");
+    assert!(
+        s.log().contains("corrupt store record"),
+        "a log line names the record"
+    );
+    // The healthy service keeps being routed and converged.
+    s.wait_service(&pa, "web", "ready", |v| v["ready_replicas"] == 1);
+    assert_eq!(
+        s.proxy_get(&ha, "/").unwrap().0,
+        200,
+        "the other service is routed"
+    );
+    s.cli(&["scale", "web", "2", "--project", &pa]);
+    s.wait_service(&pa, "web", "scaled", |v| v["ready_replicas"] == 2);
+    // The broken service's running instance is kept, not torn down.
+    assert_eq!(
+        s.proxy_get(&hb, "/").unwrap().0,
+        200,
+        "its running instance keeps serving"
+    );
 }

@@ -175,7 +175,7 @@ pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
     };
     use Permission::*;
     Router::new()
-        .route("/api/v1/health", get(services::health))
+        .route("/api/v1/health", get(services::health::<R>))
         .route("/metrics", get(services::metrics::<R>))
         .route("/api/v1/deploy", guard(Deploy, post(services::deploy::<R>)))
         .route("/api/v1/status", guard(Read, get(services::status::<R>)))

@@ -18,8 +18,12 @@ use crate::instance;
 use crate::plugins::World;
 
 /// `GET /api/v1/health`: answers once the server is serving.
-pub async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+pub async fn health<R: ContainerRuntime>(State(s): State<AppState<R>>) -> Json<Value> {
+    // Still 200: the process serves. Records that cannot be decoded are counted so
+    // monitoring sees a damaged store; `status` (authenticated) names them.
+    let broken = s.store.broken_records().len();
+    let status = if broken == 0 { "ok" } else { "degraded" };
+    Json(json!({ "status": status, "broken_records": broken }))
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -220,9 +224,16 @@ pub async fn status<R: ContainerRuntime>(
                 "cpu_percent": usage.and_then(|u| u.cpu_percent),
             }));
         }
+        // A record of this service that cannot be decoded is named in its `error`; it never
+        // fails the status of the others.
+        let mut store_errors: Vec<String> = Vec::new();
         let rollout = s
             .store
-            .get_rollout(rec.spec.project(), &rec.spec.name)?
+            .get_rollout(rec.spec.project(), &rec.spec.name)
+            .unwrap_or_else(|e| {
+                store_errors.push(e.to_string());
+                None
+            })
             .map(|r| {
                 let (phase, reason) = match &r.phase {
                     RolloutPhase::Progressing => ("progressing", None),
@@ -243,9 +254,19 @@ pub async fn status<R: ContainerRuntime>(
                     "started_at_ms": r.started_at_ms,
                 })
             });
-        let error = view.errors.get(&key).cloned();
+        let revisions = s
+            .store
+            .list_revisions(rec.spec.project(), &rec.spec.name)
+            .unwrap_or_else(|e| {
+                store_errors.push(e.to_string());
+                Vec::new()
+            });
+        let error = view
+            .errors
+            .get(&key)
+            .cloned()
+            .or_else(|| (!store_errors.is_empty()).then(|| store_errors.join("; ")));
         let status = service_status(&rec, ready, error.is_some());
-        let revisions = s.store.list_revisions(rec.spec.project(), &rec.spec.name)?;
         let commit_of = |n: u64| {
             revisions
                 .iter()
@@ -258,7 +279,8 @@ pub async fn status<R: ContainerRuntime>(
         }
         let last_build = s
             .store
-            .list_builds(rec.spec.project(), &rec.spec.name)?
+            .list_builds(rec.spec.project(), &rec.spec.name)
+            .unwrap_or_default()
             .pop()
             .map(|b| {
                 json!({
@@ -298,6 +320,7 @@ pub async fn status<R: ContainerRuntime>(
         "cluster": s.cluster,
         "observed_at_ms": view.observed_at_ms,
         "services": services,
+        "broken_records": s.store.broken_records(),
     })))
 }
 

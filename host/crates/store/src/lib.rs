@@ -49,6 +49,7 @@ use std::sync::Arc;
 
 use redb::Database;
 
+mod broken;
 pub mod builds;
 pub mod certs;
 pub mod error;
@@ -61,6 +62,7 @@ pub mod services;
 pub mod tokens;
 pub mod webhooks;
 
+pub use broken::BrokenRecord;
 pub use builds::{BuildRecord, BuildStatus};
 pub use certs::{AcmeOrderRecord, CertSource, CertificateRecord, ACME_SEAL_SCOPE, TLS_SEAL_SCOPE};
 pub use error::StoreError;
@@ -78,6 +80,7 @@ pub use webhooks::{DeliveryRecord, WebhookRecord};
 pub struct Store {
     db: Arc<Database>,
     path: Arc<PathBuf>,
+    broken: broken::Broken,
 }
 
 impl fmt::Debug for Store {
@@ -133,6 +136,7 @@ impl Store {
         Ok(Store {
             db: Arc::new(db),
             path: Arc::new(path.to_owned()),
+            broken: broken::Broken::default(),
         })
     }
 

@@ -281,19 +281,22 @@ impl Store {
         let txn = self.db().begin_read()?;
         let table = txn.open_table(ROLLOUTS)?;
         let mut out = Vec::new();
+        let mut broken = Vec::new();
         for entry in table.iter()? {
             let (k, v) = entry?;
             let key = k.value();
             let Some((project, name)) = key.split_once('/') else {
-                return Err(StoreError::Corrupt {
-                    table: TABLE_NAME,
-                    key: key.to_owned(),
-                    reason: "key is not `project/name`".into(),
-                });
+                broken.push((key.to_owned(), "key is not `project/name`".to_string()));
+                continue;
             };
-            let record = decode_row(key, v.value())?;
-            out.push(((project.to_owned(), name.to_owned()), record));
+            // An undecodable rollout is left out: its service is driven as if none ran.
+            match decode_row(key, v.value()) {
+                Ok(record) => out.push(((project.to_owned(), name.to_owned()), record)),
+                Err(StoreError::Corrupt { key, reason, .. }) => broken.push((key, reason)),
+                Err(e) => return Err(e),
+            }
         }
+        self.scanned(TABLE_NAME, broken);
         Ok(out)
     }
 }

@@ -404,15 +404,22 @@ impl Store {
         read_row(&table, &scoped_key(project, name))
     }
 
-    /// Every service, sorted by `project/name`.
+    /// Every service, sorted by `project/name`. A record that cannot be decoded is left
+    /// out (and reported by [`Store::broken_records`]): it never hides the others.
     pub fn list_services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
         let txn = self.db().begin_read()?;
         let table = txn.open_table(SERVICES)?;
         let mut out = Vec::new();
+        let mut broken = Vec::new();
         for entry in table.iter()? {
             let (k, v) = entry?;
-            out.push(decode_row(k.value(), v.value())?);
+            match decode_row(k.value(), v.value()) {
+                Ok(record) => out.push(record),
+                Err(StoreError::Corrupt { key, reason, .. }) => broken.push((key, reason)),
+                Err(e) => return Err(e),
+            }
         }
+        self.scanned(TABLE_NAME, broken);
         Ok(out)
     }
 
