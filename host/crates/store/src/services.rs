@@ -1143,7 +1143,8 @@ mod tests {
     fn a_second_open_of_the_same_file_fails_cleanly() {
         let (dir, _store) = store();
         let err = Store::open(&dir.path().join("cluster.db")).unwrap_err();
-        assert!(matches!(err, StoreError::Db(_)), "{err}");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("in use by another process"), "{err}");
     }
 
     fn write_raw(store: &Store, key: &str, value: &[u8]) {
@@ -1168,10 +1169,18 @@ mod tests {
         }
         assert!(err.to_string().contains("services"));
         assert!(err.to_string().contains("web/api"));
-        assert!(matches!(
-            store.list_services().unwrap_err(),
-            StoreError::Corrupt { .. }
-        ));
+        // A list leaves the broken record out (the others are listed) and names it.
+        store.apply_deploy(&[d("web", "ok", "a", 1)], 100).unwrap();
+        let listed: Vec<String> = store
+            .list_services()
+            .unwrap()
+            .iter()
+            .map(|r| r.key())
+            .collect();
+        assert_eq!(listed, ["web/ok"]);
+        let broken = store.broken_records();
+        assert_eq!(broken.len(), 1);
+        assert_eq!((broken[0].table.as_str(), broken[0].key.as_str()), ("services", "web/api"));
         // Invalid UTF-8 is corruption too, not a panic.
         write_raw(&store, "web/api", &[0xff, 0xfe, 0x00]);
         assert!(matches!(
