@@ -828,3 +828,57 @@ fn one_corrupt_record_affects_only_its_own_service() {
         "its running instance keeps serving"
     );
 }
+
+#[test]
+fn every_example_in_services_is_deployed_and_becomes_ready() {
+    let s = Server::start();
+    testapp_image();
+    let examples = workspace().join("services");
+    let mut projects = Vec::new();
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let dir = entry.unwrap().path();
+        let file = dir.join("service.toml");
+        if !file.exists() {
+            continue;
+        }
+        let project = dir.file_name().unwrap().to_string_lossy().to_string();
+        s.write_service(&project, &std::fs::read_to_string(&file).unwrap());
+        projects.push(project);
+    }
+    assert!(
+        projects.len() >= 2,
+        "services/ holds the examples: {projects:?}"
+    );
+    // What the shop example's comment says to run first.
+    s.cli(&[
+        "secrets",
+        "set",
+        "DB_PASSWORD",
+        "example-password",
+        "--project",
+        "shop",
+    ]);
+    for project in &projects {
+        let dir = s.config_dir().join("services").join(project);
+        let out = s.cli_in(ADMIN, Some(&dir), &["deploy"]);
+        assert!(
+            out.status.success(),
+            "deploying services/{project}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&s.log(), 30)
+        );
+    }
+    let status = s.status();
+    let services = status["services"].as_array().unwrap().clone();
+    assert!(services.len() >= 3, "{status:#}");
+    for svc in services {
+        let (project, name) = (
+            svc["project"].as_str().unwrap(),
+            svc["name"].as_str().unwrap(),
+        );
+        let replicas = svc["replicas"].as_u64().unwrap();
+        s.wait_service(project, name, "ready", |v| {
+            v["ready_replicas"].as_u64() == Some(replicas) && v["status"] == "running"
+        });
+    }
+}

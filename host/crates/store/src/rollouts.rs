@@ -449,7 +449,10 @@ pub(crate) mod tests {
         assert!(store.list_rollouts().unwrap().is_empty());
         let broken = store.broken_records();
         assert_eq!(broken.len(), 1);
-        assert_eq!((broken[0].table.as_str(), broken[0].key.as_str()), ("rollouts", "web/api"));
+        assert_eq!(
+            (broken[0].table.as_str(), broken[0].key.as_str()),
+            ("rollouts", "web/api")
+        );
 
         write_raw(&store, "web/api", &[0xff, 0xfe]);
         check(store.get_rollout("web", "api").unwrap_err(), "web/api");

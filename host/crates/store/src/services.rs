@@ -1144,7 +1144,10 @@ mod tests {
         let (dir, _store) = store();
         let err = Store::open(&dir.path().join("cluster.db")).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
-        assert!(err.to_string().contains("in use by another process"), "{err}");
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
     }
 
     fn write_raw(store: &Store, key: &str, value: &[u8]) {
@@ -1180,7 +1183,10 @@ mod tests {
         assert_eq!(listed, ["web/ok"]);
         let broken = store.broken_records();
         assert_eq!(broken.len(), 1);
-        assert_eq!((broken[0].table.as_str(), broken[0].key.as_str()), ("services", "web/api"));
+        assert_eq!(
+            (broken[0].table.as_str(), broken[0].key.as_str()),
+            ("services", "web/api")
+        );
         // Invalid UTF-8 is corruption too, not a panic.
         write_raw(&store, "web/api", &[0xff, 0xfe, 0x00]);
         assert!(matches!(
