@@ -882,3 +882,36 @@ fn every_example_in_services_is_deployed_and_becomes_ready() {
         });
     }
 }
+
+#[test]
+fn deploy_says_when_it_resets_a_replica_count_changed_by_scale() {
+    let s = Server::start();
+    let project = unique("sc");
+    s.write_service(
+        &project,
+        &testapp_service("web", 1, &format!("{project}.test"), ""),
+    );
+    let dir = s.config_dir().join("services").join(&project);
+    let deploy = || {
+        let out = s.cli_in(ADMIN, Some(&dir), &["deploy", "--no-wait"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first = deploy();
+    assert!(!first.contains("replicas reset"), "{first}");
+    s.cli(&["scale", "web", "3", "--project", &project]);
+    let again = deploy();
+    assert!(
+        again.contains("replicas reset from 3 (set by `orca scale`) to 1"),
+        "{again}"
+    );
+    let third = deploy();
+    assert!(
+        !third.contains("replicas reset"),
+        "said once, when it happens: {third}"
+    );
+}

@@ -1,6 +1,6 @@
 //! Service endpoints: deploy, status, scale, stop, logs, health and metrics.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -92,6 +92,20 @@ pub async fn deploy<R: ContainerRuntime>(
                 .map_err(|e| ApiError::bad_request(e.to_string()))?,
         );
     }
+    // A replica count changed by `orca scale` is reset to the file's by a deploy; the answer
+    // says so (the CLI prints it) instead of doing it silently.
+    let mut scaled: HashMap<String, u32> = HashMap::new();
+    for spec in &specs {
+        let (project, name) = (spec.project(), spec.name.as_str());
+        if let (Ok(Some(rec)), Ok(Some(rev))) = (
+            s.store.get_service(project, name),
+            s.store.current_revision(project, name),
+        ) {
+            if rec.spec.replicas != rev.spec.replicas && rec.spec.replicas != spec.replicas {
+                scaled.insert(spec.key(), rec.spec.replicas);
+            }
+        }
+    }
     let outcomes = s.store.apply_deploy(&items, now_unix())?;
     // Certificates go in their own table (keys sealed), after the services that own them;
     // the certificate manager serves them within a second.
@@ -121,6 +135,8 @@ pub async fn deploy<R: ContainerRuntime>(
         "deployed": outcomes.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
         "services": outcomes.iter().map(|o| json!({
             "project": o.project, "name": o.name, "revision": o.revision, "changed": o.changed,
+            "replicas_reset_from": scaled.get(&format!("{}/{}", o.project, o.name)),
+            "replicas": specs.iter().find(|sp| sp.project() == o.project && sp.name == o.name).map(|sp| sp.replicas),
         })).collect::<Vec<_>>(),
     })))
 }

@@ -358,6 +358,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "unchanged"
                     }
                 );
+                if let Some(from) = s["replicas_reset_from"].as_u64() {
+                    println!(
+                        "  replicas reset from {from} (set by `orca scale`) to {} (the service file's); keep the count by setting it in the file",
+                        s["replicas"]
+                    );
+                }
             }
             if !no_wait {
                 let keys: Vec<(String, String, u64)> = answer["services"]
