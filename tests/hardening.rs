@@ -707,7 +707,8 @@ fn two_servers_with_the_same_cluster_name_never_remove_each_others_containers() 
         Ok(_) => {
             panic!("a server whose name matches another cluster id's containers must be refused")
         }
-        Err((mut refused, log)) => {
+        Err(refused) => {
+            let (mut refused, log) = *refused;
             refused.cleanup = false;
             assert!(log.contains("already used on this Docker Engine"), "{log}");
             assert!(log.contains("cluster.toml"), "{log}");

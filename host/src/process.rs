@@ -26,7 +26,7 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
             lim = raised;
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// Makes every file and directory the server creates private to its user (0600/0700),

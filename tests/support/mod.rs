@@ -158,11 +158,11 @@ impl Server {
     }
 
     /// Like [`Server::start_named`], for a server expected not to come up: `Err` holds its log.
-    pub fn try_start_named(cluster: &str) -> Result<Server, (Server, String)> {
+    pub fn try_start_named(cluster: &str) -> Result<Server, Box<(Server, String)>> {
         let mut s = Server::unspawned(cluster, "", &[]);
         match s.try_spawn() {
             Ok(()) => Ok(s),
-            Err(log) => Err((s, log)),
+            Err(log) => Err(Box::new((s, log))),
         }
     }
 

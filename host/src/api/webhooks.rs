@@ -112,43 +112,6 @@ fn repo_is_valid(repo: &str) -> bool {
         })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::repo_is_valid;
-
-    #[test]
-    fn webhook_repo_is_owner_name_or_a_clone_url() {
-        for ok in [
-            "org/app",
-            "Org/My.App_1",
-            "group/sub/app",
-            "https://git.example.com/org/app.git",
-            "https://git.example.com/git/org/app",
-            "ssh://git@git.example.com:2222/org/app.git",
-            "git@github.com:org/app.git",
-        ] {
-            assert!(repo_is_valid(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "../../x",
-            "org/..",
-            "app",
-            "org//app",
-            "/org/app",
-            "org/app/",
-            "a b/c",
-            "org/-x",
-            "file:///etc/passwd",
-            "ftp://h/o/n",
-            "org/app;rm",
-            "https://h/app",
-        ] {
-            assert!(!repo_is_valid(bad), "{bad}");
-        }
-    }
-}
-
 fn check_branch_glob(branch: &str) -> Result<(), ApiError> {
     let ok = !branch.is_empty()
         && branch.len() <= 255
@@ -281,4 +244,41 @@ fn hook_json(h: &WebhookRecord, deliveries: &[DeliveryRecord]) -> Value {
         "created_at": h.created_at,
         "deliveries": deliveries,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repo_is_valid;
+
+    #[test]
+    fn webhook_repo_is_owner_name_or_a_clone_url() {
+        for ok in [
+            "org/app",
+            "Org/My.App_1",
+            "group/sub/app",
+            "https://git.example.com/org/app.git",
+            "https://git.example.com/git/org/app",
+            "ssh://git@git.example.com:2222/org/app.git",
+            "git@github.com:org/app.git",
+        ] {
+            assert!(repo_is_valid(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../../x",
+            "org/..",
+            "app",
+            "org//app",
+            "/org/app",
+            "org/app/",
+            "a b/c",
+            "org/-x",
+            "file:///etc/passwd",
+            "ftp://h/o/n",
+            "org/app;rm",
+            "https://h/app",
+        ] {
+            assert!(!repo_is_valid(bad), "{bad}");
+        }
+    }
 }
