@@ -10,7 +10,7 @@ test:
 
 # Only the end-to-end tests in tests/.
 test-e2e:
-    cargo test -p orca --test foundation --test rbac --test bad_input --test strategies --test rollouts --test plugins --test webhooks --test gitbuild --test tls --test edge
+    cargo test -p orca --test foundation --test rbac --test bad_input --test strategies --test rollouts --test plugins --test webhooks --test gitbuild --test tls --test edge --test hardening
 
 lint:
     cargo fmt --all -- --check

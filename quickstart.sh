@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Quick start: builds orca and the example image (locally, FROM scratch: no registry needed),
 # starts `orca server` in the background, deploys services/demo and calls it through the proxy.
-# Stop it with: kill "$(cat .orca-demo/server.pid)"   (containers keep running; `orca stop --all` removes them)
+# The demo is a cluster of its own (name `demo-<random>` in .orca-demo/config/cluster.toml), so
+# it never touches another orca's containers on the same engine. Clean up everything with:
+#   orca stop --all && kill "$(cat .orca-demo/server.pid)" && rm -rf .orca-demo
+# (with ORCA_HOME, ORCA_CONFIG_DIR and ORCA_API set as printed at the end).
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$PWD
@@ -12,15 +15,26 @@ https_port=${ORCA_DEMO_HTTPS_PORT:-8443}
 
 docker info >/dev/null 2>&1 || { echo "error: Docker Engine not reachable (is dockerd running?)" >&2; exit 1; }
 
+if command -v rustup >/dev/null 2>&1; then
+  echo "== rustup targets for the plugins (wasm32-unknown-unknown, wasm32-wasip2)"
+  rustup target add wasm32-unknown-unknown wasm32-wasip2
+fi
+
 echo "== building orca (release)"
 cargo build --release -p orca
-orca=$root/target/release/orca
+orca=${CARGO_TARGET_DIR:-$root/target}/release/orca
+[ -x "$orca" ] || { echo "error: built binary not found at $orca" >&2; exit 1; }
 
 echo "== building the example image orca-testapp:latest"
 tests/build-testapp-image.sh orca-testapp:latest
 
-mkdir -p "$demo"
-export ORCA_HOME=$demo/home ORCA_CONFIG_DIR=$root
+mkdir -p "$demo/config"
+# A cluster name of its own, made once: two servers with one name on one engine are refused.
+if [ ! -f "$demo/config/cluster.toml" ]; then
+  printf '[cluster]\nname = "demo-%s"\n' "$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')" >"$demo/config/cluster.toml"
+fi
+ln -sfn "$root/services" "$demo/config/services"
+export ORCA_HOME=$demo/home ORCA_CONFIG_DIR=$demo/config
 export ORCA_API=http://127.0.0.1:$api_port
 if [ -f "$demo/server.pid" ] && kill -0 "$(cat "$demo/server.pid")" 2>/dev/null; then
   echo "== orca server already running (pid $(cat "$demo/server.pid"))"
@@ -51,5 +65,7 @@ orca is running. Try:
   $orca status
   $orca scale hello 4
   $orca logs hello --tail 20
-  $orca stop --all && kill \$(cat $demo/server.pid)
+
+Clean up (containers, networks, the server, its state):
+  $orca stop --all && kill \$(cat $demo/server.pid) && rm -rf $demo
 MSG

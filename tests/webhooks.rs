@@ -507,6 +507,17 @@ fn bad_registrations_and_deliveries_get_clear_errors_and_change_nothing() {
             400,
             "`repo`",
         ),
+        // webhook_repo_is_owner_name: a path that leaves OWNER/NAME is refused.
+        (
+            r#"{"repo":"../../x","service":"web","branch":"main","secret":"0123456789"}"#,
+            400,
+            "`repo`",
+        ),
+        (
+            r#"{"repo":"org/..","service":"web","branch":"main","secret":"0123456789"}"#,
+            400,
+            "OWNER/NAME",
+        ),
         (
             r#"{"repo":"a/b","service":"web","branch":"main","secret":"   "}"#,
             400,

@@ -287,10 +287,27 @@ impl<R: ContainerRuntime> Controller<R> {
                 .not_before
                 .get(&key)
                 .copied();
-            let groups = match self
+            // A record that cannot be decoded affects only its own service: it is named in
+            // its status and its running instances are kept.
+            let current = match self
                 .store
-                .current_revision(rec.spec.project(), &rec.spec.name)?
+                .current_revision(rec.spec.project(), &rec.spec.name)
             {
+                Ok(current) => current,
+                Err(e) => {
+                    self.set_error(&key, e.to_string());
+                    desired.push(ServiceState {
+                        groups: keep_running(&active, &key),
+                        domain: rec.spec.domain.clone(),
+                        traffic: None,
+                        key,
+                        running,
+                        not_before_ms: not_before,
+                    });
+                    continue;
+                }
+            };
+            let groups = match current {
                 None => {
                     self.set_error(&key, "no revision record: deploy the service again".into());
                     keep_running(&active, &key)
@@ -320,7 +337,14 @@ impl<R: ContainerRuntime> Controller<R> {
                             &mut revisions,
                             &mut splits,
                         )
-                        .await?;
+                        .await;
+                    let groups = match groups {
+                        Ok(groups) => groups,
+                        Err(e) => {
+                            self.set_error(&key, format!("{e:#}"));
+                            keep_running(&active, &key)
+                        }
+                    };
                     revisions.insert(cur.fingerprint.clone(), cur);
                     groups
                 }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::reconciler::{ObservedInstance, Phase};
 
 /// Label: the cluster that owns the container (several orca clusters may share an engine).
-pub const LABEL_CLUSTER: &str = "orca.cluster";
+pub const LABEL_CLUSTER: &str = orca_docker::LABEL_CLUSTER;
 /// Label: project of the service.
 pub const LABEL_PROJECT: &str = "orca.project";
 /// Label: service name.

@@ -13,6 +13,7 @@
 //! - [`health`]: readiness verdicts that gate traffic.
 //! - [`secrets`]: `${secrets.KEY}` resolution.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`process`]: process-wide settings (fd limit, server umask, CLI SIGPIPE).
 //! - [`plugins`]: the WebAssembly plugin runtime (wasmtime); the only module that knows wasmtime.
 //! - [`stats`]: the stats loop sampling instance memory and CPU.
 //! - [`webhooks`]: webhook deliveries: plugin choice, hooks and secrets, dedupe, redeploys.
@@ -32,6 +33,7 @@ pub mod health;
 pub mod instance;
 pub mod metrics;
 pub mod plugins;
+pub mod process;
 pub mod reconciler;
 pub mod registry;
 pub mod rollout;

@@ -57,6 +57,14 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     // One crypto provider for every TLS user in the process (proxy, ACME client). An error
     // means one is installed already, which is as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::process::private_umask();
+    let fd_limit = match crate::process::raise_fd_limit() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            warn!(error = %e, "could not raise the file descriptor limit");
+            None
+        }
+    };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -65,12 +73,12 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let cluster =
         orca_config::load_cluster_config(&cfg.config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store_file = store_path(&cfg.home);
-    let store = Store::open(&store_file).with_context(|| {
-        format!(
-            "opening store {} (is another orca server using this ORCA_HOME?)",
-            store_file.display()
-        )
-    })?;
+    // The state dir may exist already (made by hand, or by an older orca): it is private.
+    fs::set_permissions(&cfg.home, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making state dir {} private (0700)", cfg.home.display()))?;
+    let store = Store::open(&store_file)?;
+    fs::set_permissions(&store_file, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making store {} private (0600)", store_file.display()))?;
     let secrets = Arc::new(
         SecretBox::load_or_create(&cfg.home.join("secret.key")).context("loading secrets key")?,
     );
@@ -89,10 +97,31 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         &stored_tokens,
     )));
 
-    let runtime =
-        Arc::new(DockerRuntime::connect().await.context(
-            "connecting to the Docker Engine (is dockerd running and DOCKER_HOST right?)",
-        )?);
+    let cluster_id = store.cluster_id_or_init(&new_cluster_id())?;
+    let scope = orca_docker::ClusterScope {
+        name: cluster.cluster.name.clone(),
+        id: cluster_id.clone(),
+    };
+    let runtime = DockerRuntime::connect()
+        .await
+        .context("connecting to the Docker Engine (is dockerd running and DOCKER_HOST right?)")?
+        .scoped(scope);
+    let others = runtime
+        .same_name_other_id()
+        .await
+        .context("listing containers")?;
+    if let Some((container, other_id)) = others.first() {
+        bail!(
+            "cluster name {:?} is already used on this Docker Engine by another orca server \
+             (cluster id {other_id}, {} container(s), e.g. {container}); this server's cluster id \
+             is {cluster_id}. Give this server its own [cluster] name in {}/cluster.toml",
+            cluster.cluster.name,
+            others.len(),
+            cfg.config_dir.display()
+        );
+    }
+    info!(cluster = %cluster.cluster.name, id = %cluster_id, "cluster identity");
+    let runtime = Arc::new(runtime);
     let node = runtime
         .node_info()
         .await
@@ -232,14 +261,15 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         cluster = %cluster.cluster.name,
         home = %cfg.home.display(),
         config = %cfg.config_dir.display(),
+        fd_limit = fd_limit.unwrap_or(0),
         "orca server ready"
     );
-    let api_shutdown = shutdown.clone();
-    axum::serve(
+    api::listener::serve(
         api_listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        api::listener::Limits::from_settings(&cluster.api, fd_limit),
+        shutdown.clone(),
     )
-    .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
     .await
     .context("serving the API")?;
 
@@ -253,6 +283,11 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
     info!("orca server stopped; containers keep running");
     Ok(())
+}
+
+/// A fresh random cluster id (64 bits, hex), stored at first start.
+fn new_cluster_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
 }
 
 /// The proxy's timeouts and limits from `[proxy]`.

@@ -5,6 +5,7 @@
 //! `[service.build]` is built at the pushed commit first; a failed build changes nothing.
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use orca_docker::ContainerRuntime;
 use orca_store::{DeliveryRecord, SecretBox, Store, WebhookRecord};
@@ -300,47 +301,50 @@ impl<R: ContainerRuntime> Webhooks<R> {
             service = %format!("{}/{}", hook.project, hook.service),
             commit = %push.commit
         );
-        let _e = span.enter();
-        let record = match self.store.get_service(&hook.project, &hook.service) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                tracing::warn!("the webhook's service is not deployed: nothing to redeploy");
-                return;
-            }
-            Err(e) => {
-                tracing::error!("reading the service: {e}");
-                return;
-            }
-        };
-        if record.state == orca_store::DesiredState::Stopped {
-            tracing::info!("the service is stopped: a push does not start it");
-            return;
-        }
-        let mut spec = record.spec;
-        if let Some(build) = spec.build.clone() {
-            let job = BuildJob {
-                project: hook.project.clone(),
-                service: hook.service.clone(),
-                build,
-                commit: push.commit.clone(),
-                branch: push.branch.clone(),
-                trigger: format!("push (webhook {})", hook.id),
-            };
-            match self.builds.run(job).await {
-                Ok(built) => spec.image = Some(built.tag),
-                Err(e) => {
-                    tracing::warn!("{e}; the running version stays");
+        async {
+            let record = match self.store.get_service(&hook.project, &hook.service) {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    tracing::warn!("the webhook's service is not deployed: nothing to redeploy");
                     return;
                 }
+                Err(e) => {
+                    tracing::error!("reading the service: {e}");
+                    return;
+                }
+            };
+            if record.state == orca_store::DesiredState::Stopped {
+                tracing::info!("the service is stopped: a push does not start it");
+                return;
+            }
+            let mut spec = record.spec;
+            if let Some(build) = spec.build.clone() {
+                let job = BuildJob {
+                    project: hook.project.clone(),
+                    service: hook.service.clone(),
+                    build,
+                    commit: push.commit.clone(),
+                    branch: push.branch.clone(),
+                    trigger: format!("push (webhook {})", hook.id),
+                };
+                match self.builds.run(job).await {
+                    Ok(built) => spec.image = Some(built.tag),
+                    Err(e) => {
+                        tracing::warn!("{e}; the running version stays");
+                        return;
+                    }
+                }
+            }
+            match deploy_one(&self.store, &self.secrets, &spec, &push.commit) {
+                Ok(revision) => {
+                    tracing::info!(revision, "redeployed for push");
+                    self.controller.wake();
+                }
+                Err(e) => tracing::error!("redeploy failed: {e}"),
             }
         }
-        match deploy_one(&self.store, &self.secrets, &spec, &push.commit) {
-            Ok(revision) => {
-                tracing::info!(revision, "redeployed for push");
-                self.controller.wake();
-            }
-            Err(e) => tracing::error!("redeploy failed: {e}"),
-        }
+        .instrument(span)
+        .await
     }
 }
 

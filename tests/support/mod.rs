@@ -87,6 +87,11 @@ pub struct Server {
     log: PathBuf,
     /// Whether the server has been up once (its ports are then fixed for restarts).
     started_once: bool,
+    /// Whether dropping the server removes its cluster's containers (off for a second
+    /// server sharing a cluster name, whose drop must not clean up the first's).
+    pub cleanup: bool,
+    /// A command the server is started under (e.g. `prlimit --nofile=256:256`).
+    wrapper: Vec<String>,
 }
 
 impl Server {
@@ -97,8 +102,31 @@ impl Server {
 
     /// Starts a server whose cluster.toml also holds `extra` (e.g. a `[plugins]` table).
     pub fn start_with(extra: &str) -> Server {
+        Server::start_under(extra, &[])
+    }
+
+    /// Like [`Server::start_with`], with the server run under `wrapper` (a command such as
+    /// `prlimit --nofile=256:256` that execs the rest of its arguments).
+    pub fn start_under(extra: &str, wrapper: &[&str]) -> Server {
+        Server::start_full(&unique("t"), extra, wrapper)
+    }
+
+    /// A server of the cluster named `cluster` (with a state dir of its own): two of them
+    /// on one engine are what two servers with default settings are.
+    pub fn start_named(cluster: &str) -> Server {
+        Server::start_full(cluster, "", &[])
+    }
+
+    fn start_full(cluster: &str, extra: &str, wrapper: &[&str]) -> Server {
+        let mut s = Server::unspawned(cluster, extra, wrapper);
+        s.spawn();
+        s
+    }
+
+    /// A server's directories and ports, not started yet.
+    fn unspawned(cluster: &str, extra: &str, wrapper: &[&str]) -> Server {
         let root = tempfile::tempdir().unwrap();
-        let cluster = unique("t");
+        let cluster = cluster.to_string();
         std::fs::create_dir_all(root.path().join("config/services")).unwrap();
         std::fs::write(
             root.path().join("config/cluster.toml"),
@@ -114,7 +142,9 @@ impl Server {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = root.path().join("server.log");
-        let mut s = Server {
+        Server {
+            cleanup: true,
+            wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
             started_once: false,
             child: None,
             cluster,
@@ -124,9 +154,16 @@ impl Server {
             api_port,
             log,
             root,
-        };
-        s.spawn();
-        s
+        }
+    }
+
+    /// Like [`Server::start_named`], for a server expected not to come up: `Err` holds its log.
+    pub fn try_start_named(cluster: &str) -> Result<Server, Box<(Server, String)>> {
+        let mut s = Server::unspawned(cluster, "", &[]);
+        match s.try_spawn() {
+            Ok(()) => Ok(s),
+            Err(log) => Err(Box::new((s, log))),
+        }
     }
 
     /// State dir.
@@ -146,12 +183,27 @@ impl Server {
 
     /// Starts the server process (again) and waits for `/api/v1/health`.
     pub fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("{log}");
+        }
+    }
+
+    /// Like [`Server::spawn`]; `Err` holds the log of a server that exited.
+    pub fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_orca"))
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(env!("CARGO_BIN_EXE_orca"));
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_orca")),
+        };
+        let child = cmd
             .arg("server")
             .env("ORCA_HOME", self.home())
             .env("ORCA_CONFIG_DIR", self.config_dir())
@@ -176,9 +228,10 @@ impl Server {
                     self.api = format!("http://127.0.0.1:{}", self.api_port);
                     self.http = SocketAddr::from(([127, 0, 0, 1], free_port()));
                     self.https = SocketAddr::from(([127, 0, 0, 1], free_port()));
-                    return self.spawn();
+                    return self.try_spawn();
                 }
-                panic!("orca server exited with {status}:\n{log}");
+                self.child = None;
+                return Err(format!("orca server exited with {status}:\n{log}"));
             }
             if let Ok((200, _)) = http_raw(
                 "GET",
@@ -188,7 +241,7 @@ impl Server {
                 None,
             ) {
                 self.started_once = true;
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -197,6 +250,11 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The server process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: no cleanup at all, like a crash.
@@ -330,7 +388,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
-        remove_cluster_containers(&self.cluster);
+        if self.cleanup {
+            remove_cluster_containers(&self.cluster);
+        }
     }
 }
 

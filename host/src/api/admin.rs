@@ -58,6 +58,52 @@ pub async fn create_token<R: ContainerRuntime>(
         .into_response())
 }
 
+/// `DELETE /api/v1/tokens/{name}` (admin): revokes a token; it fails from the next request on.
+pub async fn revoke_token<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    refuse_config_token(&s, &name, "revoked")?;
+    if !s.store.delete_token(&name)? {
+        return Err(ApiError::not_found(format!("no token named \"{name}\"")));
+    }
+    reload_tokens(&s)?;
+    tracing::info!(token = %name, "token revoked");
+    Ok(Json(json!({ "name": name, "revoked": true })))
+}
+
+/// `POST /api/v1/tokens/{name}/rotate` (admin): gives a token a new value (same name and
+/// role); the old value fails from the next request on. The new value is in this response
+/// and nowhere else. This is how the bootstrap `admin` token is rotated.
+pub async fn rotate_token<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    refuse_config_token(&s, &name, "rotated")?;
+    let value = orca_store::generate_token();
+    let token = s
+        .store
+        .rotate_token(&name, orca_store::hash_token(&value), now_unix())?;
+    reload_tokens(&s)?;
+    tracing::info!(token = %name, "token rotated");
+    Ok(Json(
+        json!({ "name": name, "role": token.role, "token": value }),
+    ))
+}
+
+fn refuse_config_token<R: ContainerRuntime>(
+    s: &AppState<R>,
+    name: &str,
+    what: &str,
+) -> Result<(), ApiError> {
+    if s.config_tokens.iter().any(|(n, _, _)| n == name) {
+        return Err(ApiError::conflict(format!(
+            "token \"{name}\" is defined in cluster.toml and cannot be {what} through the API: edit cluster.toml and restart the server"
+        )));
+    }
+    Ok(())
+}
+
 fn reload_tokens<R: ContainerRuntime>(s: &AppState<R>) -> Result<(), ApiError> {
     let stored = s.store.list_tokens()?;
     s.tokens

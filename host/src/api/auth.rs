@@ -62,8 +62,7 @@ pub async fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer)
         .filter(|t| !t.is_empty());
     let Some(presented) = presented else {
         return unauthorized("missing bearer token: send Authorization: Bearer <token>");
@@ -90,6 +89,13 @@ pub async fn authorize(
     next.run(req).await
 }
 
+/// The credentials of a `Bearer` Authorization value; the scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer x` and `BEARER x` are the same as `Bearer x`.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
 fn unauthorized(message: &str) -> Response {
     let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
     resp.headers_mut()
@@ -100,6 +106,16 @@ fn unauthorized(message: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorization_scheme_is_case_insensitive() {
+        for v in ["Bearer abc", "bearer abc", "BEARER  abc ", "bEaReR\tabc"] {
+            assert_eq!(bearer(v), Some("abc"), "{v:?}");
+        }
+        for v in ["Basic abc", "Bearerabc", "abc", "Bearer"] {
+            assert_eq!(bearer(v).filter(|t| !t.is_empty()), None, "{v:?}");
+        }
+    }
 
     #[test]
     fn matrix_matches_the_reference() {

@@ -66,3 +66,50 @@ impl From<orca_store::StoreError> for ApiError {
         }
     }
 }
+
+/// Middleware: every error answer is `{"error": ...}` JSON, including the ones axum makes
+/// itself (a query string or path that does not parse: plain text; a wrong method: 405
+/// with an empty body). Headers such as `Allow` and `WWW-Authenticate` are kept.
+pub async fn json_errors(resp: Response) -> Response {
+    use axum::http::header::{self, HeaderValue};
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message = if !text.is_empty() {
+        text
+    } else if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        format!("method not allowed on this route; allowed: {allowed}")
+    } else {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    out
+}

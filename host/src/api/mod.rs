@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 mod error;
+pub mod listener;
 mod plugins;
 mod services;
 mod webhooks;
@@ -138,6 +139,12 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
     ("POST", "/api/v1/webhooks/{forge}", None),
     ("GET", "/api/v1/tokens", Some(Permission::Admin)),
     ("POST", "/api/v1/tokens", Some(Permission::Admin)),
+    ("DELETE", "/api/v1/tokens/{name}", Some(Permission::Admin)),
+    (
+        "POST",
+        "/api/v1/tokens/{name}/rotate",
+        Some(Permission::Admin),
+    ),
     (
         "GET",
         "/api/v1/projects/{name}/secrets",
@@ -168,7 +175,7 @@ pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
     };
     use Permission::*;
     Router::new()
-        .route("/api/v1/health", get(services::health))
+        .route("/api/v1/health", get(services::health::<R>))
         .route("/metrics", get(services::metrics::<R>))
         .route("/api/v1/deploy", guard(Deploy, post(services::deploy::<R>)))
         .route("/api/v1/status", guard(Read, get(services::status::<R>)))
@@ -230,6 +237,14 @@ pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
                 .merge(guard(Admin, post(admin::create_token::<R>))),
         )
         .route(
+            "/api/v1/tokens/{name}",
+            guard(Admin, delete(admin::revoke_token::<R>)),
+        )
+        .route(
+            "/api/v1/tokens/{name}/rotate",
+            guard(Admin, post(admin::rotate_token::<R>)),
+        )
+        .route(
             "/api/v1/projects/{name}/secrets",
             guard(Deploy, get(admin::list_secrets::<R>)),
         )
@@ -251,6 +266,7 @@ pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
         )
         .fallback(|| async { ApiError::not_found("no such API route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
 }
 

@@ -1,6 +1,6 @@
 //! Service endpoints: deploy, status, scale, stop, logs, health and metrics.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -18,8 +18,12 @@ use crate::instance;
 use crate::plugins::World;
 
 /// `GET /api/v1/health`: answers once the server is serving.
-pub async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+pub async fn health<R: ContainerRuntime>(State(s): State<AppState<R>>) -> Json<Value> {
+    // Still 200: the process serves. Records that cannot be decoded are counted so
+    // monitoring sees a damaged store; `status` (authenticated) names them.
+    let broken = s.store.broken_records().len();
+    let status = if broken == 0 { "ok" } else { "degraded" };
+    Json(json!({ "status": status, "broken_records": broken }))
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -89,6 +93,20 @@ pub async fn deploy<R: ContainerRuntime>(
                 .map_err(|e| ApiError::bad_request(e.to_string()))?,
         );
     }
+    // A replica count changed by `orca scale` is reset to the file's by a deploy; the answer
+    // says so (the CLI prints it) instead of doing it silently.
+    let mut scaled: HashMap<String, u32> = HashMap::new();
+    for spec in &specs {
+        let (project, name) = (spec.project(), spec.name.as_str());
+        if let (Ok(Some(rec)), Ok(Some(rev))) = (
+            s.store.get_service(project, name),
+            s.store.current_revision(project, name),
+        ) {
+            if rec.spec.replicas != rev.spec.replicas && rec.spec.replicas != spec.replicas {
+                scaled.insert(spec.key(), rec.spec.replicas);
+            }
+        }
+    }
     // The request's own certificates, checked and sealed before the transaction.
     let mut certificates = Vec::new();
     for upload in &request.tls {
@@ -122,6 +140,8 @@ pub async fn deploy<R: ContainerRuntime>(
         "deployed": outcomes.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
         "services": outcomes.iter().map(|o| json!({
             "project": o.project, "name": o.name, "revision": o.revision, "changed": o.changed,
+            "replicas_reset_from": scaled.get(&format!("{}/{}", o.project, o.name)),
+            "replicas": specs.iter().find(|sp| sp.project() == o.project && sp.name == o.name).map(|sp| sp.replicas),
         })).collect::<Vec<_>>(),
     })))
 }
@@ -221,7 +241,16 @@ pub async fn status<R: ContainerRuntime>(
                 "cpu_percent": usage.and_then(|u| u.cpu_percent),
             }));
         }
-        let record = s.store.get_rollout(rec.spec.project(), &rec.spec.name)?;
+        // A record of this service that cannot be decoded is named in its `error`; it never
+        // fails the status of the others.
+        let mut store_errors: Vec<String> = Vec::new();
+        let record = s
+            .store
+            .get_rollout(rec.spec.project(), &rec.spec.name)
+            .unwrap_or_else(|e| {
+                store_errors.push(e.to_string());
+                None
+            });
         // The revision that serves: after the current revision's rollout was rolled back (or
         // failed), its stable revision, with the candidate and the reason shown beside it.
         let rolled_back = record.as_ref().and_then(|r| match &r.phase {
@@ -261,9 +290,19 @@ pub async fn status<R: ContainerRuntime>(
                     "started_at_ms": r.started_at_ms,
                 })
             });
-        let error = view.errors.get(&key).cloned();
+        let revisions = s
+            .store
+            .list_revisions(rec.spec.project(), &rec.spec.name)
+            .unwrap_or_else(|e| {
+                store_errors.push(e.to_string());
+                Vec::new()
+            });
+        let error = view
+            .errors
+            .get(&key)
+            .cloned()
+            .or_else(|| (!store_errors.is_empty()).then(|| store_errors.join("; ")));
         let status = service_status(&rec, ready, error.is_some());
-        let revisions = s.store.list_revisions(rec.spec.project(), &rec.spec.name)?;
         let commit_of = |n: u64| {
             revisions
                 .iter()
@@ -276,7 +315,8 @@ pub async fn status<R: ContainerRuntime>(
         }
         let last_build = s
             .store
-            .list_builds(rec.spec.project(), &rec.spec.name)?
+            .list_builds(rec.spec.project(), &rec.spec.name)
+            .unwrap_or_default()
             .pop()
             .map(|b| {
                 json!({
@@ -332,6 +372,7 @@ pub async fn status<R: ContainerRuntime>(
         "cluster": s.cluster,
         "observed_at_ms": view.observed_at_ms,
         "services": services,
+        "broken_records": s.store.broken_records(),
     })))
 }
 

@@ -62,15 +62,54 @@ pub struct AddWebhook {
 }
 
 fn check_repo(repo: &str) -> Result<(), ApiError> {
-    if repo.is_empty()
-        || repo.len() > 512
-        || repo.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(ApiError::bad_request(format!(
-            "field `repo`: {repo:?} is not a repository: use OWNER/NAME or a clone URL (no spaces, at most 512 bytes)"
-        )));
+    if repo_is_valid(repo) {
+        return Ok(());
     }
-    Ok(())
+    Err(ApiError::bad_request(format!(
+        "field `repo`: {repo:?} is not a repository: use OWNER/NAME (GitLab: GROUP/.../NAME) or a clone URL \
+         (https://HOST/OWNER/NAME, ssh://HOST/OWNER/NAME, git@HOST:OWNER/NAME); each part is letters, digits, '.', '_' or '-', \
+         not '.' or '..', at most 512 bytes"
+    )))
+}
+
+/// `OWNER/NAME` (two or more segments), or a clone URL whose path is that.
+fn repo_is_valid(repo: &str) -> bool {
+    if repo.is_empty() || repo.len() > 512 {
+        return false;
+    }
+    let host_ok = |h: &str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_:@[]".contains(&b))
+    };
+    let path = if let Some((scheme, rest)) = repo.split_once("://") {
+        let Some((host, path)) = rest.split_once('/') else {
+            return false;
+        };
+        if !matches!(scheme, "https" | "http" | "ssh" | "git") || !host_ok(host) {
+            return false;
+        }
+        path
+    } else if let Some((host, path)) = repo.split_once(':') {
+        if host.contains('/') || !host_ok(host) {
+            return false;
+        }
+        path
+    } else {
+        repo
+    };
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').collect();
+    segments.len() >= 2
+        && segments.iter().all(|seg| {
+            !seg.is_empty()
+                && *seg != "."
+                && *seg != ".."
+                && !seg.starts_with('-')
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
 }
 
 fn check_branch_glob(branch: &str) -> Result<(), ApiError> {
@@ -205,4 +244,41 @@ fn hook_json(h: &WebhookRecord, deliveries: &[DeliveryRecord]) -> Value {
         "created_at": h.created_at,
         "deliveries": deliveries,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repo_is_valid;
+
+    #[test]
+    fn webhook_repo_is_owner_name_or_a_clone_url() {
+        for ok in [
+            "org/app",
+            "Org/My.App_1",
+            "group/sub/app",
+            "https://git.example.com/org/app.git",
+            "https://git.example.com/git/org/app",
+            "ssh://git@git.example.com:2222/org/app.git",
+            "git@github.com:org/app.git",
+        ] {
+            assert!(repo_is_valid(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../../x",
+            "org/..",
+            "app",
+            "org//app",
+            "/org/app",
+            "org/app/",
+            "a b/c",
+            "org/-x",
+            "file:///etc/passwd",
+            "ftp://h/o/n",
+            "org/app;rm",
+            "https://h/app",
+        ] {
+            assert!(!repo_is_valid(bad), "{bad}");
+        }
+    }
 }

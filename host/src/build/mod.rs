@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use orca_docker::ContainerRuntime;
 use orca_store::{BuildRecord, BuildStatus, Store};
@@ -151,106 +152,110 @@ impl<R: ContainerRuntime> Builds<R> {
             .start_build(&record)
             .map_err(|e| failed(0, format!("recording the build: {e}")))?;
         let span = tracing::info_span!("orca.build", service = %key, number, commit = %job.commit);
-        let _entered = span.enter();
-        tracing::info!(trigger = %job.trigger, "build started");
+        // The span covers the whole build, across its awaits (never `enter()` across one).
+        async {
+            tracing::info!(trigger = %job.trigger, "build started");
 
-        let workdir = self.work_root.join(format!(
-            "{}-{}-{number}-{:08x}",
-            job.project,
-            job.service,
-            rand::random::<u32>()
-        ));
-        let host = Arc::new(HostBuild {
-            handle: tokio::runtime::Handle::current(),
-            runtime: self.runtime.clone(),
-            git: self.git.clone(),
-            repo: job.build.repo.clone(),
-            commit: job.commit.clone(),
-            tag: tag.clone(),
-            workdir: workdir.clone(),
-            checked_out: Mutex::new(false),
-            log: Arc::new(BuildLog {
-                store: self.store.clone(),
-                record: Mutex::new(BuildRecord { number, ..record }),
-                last_flush: Mutex::new(Instant::now()),
-            }),
-        });
-        let request = BuildRequest {
-            project: job.project.clone(),
-            service: job.service.clone(),
-            repo: job.build.repo.clone(),
-            branch: job.branch.clone(),
-            commit: job.commit.clone(),
-            dockerfile: job
-                .build
-                .dockerfile
-                .clone()
-                .unwrap_or_else(|| "Dockerfile".into()),
-            context: job.build.context.clone().unwrap_or_else(|| ".".into()),
-            tag: tag.clone(),
-        };
-        let registry = self.registry.clone();
-        let cap: Arc<dyn BuildHostCap> = host.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let plugin = registry
-                .resolve(BUILDER_PLUGIN, World::Builder)
-                .map_err(|e| e.to_string())?;
-            match plugin.build(&request, cap) {
-                Ok(Ok(out)) => Ok(out),
-                Ok(Err(reason)) => Err(reason),
-                Err(e) => Err(format!("builder plugin failed: {e}")),
-            }
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("build task failed: {e}")));
-        let cleanup = workdir.clone();
-        tokio::task::spawn_blocking(move || {
-            if cleanup.exists() {
-                if let Err(e) = std::fs::remove_dir_all(&cleanup) {
-                    tracing::warn!(dir = %cleanup.display(), "removing build checkout: {e}");
+            let workdir = self.work_root.join(format!(
+                "{}-{}-{number}-{:08x}",
+                job.project,
+                job.service,
+                rand::random::<u32>()
+            ));
+            let host = Arc::new(HostBuild {
+                handle: tokio::runtime::Handle::current(),
+                runtime: self.runtime.clone(),
+                git: self.git.clone(),
+                repo: job.build.repo.clone(),
+                commit: job.commit.clone(),
+                tag: tag.clone(),
+                workdir: workdir.clone(),
+                checked_out: Mutex::new(false),
+                log: Arc::new(BuildLog {
+                    store: self.store.clone(),
+                    record: Mutex::new(BuildRecord { number, ..record }),
+                    last_flush: Mutex::new(Instant::now()),
+                }),
+            });
+            let request = BuildRequest {
+                project: job.project.clone(),
+                service: job.service.clone(),
+                repo: job.build.repo.clone(),
+                branch: job.branch.clone(),
+                commit: job.commit.clone(),
+                dockerfile: job
+                    .build
+                    .dockerfile
+                    .clone()
+                    .unwrap_or_else(|| "Dockerfile".into()),
+                context: job.build.context.clone().unwrap_or_else(|| ".".into()),
+                tag: tag.clone(),
+            };
+            let registry = self.registry.clone();
+            let cap: Arc<dyn BuildHostCap> = host.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let plugin = registry
+                    .resolve(BUILDER_PLUGIN, World::Builder)
+                    .map_err(|e| e.to_string())?;
+                match plugin.build(&request, cap) {
+                    Ok(Ok(out)) => Ok(out),
+                    Ok(Err(reason)) => Err(reason),
+                    Err(e) => Err(format!("builder plugin failed: {e}")),
                 }
-            }
-        });
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("build task failed: {e}")));
+            let cleanup = workdir.clone();
+            tokio::task::spawn_blocking(move || {
+                if cleanup.exists() {
+                    if let Err(e) = std::fs::remove_dir_all(&cleanup) {
+                        tracing::warn!(dir = %cleanup.display(), "removing build checkout: {e}");
+                    }
+                }
+            });
 
-        let mut record = host
-            .log
-            .record
-            .lock()
-            .expect("build record poisoned")
-            .clone();
-        record.finished_ms = Some(crate::controller::now_ms());
-        let result = match outcome {
-            Ok(out) if out.tag == tag && !out.image_id.is_empty() => {
-                record.status = BuildStatus::Succeeded;
-                record.image_id = Some(out.image_id.clone());
-                tracing::info!(tag = %tag, image = %out.image_id, "build succeeded");
-                Ok(Built {
-                    tag,
-                    image_id: out.image_id,
-                    number,
-                })
+            let mut record = host
+                .log
+                .record
+                .lock()
+                .expect("build record poisoned")
+                .clone();
+            record.finished_ms = Some(crate::controller::now_ms());
+            let result = match outcome {
+                Ok(out) if out.tag == tag && !out.image_id.is_empty() => {
+                    record.status = BuildStatus::Succeeded;
+                    record.image_id = Some(out.image_id.clone());
+                    tracing::info!(tag = %tag, image = %out.image_id, "build succeeded");
+                    Ok(Built {
+                        tag,
+                        image_id: out.image_id,
+                        number,
+                    })
+                }
+                Ok(out) => {
+                    let reason = format!(
+                        "the builder returned image {:?} tagged {:?}, expected tag {tag:?}",
+                        out.image_id, out.tag
+                    );
+                    record.status = BuildStatus::Failed;
+                    record.error = Some(reason.clone());
+                    Err(failed(number, reason))
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "build failed");
+                    record.status = BuildStatus::Failed;
+                    record.log.push(format!("build failed: {reason}"));
+                    record.error = Some(reason.clone());
+                    Err(failed(number, reason))
+                }
+            };
+            if let Err(e) = self.store.update_build(&record) {
+                tracing::error!("recording the build result: {e}");
             }
-            Ok(out) => {
-                let reason = format!(
-                    "the builder returned image {:?} tagged {:?}, expected tag {tag:?}",
-                    out.image_id, out.tag
-                );
-                record.status = BuildStatus::Failed;
-                record.error = Some(reason.clone());
-                Err(failed(number, reason))
-            }
-            Err(reason) => {
-                tracing::warn!(%reason, "build failed");
-                record.status = BuildStatus::Failed;
-                record.log.push(format!("build failed: {reason}"));
-                record.error = Some(reason.clone());
-                Err(failed(number, reason))
-            }
-        };
-        if let Err(e) = self.store.update_build(&record) {
-            tracing::error!("recording the build result: {e}");
+            result
         }
-        result
+        .instrument(span)
+        .await
     }
 }
 

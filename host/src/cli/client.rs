@@ -16,6 +16,25 @@ struct Credentials {
     token: Option<String>,
 }
 
+/// After a rotation: if the credentials file holds `old`, writes `new` in its place (0600)
+/// and returns the file's path.
+pub fn replace_credentials_token(
+    home: &Path,
+    old: Option<&str>,
+    new: &str,
+) -> anyhow::Result<Option<PathBuf>> {
+    let path = crate::server::credentials_path(home);
+    let (Some(old), Ok(text)) = (old, std::fs::read_to_string(&path)) else {
+        return Ok(None);
+    };
+    let creds: Credentials = toml::from_str(&text).unwrap_or_default();
+    if creds.token.as_deref() != Some(old) || new.is_empty() {
+        return Ok(None);
+    }
+    crate::server::write_private(&path, &text.replace(old, new))?;
+    Ok(Some(path))
+}
+
 /// A connection to one orca API.
 pub struct Client {
     http: reqwest::Client,
@@ -46,6 +65,11 @@ impl Client {
             base,
             token: token.or(creds.token),
         })
+    }
+
+    /// The token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// The API's base URL.

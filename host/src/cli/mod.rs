@@ -171,6 +171,18 @@ enum TokenCmd {
     },
     /// List tokens (names and roles).
     List,
+    /// Revoke a token created through the API; it stops working at once.
+    Revoke {
+        /// Token name.
+        name: String,
+    },
+    /// Give a token a new value (same name and role), e.g. the bootstrap `admin` token; the
+    /// old value stops working at once. The new value is printed once; if it was the token
+    /// of the credentials file, that file is updated.
+    Rotate {
+        /// Token name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,7 +268,11 @@ enum SecretsCmd {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Server { .. }));
+    let server = matches!(cli.command, Command::Server { .. });
+    if !server {
+        crate::process::default_sigpipe();
+    }
+    init_tracing(server);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -342,6 +358,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "unchanged"
                     }
                 );
+                if let Some(from) = s["replicas_reset_from"].as_u64() {
+                    println!(
+                        "  replicas reset from {from} (set by `orca scale`) to {} (the service file's); keep the count by setting it in the file",
+                        s["replicas"]
+                    );
+                }
             }
             if !no_wait {
                 let keys: Vec<(String, String, u64)> = answer["services"]
@@ -489,6 +511,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(TokenCmd::Create { name, role }) => {
+            let role: orca_config::Role =
+                role.parse().map_err(|e| anyhow::anyhow!("--role: {e}"))?;
             let v = client()?
                 .call(
                     Method::POST,
@@ -501,6 +525,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{}", v["token"].as_str().unwrap_or_default());
             eprintln!("token \"{name}\" ({role}) created; it is shown only this once");
+            Ok(())
+        }
+        Command::Token(TokenCmd::Revoke { name }) => {
+            let v = client()?
+                .call(
+                    Method::DELETE,
+                    &format!("/api/v1/tokens/{}", client::enc(&name)),
+                    None,
+                )
+                .await?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!("token \"{name}\" revoked");
+            Ok(())
+        }
+        Command::Token(TokenCmd::Rotate { name }) => {
+            let client = client()?;
+            let v = client
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/tokens/{}/rotate", client::enc(&name)),
+                    None,
+                )
+                .await?;
+            let value = v["token"].as_str().unwrap_or_default();
+            let updated = client::replace_credentials_token(&home, client.token(), value)?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!("{value}");
+            eprintln!("token \"{name}\" rotated; the new value is shown only this once");
+            if let Some(path) = updated {
+                eprintln!("{} now holds the new value", path.display());
+            }
             Ok(())
         }
         Command::Token(TokenCmd::List) => {

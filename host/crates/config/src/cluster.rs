@@ -80,6 +80,9 @@ pub struct ClusterConfig {
     /// The `[proxy]` table: timeouts and limits of the HTTP/HTTPS proxy.
     #[serde(default)]
     pub proxy: ProxySettings,
+    /// The `[api]` table: timeouts and connection caps of the REST API listener.
+    #[serde(default)]
+    pub api: ApiSettings,
     /// The `[acme]` table: automatic certificates. Absent: no ACME (services are served on
     /// plain HTTP, or HTTPS with their own `tls_cert`).
     #[serde(default)]
@@ -146,6 +149,59 @@ impl Default for ProxySettings {
             max_request_body: default_max_request_body(),
         }
     }
+}
+
+/// Timeouts and connection caps of the REST API listener (`[api]` in cluster.toml): idle or
+/// unfinished connections can never hold the API, nor the process's file descriptors.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Longest time a client may take to send its request head, and the idle keep-alive time
+    /// of API connections, in seconds (default 10).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Most open API connections (default 4096); more are closed as soon as accepted.
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: u32,
+    /// Most open API connections from one source address (default 512).
+    #[serde(default = "default_api_max_per_source")]
+    pub max_connections_per_source: u32,
+}
+
+fn default_api_max_connections() -> u32 {
+    4096
+}
+fn default_api_max_per_source() -> u32 {
+    512
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            header_read_timeout_secs: default_header_read_timeout(),
+            max_connections: default_api_max_connections(),
+            max_connections_per_source: default_api_max_per_source(),
+        }
+    }
+}
+
+fn check_api(api: &ApiSettings) -> Result<(), Invalid> {
+    for (key, value) in [
+        ("header_read_timeout_secs", api.header_read_timeout_secs),
+        ("max_connections", u64::from(api.max_connections)),
+        (
+            "max_connections_per_source",
+            u64::from(api.max_connections_per_source),
+        ),
+    ] {
+        if value == 0 {
+            return Err(Invalid::new(
+                FieldPath::key("api").k(key),
+                format!("{key} must be at least 1"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_proxy(proxy: &ProxySettings) -> Result<(), Invalid> {
@@ -439,6 +495,7 @@ fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
         }
     }
     check_proxy(&config.proxy)?;
+    check_api(&config.api)?;
     if let Some(acme) = &config.acme {
         check_acme(acme)?;
     }

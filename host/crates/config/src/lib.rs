@@ -21,6 +21,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod image;
 pub mod load;
 pub mod names;
 pub mod secrets;
@@ -29,8 +30,8 @@ mod source;
 pub mod units;
 
 pub use cluster::{
-    load_cluster_config, parse_cluster_file, AcmeSettings, BuildSettings, ClusterConfig,
-    ClusterSettings, PluginSettings, ProxySettings, Role, TokenConfig,
+    load_cluster_config, parse_cluster_file, AcmeSettings, ApiSettings, BuildSettings,
+    ClusterConfig, ClusterSettings, PluginSettings, ProxySettings, Role, TokenConfig,
 };
 pub use error::ConfigError;
 pub use load::{

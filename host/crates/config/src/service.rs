@@ -362,6 +362,15 @@ pub(crate) fn check_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
                 format!("invalid environment variable name {key:?}: use [A-Za-z_][A-Za-z0-9_]*"),
             ));
         }
+        if let Some(c) = value.chars().find(|c| c.is_control() && *c != '\t') {
+            return Err(Invalid::new(
+                at("env").k(key),
+                format!(
+                    "environment variable {key:?} holds control character {:?}: values may hold any text but NUL and control characters (tab is allowed)",
+                    c
+                ),
+            ));
+        }
         secret_refs(value).map_err(|e| Invalid::new(at("env").k(key), e.message))?;
     }
     if let Some(resources) = &spec.resources {
@@ -411,15 +420,7 @@ pub(crate) fn check_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
 }
 
 fn check_image(image: &str) -> Result<(), String> {
-    if image.is_empty() {
-        Err("empty image: expected a reference such as \"nginx:alpine\"".to_string())
-    } else if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Err(format!(
-            "invalid image {image:?}: an image reference has no spaces"
-        ))
-    } else {
-        Ok(())
-    }
+    crate::image::check_image_reference(image)
 }
 
 fn check_http_path(path: &str) -> Result<(), String> {

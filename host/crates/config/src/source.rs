@@ -75,6 +75,7 @@ impl<'a> TomlDoc<'a> {
 
 /// Parses a JSON body into `T`; errors carry the JSON path and serde_json's line and column.
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ConfigError> {
+    reject_duplicate_keys(body)?;
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let mut path = FieldPath::from_serde(err.path());
@@ -139,4 +140,112 @@ fn located(
         error = error.with_field(path.to_string());
     }
     error
+}
+
+/// JSON allows an object to repeat a key and serde keeps the last one silently (for maps) or
+/// fails with a vague message (for structs); a deploy body that says two things is refused,
+/// naming the key and where it is repeated. Syntax errors are left to the typed parse.
+pub(crate) fn reject_duplicate_keys(body: &[u8]) -> Result<(), ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, NoDuplicates>(&mut de) {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            let message = json_message(err.inner());
+            if let Some(key) = message.strip_prefix(DUPLICATE) {
+                let path = FieldPath::from_serde(err.path()).k(key.trim_matches('`'));
+                Err(json_error(
+                    format!("duplicate key {key} in JSON object: give each key once"),
+                    err.inner(),
+                    &path,
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+const DUPLICATE: &str = "duplicate key ";
+
+/// Any JSON value, checked for repeated keys in every object.
+struct NoDuplicates;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicatesVisitor)
+    }
+}
+
+struct NoDuplicatesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicatesVisitor {
+    type Value = NoDuplicates;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_unit<E>(self) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_none<E>(self) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<NoDuplicates, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicates, A::Error> {
+        while seq.next_element::<NoDuplicates>()?.is_some() {}
+        Ok(NoDuplicates)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicates, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("{DUPLICATE}`{key}`")));
+            }
+            map.next_value::<NoDuplicates>()?;
+        }
+        Ok(NoDuplicates)
+    }
+}
+
+#[cfg(test)]
+mod duplicate_tests {
+    use super::reject_duplicate_keys;
+
+    #[test]
+    fn duplicate_keys_in_deploy_json_are_an_error() {
+        let err =
+            reject_duplicate_keys(br#"{"services": [{"name": "a", "env": {"K": "1", "K": "2"}}]}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("duplicate key `K`"), "{err}");
+        assert!(err.contains("services[0].env.K"), "{err}");
+        let err = reject_duplicate_keys(br#"{"name": "a", "name": "b"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("duplicate key `name`"), "{err}");
+        assert!(
+            reject_duplicate_keys(br#"{"a": {"k": 1}, "b": {"k": 1}, "c": [1, {"k": 2}]}"#).is_ok()
+        );
+        assert!(
+            reject_duplicate_keys(b"{not json").is_ok(),
+            "syntax is the typed parse's to report"
+        );
+    }
 }

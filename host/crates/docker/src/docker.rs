@@ -22,8 +22,8 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use tracing::{debug, info, warn};
 
 use crate::model::{
-    ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LogLine, LogStream, NodeInfo,
-    RuntimeEvent, LABEL_MANAGED,
+    ClusterScope, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LogLine, LogStream,
+    NodeInfo, RuntimeEvent, LABEL_CLUSTER, LABEL_CLUSTER_ID, LABEL_MANAGED,
 };
 use crate::runtime::ContainerRuntime;
 use crate::time::rfc3339_to_unix;
@@ -49,6 +49,9 @@ pub struct DockerRuntime {
     /// same name; this lock stops that for our own concurrent calls, and a dedupe pass after
     /// creation handles races with other processes.
     network_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The cluster this runtime works for, if scoped: it sees only that cluster's
+    /// containers and labels what it creates with the cluster id.
+    scope: Option<ClusterScope>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -81,7 +84,74 @@ impl DockerRuntime {
             docker,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
             network_lock: Arc::new(tokio::sync::Mutex::new(())),
+            scope: None,
         })
+    }
+
+    /// Scopes this runtime to one cluster: `list` returns only containers the cluster owns
+    /// (its id, or no id and its name), created containers and networks carry the id, and
+    /// a network of another cluster id is never joined.
+    pub fn scoped(mut self, scope: ClusterScope) -> DockerRuntime {
+        self.scope = Some(scope);
+        self
+    }
+
+    /// Containers on this engine that carry this scope's cluster name but another cluster
+    /// id: another orca server with the same `[cluster] name`. Returns (container name,
+    /// other id) pairs.
+    pub async fn same_name_other_id(&self) -> Result<Vec<(String, String)>, RuntimeError> {
+        let Some(scope) = &self.scope else {
+            return Ok(Vec::new());
+        };
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_CLUSTER}={}", scope.name),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| map_err("list containers", e))?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(|s| {
+                let id = s.labels.as_ref()?.get(LABEL_CLUSTER_ID)?.clone();
+                (id != scope.id).then(|| {
+                    let name = s
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default();
+                    (name.trim_start_matches('/').to_string(), id)
+                })
+            })
+            .collect())
+    }
+
+    /// The labels of the network named exactly `name`, if there is one.
+    async fn network_labels(
+        &self,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, RuntimeError> {
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let networks = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::new().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| map_err("list networks", e))?;
+        Ok(networks
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .min_by(|a, b| a.id.cmp(&b.id))
+            .map(|n| n.labels.unwrap_or_default().into_iter().collect()))
     }
 
     /// Bounds how long `create_and_start` waits for a missing image to be pulled.
@@ -192,7 +262,11 @@ impl ContainerRuntime for DockerRuntime {
         let mut out = Vec::with_capacity(inspected.len());
         for info in inspected {
             match info {
-                Ok(info) => out.push(info),
+                Ok(info) if self.scope.as_ref().is_none_or(|s| s.owns(&info.labels)) => {
+                    out.push(info)
+                }
+                // Another cluster's container: never seen, so never touched.
+                Ok(_) => {}
                 // Removed between listing and inspecting: it is simply not there any more.
                 Err(RuntimeError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
@@ -213,11 +287,11 @@ impl ContainerRuntime for DockerRuntime {
         let options = CreateContainerOptionsBuilder::new()
             .name(&spec.name)
             .build();
-        let id = match self
-            .docker
-            .create_container(Some(options), create_body(spec))
-            .await
-        {
+        let mut body = create_body(spec);
+        if let (Some(scope), Some(labels)) = (&self.scope, body.labels.as_mut()) {
+            labels.insert(LABEL_CLUSTER_ID.to_string(), scope.id.clone());
+        }
+        let id = match self.docker.create_container(Some(options), body).await {
             Ok(resp) => {
                 for warning in &resp.warnings {
                     warn!(container = %spec.name, warning, "engine warning on create");
@@ -321,8 +395,30 @@ impl ContainerRuntime for DockerRuntime {
         labels: &BTreeMap<String, String>,
     ) -> Result<(), RuntimeError> {
         let _guard = self.network_lock.lock().await;
-        if !self.networks_named(name).await?.is_empty() {
+        if let Some(existing) = self.network_labels(name).await? {
+            // A network belongs to one cluster: joining another's would let its containers
+            // claim this cluster's aliases (and the reverse).
+            if let Some(scope) = &self.scope {
+                if !scope.owns(&existing) {
+                    let owner = existing
+                        .get(LABEL_CLUSTER_ID)
+                        .or(existing.get(LABEL_CLUSTER))
+                        .map_or("outside orca", String::as_str);
+                    return Err(RuntimeError::Engine {
+                        op: format!("use network {name:?}"),
+                        reason: format!(
+                            "it belongs to another cluster ({owner}), not to cluster {:?} (id {}); \
+                             remove it or give this cluster's project another name",
+                            scope.name, scope.id
+                        ),
+                    });
+                }
+            }
             return Ok(());
+        }
+        let mut labels = labels.clone();
+        if let Some(scope) = &self.scope {
+            labels.insert(LABEL_CLUSTER_ID.to_string(), scope.id.clone());
         }
         let request = NetworkCreateRequest {
             name: name.to_string(),

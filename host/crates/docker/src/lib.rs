@@ -28,7 +28,7 @@ mod time;
 pub use docker::DockerRuntime;
 pub use error::RuntimeError;
 pub use model::{
-    ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LogLine, LogStream, NodeInfo,
-    RuntimeEvent, LABEL_MANAGED,
+    ClusterScope, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LogLine, LogStream,
+    NodeInfo, RuntimeEvent, LABEL_CLUSTER, LABEL_CLUSTER_ID, LABEL_MANAGED,
 };
 pub use runtime::ContainerRuntime;

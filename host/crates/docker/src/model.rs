@@ -11,6 +11,34 @@ use serde::{Deserialize, Serialize};
 /// subscriptions filter on it so orca never touches containers it does not own.
 pub const LABEL_MANAGED: &str = "orca.managed";
 
+/// Label: the name of the cluster that owns a container or network.
+pub const LABEL_CLUSTER: &str = "orca.cluster";
+
+/// Label: the id of the cluster that owns a container or network (random, made at the
+/// cluster's first start). Two clusters may share a name by mistake; never an id.
+pub const LABEL_CLUSTER_ID: &str = "orca.cluster.id";
+
+/// The cluster a [`DockerRuntime`](crate::DockerRuntime) is scoped to: it labels what it
+/// creates with the id and sees only what carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterScope {
+    /// `[cluster] name`.
+    pub name: String,
+    /// The cluster id from the store.
+    pub id: String,
+}
+
+impl ClusterScope {
+    /// Whether a container or network with these labels belongs to this cluster: it carries
+    /// this id, or (made before cluster ids existed) no id and this cluster's name.
+    pub fn owns(&self, labels: &BTreeMap<String, String>) -> bool {
+        match labels.get(LABEL_CLUSTER_ID) {
+            Some(id) => *id == self.id,
+            None => labels.get(LABEL_CLUSTER) == Some(&self.name),
+        }
+    }
+}
+
 /// What to run: everything [`ContainerRuntime::create_and_start`](crate::ContainerRuntime::create_and_start)
 /// needs to create one container.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

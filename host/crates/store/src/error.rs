@@ -12,6 +12,24 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] redb::Error),
 
+    /// The database file is held by another process (another `orca server` on this
+    /// `ORCA_HOME`).
+    #[error("store {} is in use by another process (another orca server using this ORCA_HOME?)", path.display())]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+
+    /// The database file exists but is not a readable redb database (truncated, overwritten,
+    /// damaged beyond redb's repair).
+    #[error("store {} cannot be opened: {reason}; it is damaged or not an orca store (move it away to start empty, or restore a backup)", path.display())]
+    Unreadable {
+        /// The database file.
+        path: PathBuf,
+        /// redb's reason.
+        reason: String,
+    },
+
     /// A record exists but cannot be decoded: unparsable JSON or an unknown schema version.
     #[error("corrupt record in table `{table}` at key `{key}`: {reason}")]
     Corrupt {

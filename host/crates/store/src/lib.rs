@@ -52,9 +52,11 @@ use std::sync::Arc;
 
 use redb::Database;
 
+mod broken;
 pub mod builds;
 pub mod certs;
 pub mod error;
+pub mod meta;
 mod record;
 pub mod requests;
 pub mod revisions;
@@ -64,6 +66,7 @@ pub mod services;
 pub mod tokens;
 pub mod webhooks;
 
+pub use broken::BrokenRecord;
 pub use builds::{BuildRecord, BuildStatus};
 pub use certs::{AcmeOrderRecord, CertSource, CertificateRecord, ACME_SEAL_SCOPE, TLS_SEAL_SCOPE};
 pub use error::StoreError;
@@ -82,6 +85,7 @@ pub use webhooks::{DeliveryRecord, WebhookRecord};
 pub struct Store {
     db: Arc<Database>,
     path: Arc<PathBuf>,
+    broken: broken::Broken,
 }
 
 impl fmt::Debug for Store {
@@ -94,7 +98,8 @@ impl Store {
     /// Opens the database at `path`, creating its parent directory, the file and all tables
     /// if they do not exist yet.
     ///
-    /// Fails with [`StoreError::Db`] if another process holds the database open.
+    /// Fails with [`StoreError::Locked`] if another process holds the database open, and with
+    /// [`StoreError::Unreadable`] if the file is not a readable database.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
@@ -103,7 +108,23 @@ impl Store {
             })?;
         }
         // `Database::create` opens an existing file or creates a new one.
-        let db = Database::create(path)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: path.to_owned(),
+            },
+            redb::DatabaseError::Storage(redb::StorageError::Io(source))
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                StoreError::Io {
+                    context: format!("opening store {}", path.display()),
+                    source,
+                }
+            }
+            other => StoreError::Unreadable {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        })?;
         // Create every table up front so read transactions never meet a missing table.
         let txn = db.begin_write()?;
         services::create_table(&txn)?;
@@ -115,11 +136,13 @@ impl Store {
         certs::create_table(&txn)?;
         webhooks::create_table(&txn)?;
         builds::create_table(&txn)?;
+        meta::create_table(&txn)?;
         txn.commit()?;
         tracing::debug!(path = %path.display(), "orca.store.open");
         Ok(Store {
             db: Arc::new(db),
             path: Arc::new(path.to_owned()),
+            broken: broken::Broken::default(),
         })
     }
 

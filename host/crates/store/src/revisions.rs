@@ -245,7 +245,7 @@ impl Store {
         check_name("project name", project)?;
         check_name("service name", name)?;
         let txn = self.db().begin_read()?;
-        read_one(&txn.open_table(REVISIONS)?, project, name, number)
+        read_one(&txn.open_table(REVISIONS)?, project, name, number).map_err(|e| self.note(e))
     }
 
     /// Every stored revision of `project/name`, ascending by number (empty for an unknown
@@ -263,7 +263,7 @@ impl Store {
         let mut out = Vec::new();
         for entry in table.range(start.as_str()..end.as_str())? {
             let (k, v) = entry?;
-            out.push(decode_row(k.value(), v.value())?);
+            out.push(decode_row(k.value(), v.value()).map_err(|e| self.note(e))?);
         }
         Ok(out)
     }
@@ -283,7 +283,10 @@ impl Store {
         let Some(service) = services::get_in(&txn, project, name)? else {
             return Ok(None);
         };
-        read_one(&txn.open_table(REVISIONS)?, project, name, service.revision)
+        let found = read_one(&txn.open_table(REVISIONS)?, project, name, service.revision)
+            .map_err(|e| self.note(e))?;
+        self.healed(TABLE_NAME, &revision_key(project, name, service.revision));
+        Ok(found)
     }
 }
 

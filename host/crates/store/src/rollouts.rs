@@ -327,19 +327,22 @@ impl Store {
         let txn = self.db().begin_read()?;
         let table = txn.open_table(ROLLOUTS)?;
         let mut out = Vec::new();
+        let mut broken = Vec::new();
         for entry in table.iter()? {
             let (k, v) = entry?;
             let key = k.value();
             let Some((project, name)) = key.split_once('/') else {
-                return Err(StoreError::Corrupt {
-                    table: TABLE_NAME,
-                    key: key.to_owned(),
-                    reason: "key is not `project/name`".into(),
-                });
+                broken.push((key.to_owned(), "key is not `project/name`".to_string()));
+                continue;
             };
-            let record = decode_row(key, v.value())?;
-            out.push(((project.to_owned(), name.to_owned()), record));
+            // An undecodable rollout is left out: its service is driven as if none ran.
+            match decode_row(key, v.value()) {
+                Ok(record) => out.push(((project.to_owned(), name.to_owned()), record)),
+                Err(StoreError::Corrupt { key, reason, .. }) => broken.push((key, reason)),
+                Err(e) => return Err(e),
+            }
         }
+        self.scanned(TABLE_NAME, broken);
         Ok(out)
     }
 }
@@ -488,7 +491,14 @@ pub(crate) mod tests {
         };
         write_raw(&store, "web/api", b"{not json");
         check(store.get_rollout("web", "api").unwrap_err(), "web/api");
-        check(store.list_rollouts().unwrap_err(), "web/api");
+        // A list leaves the broken record out and names it in `broken_records`.
+        assert!(store.list_rollouts().unwrap().is_empty());
+        let broken = store.broken_records();
+        assert_eq!(broken.len(), 1);
+        assert_eq!(
+            (broken[0].table.as_str(), broken[0].key.as_str()),
+            ("rollouts", "web/api")
+        );
 
         write_raw(&store, "web/api", &[0xff, 0xfe]);
         check(store.get_rollout("web", "api").unwrap_err(), "web/api");
@@ -511,7 +521,10 @@ pub(crate) mod tests {
 
         store.delete_rollout("web", "api").unwrap();
         write_raw(&store, "noslash", &encode_row(&rollout(None, 1)));
-        check(store.list_rollouts().unwrap_err(), "noslash");
+        assert!(store.list_rollouts().unwrap().is_empty());
+        let broken = store.broken_records();
+        assert_eq!(broken.len(), 1, "{broken:?}");
+        assert_eq!(broken[0].key, "noslash");
     }
 
     #[test]

@@ -442,15 +442,22 @@ impl Store {
         read_row(&table, &scoped_key(project, name))
     }
 
-    /// Every service, sorted by `project/name`.
+    /// Every service, sorted by `project/name`. A record that cannot be decoded is left
+    /// out (and reported by [`Store::broken_records`]): it never hides the others.
     pub fn list_services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
         let txn = self.db().begin_read()?;
         let table = txn.open_table(SERVICES)?;
         let mut out = Vec::new();
+        let mut broken = Vec::new();
         for entry in table.iter()? {
             let (k, v) = entry?;
-            out.push(decode_row(k.value(), v.value())?);
+            match decode_row(k.value(), v.value()) {
+                Ok(record) => out.push(record),
+                Err(StoreError::Corrupt { key, reason, .. }) => broken.push((key, reason)),
+                Err(e) => return Err(e),
+            }
         }
+        self.scanned(TABLE_NAME, broken);
         Ok(out)
     }
 
@@ -1233,7 +1240,11 @@ mod tests {
     fn a_second_open_of_the_same_file_fails_cleanly() {
         let (dir, _store) = store();
         let err = Store::open(&dir.path().join("cluster.db")).unwrap_err();
-        assert!(matches!(err, StoreError::Db(_)), "{err}");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
     }
 
     fn write_raw(store: &Store, key: &str, value: &[u8]) {
@@ -1258,10 +1269,21 @@ mod tests {
         }
         assert!(err.to_string().contains("services"));
         assert!(err.to_string().contains("web/api"));
-        assert!(matches!(
-            store.list_services().unwrap_err(),
-            StoreError::Corrupt { .. }
-        ));
+        // A list leaves the broken record out (the others are listed) and names it.
+        store.apply_deploy(&[d("web", "ok", "a", 1)], 100).unwrap();
+        let listed: Vec<String> = store
+            .list_services()
+            .unwrap()
+            .iter()
+            .map(|r| r.key())
+            .collect();
+        assert_eq!(listed, ["web/ok"]);
+        let broken = store.broken_records();
+        assert_eq!(broken.len(), 1);
+        assert_eq!(
+            (broken[0].table.as_str(), broken[0].key.as_str()),
+            ("services", "web/api")
+        );
         // Invalid UTF-8 is corruption too, not a panic.
         write_raw(&store, "web/api", &[0xff, 0xfe, 0x00]);
         assert!(matches!(

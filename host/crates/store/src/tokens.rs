@@ -150,6 +150,46 @@ impl Store {
         Ok(out)
     }
 
+    /// Gives an existing token a new hash (its name and role stay): the old value stops
+    /// working with the next reload of the verifier. [`StoreError::NotFound`] if absent.
+    pub fn rotate_token(
+        &self,
+        name: &str,
+        hash: [u8; 32],
+        now: u64,
+    ) -> Result<StoredToken, StoreError> {
+        let _span = tracing::debug_span!("orca.store.write", op = "rotate_token").entered();
+        let txn = self.db().begin_write()?;
+        let token = {
+            let mut table = txn.open_table(TOKENS)?;
+            let old = match table.get(name)? {
+                Some(v) => decode_row(name, v.value())?,
+                None => {
+                    return Err(StoreError::NotFound {
+                        what: format!("token `{name}`"),
+                    })
+                }
+            };
+            let row = Row {
+                schema: SCHEMA,
+                name: old.name.clone(),
+                hash: hex::encode(hash),
+                role: old.role,
+                created_at: now,
+            };
+            table.insert(name, encode(&row).as_slice())?;
+            StoredToken {
+                name: old.name,
+                hash,
+                role: old.role,
+                created_at: now,
+            }
+        };
+        txn.commit()?;
+        tracing::info!(token = %name, "api token rotated");
+        Ok(token)
+    }
+
     /// Deletes a token; `true` if it existed.
     pub fn delete_token(&self, name: &str) -> Result<bool, StoreError> {
         let _span = tracing::debug_span!("orca.store.write", op = "delete_token").entered();
