@@ -48,6 +48,11 @@ impl Client {
         })
     }
 
+    /// The bearer token, if one was found.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The API's base URL.
     pub fn base(&self) -> &str {
         &self.base
