@@ -51,8 +51,22 @@ fn drive(s: &Server, mode: &str, target: &str, token: &str, role: &str, project:
 fn the_python_mcp_sdk_drives_orca_over_stdio_and_http_within_the_tokens_role() {
     let s = Server::start();
     let url = format!("{}/mcp", s.api);
-    drive(&s, "stdio", env!("CARGO_BIN_EXE_orca"), DEPLOYER, "deployer", "mcpstdio");
-    drive(&s, "stdio", env!("CARGO_BIN_EXE_orca"), VIEWER, "viewer", "mcpstdio");
+    drive(
+        &s,
+        "stdio",
+        env!("CARGO_BIN_EXE_orca"),
+        DEPLOYER,
+        "deployer",
+        "mcpstdio",
+    );
+    drive(
+        &s,
+        "stdio",
+        env!("CARGO_BIN_EXE_orca"),
+        VIEWER,
+        "viewer",
+        "mcpstdio",
+    );
     drive(&s, "http", &url, DEPLOYER, "deployer", "mcphttp");
     drive(&s, "http", &url, VIEWER, "viewer", "mcphttp");
     // The viewer's refused deploys changed nothing; the deployer's services were stopped.
@@ -89,7 +103,11 @@ fn deploy(s: &Server, services: Value) {
 fn doctor_until(s: &Server, name: &str, code: Option<&str>) -> (Value, String) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let out = s.cli_in(VIEWER, None, &["doctor", name, "--project", "doc", "-o", "json"]);
+        let out = s.cli_in(
+            VIEWER,
+            None,
+            &["doctor", name, "--project", "doc", "-o", "json"],
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -130,7 +148,8 @@ fn finding<'a>(d: &'a Value, code: &str) -> &'a Value {
 fn doctor_names_oom_readiness_and_dependency_findings_and_healthy() {
     let s = Server::start();
     let image = testapp_image();
-    let fast = json!({"path": "/healthz", "interval_secs": 1, "timeout_secs": 1, "failure_threshold": 1});
+    let fast =
+        json!({"path": "/healthz", "interval_secs": 1, "timeout_secs": 1, "failure_threshold": 1});
     deploy(
         &s,
         json!([
@@ -153,17 +172,26 @@ fn doctor_names_oom_readiness_and_dependency_findings_and_healthy() {
 
     let (d, text) = doctor_until(&s, "hog", Some("oom-killed"));
     let f = finding(&d, "oom-killed");
-    assert!(f["action"].as_str().unwrap().contains("above 16Mi"), "{f:#}");
+    assert!(
+        f["action"].as_str().unwrap().contains("above 16Mi"),
+        "{f:#}"
+    );
     assert!(
         f["evidence"].to_string().contains("OOM"),
         "evidence names the OOM kill: {f:#}"
     );
-    assert!(text.contains("oom-killed:") && text.contains("resources.memory"), "{text}");
+    assert!(
+        text.contains("oom-killed:") && text.contains("resources.memory"),
+        "{text}"
+    );
 
     let (d, text) = doctor_until(&s, "lost", Some("readiness-failing"));
     let f = finding(&d, "readiness-failing");
     assert!(f["evidence"].to_string().contains("404"), "{f:#}");
-    assert!(f["action"].as_str().unwrap().contains("404 at /nosuch"), "{f:#}");
+    assert!(
+        f["action"].as_str().unwrap().contains("404 at /nosuch"),
+        "{f:#}"
+    );
     assert!(text.contains("readiness-failing:"), "{text}");
 
     let (d, text) = doctor_until(&s, "needy", Some("dependency-refused"));

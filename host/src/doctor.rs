@@ -142,10 +142,11 @@ pub fn diagnose(ev: &Evidence) -> Diagnosis {
             code: FindingCode::DependencyRefused,
             summary: "the application cannot connect to a dependency".into(),
             evidence: refused.into_iter().rev().take(5).collect(),
-            action: "the dependency is not ready: check it is deployed and running (`orca status`), \
+            action:
+                "the dependency is not ready: check it is deployed and running (`orca status`), \
                      that the address uses its name or alias on the project network (or \
                      `internal = true` on both across projects), and its port"
-                .into(),
+                    .into(),
         });
     }
 
@@ -153,7 +154,13 @@ pub fn diagnose(ev: &Evidence) -> Diagnosis {
         .instances
         .iter()
         .filter(|i| !i.oom_killed && i.exit_code.is_some_and(|c| c != 0) && i.state != "running")
-        .map(|i| format!("instance {} exited with code {}", i.name, i.exit_code.unwrap_or(-1)))
+        .map(|i| {
+            format!(
+                "instance {} exited with code {}",
+                i.name,
+                i.exit_code.unwrap_or(-1)
+            )
+        })
         .chain(
             error
                 .filter(|e| e.contains("exited with code") && !e.contains("OOM"))
@@ -181,9 +188,9 @@ pub fn diagnose(ev: &Evidence) -> Diagnosis {
         });
     }
 
-    if let Some(e) = error.filter(|e| {
-        !e.contains("exited with code") && !e.contains("OOM") && !mentions_refused(e)
-    }) {
+    if let Some(e) = error
+        .filter(|e| !e.contains("exited with code") && !e.contains("OOM") && !mentions_refused(e))
+    {
         let mut evidence = vec![format!("controller: {e}")];
         let (code, action) = if e.contains("place") || e.contains("node") {
             evidence.push(format!("nodes: {}", ev.nodes.join(", ")));
@@ -211,7 +218,11 @@ pub fn diagnose(ev: &Evidence) -> Diagnosis {
         .iter()
         .filter(|i| i.state == "running" && !i.ready && i.probe_error.is_some())
         .collect();
-    if !unready.is_empty() && !findings.iter().any(|f| f.code == FindingCode::DependencyRefused) {
+    if !unready.is_empty()
+        && !findings
+            .iter()
+            .any(|f| f.code == FindingCode::DependencyRefused)
+    {
         let path = ev.readiness_path.as_deref().unwrap_or("(tcp connect)");
         let not_found = unready
             .iter()
@@ -400,6 +411,9 @@ mod tests {
         ev.instances[0].log_tail = vec!["!panic: bad config".into()];
         let d = diagnose(&ev);
         assert_eq!(codes(&d), vec![FindingCode::CrashLooping]);
-        assert!(d.findings[0].evidence.iter().any(|e| e.contains("bad config")));
+        assert!(d.findings[0]
+            .evidence
+            .iter()
+            .any(|e| e.contains("bad config")));
     }
 }

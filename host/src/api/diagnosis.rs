@@ -85,7 +85,11 @@ async fn log_tail<R: ContainerRuntime>(runtime: &R, id: &str) -> Vec<String> {
         .logs(id, Some(LOG_LINES), false)
         .filter_map(|l| async move {
             l.ok().map(|l| {
-                let mark = if l.stream == LogStream::Stderr { "!" } else { "" };
+                let mark = if l.stream == LogStream::Stderr {
+                    "!"
+                } else {
+                    ""
+                };
                 format!("{mark}{}", l.text.trim_end())
             })
         })

@@ -43,8 +43,9 @@ pub async fn doctor(
 
 /// `orca mcp`: an MCP server on stdin/stdout for the token the CLI found.
 pub async fn mcp(c: &Client) -> anyhow::Result<()> {
-    let token = c.token().map(str::to_string).context(
-        "no API token: set ORCA_TOKEN, pass --token, or check $ORCA_HOME/credentials",
-    )?;
+    let token = c
+        .token()
+        .map(str::to_string)
+        .context("no API token: set ORCA_TOKEN, pass --token, or check $ORCA_HOME/credentials")?;
     crate::mcp::serve_stdio(c.base().to_string(), token).await
 }

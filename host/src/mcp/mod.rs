@@ -25,8 +25,8 @@ use schemars::generate::SchemaSettings;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::api::auth::Caller;
 use crate::api::allows;
+use crate::api::auth::Caller;
 
 /// Largest REST answer relayed to the agent (a long log is cut from the front).
 const MAX_ANSWER: usize = 256 * 1024;
@@ -89,11 +89,7 @@ impl OrcaMcp {
     }
 
     /// Sends one REST request; answers the status and body text.
-    async fn rest(
-        &self,
-        token: &str,
-        call: &tools::RestCall,
-    ) -> Result<(u16, String), String> {
+    async fn rest(&self, token: &str, call: &tools::RestCall) -> Result<(u16, String), String> {
         match &self.backend {
             Backend::Remote { http, base, .. } => {
                 let method = reqwest::Method::from_bytes(call.method.as_bytes())

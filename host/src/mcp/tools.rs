@@ -303,14 +303,15 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     }
 }
 
-fn service_path(route: &str, name: &str, project: Option<String>, extra: &[(&str, Option<String>)]) -> String {
+fn service_path(
+    route: &str,
+    name: &str,
+    project: Option<String>,
+    extra: &[(&str, Option<String>)],
+) -> String {
     let mut pairs = vec![("project", project)];
     pairs.extend(extra.iter().cloned());
-    format!(
-        "{}{}",
-        route.replace("{name}", &enc(name)),
-        query(&pairs)
-    )
+    format!("{}{}", route.replace("{name}", &enc(name)), query(&pairs))
 }
 
 /// The REST request of a call of `tool` with `arguments`, or a message naming what is wrong.
@@ -324,7 +325,10 @@ pub fn request_for(tool: &ToolDef, arguments: Value) -> Result<RestCall, String>
     Ok(match name {
         "status" => {
             let q: c::StatusQuery = args(name, arguments)?;
-            call(format!("{}{}", tool.route, query(&[("project", q.project)])), None)
+            call(
+                format!("{}{}", tool.route, query(&[("project", q.project)])),
+                None,
+            )
         }
         "logs" => {
             let a: LogsArgs = args(name, arguments)?;
@@ -358,7 +362,12 @@ pub fn request_for(tool: &ToolDef, arguments: Value) -> Result<RestCall, String>
             let a: ScaleArgs = args(name, arguments)?;
             call(
                 service_path(tool.route, &a.name, a.project, &[]),
-                Some(serde_json::to_value(c::ScaleRequest { replicas: a.replicas }).expect("plain struct")),
+                Some(
+                    serde_json::to_value(c::ScaleRequest {
+                        replicas: a.replicas,
+                    })
+                    .expect("plain struct"),
+                ),
             )
         }
         "rollback" => {
@@ -387,7 +396,12 @@ mod tests {
         for t in TOOLS {
             assert!(t.permission().is_some(), "{} has no guarded route", t.name);
             let tool = t.tool();
-            assert_eq!(tool.input_schema.get("type"), Some(&json!("object")), "{}", t.name);
+            assert_eq!(
+                tool.input_schema.get("type"),
+                Some(&json!("object")),
+                "{}",
+                t.name
+            );
             let read_only = tool.annotations.as_ref().unwrap().read_only_hint;
             assert_eq!(
                 read_only == Some(true),
@@ -401,7 +415,11 @@ mod tests {
     #[test]
     fn arguments_become_the_rest_request() {
         let scale = find("scale").unwrap();
-        let call = request_for(scale, json!({"name": "web", "project": "a b", "replicas": 3})).unwrap();
+        let call = request_for(
+            scale,
+            json!({"name": "web", "project": "a b", "replicas": 3}),
+        )
+        .unwrap();
         assert_eq!(call.path, "/api/v1/services/web/scale?project=a%20b");
         assert_eq!(call.body, Some(json!({"replicas": 3})));
         let logs = find("logs").unwrap();
