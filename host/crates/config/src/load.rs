@@ -506,6 +506,19 @@ fn check_set(specs: &[ServiceSpec]) -> Result<(), Conflict> {
     Ok(())
 }
 
+/// JSON schema of a `service.toml` file (`[[service]]` tables), as a subschema of `generator`
+/// (so its definitions land where the caller's document keeps them).
+#[cfg(feature = "schema")]
+pub fn service_file_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<ServiceFile>()
+}
+
+/// JSON schema of the `POST /api/v1/deploy` body, as a subschema of `generator`.
+#[cfg(feature = "schema")]
+pub fn deploy_request_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<DeployBody>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,17 +702,4 @@ mod tests {
                 .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("services[0].project"));
     }
-}
-
-/// JSON schema of a `service.toml` file (`[[service]]` tables), as a subschema of `generator`
-/// (so its definitions land where the caller's document keeps them).
-#[cfg(feature = "schema")]
-pub fn service_file_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    generator.subschema_for::<ServiceFile>()
-}
-
-/// JSON schema of the `POST /api/v1/deploy` body, as a subschema of `generator`.
-#[cfg(feature = "schema")]
-pub fn deploy_request_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    generator.subschema_for::<DeployBody>()
 }
