@@ -19,9 +19,12 @@
 //! - [`webhooks`]: webhook deliveries: plugin choice, hooks and secrets, dedupe, redeploys.
 //! - [`build`]: git-build's host side: the builder plugin's capabilities (checkout, image
 //!   build), build records and logs.
+//! - [`doctor`]: the incident decision tree (`orca doctor`), a pure function over evidence.
+//! - [`mcp`]: the MCP server (rmcp): tools one to one with REST routes, scoped by role.
 //!
 //! Sibling crates: `orca-config` (schema), `orca-store` (redb, secrets cipher, tokens),
-//! `orca-proxy` (HTTP proxy), `orca-docker` (container runtime port + bollard).
+//! `orca-proxy` (HTTP proxy), `orca-docker` (container runtime port + bollard),
+//! `orca-contract` (typed REST bodies with JSON schemas).
 
 pub mod api;
 pub mod build;
@@ -29,8 +32,10 @@ pub mod certs;
 pub mod cli;
 pub mod controller;
 pub mod deploy;
+pub mod doctor;
 pub mod health;
 pub mod instance;
+pub mod mcp;
 pub mod metrics;
 pub mod plugins;
 pub mod process;

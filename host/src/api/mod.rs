@@ -4,11 +4,14 @@
 
 pub mod admin;
 pub mod auth;
+mod diagnosis;
 mod error;
 pub mod listener;
+pub mod openapi;
 mod plugins;
 mod services;
 mod webhooks;
+mod whoami;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -165,10 +168,33 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
     ("PUT", "/api/v1/plugins/{name}", Some(Permission::Admin)),
     ("GET", "/api/v1/health", None),
     ("GET", "/metrics", None),
+    // For AI agents: diagnosis (`orca doctor`), the OpenAPI document, the token's role, MCP.
+    (
+        "GET",
+        "/api/v1/services/{name}/diagnosis",
+        Some(Permission::Read),
+    ),
+    ("GET", "/api/v1/openapi.json", None),
+    ("GET", "/api/v1/whoami", Some(Permission::Read)),
+    ("POST", "/mcp", Some(Permission::Read)),
 ];
 
-/// Builds the API router.
+/// Builds the API router: the REST routes, and `/mcp` whose tools call them in process.
 pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
+    let tokens = state.tokens.clone();
+    let rest = rest_app(state);
+    let mcp = crate::mcp::http_service(rest.clone());
+    rest.route(
+        "/mcp",
+        axum::routing::post_service(mcp).route_layer(from_fn_with_state(
+            (tokens, Permission::Read),
+            auth::authorize,
+        )),
+    )
+}
+
+/// The REST routes.
+fn rest_app<R: ContainerRuntime>(state: AppState<R>) -> Router {
     let tokens = state.tokens.clone();
     let guard = move |perm: Permission, mr: MethodRouter<AppState<R>>| {
         mr.route_layer(from_fn_with_state((tokens.clone(), perm), auth::authorize))
@@ -264,6 +290,12 @@ pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
             guard(Admin, put(plugins::install::<R>))
                 .layer(DefaultBodyLimit::max(crate::registry::MAX_PLUGIN_BYTES)),
         )
+        .route(
+            "/api/v1/services/{name}/diagnosis",
+            guard(Read, get(diagnosis::diagnosis::<R>)),
+        )
+        .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/api/v1/whoami", guard(Read, get(whoami::whoami)))
         .fallback(|| async { ApiError::not_found("no such API route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(error::json_errors))

@@ -377,7 +377,7 @@ pub async fn status<R: ContainerRuntime>(
 }
 
 /// `running` (all replicas ready), `degraded`, `starting`, `failed` or `stopped`.
-fn service_status(rec: &ServiceRecord, ready: u32, has_error: bool) -> &'static str {
+pub(super) fn service_status(rec: &ServiceRecord, ready: u32, has_error: bool) -> &'static str {
     if rec.state == DesiredState::Stopped {
         "stopped"
     } else if ready >= rec.spec.replicas {
@@ -398,7 +398,7 @@ pub struct ProjectQuery {
     project: Option<String>,
 }
 
-fn find_service<R: ContainerRuntime>(
+pub(super) fn find_service<R: ContainerRuntime>(
     s: &AppState<R>,
     name: &str,
     project: Option<&str>,

@@ -1,6 +1,7 @@
 //! The `orca` command line. Every command but `server` and `completions` only calls the API.
 
 mod client;
+mod doctor;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -151,6 +152,16 @@ enum Command {
         #[command(subcommand)]
         cmd: Option<WebhooksCmd>,
     },
+    /// Diagnose a service: findings with evidence and the action to take, or "healthy".
+    Doctor {
+        /// Service name.
+        service: String,
+        /// Project, when the name exists in several.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Serve the Model Context Protocol on stdin/stdout (for AI agents), with this token's role.
+    Mcp,
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -690,6 +701,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Webhooks { cmd } => webhooks(client()?, cmd, json_out).await,
+        Command::Doctor { service, project } => {
+            doctor::doctor(&client()?, &service, project.as_deref(), json_out).await
+        }
+        Command::Mcp => doctor::mcp(&client()?).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "orca", &mut std::io::stdout());
             Ok(())

@@ -16,6 +16,7 @@
 //! | `/env/<NAME>` | `200` with the value of env var `NAME`, `404` if unset |
 //! | `/sleep/<ms>` | sleeps `ms` milliseconds, then `200` |
 //! | `/status/<code>` | answers with that status code (200..=599) |
+//! | `/alloc/<MiB>` | allocates and touches that many MiB and keeps them (an instance with a lower memory limit is OOM-killed), then `200` |
 //! | `/headers` | the request headers, one `name: value` per line |
 //! | `/echo` | the request body |
 //! | any request with an `Upgrade` header | `101 Switching Protocols`, then echoes raw bytes until EOF |
@@ -23,7 +24,9 @@
 //! Environment: `PORT` (default 8080), `VERSION`, `GREETING`, `FAIL_HEALTH`, `READY_AFTER_MS`
 //! (`/healthz` answers 503 until that many ms after start), `NEVER_READY=1`, `LOG_REQUESTS=1`
 //! (log one line per request to stdout; off by default so benchmarks do not measure the
-//! container log driver).
+//! container log driver), `ALLOC_MB` (allocate that many MiB at start, like `/alloc/`),
+//! `DEPENDS_ON=host:port` (before listening, connect to that address every 500 ms, logging each
+//! failure to stderr, as an application waiting for its database does).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -52,6 +55,13 @@ fn main() {
         Err(_) => 8080,
     };
     let config = Arc::new(Config::from_env());
+    if let Some(mib) = std::env::var("ALLOC_MB").ok().and_then(|v| v.parse().ok()) {
+        eprintln!("orca-testapp: allocating {mib} MiB at start");
+        alloc(mib);
+    }
+    if let Ok(dep) = std::env::var("DEPENDS_ON") {
+        wait_for_dependency(&dep);
+    }
     let listener = match TcpListener::bind(("0.0.0.0", port)) {
         Ok(l) => l,
         Err(e) => {
@@ -114,6 +124,37 @@ impl Config {
             ),
             never_ready: std::env::var("NEVER_READY").is_ok_and(|v| v == "1"),
         }
+    }
+}
+
+/// Memory kept by `/alloc/` and `ALLOC_MB` for the life of the process.
+static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Allocates `mib` MiB and writes every page, so the memory is really used.
+fn alloc(mib: usize) {
+    let mut block = vec![0u8; mib << 20];
+    for i in (0..block.len()).step_by(4096) {
+        block[i] = 1;
+    }
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(block);
+}
+
+/// Blocks until `dep` (`host:port`) accepts a TCP connection, logging every failure.
+fn wait_for_dependency(dep: &str) {
+    loop {
+        match std::net::ToSocketAddrs::to_socket_addrs(dep)
+            .map_err(|e| e.to_string())
+            .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_string()))
+            .and_then(|addr| {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())
+            }) {
+            Ok(_) => {
+                eprintln!("orca-testapp: dependency {dep} is up");
+                return;
+            }
+            Err(e) => eprintln!("orca-testapp: cannot connect to dependency {dep}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -276,6 +317,15 @@ fn route(req: &Request, config: &Config) -> Response {
                 Response::text(200, format!("slept {ms}ms\n"))
             }
             Err(_) => Response::text(400, format!("invalid duration {ms:?}\n")),
+        };
+    }
+    if let Some(mib) = path.strip_prefix("/alloc/") {
+        return match mib.parse::<usize>() {
+            Ok(mib @ 1..=4096) => {
+                alloc(mib);
+                Response::text(200, format!("allocated {mib} MiB\n"))
+            }
+            _ => Response::text(400, format!("invalid size {mib:?} (1..=4096 MiB)\n")),
         };
     }
     if let Some(code) = path.strip_prefix("/status/") {

@@ -17,6 +17,7 @@ pub const SERVICE_FILE: &str = "service.toml";
 
 /// The shape of `service.toml`: `[[service]]` tables and nothing else.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct ServiceFile {
     #[serde(default)]
@@ -25,6 +26,7 @@ struct ServiceFile {
 
 /// The shape of the `POST /api/v1/deploy` body.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct DeployBody {
     services: Vec<ServiceSpec>,
@@ -35,6 +37,7 @@ struct DeployBody {
 /// A service's own certificate in a deploy request (`"tls"` array): the contents of its
 /// `tls_cert` and `tls_key` files, so the server never needs the client's filesystem.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TlsUpload {
     /// The service's project.
@@ -501,6 +504,19 @@ fn check_set(specs: &[ServiceSpec]) -> Result<(), Conflict> {
         }
     }
     Ok(())
+}
+
+/// JSON schema of a `service.toml` file (`[[service]]` tables), as a subschema of `generator`
+/// (so its definitions land where the caller's document keeps them).
+#[cfg(feature = "schema")]
+pub fn service_file_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<ServiceFile>()
+}
+
+/// JSON schema of the `POST /api/v1/deploy` body, as a subschema of `generator`.
+#[cfg(feature = "schema")]
+pub fn deploy_request_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<DeployBody>()
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ fn is_false(b: &bool) -> bool {
 
 /// One service: what to run, how many, how to reach and check it, and how to roll it out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Service name, unique within its project (a DNS label).
@@ -95,6 +96,7 @@ pub struct ServiceSpec {
 
 /// Resource limits of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// Memory limit, e.g. `"512Mi"`.
@@ -107,6 +109,7 @@ pub struct Resources {
 
 /// Where instances may run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Placement {
     /// Pin to the node whose hostname or address contains this text.
@@ -126,6 +129,7 @@ fn default_threshold() -> u32 {
 
 /// A readiness or liveness probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Probe {
     /// HTTP path to GET, starting with `/`; without a path the probe is a TCP connect to `port`.
@@ -169,6 +173,7 @@ impl Default for Probe {
 
 /// Build the image from a git repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Build {
     /// Repository URL.
@@ -186,6 +191,7 @@ pub struct Build {
 
 /// How a new revision is rolled out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Deploy {
     /// `rolling` (default), `canary`, or a path to a strategy component ending in `.wasm`

@@ -133,6 +133,24 @@ impl<'de> Deserialize<'de> for Memory {
     }
 }
 
+/// A memory size is a string such as `"512Mi"` (or a whole number of bytes).
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Memory {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Memory".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A memory size: a number with a unit (`512Mi`, `1Gi`, `256M`, `64k`) or a whole number of bytes.",
+            "anyOf": [
+                {"type": "string"},
+                {"type": "integer", "minimum": 0}
+            ]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
