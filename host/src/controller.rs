@@ -90,6 +90,7 @@ pub struct Controller<R: ContainerRuntime> {
     memory: Arc<Mutex<Memory>>,
     in_flight: InFlight,
     route_stats: orca_proxy::RouteStats,
+    events: crate::events::Events,
 }
 
 /// A handle for the API: wake the controller, read its view.
@@ -148,7 +149,14 @@ impl<R: ContainerRuntime> Controller<R> {
             memory: Arc::new(Mutex::new(Memory::default())),
             in_flight,
             route_stats,
+            events: crate::events::Events::disabled(),
         }
+    }
+
+    /// Emits events through `events` (the default discards them).
+    pub fn with_events(mut self, events: crate::events::Events) -> Controller<R> {
+        self.events = events;
+        self
     }
 
     /// Handle for the API layer.
@@ -262,6 +270,7 @@ impl<R: ContainerRuntime> Controller<R> {
             let mut mem = self.memory.lock().expect("controller memory lock");
             self.account_failures(&mut mem, &records, &active);
         }
+        self.events.observe_instances(&active, &self.health);
 
         let mut revisions: HashMap<String, RevisionRecord> = HashMap::new();
         let mut splits: HashMap<String, Split> = HashMap::new();
@@ -490,6 +499,7 @@ impl<R: ContainerRuntime> Controller<R> {
                     .unwrap_or_else(|| rollout::DEFAULT_STRATEGY.to_string());
                 info!(service = %key, from = stable, to = cur.number, %strategy, "rollout started");
                 let r = rollout::start(Some(stable), running, cur.number, &strategy, now);
+                self.events.rollout_started(&key, &r);
                 self.store.put_rollout(project, name, &r)?;
                 r
             }
@@ -540,11 +550,13 @@ impl<R: ContainerRuntime> Controller<R> {
             };
             match outcome {
                 rollout::Outcome::Progressing(next) => {
+                    self.events.rollout_progress(&key, &r, &next);
                     self.store.put_rollout(project, name, &next)?;
                     r = next;
                 }
                 rollout::Outcome::Finished => {
                     info!(service = %key, revision = cur.number, "rollout finished");
+                    self.events.rollout_finished(&key, cur.number);
                     self.memory
                         .lock()
                         .expect("controller memory lock")
@@ -554,6 +566,7 @@ impl<R: ContainerRuntime> Controller<R> {
                     return Ok(steady);
                 }
                 rollout::Outcome::RolledBack(next) => {
+                    self.events.rollout_progress(&key, &r, &next);
                     if let RolloutPhase::RolledBack { reason } = &next.phase {
                         warn!(service = %key, revision = cur.number, %reason, "rollout rolled back");
                     }
@@ -799,6 +812,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 }),
             };
             info!(%service, id = %instance::short(&id), reason = reason.as_str(), draining = drain_from.is_some(), "removing instance");
+            self.events.removing(&service, instances, &id, reason.as_str());
             let runtime = self.runtime.clone();
             let memory = self.memory.clone();
             let wake = self.wake.clone();
@@ -842,6 +856,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 Ok(false) => false,
                 Err(e) => {
                     warn!(%service, slot, error = %e, "start failed");
+                    self.events.start_failed(&service, slot, &e);
                     let mut mem = self.memory.lock().expect("controller memory lock");
                     let n = mem.failures.entry(service.clone()).or_default();
                     *n += 1;

@@ -158,7 +158,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         acme,
     );
     tokio::spawn(cert_manager.run(shutdown.clone()));
-    let controller = Arc::new(Controller::new(
+    let events = crate::events::Events::start(store.clone(), Vec::new());
+    let controller = Arc::new(
+        Controller::new(
         runtime.clone(),
         store.clone(),
         secrets.clone(),
@@ -170,7 +172,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         node.clone(),
         Arc::new(move |addr| in_flight.get(addr)),
         route_stats,
-    ));
+    )
+        .with_events(events.clone()),
+    );
     let handle = controller.handle();
     let watchdog = Duration::from_secs(cluster.cluster.watchdog_interval_secs.max(1));
     let controller_task = tokio::spawn(controller.run(watchdog, shutdown.clone()));
@@ -223,6 +227,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         api_addr,
         webhooks,
         builds,
+        events,
     };
     let app = api::app(state);
     info!(

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 mod error;
+mod events;
 mod plugins;
 mod services;
 mod webhooks;
@@ -59,6 +60,8 @@ pub struct AppState<R: ContainerRuntime> {
     pub webhooks: Arc<crate::webhooks::Webhooks<R>>,
     /// git-build.
     pub builds: Arc<crate::build::Builds<R>>,
+    /// The event stream.
+    pub events: crate::events::Events,
 }
 
 impl<R: ContainerRuntime> Clone for AppState<R> {
@@ -78,6 +81,7 @@ impl<R: ContainerRuntime> Clone for AppState<R> {
             api_addr: self.api_addr,
             webhooks: self.webhooks.clone(),
             builds: self.builds.clone(),
+            events: self.events.clone(),
         }
     }
 }
@@ -156,6 +160,7 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
     ("GET", "/api/v1/plugins", Some(Permission::Read)),
     ("POST", "/api/v1/plugins", Some(Permission::Deploy)),
     ("PUT", "/api/v1/plugins/{name}", Some(Permission::Admin)),
+    ("GET", "/api/v1/events", Some(Permission::Read)),
     ("GET", "/api/v1/health", None),
     ("GET", "/metrics", None),
 ];
@@ -249,6 +254,7 @@ pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
             guard(Admin, put(plugins::install::<R>))
                 .layer(DefaultBodyLimit::max(crate::registry::MAX_PLUGIN_BYTES)),
         )
+        .route("/api/v1/events", guard(Read, get(events::list::<R>)))
         .fallback(|| async { ApiError::not_found("no such API route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -112,6 +112,7 @@ pub async fn deploy<R: ContainerRuntime>(
         .map_err(ApiError::bad_request)?;
     }
     s.controller.wake();
+    s.events.deployed(&outcomes);
     tracing::info!(services = outcomes.len(), "deploy accepted");
     Ok(Json(json!({
         "deployed": outcomes.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
@@ -377,6 +378,7 @@ pub async fn scale<R: ContainerRuntime>(
         .store
         .set_replicas(rec.spec.project(), &rec.spec.name, replicas, now_unix())?;
     s.controller.wake();
+    s.events.scaled(&rec.spec.key(), replicas, rec.revision);
     Ok(Json(json!({
         "project": rec.spec.project(), "name": rec.spec.name,
         "replicas": rec.spec.replicas, "revision": rec.revision,
@@ -391,6 +393,7 @@ fn stop<R: ContainerRuntime>(
         .store
         .set_state(&keys, DesiredState::Stopped, now_unix())?;
     s.controller.wake();
+    s.events.stopped(&recs);
     Ok(Json(json!({
         "stopped": recs.iter().map(|r| json!({"project": r.spec.project(), "name": r.spec.name})).collect::<Vec<_>>(),
     })))
@@ -575,6 +578,7 @@ pub async fn promote<R: ContainerRuntime>(
             r.promote_requested = true;
             s.store.put_rollout(project, name, &r)?;
             s.controller.wake();
+            s.events.operator_request(&rec.spec.key(), r.candidate_revision, true);
             Ok(Json(json!({
                 "project": project, "name": name,
                 "candidate_revision": r.candidate_revision, "promote_requested": true,
@@ -615,6 +619,7 @@ pub async fn rollback<R: ContainerRuntime>(
                 r.rollback_requested = true;
                 s.store.put_rollout(project, name, &r)?;
                 s.controller.wake();
+                s.events.operator_request(&rec.spec.key(), r.candidate_revision, false);
                 return Ok(Json(json!({
                     "project": project, "name": name, "abandoned_revision": r.candidate_revision,
                 })));
@@ -640,6 +645,7 @@ pub async fn rollback<R: ContainerRuntime>(
         .store
         .set_current_revision(project, name, target, now_unix())?;
     s.controller.wake();
+    s.events.restored(&rec.spec.key(), target, updated.revision);
     Ok(Json(json!({
         "project": project, "name": name, "restored_revision": target, "revision": updated.revision,
     })))

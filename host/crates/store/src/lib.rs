@@ -23,6 +23,9 @@
 //!   (the recent delivery log, [`DeliveryRecord`]) and `delivery_ids` (dedupe of redeliveries).
 //! - [`builds`] — owns table `builds`: each service's recent image builds ([`BuildRecord`])
 //!   with their output.
+//! - [`events`] — owns tables `events` (the bounded ring of the event stream,
+//!   [`EventRecord`], newest [`EVENTS_KEPT`]) and `service_events` (each service's index,
+//!   bounded to [`EVENTS_PER_SERVICE_KEPT`]).
 //! - `record` — JSON encoding with a `schema` version on every value; decode failures become
 //!   [`StoreError::Corrupt`].
 //! - [`error`] — [`StoreError`].
@@ -52,6 +55,7 @@ use redb::Database;
 pub mod builds;
 pub mod certs;
 pub mod error;
+pub mod events;
 mod record;
 pub mod revisions;
 pub mod rollouts;
@@ -63,6 +67,7 @@ pub mod webhooks;
 pub use builds::{BuildRecord, BuildStatus};
 pub use certs::{AcmeOrderRecord, CertSource, CertificateRecord, ACME_SEAL_SCOPE, TLS_SEAL_SCOPE};
 pub use error::StoreError;
+pub use events::{EventQuery, EventRecord, EVENTS_KEPT, EVENTS_PER_SERVICE_KEPT};
 pub use revisions::{RevisionRecord, REVISIONS_KEPT};
 pub use rollouts::{RolloutPhase, RolloutRecord, PLUGIN_STATE_MAX};
 pub use secrets::{SecretBox, SecretMeta};
@@ -109,6 +114,7 @@ impl Store {
         certs::create_table(&txn)?;
         webhooks::create_table(&txn)?;
         builds::create_table(&txn)?;
+        events::create_table(&txn)?;
         txn.commit()?;
         tracing::debug!(path = %path.display(), "orca.store.open");
         Ok(Store {
