@@ -171,6 +171,9 @@ pub struct StatusQuery {
     project: Option<String>,
 }
 
+/// Last events shown per service by `status`.
+const STATUS_EVENTS: usize = 3;
+
 /// `GET /api/v1/status?project=`.
 pub async fn status<R: ContainerRuntime>(
     State(s): State<AppState<R>>,
@@ -291,6 +294,12 @@ pub async fn status<R: ContainerRuntime>(
             "updated_at": rec.updated_at,
             "error": error,
             "rollout": rollout,
+            "events": s.store.list_events(&orca_store::EventQuery {
+                project: Some(rec.spec.project().to_string()),
+                service: Some(rec.spec.name.clone()),
+                limit: STATUS_EVENTS,
+                ..Default::default()
+            })?,
             "backing_off_until_ms": view.backing_off.get(&key),
             "instances": instances,
         }));

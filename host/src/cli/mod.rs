@@ -1,6 +1,7 @@
 //! The `orca` command line. Every command but `server` and `completions` only calls the API.
 
 mod client;
+mod events;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -150,6 +151,28 @@ enum Command {
     Webhooks {
         #[command(subcommand)]
         cmd: Option<WebhooksCmd>,
+    },
+    /// Show the event stream: deploys, rollouts, instance crashes and probes, builds,
+    /// webhook deliveries, certificates.
+    Events {
+        /// Only this service (name, or project/name).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only this project.
+        #[arg(long)]
+        project: Option<String>,
+        /// Only this kind (instance.crashed) or family (rollout).
+        #[arg(long)]
+        kind: Option<String>,
+        /// How far back: 30s, 10m, 2h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many past events (default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Keep streaming new events.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Print shell completions.
     Completions {
@@ -487,6 +510,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             }
             Ok(())
+        }
+        Command::Events {
+            service,
+            project,
+            kind,
+            since,
+            limit,
+            follow,
+        } => {
+            let args = events::EventsArgs {
+                service,
+                project,
+                kind,
+                since,
+                limit,
+                follow,
+                json: json_out,
+            };
+            events::run(&client()?, args).await
         }
         Command::Token(TokenCmd::Create { name, role }) => {
             let v = client()?
@@ -1059,6 +1101,9 @@ fn print_status(v: &Value) {
         );
         if let Some(e) = s["error"].as_str() {
             println!("  ! {e}");
+        }
+        for e in s["events"].as_array().into_iter().flatten() {
+            println!("  event {}", events::line(e));
         }
         print_tls(&s["tls"]);
         if let Some(c) = s["commit"].as_str() {

@@ -1,0 +1,449 @@
+//! End-to-end: the operator's instruments on a real server and Docker Engine. The event
+//! stream records a deploy, a crash (`docker kill`), a candidate failing readiness and its
+//! rollback, found through `orca events --output json`, through a following CLI and through
+//! the raw server-sent-events stream, and still there after a restart; `/metrics` serves every
+//! family the README lists, parsed by a Prometheus text parser.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn web_toml(host: &str, env: &str, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"web\"\nimage = \"{}\"\nreplicas = 1\nport = 8080\ndomain = \"{host}\"\nhealth = \"/healthz\"\n\n[service.env]\n{env}\n\n{extra}\n",
+        testapp_image()
+    )
+}
+
+/// `orca events --output json` with extra arguments, parsed.
+fn events(s: &Server, token: &str, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["events", "--output", "json", "--limit", "1000"];
+    all.extend_from_slice(args);
+    let out = s.cli_in(token, None, &all);
+    assert!(
+        out.status.success(),
+        "orca {all:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&s.log(), 40)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn kinds(evs: &[Value]) -> Vec<String> {
+    evs.iter()
+        .map(|e| e["kind"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn find<'a>(evs: &'a [Value], kind: &str, cond: impl Fn(&Value) -> bool) -> Option<&'a Value> {
+    evs.iter().find(|e| e["kind"] == kind && cond(e))
+}
+
+/// Waits until `cond` holds on the events `fetch` returns.
+fn wait_events(
+    what: &str,
+    timeout: Duration,
+    fetch: impl Fn() -> Vec<Value>,
+    cond: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let evs = fetch();
+        if cond(&evs) {
+            return evs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; events: {:?}",
+            kinds(&evs)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A follower: `orca events --follow --output json` whose lines are collected.
+struct Follower {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Follower {
+    fn start(s: &Server, args: &[&str]) -> Follower {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_orca"))
+            .args(["events", "--follow", "--output", "json"])
+            .args(args)
+            .env("ORCA_API", &s.api)
+            .env("ORCA_TOKEN", ADMIN)
+            .env("ORCA_HOME", s.home())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    fn seen(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The raw SSE stream of `GET /api/v1/events?follow=true` with a viewer token: frames
+/// (id, event, data) as they arrive.
+fn raw_sse(s: &Server, query: &str) -> Arc<Mutex<Vec<(String, String, Value)>>> {
+    let authority = s.api.strip_prefix("http://").unwrap().to_string();
+    let mut stream = std::net::TcpStream::connect(&authority).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/events?follow=true{query} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {VIEWER}\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let sink = frames.clone();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            // Chunk-size lines of the chunked encoding are not `field: value` lines; SSE
+            // frames end with a blank line.
+            while let Some(end) = text.find("\n\n") {
+                let frame: String = text.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+                for l in frame.lines() {
+                    if let Some(v) = l.strip_prefix("id: ") {
+                        id = v.to_string();
+                    } else if let Some(v) = l.strip_prefix("event: ") {
+                        event = v.to_string();
+                    } else if let Some(v) = l.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                    sink.lock().unwrap().push((id, event, v));
+                }
+            }
+        }
+    });
+    frames
+}
+
+#[test]
+fn events_record_deploy_crash_failed_readiness_and_rollback_and_survive_a_restart() {
+    let mut s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    let svc = format!("{project}/web");
+    let follower = Follower::start(&s, &["--service", &svc]);
+    let sse = raw_sse(&s, &format!("&project={project}"));
+    // Both followers are connected before anything happens.
+    std::thread::sleep(Duration::from_millis(500));
+
+    s.write_service(&project, &web_toml(&host, "VERSION = \"v1\"", ""));
+    s.cli(&["deploy"]);
+    let fetch = || events(&s, ADMIN, &["--service", &svc]);
+    let evs = wait_events(
+        "deploy, start and ready",
+        Duration::from_secs(30),
+        fetch,
+        |e| {
+            find(e, "deploy", |e| e["revision"] == 1).is_some()
+                && find(e, "instance.started", |_| true).is_some()
+                && find(e, "instance.ready", |_| true).is_some()
+        },
+    );
+    let started = find(&evs, "instance.started", |_| true).unwrap();
+    assert_eq!(started["project"], project.as_str());
+    assert_eq!(started["service"], "web");
+    assert_eq!(started["revision"], 1);
+    assert!(started["instance"].as_str().unwrap().contains("-web-0-"));
+
+    // A crash: docker kill (SIGKILL, exit code 137).
+    let web = s.wait_service(&project, "web", "ready", |v| v["ready_replicas"] == 1);
+    let victim = web["instances"][0]["name"].as_str().unwrap().to_string();
+    let victim_id = web["instances"][0]["id"].as_str().unwrap().to_string();
+    docker_kill(&victim_id);
+    let evs = wait_events("the crash", Duration::from_secs(30), fetch, |e| {
+        find(e, "instance.crashed", |_| true).is_some()
+    });
+    let crash = find(&evs, "instance.crashed", |_| true).unwrap();
+    assert_eq!(crash["instance"], victim.trim_start_matches('/'), "{crash:#}");
+    assert_eq!(crash["fields"]["exit_code"], 137, "{crash:#}");
+    assert_eq!(crash["severity"], "error");
+    assert!(
+        crash["message"].as_str().unwrap().contains("137"),
+        "{crash:#}"
+    );
+    s.wait_service(&project, "web", "replaced after the crash", |v| {
+        v["ready_replicas"] == 1 && v["instances"][0]["id"] != victim_id.as_str()
+    });
+
+    // A candidate that never passes readiness: readiness failures, then a rollback by the
+    // progress deadline, with its reason.
+    s.write_service(
+        &project,
+        &web_toml(
+            &host,
+            "VERSION = \"v2\"\nNEVER_READY = \"1\"",
+            "[service.deploy]\nprogress_deadline_secs = 5\n",
+        ),
+    );
+    let out = s.cli_in(ADMIN, None, &["deploy", "--timeout-secs", "60"]);
+    assert!(!out.status.success(), "the deploy reports the rollback");
+    let evs = wait_events(
+        "readiness failure and rollback",
+        Duration::from_secs(60),
+        fetch,
+        |e| {
+            find(e, "instance.readiness_failed", |e| e["revision"] == 2).is_some()
+                && find(e, "rollout.rolled_back", |_| true).is_some()
+        },
+    );
+    let failed = find(&evs, "instance.readiness_failed", |e| e["revision"] == 2).unwrap();
+    assert!(
+        failed["fields"]["failures"].as_u64().unwrap() >= 3,
+        "{failed:#}"
+    );
+    assert!(failed["fields"]["error"].as_str().is_some(), "{failed:#}");
+    let back = find(&evs, "rollout.rolled_back", |_| true).unwrap();
+    assert_eq!(back["revision"], 2);
+    assert!(
+        back["fields"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no progress"),
+        "{back:#}"
+    );
+    assert!(find(&evs, "rollout.started", |e| e["revision"] == 2).is_some());
+    assert!(find(&evs, "deploy", |e| e["revision"] == 2).is_some());
+    // In order, with increasing sequence numbers.
+    let seqs: Vec<u64> = evs.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    // The CLI follower and the raw SSE stream (viewer) saw the same events, live.
+    let wanted = [
+        "deploy",
+        "instance.started",
+        "instance.ready",
+        "instance.crashed",
+        "instance.readiness_failed",
+        "rollout.rolled_back",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let followed = kinds(&follower.seen());
+        let streamed: Vec<String> = sse.lock().unwrap().iter().map(|f| f.1.clone()).collect();
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|k| {
+                !followed.iter().any(|f| f == *k) || !streamed.iter().any(|f| f == *k)
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "followers missed {missing:?}: cli {followed:?}, sse {streamed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (id, event, data) in sse.lock().unwrap().iter() {
+        assert_eq!(data["seq"].to_string(), *id);
+        assert_eq!(data["kind"], event.as_str());
+        assert_eq!(data["project"], project.as_str());
+    }
+    let followed = follower.seen();
+    let fseqs: Vec<u64> = followed.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(fseqs.windows(2).all(|w| w[0] < w[1]), "{fseqs:?}");
+
+    // Filters: kind family, since, project; bad input is refused with the reason.
+    let rollouts = events(&s, VIEWER, &["--service", &svc, "--kind", "rollout"]);
+    assert!(!rollouts.is_empty());
+    assert!(rollouts
+        .iter()
+        .all(|e| e["kind"].as_str().unwrap().starts_with("rollout.")));
+    assert!(events(&s, ADMIN, &["--service", &svc, "--since", "10m"]).len() >= evs.len());
+    let out = s.cli_in(ADMIN, None, &["events", "--since", "ten minutes"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("since") && err.contains("10m"), "{err}");
+    let (code, body) = http_raw(
+        "GET",
+        &format!("{}/api/v1/events?colour=red", s.api),
+        Some(VIEWER),
+        &[],
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("colour"), "{body}");
+
+    // `orca status` shows the service's last events.
+    let text = s.cli(&["status", "--project", &project]);
+    assert!(text.contains("  event "), "{text}");
+    assert!(text.contains("rollout.rolled_back") || text.contains("instance."), "{text}");
+
+    // Survive a restart: the same events, then new ones after them.
+    let before = events(&s, ADMIN, &[]);
+    drop(follower);
+    assert!(s.terminate());
+    s.spawn();
+    let after = events(&s, ADMIN, &[]);
+    assert!(after.len() >= before.len());
+    for (a, b) in before.iter().zip(after.iter()) {
+        assert_eq!(a, b);
+    }
+    // The restarted server does not re-announce the instance that was already running.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = events(&s, ADMIN, &["--service", &svc]);
+    let last_seq = before.last().unwrap()["seq"].as_u64().unwrap();
+    let restarted: Vec<_> = after
+        .iter()
+        .filter(|e| e["seq"].as_u64().unwrap() > last_seq && e["kind"] == "instance.started")
+        .collect();
+    assert!(restarted.is_empty(), "{restarted:?}");
+    s.cli(&["scale", "web", "2", "--project", &project]);
+    let evs = wait_events(
+        "scale after the restart",
+        Duration::from_secs(30),
+        || events(&s, ADMIN, &["--service", &svc]),
+        |e| find(e, "service.scaled", |e| e["fields"]["replicas"] == 2).is_some(),
+    );
+    let scaled = find(&evs, "service.scaled", |_| true).unwrap();
+    assert!(scaled["seq"].as_u64().unwrap() > last_seq);
+}
+
+/// Metric family names listed in README.md's metrics table.
+fn readme_families() -> Vec<String> {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let start = readme
+        .find("<!-- metrics -->")
+        .expect("README has a metrics table");
+    let end = readme[start..].find("<!-- /metrics -->").unwrap() + start;
+    readme[start..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn metrics_serve_every_family_the_readme_lists() {
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    s.write_service(&project, &testapp_service("api", 2, &host, ""));
+    s.cli(&["deploy"]);
+    for _ in 0..3 {
+        assert_eq!(s.proxy_get(&host, "/").unwrap().0, 200);
+    }
+    s.wait_service(&project, "api", "sampled", |v| {
+        v["instances"]
+            .as_array()
+            .is_some_and(|is| is.iter().all(|i| i["memory_bytes"].as_u64().is_some()))
+    });
+    let (code, text) = http_raw("GET", &format!("{}/metrics", s.api), None, &[], None).unwrap();
+    assert_eq!(code, 200);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("the exposition parses");
+    let families = readme_families();
+    assert!(families.len() >= 10, "{families:?}");
+    for f in &families {
+        assert!(
+            scrape.samples.iter().any(|s| s.metric == *f),
+            "family {f} (listed in README.md) has no sample in /metrics:\n{text}"
+        );
+    }
+    let value = |metric: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .and_then(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+    };
+    // The reference's names with the documented labels.
+    assert_eq!(value("orca_services_total", &[]), Some(1.0), "{text}");
+    assert_eq!(value("orca_nodes_total", &[]), Some(1.0), "{text}");
+    assert_eq!(
+        value(
+            "orca_instances_total",
+            &[("service", "api"), ("project", &project), ("status", "ready")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    // The older names stay, with the same values.
+    assert_eq!(value("orca_services", &[]), Some(1.0), "{text}");
+    assert_eq!(
+        value(
+            "orca_instances",
+            &[("service", "api"), ("project", &project), ("status", "ready")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_stream_follower_reads_what_it_may_and_is_refused_without_a_token() {
+    let s = Server::start();
+    let (code, body) = http_raw(
+        "GET",
+        &format!("{}/api/v1/events?follow=true", s.api),
+        None,
+        &[],
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = http_raw(
+        "GET",
+        &format!("{}/api/v1/events?limit=20000", s.api),
+        Some(VIEWER),
+        &[],
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("limit"), "{body}");
+}
