@@ -317,10 +317,12 @@ fn events_record_deploy_crash_failed_readiness_and_rollback_and_survive_a_restar
     assert!(text.contains("  event "), "{text}");
     assert!(text.contains("rollout.rolled_back") || text.contains("instance."), "{text}");
 
-    // Survive a restart: the same events, then new ones after them.
+    // Survive a restart: the same events, then new ones after them. The followers are still
+    // connected: a graceful shutdown must end their streams, not wait on them
+    // (regression: SIGTERM hung with an SSE follower open).
     let before = events(&s, ADMIN, &[]);
+    assert!(s.terminate(), "SIGTERM with followers connected:\n{}", tail(&s.log(), 20));
     drop(follower);
-    assert!(s.terminate());
     s.spawn();
     let after = events(&s, ADMIN, &[]);
     assert!(after.len() >= before.len());
@@ -446,4 +448,168 @@ fn a_stream_follower_reads_what_it_may_and_is_refused_without_a_token() {
     .unwrap();
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("limit"), "{body}");
+}
+
+/// One request the loopback receiver got: headers (lowercase names) and body.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A notification receiver on loopback that answers 500 to its first `fail_first` requests
+/// and 200 after that.
+fn receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<(u16, Received)>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.trim().split_once(':') {
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let mut all = sink.lock().unwrap();
+            let code = if all.len() < fail_first { 500 } else { 200 };
+            all.push((
+                code,
+                Received {
+                    headers,
+                    body: String::from_utf8_lossy(&body).to_string(),
+                },
+            ));
+            drop(all);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn a_notification_is_delivered_once_signed_after_the_receiver_failed_twice() {
+    let (url, got) = receiver(2);
+    let secret = "notify-secret-0123456789";
+    let s = Server::start_with(&format!(
+        "[[notify]]\nname = \"ops\"\nurl = \"{url}\"\nsecret = \"{secret}\"\nevents = [\"service.scaled\"]\n"
+    ));
+    let project = unique("p");
+    s.write_service(&project, &testapp_service("web", 1, &format!("{project}.test"), ""));
+    s.cli(&["deploy"]);
+    s.cli(&["scale", "web", "2", "--project", &project]);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !got.lock().unwrap().iter().any(|(code, _)| *code == 200) {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery accepted: {:?}\n{}",
+            got.lock().unwrap(),
+            tail(&s.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Time for a (wrong) second delivery or for deliveries of events outside the filter.
+    std::thread::sleep(Duration::from_secs(3));
+    let all = got.lock().unwrap().clone();
+    assert_eq!(
+        all.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        vec![500, 500, 200],
+        "two failed attempts, then one accepted delivery, and nothing else: {all:?}"
+    );
+    let ids: Vec<_> = all
+        .iter()
+        .map(|(_, r)| r.header("x-orca-delivery").unwrap().to_string())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one delivery id: {ids:?}");
+    for (_, r) in &all {
+        assert_eq!(r.header("x-orca-event"), Some("service.scaled"));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        // The signature verifies against the secret (HMAC-SHA256 over the body).
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(r.body.as_bytes());
+        let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(r.header("x-orca-signature-256"), Some(want.as_str()));
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["event"]["kind"], "service.scaled");
+        assert_eq!(v["event"]["project"], project.as_str());
+        assert_eq!(v["event"]["fields"]["replicas"], 2);
+        assert_eq!(v["cluster"], s.cluster.as_str());
+    }
+    // Delivery status is visible.
+    let (code, body) = http_raw(
+        "GET",
+        &format!("{}/api/v1/notifications", s.api),
+        Some(VIEWER),
+        &[],
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains(secret), "the secret never shows: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let d = &v["deliveries"][0];
+    assert_eq!(d["state"], "delivered", "{v:#}");
+    assert_eq!(d["attempts"], 3, "{v:#}");
+    assert_eq!(d["target"], "ops");
+    assert_eq!(v["targets"][0]["events"][0], "service.scaled");
+}
+
+#[test]
+fn an_unknown_notify_event_kind_is_refused_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("cluster.toml"),
+        "[[notify]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"0123456789abcdef0123\"\nevents = [\"crash\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orca"))
+        .arg("server")
+        .env("ORCA_HOME", root.path().join("home"))
+        .env("ORCA_CONFIG_DIR", root.path())
+        .env("ORCA_API_ADDR", "127.0.0.1:0")
+        .env("ORCA_HTTP_ADDR", "127.0.0.1:0")
+        .env("ORCA_HTTPS_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("notify[0].events[0]") && err.contains("\"crash\""),
+        "{err}"
+    );
 }

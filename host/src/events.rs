@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use orca_store::{EventRecord, RolloutPhase, RolloutRecord, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::health::Health;
@@ -235,6 +236,7 @@ pub struct Events {
     live: broadcast::Sender<EventRecord>,
     dropped: Arc<AtomicU64>,
     watch: Arc<InstanceWatch>,
+    closed: CancellationToken,
 }
 
 impl Events {
@@ -245,11 +247,14 @@ impl Events {
             live: broadcast::channel(1).0,
             dropped: Arc::new(AtomicU64::new(0)),
             watch: Arc::default(),
+            closed: CancellationToken::new(),
         }
     }
 
     /// Starts the writer thread over `store`; `sinks` see each event once it is stored.
-    pub fn start(store: Store, sinks: Vec<Arc<dyn Sink>>) -> Events {
+    /// Followers' streams end when `shutdown` is cancelled (so a graceful shutdown does not
+    /// wait on them).
+    pub fn start(store: Store, sinks: Vec<Arc<dyn Sink>>, shutdown: CancellationToken) -> Events {
         let (tx, mut rx) = mpsc::channel::<EventRecord>(QUEUE);
         let (live, _) = broadcast::channel(LIVE);
         let out = live.clone();
@@ -285,6 +290,7 @@ impl Events {
             live,
             dropped: Arc::new(AtomicU64::new(0)),
             watch: Arc::default(),
+            closed: shutdown,
         }
     }
 
@@ -296,6 +302,11 @@ impl Events {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             warn!(dropped = n, "event queue full; event dropped");
         }
+    }
+
+    /// Cancelled when the server shuts down: followers end their streams.
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.clone()
     }
 
     /// Stored events as they are written (for `--follow`).

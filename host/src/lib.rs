@@ -8,6 +8,7 @@
 //! - [`reconciler`]: the pure planning function, table- and property-tested.
 //! - [`rollout`]: the rollout driver's pure decisions (start, apply a strategy's step, groups, weights).
 //! - [`events`]: the typed event stream: emit, persist (store table `events`), follow, notify.
+//! - [`notify`]: `[[notify]]` targets: signed outbound webhooks of matching events, retried.
 //! - [`deploy`]: deploy-time revision preparation (resolved, sealed, fingerprinted environment).
 //! - [`registry`]: plugin references (built-in, installed, uploaded) to loaded plugins.
 //! - [`instance`]: container labels, names and spec fingerprints.
@@ -33,6 +34,7 @@ pub mod events;
 pub mod health;
 pub mod instance;
 pub mod metrics;
+pub mod notify;
 pub mod plugins;
 pub mod reconciler;
 pub mod registry;

@@ -158,7 +158,14 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         acme,
     );
     tokio::spawn(cert_manager.run(shutdown.clone()));
-    let events = crate::events::Events::start(store.clone(), Vec::new());
+    crate::notify::check(&cluster.notify).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let notifier =
+        crate::notify::Notifier::start(cluster.notify.clone(), cluster.cluster.name.clone());
+    let events = crate::events::Events::start(
+        store.clone(),
+        vec![notifier.clone() as Arc<dyn crate::events::Sink>],
+        shutdown.clone(),
+    );
     let controller = Arc::new(
         Controller::new(
         runtime.clone(),
@@ -228,6 +235,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         webhooks,
         builds,
         events,
+        notifier,
     };
     let app = api::app(state);
     info!(

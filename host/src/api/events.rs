@@ -1,5 +1,6 @@
 //! `GET /api/v1/events`: the event stream, filtered; with `follow=true` as server-sent events
-//! (the matching history first, then live events as they are stored).
+//! (the matching history first, then live events as they are stored); and
+//! `GET /api/v1/notifications`, the state of outbound notifications.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -127,9 +128,14 @@ pub async fn list<R: ContainerRuntime>(
     let history = s.store.list_events(&q)?;
     let mut last = history.last().map_or(q.after_seq.unwrap_or(0), |e| e.seq);
     let store = s.store.clone();
+    let closed = s.events.closed();
     let stream = async_stream(history, move |tx| async move {
         loop {
-            match live.recv().await {
+            let next = tokio::select! {
+                _ = closed.cancelled() => return,
+                next = live.recv() => next,
+            };
+            match next {
                 Ok(e) => {
                     if e.seq > last && q.matches(&e) {
                         last = e.seq;
@@ -161,6 +167,17 @@ pub async fn list<R: ContainerRuntime>(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// `GET /api/v1/notifications`: `[[notify]]` targets (never their secrets) and the recent
+/// deliveries with their state.
+pub async fn notifications<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "targets": s.notifier.targets(),
+        "deliveries": s.notifier.deliveries(),
+    }))
 }
 
 /// The history's events, then what `live` sends, as one stream.

@@ -62,6 +62,8 @@ pub struct AppState<R: ContainerRuntime> {
     pub builds: Arc<crate::build::Builds<R>>,
     /// The event stream.
     pub events: crate::events::Events,
+    /// Notification targets and deliveries.
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 impl<R: ContainerRuntime> Clone for AppState<R> {
@@ -82,6 +84,7 @@ impl<R: ContainerRuntime> Clone for AppState<R> {
             webhooks: self.webhooks.clone(),
             builds: self.builds.clone(),
             events: self.events.clone(),
+            notifier: self.notifier.clone(),
         }
     }
 }
@@ -161,6 +164,7 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
     ("POST", "/api/v1/plugins", Some(Permission::Deploy)),
     ("PUT", "/api/v1/plugins/{name}", Some(Permission::Admin)),
     ("GET", "/api/v1/events", Some(Permission::Read)),
+    ("GET", "/api/v1/notifications", Some(Permission::Read)),
     ("GET", "/api/v1/health", None),
     ("GET", "/metrics", None),
 ];
@@ -255,6 +259,10 @@ pub fn app<R: ContainerRuntime>(state: AppState<R>) -> Router {
                 .layer(DefaultBodyLimit::max(crate::registry::MAX_PLUGIN_BYTES)),
         )
         .route("/api/v1/events", guard(Read, get(events::list::<R>)))
+        .route(
+            "/api/v1/notifications",
+            guard(Read, get(events::notifications::<R>)),
+        )
         .fallback(|| async { ApiError::not_found("no such API route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

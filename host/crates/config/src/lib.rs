@@ -30,7 +30,7 @@ pub mod units;
 
 pub use cluster::{
     load_cluster_config, parse_cluster_file, AcmeSettings, BuildSettings, ClusterConfig,
-    ClusterSettings, PluginSettings, ProxySettings, Role, TokenConfig,
+    ClusterSettings, NotifyConfig, PluginSettings, ProxySettings, Role, TokenConfig,
 };
 pub use error::ConfigError;
 pub use load::{
