@@ -613,3 +613,32 @@ fn an_unknown_notify_event_kind_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn a_webhook_delivery_is_an_event_with_its_outcome() {
+    let s = Server::start();
+    let (code, body) = http_raw(
+        "POST",
+        &format!("{}/api/v1/webhooks/github", s.api),
+        None,
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "d-events-1"),
+        ],
+        Some(br#"{"ref":"refs/heads/main"}"#),
+    )
+    .unwrap();
+    assert!(code >= 400, "an unsigned delivery is refused: {code} {body}");
+    let evs = wait_events(
+        "the delivery event",
+        Duration::from_secs(10),
+        || events(&s, VIEWER, &["--kind", "webhook"]),
+        |e| !e.is_empty(),
+    );
+    let d = &evs[0];
+    assert_eq!(d["kind"], "webhook.delivery");
+    assert_eq!(d["fields"]["forge"], "github");
+    assert_eq!(d["fields"]["delivery"], "d-events-1");
+    assert_eq!(d["fields"]["status"], code);
+    assert!(d["fields"]["outcome"].as_str().is_some(), "{d:#}");
+}

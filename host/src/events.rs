@@ -385,6 +385,84 @@ impl Events {
         );
     }
 
+    /// A webhook delivery was handled.
+    pub fn webhook_delivery(&self, d: &orca_store::DeliveryRecord) {
+        self.emit(
+            Event::new(
+                Kind::WebhookDelivery,
+                format!(
+                    "{} webhook delivery {}: {} ({}){}",
+                    d.forge,
+                    d.delivery.as_deref().unwrap_or("-"),
+                    d.outcome,
+                    d.status,
+                    if d.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", d.detail)
+                    }
+                ),
+            )
+            .field("forge", &d.forge)
+            .field("delivery", &d.delivery)
+            .field("event", &d.event)
+            .field("status", d.status)
+            .field("outcome", &d.outcome)
+            .field("detail", &d.detail)
+            .field("hooks", &d.hooks),
+        );
+    }
+
+    /// An image build started, succeeded or failed (from its record).
+    pub fn build(&self, b: &orca_store::BuildRecord) {
+        let (kind, what) = match b.status {
+            orca_store::BuildStatus::Running => (Kind::BuildStarted, "started"),
+            orca_store::BuildStatus::Succeeded => (Kind::BuildSucceeded, "succeeded"),
+            _ => (Kind::BuildFailed, "failed"),
+        };
+        let short: String = b.commit.chars().take(12).collect();
+        self.emit(
+            Event::new(
+                kind,
+                format!(
+                    "build {} of {short} {what}{}",
+                    b.number,
+                    b.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            )
+            .service(&format!("{}/{}", b.project, b.service))
+            .field("number", b.number)
+            .field("commit", &b.commit)
+            .field("tag", &b.tag)
+            .field("trigger", &b.trigger)
+            .field("error", &b.error),
+        );
+    }
+
+    /// A certificate for `domain` (wanted by service `key`) was issued or renewed (`action`
+    /// `issue` / `renew`), or that failed with `error`.
+    pub fn certificate(&self, domain: &str, key: &str, action: &str, error: Option<&str>) {
+        let e = match error {
+            Some(err) => Event::new(
+                Kind::CertificateFailed,
+                format!("certificate {action} for {domain} failed: {err}"),
+            )
+            .field("error", err),
+            None if action == "renew" => Event::new(
+                Kind::CertificateRenewed,
+                format!("certificate for {domain} renewed"),
+            ),
+            None => Event::new(
+                Kind::CertificateIssued,
+                format!("certificate for {domain} issued"),
+            ),
+        };
+        self.emit(e.service(key).field("domain", domain).field("action", action));
+    }
+
     /// A rollout moved from `before` to `after` (one store write of the driver).
     pub fn rollout_progress(&self, key: &str, before: &RolloutRecord, after: &RolloutRecord) {
         if let Some(e) = rollout_progress(key, before, after) {

@@ -150,14 +150,6 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     if let Some(policy) = &acme {
         info!(directory = %crate::certs::describe(policy), "ACME enabled");
     }
-    let cert_manager = CertManager::new(
-        store.clone(),
-        secrets.clone(),
-        proxy.certificates(),
-        proxy.challenges(),
-        acme,
-    );
-    tokio::spawn(cert_manager.run(shutdown.clone()));
     crate::notify::check(&cluster.notify).map_err(|e| anyhow::anyhow!("{e}"))?;
     let notifier =
         crate::notify::Notifier::start(cluster.notify.clone(), cluster.cluster.name.clone());
@@ -166,6 +158,15 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         vec![notifier.clone() as Arc<dyn crate::events::Sink>],
         shutdown.clone(),
     );
+    let cert_manager = CertManager::new(
+        store.clone(),
+        secrets.clone(),
+        proxy.certificates(),
+        proxy.challenges(),
+        acme,
+    )
+    .with_events(events.clone());
+    tokio::spawn(cert_manager.run(shutdown.clone()));
     let controller = Arc::new(
         Controller::new(
         runtime.clone(),
@@ -211,14 +212,16 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         registry.clone(),
         git,
         &cfg.home,
-    ));
+    )
+    .with_events(events.clone()));
     let webhooks = Arc::new(crate::webhooks::Webhooks::new(
         store.clone(),
         secrets.clone(),
         registry.clone(),
         handle.clone(),
         builds.clone(),
-    ));
+    )
+    .with_events(events.clone()));
     let state = AppState {
         store,
         secrets,
