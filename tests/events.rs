@@ -642,3 +642,156 @@ fn a_webhook_delivery_is_an_event_with_its_outcome() {
     assert_eq!(d["fields"]["status"], code);
     assert!(d["fields"]["outcome"].as_str().is_some(), "{d:#}");
 }
+
+/// A tmux session running `orca tui` at 80x24; killed on drop.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(s: &Server, token: &str) -> Tmux {
+        let name = unique("tui");
+        let cmd = format!(
+            "env ORCA_API={} ORCA_TOKEN={token} ORCA_HOME={} TERM=xterm-256color {} tui",
+            s.api,
+            s.home().display(),
+            env!("CARGO_BIN_EXE_orca")
+        );
+        let st = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name, "-x", "80", "-y", "24", &cmd])
+            .status()
+            .expect("tmux is installed (.ci/run installs it)");
+        assert!(st.success());
+        // Keep the pane after the program exits, so a crash stays visible.
+        let _ = Command::new("tmux")
+            .args(["set-option", "-t", &name, "remain-on-exit", "on"])
+            .status();
+        Tmux { name }
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            let st = Command::new("tmux")
+                .args(["send-keys", "-t", &self.name, k])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn wait(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let screen = self.screen();
+            if cond(&screen) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn dead(&self) -> bool {
+        let out = Command::new("tmux")
+            .args(["display-message", "-p", "-t", &self.name, "#{pane_dead}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn tui_in_a_real_terminal_lists_filters_shows_logs_scales_refuses_viewers_and_survives_the_server()
+{
+    let mut s = Server::start();
+    let project = unique("p");
+    let key = format!("{project}/web");
+    s.write_service(
+        &project,
+        &web_toml(&format!("{project}.test"), "LOG_REQUESTS = \"1\"", ""),
+    );
+    s.cli(&["deploy"]);
+    s.proxy_get(&format!("{project}.test"), "/tui-was-here")
+        .unwrap();
+
+    let t = Tmux::start(&s, ADMIN);
+    let screen = t.wait("the service with its ready count", |sc| {
+        sc.lines().any(|l| l.contains(&key) && l.contains("1/1"))
+    });
+    assert!(screen.contains("/ filter") && screen.contains("s scale"), "{screen}");
+    assert!(screen.contains("connected"), "{screen}");
+    assert_eq!(screen.lines().count(), 24, "80x24:\n{screen}");
+
+    // Filter: nothing matches, then the filter is cleared.
+    t.keys(&["/", "nomatch", "Enter"]);
+    t.wait("an empty filtered list", |sc| sc.contains("services (0)"));
+    t.keys(&["Escape"]);
+    t.wait("the list back", |sc| sc.contains(&key));
+    t.keys(&["/", &project[..4], "Enter"]);
+    t.wait("the filtered list", |sc| sc.contains("services (1)") && sc.contains(&key));
+
+    // Logs of the selected service, then back.
+    t.keys(&["l"]);
+    t.wait("the logs view", |sc| {
+        sc.contains(&format!("logs {key}")) && sc.contains("tui-was-here")
+    });
+    t.keys(&["Escape"]);
+    t.wait("the services view", |sc| sc.contains("services (1)"));
+
+    // Scale with the prompt.
+    t.keys(&["s", "2", "Enter"]);
+    t.wait("the scale outcome", |sc| sc.contains("scale to 2 requested"));
+    s.wait_service(&project, "web", "scaled to 2", |v| v["replicas"] == 2);
+    t.wait("2 wanted", |sc| {
+        sc.lines().any(|l| l.contains(&key) && l.contains("/2"))
+    });
+
+    // A viewer's scale is refused with the reason.
+    let v = Tmux::start(&s, VIEWER);
+    v.wait("the service (viewer)", |sc| sc.contains(&key));
+    v.keys(&["s", "5", "Enter"]);
+    let screen = v.wait("the refusal", |sc| sc.contains("refused"));
+    assert!(screen.contains("read-only"), "{screen}");
+    assert_eq!(s.service(&project, "web")["replicas"], 2);
+    drop(v);
+
+    // The server goes away: the dashboard says so and keeps running.
+    s.kill9();
+    let screen = t.wait("the disconnected line", |sc| {
+        sc.contains("disconnected, retrying")
+    });
+    assert!(!screen.contains("panicked"), "{screen}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!t.dead(), "the TUI exited:\n{}", t.screen());
+    // It comes back with the server.
+    s.spawn();
+    t.wait("connected again", |sc| {
+        !sc.contains("disconnected") && sc.contains(&key)
+    });
+    t.keys(&["q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !t.dead() {
+        assert!(Instant::now() < deadline, "q did not quit:\n{}", t.screen());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

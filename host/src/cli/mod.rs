@@ -2,6 +2,7 @@
 
 mod client;
 mod events;
+mod tui;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -174,6 +175,8 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// A terminal dashboard: services, logs, events; scale, promote, roll back.
+    Tui,
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -530,6 +533,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             events::run(&client()?, args).await
         }
+        Command::Tui => tui::run(&client()?).await,
         Command::Token(TokenCmd::Create { name, role }) => {
             let v = client()?
                 .call(
