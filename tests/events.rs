@@ -200,7 +200,11 @@ fn events_record_deploy_crash_failed_readiness_and_rollback_and_survive_a_restar
         find(e, "instance.crashed", |_| true).is_some()
     });
     let crash = find(&evs, "instance.crashed", |_| true).unwrap();
-    assert_eq!(crash["instance"], victim.trim_start_matches('/'), "{crash:#}");
+    assert_eq!(
+        crash["instance"],
+        victim.trim_start_matches('/'),
+        "{crash:#}"
+    );
     assert_eq!(crash["fields"]["exit_code"], 137, "{crash:#}");
     assert_eq!(crash["severity"], "error");
     assert!(
@@ -268,9 +272,7 @@ fn events_record_deploy_crash_failed_readiness_and_rollback_and_survive_a_restar
         let streamed: Vec<String> = sse.lock().unwrap().iter().map(|f| f.1.clone()).collect();
         let missing: Vec<_> = wanted
             .iter()
-            .filter(|k| {
-                !followed.iter().any(|f| f == *k) || !streamed.iter().any(|f| f == *k)
-            })
+            .filter(|k| !followed.iter().any(|f| f == *k) || !streamed.iter().any(|f| f == *k))
             .collect();
         if missing.is_empty() {
             break;
@@ -287,7 +289,10 @@ fn events_record_deploy_crash_failed_readiness_and_rollback_and_survive_a_restar
         assert_eq!(data["project"], project.as_str());
     }
     let followed = follower.seen();
-    let fseqs: Vec<u64> = followed.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let fseqs: Vec<u64> = followed
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
     assert!(fseqs.windows(2).all(|w| w[0] < w[1]), "{fseqs:?}");
 
     // Filters: kind family, since, project; bad input is refused with the reason.
@@ -315,13 +320,20 @@ fn events_record_deploy_crash_failed_readiness_and_rollback_and_survive_a_restar
     // `orca status` shows the service's last events.
     let text = s.cli(&["status", "--project", &project]);
     assert!(text.contains("  event "), "{text}");
-    assert!(text.contains("rollout.rolled_back") || text.contains("instance."), "{text}");
+    assert!(
+        text.contains("rollout.rolled_back") || text.contains("instance."),
+        "{text}"
+    );
 
     // Survive a restart: the same events, then new ones after them. The followers are still
     // connected: a graceful shutdown must end their streams, not wait on them
     // (regression: SIGTERM hung with an SSE follower open).
     let before = events(&s, ADMIN, &[]);
-    assert!(s.terminate(), "SIGTERM with followers connected:\n{}", tail(&s.log(), 20));
+    assert!(
+        s.terminate(),
+        "SIGTERM with followers connected:\n{}",
+        tail(&s.log(), 20)
+    );
     drop(follower);
     s.spawn();
     let after = events(&s, ADMIN, &[]);
@@ -409,7 +421,11 @@ fn metrics_serve_every_family_the_readme_lists() {
     assert_eq!(
         value(
             "orca_instances_total",
-            &[("service", "api"), ("project", &project), ("status", "ready")]
+            &[
+                ("service", "api"),
+                ("project", &project),
+                ("status", "ready")
+            ]
         ),
         Some(2.0),
         "{text}"
@@ -419,7 +435,11 @@ fn metrics_serve_every_family_the_readme_lists() {
     assert_eq!(
         value(
             "orca_instances",
-            &[("service", "api"), ("project", &project), ("status", "ready")]
+            &[
+                ("service", "api"),
+                ("project", &project),
+                ("status", "ready")
+            ]
         ),
         Some(2.0),
         "{text}"
@@ -476,7 +496,8 @@ fn receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<(u16, Received)>>>) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
-            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
             let mut reader = BufReader::new(conn.try_clone().unwrap());
             let mut line = String::new();
             if reader.read_line(&mut line).is_err() {
@@ -528,7 +549,10 @@ fn a_notification_is_delivered_once_signed_after_the_receiver_failed_twice() {
         "[[notify]]\nname = \"ops\"\nurl = \"{url}\"\nsecret = \"{secret}\"\nevents = [\"service.scaled\"]\n"
     ));
     let project = unique("p");
-    s.write_service(&project, &testapp_service("web", 1, &format!("{project}.test"), ""));
+    s.write_service(
+        &project,
+        &testapp_service("web", 1, &format!("{project}.test"), ""),
+    );
     s.cli(&["deploy"]);
     s.cli(&["scale", "web", "2", "--project", &project]);
 
@@ -554,7 +578,10 @@ fn a_notification_is_delivered_once_signed_after_the_receiver_failed_twice() {
         .iter()
         .map(|(_, r)| r.header("x-orca-delivery").unwrap().to_string())
         .collect();
-    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one delivery id: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "one delivery id: {ids:?}"
+    );
     for (_, r) in &all {
         assert_eq!(r.header("x-orca-event"), Some("service.scaled"));
         assert_eq!(r.header("content-type"), Some("application/json"));
@@ -628,7 +655,10 @@ fn a_webhook_delivery_is_an_event_with_its_outcome() {
         Some(br#"{"ref":"refs/heads/main"}"#),
     )
     .unwrap();
-    assert!(code >= 400, "an unsigned delivery is refused: {code} {body}");
+    assert!(
+        code >= 400,
+        "an unsigned delivery is refused: {code} {body}"
+    );
     let evs = wait_events(
         "the delivery event",
         Duration::from_secs(10),
@@ -658,7 +688,17 @@ impl Tmux {
             env!("CARGO_BIN_EXE_orca")
         );
         let st = Command::new("tmux")
-            .args(["new-session", "-d", "-s", &name, "-x", "80", "-y", "24", &cmd])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &name,
+                "-x",
+                "80",
+                "-y",
+                "24",
+                &cmd,
+            ])
             .status()
             .expect("tmux is installed (.ci/run installs it)");
         assert!(st.success());
@@ -738,7 +778,10 @@ fn tui_in_a_real_terminal_lists_filters_shows_logs_scales_refuses_viewers_and_su
     let screen = t.wait("the service with its ready count", |sc| {
         sc.lines().any(|l| l.contains(&key) && l.contains("1/1"))
     });
-    assert!(screen.contains("/ filter") && screen.contains("s scale"), "{screen}");
+    assert!(
+        screen.contains("/ filter") && screen.contains("s scale"),
+        "{screen}"
+    );
     assert!(screen.contains("connected"), "{screen}");
     assert_eq!(screen.lines().count(), 24, "80x24:\n{screen}");
 
@@ -748,7 +791,9 @@ fn tui_in_a_real_terminal_lists_filters_shows_logs_scales_refuses_viewers_and_su
     t.keys(&["Escape"]);
     t.wait("the list back", |sc| sc.contains(&key));
     t.keys(&["/", &project[..4], "Enter"]);
-    t.wait("the filtered list", |sc| sc.contains("services (1)") && sc.contains(&key));
+    t.wait("the filtered list", |sc| {
+        sc.contains("services (1)") && sc.contains(&key)
+    });
 
     // Logs of the selected service, then back.
     t.keys(&["l"]);
@@ -760,7 +805,9 @@ fn tui_in_a_real_terminal_lists_filters_shows_logs_scales_refuses_viewers_and_su
 
     // Scale with the prompt.
     t.keys(&["s", "2", "Enter"]);
-    t.wait("the scale outcome", |sc| sc.contains("scale to 2 requested"));
+    t.wait("the scale outcome", |sc| {
+        sc.contains("scale to 2 requested")
+    });
     s.wait_service(&project, "web", "scaled to 2", |v| v["replicas"] == 2);
     t.wait("2 wanted", |sc| {
         sc.lines().any(|l| l.contains(&key) && l.contains("/2"))

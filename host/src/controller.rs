@@ -812,7 +812,8 @@ impl<R: ContainerRuntime> Controller<R> {
                 }),
             };
             info!(%service, id = %instance::short(&id), reason = reason.as_str(), draining = drain_from.is_some(), "removing instance");
-            self.events.removing(&service, instances, &id, reason.as_str());
+            self.events
+                .removing(&service, instances, &id, reason.as_str());
             let runtime = self.runtime.clone();
             let memory = self.memory.clone();
             let wake = self.wake.clone();

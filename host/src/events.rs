@@ -340,10 +340,13 @@ impl Events {
     /// The operator scaled a service.
     pub fn scaled(&self, key: &str, replicas: u32, revision: u64) {
         self.emit(
-            Event::new(Kind::ServiceScaled, format!("scaled to {replicas} replicas"))
-                .service(key)
-                .revision(revision)
-                .field("replicas", replicas),
+            Event::new(
+                Kind::ServiceScaled,
+                format!("scaled to {replicas} replicas"),
+            )
+            .service(key)
+            .revision(revision)
+            .field("replicas", replicas),
         );
     }
 
@@ -366,9 +369,12 @@ impl Events {
             (Kind::RollbackRequested, "rollback")
         };
         self.emit(
-            Event::new(kind, format!("{what} of revision {revision} requested by the operator"))
-                .service(key)
-                .revision(revision),
+            Event::new(
+                kind,
+                format!("{what} of revision {revision} requested by the operator"),
+            )
+            .service(key)
+            .revision(revision),
         );
     }
 
@@ -460,7 +466,11 @@ impl Events {
                 format!("certificate for {domain} issued"),
             ),
         };
-        self.emit(e.service(key).field("domain", domain).field("action", action));
+        self.emit(
+            e.service(key)
+                .field("domain", domain)
+                .field("action", action),
+        );
     }
 
     /// A rollout moved from `before` to `after` (one store write of the driver).
@@ -519,9 +529,12 @@ impl Events {
 
     /// orca is removing an instance of `key` for `reason`.
     pub fn removing(&self, key: &str, instances: &[Instance], id: &str, reason: &str) {
-        let mut e = Event::new(Kind::InstanceRemoving, format!("removing instance: {reason}"))
-            .service(key)
-            .field("reason", reason);
+        let mut e = Event::new(
+            Kind::InstanceRemoving,
+            format!("removing instance: {reason}"),
+        )
+        .service(key)
+        .field("reason", reason);
         if let Some(i) = instances.iter().find(|i| i.info.id == id) {
             e = e
                 .instance(&i.info.name)
@@ -563,7 +576,9 @@ pub fn rollout_progress(key: &str, before: &RolloutRecord, after: &RolloutRecord
                         "rollout step: {} stable, {} candidate instances{}",
                         after.stable_count,
                         after.candidate_count,
-                        traffic.map_or(String::new(), |p| format!(", {p}% of traffic to the candidate"))
+                        traffic.map_or(String::new(), |p| format!(
+                            ", {p}% of traffic to the candidate"
+                        ))
                     ),
                 )
                 .service(key)
@@ -642,7 +657,10 @@ fn transitions(
     if before.is_none() && !now.failed {
         out.push(base(
             Kind::InstanceStarted,
-            format!("instance started (revision {}, slot {})", i.revision, i.slot),
+            format!(
+                "instance started (revision {}, slot {})",
+                i.revision, i.slot
+            ),
         ));
     }
     if now.ready && !was.ready {
@@ -662,10 +680,7 @@ fn transitions(
         out.push(
             base(
                 Kind::ReadinessFailed,
-                format!(
-                    "instance failed {} readiness probes: {error}",
-                    v.failures
-                ),
+                format!("instance failed {} readiness probes: {error}", v.failures),
             )
             .field("error", &error)
             .field("failures", v.failures),

@@ -74,7 +74,10 @@ fn matches(t: &NotifyConfig, e: &EventRecord) -> bool {
                     .is_some_and(|r| r.starts_with('.'))
         })
     };
-    kind_ok && t.project.as_ref().is_none_or(|p| e.project.as_ref() == Some(p))
+    kind_ok
+        && t.project
+            .as_ref()
+            .is_none_or(|p| e.project.as_ref() == Some(p))
 }
 
 /// `sha256=<hex>` of `body` under `secret`.
@@ -152,7 +155,8 @@ impl Notifier {
                         last_error: None,
                     },
                 );
-                let span = tracing::info_span!("orca.notify", target = %target.name, seq = event.seq);
+                let span =
+                    tracing::info_span!("orca.notify", target = %target.name, seq = event.seq);
                 tokio::spawn(
                     deliver(http.clone(), target, id, event.kind, body, status.clone())
                         .instrument(span),
@@ -307,10 +311,19 @@ mod tests {
 
     #[test]
     fn filters_match_kinds_families_and_default_to_errors() {
-        assert!(matches(&target(&["rollout"]), &ev("rollout.rolled_back", "error")));
+        assert!(matches(
+            &target(&["rollout"]),
+            &ev("rollout.rolled_back", "error")
+        ));
         assert!(!matches(&target(&["rollout"]), &ev("rollouts.x", "error")));
-        assert!(matches(&target(&["instance.crashed"]), &ev("instance.crashed", "error")));
-        assert!(!matches(&target(&["instance.crashed"]), &ev("instance.ready", "info")));
+        assert!(matches(
+            &target(&["instance.crashed"]),
+            &ev("instance.crashed", "error")
+        ));
+        assert!(!matches(
+            &target(&["instance.crashed"]),
+            &ev("instance.ready", "info")
+        ));
         assert!(matches(&target(&[]), &ev("build.failed", "error")));
         assert!(!matches(&target(&[]), &ev("deploy", "info")));
         let mut other = target(&[]);
@@ -322,8 +335,14 @@ mod tests {
     fn unknown_filters_are_refused_by_name() {
         assert!(check(&[target(&["rollout", "instance.crashed", "deploy"])]).is_ok());
         let err = check(&[target(&["rollout", "crash"])]).unwrap_err();
-        assert!(err.contains("notify[0].events[1]") && err.contains("\"crash\""), "{err}");
-        assert!(err.contains("instance") && err.contains("certificate"), "{err}");
+        assert!(
+            err.contains("notify[0].events[1]") && err.contains("\"crash\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("instance") && err.contains("certificate"),
+            "{err}"
+        );
     }
 
     #[test]

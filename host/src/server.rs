@@ -169,18 +169,18 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     tokio::spawn(cert_manager.run(shutdown.clone()));
     let controller = Arc::new(
         Controller::new(
-        runtime.clone(),
-        store.clone(),
-        secrets.clone(),
-        registry.clone(),
-        routes.clone(),
-        health,
-        metrics.clone(),
-        cluster.cluster.name.clone(),
-        node.clone(),
-        Arc::new(move |addr| in_flight.get(addr)),
-        route_stats,
-    )
+            runtime.clone(),
+            store.clone(),
+            secrets.clone(),
+            registry.clone(),
+            routes.clone(),
+            health,
+            metrics.clone(),
+            cluster.cluster.name.clone(),
+            node.clone(),
+            Arc::new(move |addr| in_flight.get(addr)),
+            route_stats,
+        )
         .with_events(events.clone()),
     );
     let handle = controller.handle();
@@ -206,22 +206,26 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
 
     let git = crate::build::git::GitAccess::new(&cluster.build, &cfg.home)
         .map_err(|e| anyhow::anyhow!("cluster.toml: {e}"))?;
-    let builds = Arc::new(crate::build::Builds::new(
-        runtime.clone(),
-        store.clone(),
-        registry.clone(),
-        git,
-        &cfg.home,
-    )
-    .with_events(events.clone()));
-    let webhooks = Arc::new(crate::webhooks::Webhooks::new(
-        store.clone(),
-        secrets.clone(),
-        registry.clone(),
-        handle.clone(),
-        builds.clone(),
-    )
-    .with_events(events.clone()));
+    let builds = Arc::new(
+        crate::build::Builds::new(
+            runtime.clone(),
+            store.clone(),
+            registry.clone(),
+            git,
+            &cfg.home,
+        )
+        .with_events(events.clone()),
+    );
+    let webhooks = Arc::new(
+        crate::webhooks::Webhooks::new(
+            store.clone(),
+            secrets.clone(),
+            registry.clone(),
+            handle.clone(),
+            builds.clone(),
+        )
+        .with_events(events.clone()),
+    );
     let state = AppState {
         store,
         secrets,

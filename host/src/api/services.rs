@@ -587,7 +587,8 @@ pub async fn promote<R: ContainerRuntime>(
             r.promote_requested = true;
             s.store.put_rollout(project, name, &r)?;
             s.controller.wake();
-            s.events.operator_request(&rec.spec.key(), r.candidate_revision, true);
+            s.events
+                .operator_request(&rec.spec.key(), r.candidate_revision, true);
             Ok(Json(json!({
                 "project": project, "name": name,
                 "candidate_revision": r.candidate_revision, "promote_requested": true,
@@ -628,7 +629,8 @@ pub async fn rollback<R: ContainerRuntime>(
                 r.rollback_requested = true;
                 s.store.put_rollout(project, name, &r)?;
                 s.controller.wake();
-                s.events.operator_request(&rec.spec.key(), r.candidate_revision, false);
+                s.events
+                    .operator_request(&rec.spec.key(), r.candidate_revision, false);
                 return Ok(Json(json!({
                     "project": project, "name": name, "abandoned_revision": r.candidate_revision,
                 })));

@@ -317,7 +317,8 @@ impl CertManager {
                     let wait = policy.backoff(failures);
                     let reason = format!("{e:#}");
                     warn!(%domain, failures, retry_in = ?wait, error = %reason, "ACME order failed");
-                    self.events.certificate(domain, &want.service, why, Some(&reason));
+                    self.events
+                        .certificate(domain, &want.service, why, Some(&reason));
                     self.store.put_acme_order(&AcmeOrderRecord {
                         domain: domain.clone(),
                         failures,

@@ -329,15 +329,12 @@ async fn perform(c: &Client, r: &Request) -> String {
 
 async fn refresh(c: &Client, app: &mut App) {
     let result = match app.view.clone() {
-        View::Services => c
-            .call(Method::GET, "/api/v1/status", None)
-            .await
-            .map(|v| {
-                app.cluster = v["cluster"].as_str().unwrap_or("").to_string();
-                app.services = v["services"].as_array().cloned().unwrap_or_default();
-                let n = app.visible().len();
-                app.selected = app.selected.min(n.saturating_sub(1));
-            }),
+        View::Services => c.call(Method::GET, "/api/v1/status", None).await.map(|v| {
+            app.cluster = v["cluster"].as_str().unwrap_or("").to_string();
+            app.services = v["services"].as_array().cloned().unwrap_or_default();
+            let n = app.visible().len();
+            app.selected = app.selected.min(n.saturating_sub(1));
+        }),
         View::Logs(key) => {
             let (p, n) = split(&key);
             let path = format!(
@@ -345,7 +342,10 @@ async fn refresh(c: &Client, app: &mut App) {
                 enc(n),
                 enc(p)
             );
-            match c.send(Method::GET, &path, None, Some(Duration::from_secs(10))).await {
+            match c
+                .send(Method::GET, &path, None, Some(Duration::from_secs(10)))
+                .await
+            {
                 Ok(resp) => match Client::check(resp).await {
                     Ok(resp) => resp
                         .text()

@@ -556,7 +556,10 @@ fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
             if earlier.name == n.name {
                 return Err(Invalid::new(
                     at("name"),
-                    format!("duplicate notify name {:?} (first defined at notify[{j}])", n.name),
+                    format!(
+                        "duplicate notify name {:?} (first defined at notify[{j}])",
+                        n.name
+                    ),
                 ));
             }
         }

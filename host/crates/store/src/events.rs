@@ -92,8 +92,7 @@ impl EventQuery {
                 .is_none_or(|s| e.service.as_ref() == Some(s))
             && self.kind.as_ref().is_none_or(|k| {
                 e.kind == *k
-                    || e
-                        .kind
+                    || e.kind
                         .strip_prefix(k.as_str())
                         .is_some_and(|rest| rest.starts_with('.'))
             })
@@ -334,10 +333,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(quiet.len(), 1);
-        assert_eq!(
-            store.count_events().unwrap(),
-            EVENTS_PER_SERVICE_KEPT + 1
-        );
+        assert_eq!(store.count_events().unwrap(), EVENTS_PER_SERVICE_KEPT + 1);
     }
 
     #[test]
