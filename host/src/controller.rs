@@ -97,6 +97,7 @@ pub struct Controller<R: ContainerRuntime> {
     memory: Arc<Mutex<Memory>>,
     in_flight: InFlight,
     route_stats: orca_proxy::RouteStats,
+    events: crate::events::Events,
 }
 
 /// A handle for the API: wake the controller, read its view.
@@ -155,7 +156,14 @@ impl<R: ContainerRuntime> Controller<R> {
             memory: Arc::new(Mutex::new(Memory::default())),
             in_flight,
             route_stats,
+            events: crate::events::Events::disabled(),
         }
+    }
+
+    /// Emits events through `events` (the default discards them).
+    pub fn with_events(mut self, events: crate::events::Events) -> Controller<R> {
+        self.events = events;
+        self
     }
 
     /// Handle for the API layer.
@@ -273,6 +281,7 @@ impl<R: ContainerRuntime> Controller<R> {
             let mut mem = self.memory.lock().expect("controller memory lock");
             self.account_failures(&mut mem, &records, &active);
         }
+        self.events.observe_instances(&active, &self.health);
 
         let mut revisions: HashMap<String, RevisionRecord> = HashMap::new();
         let mut splits: HashMap<String, Split> = HashMap::new();
@@ -591,6 +600,7 @@ impl<R: ContainerRuntime> Controller<R> {
                     .unwrap_or_else(|| rollout::DEFAULT_STRATEGY.to_string());
                 info!(service = %key, from = stable, to = cur.number, %strategy, "rollout started");
                 let r = rollout::start(Some(stable), running, cur.number, &strategy, now);
+                self.events.rollout_started(&key, &r);
                 // Requests made against the replaced rollout end with it.
                 if !self.store.step_rollout(project, name, Some(&r), &seen)? {
                     self.wake.notify_one();
@@ -674,9 +684,11 @@ impl<R: ContainerRuntime> Controller<R> {
                 debug!(service = %key, "operator request arrived during the step; planning again");
                 self.wake.notify_one();
             } else {
+                self.events.rollout_progress(&key, &r, &next);
                 match &next.phase {
                     RolloutPhase::Finished => {
                         info!(service = %key, revision = cur.number, "rollout finished");
+                        self.events.rollout_finished(&key, cur.number);
                         return Ok(steady);
                     }
                     RolloutPhase::RolledBack { reason } | RolloutPhase::Failed { reason } => {
@@ -874,6 +886,8 @@ impl<R: ContainerRuntime> Controller<R> {
             // The decision drains with the instance's own revision's port and timeout.
             let drain_from = how.map(|d| (d.addr, Duration::from_millis(d.timeout_ms)));
             info!(%service, id = %instance::short(&id), reason = reason.as_str(), draining = drain_from.is_some(), "removing instance");
+            self.events
+                .removing(&service, instances, &id, reason.as_str());
             let runtime = self.runtime.clone();
             let memory = self.memory.clone();
             let wake = self.wake.clone();
@@ -914,6 +928,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 Ok(false) => false,
                 Err(e) => {
                     warn!(%service, slot, error = %e, "start failed");
+                    self.events.start_failed(&service, slot, &e);
                     let mut mem = self.memory.lock().expect("controller memory lock");
                     let n = mem.failures.entry(service.clone()).or_default();
                     *n += 1;

@@ -7,6 +7,8 @@
 //! - [`controller`]: observe → plan → publish → execute loop; Docker events; crash back-off.
 //! - [`reconciler`]: the pure planning function, table- and property-tested.
 //! - [`rollout`]: the rollout driver's pure decisions (start, apply a strategy's step, groups, weights).
+//! - [`events`]: the typed event stream: emit, persist (store table `events`), follow, notify.
+//! - [`notify`]: `[[notify]]` targets: signed outbound webhooks of matching events, retried.
 //! - [`deploy`]: deploy-time revision preparation (resolved, sealed, fingerprinted environment).
 //! - [`registry`]: plugin references (built-in, installed, uploaded) to loaded plugins.
 //! - [`instance`]: container labels, names and spec fingerprints.
@@ -33,10 +35,12 @@ pub mod cli;
 pub mod controller;
 pub mod deploy;
 pub mod doctor;
+pub mod events;
 pub mod health;
 pub mod instance;
 pub mod mcp;
 pub mod metrics;
+pub mod notify;
 pub mod plugins;
 pub mod process;
 pub mod reconciler;

@@ -1,4 +1,8 @@
 //! Prometheus metrics: the registry served at `/metrics` and the gauges the controller sets.
+//!
+//! The reference's families (`orca_services_total`, `orca_instances_total{service,project,
+//! status}`, `orca_nodes_total`) are served beside the older `orca_services`,
+//! `orca_instances`, `orca_nodes`, with the same values.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -42,6 +46,8 @@ pub struct Metrics {
     registry: Arc<Registry>,
     services: Gauge,
     instances: Family<InstanceLabels, Gauge>,
+    services_total: Gauge,
+    instances_total: Family<InstanceLabels, Gauge>,
     pass_seconds: Histogram,
     memory: Family<UsageLabels, Gauge>,
     cpu_seconds: Family<UsageLabels, Gauge<f64, AtomicU64>>,
@@ -62,6 +68,26 @@ impl Metrics {
             instances.clone(),
         );
         registry.register("orca_nodes", "Nodes in the cluster", nodes.clone());
+        // The reference manual's names, beside the older ones (same values): dashboards
+        // written from the reference read these.
+        let services_total: Gauge = Gauge::default();
+        let instances_total = Family::<InstanceLabels, Gauge>::default();
+        let nodes_total: Gauge = Gauge::default();
+        registry.register(
+            "orca_services_total",
+            "Running services in the store",
+            services_total.clone(),
+        );
+        registry.register(
+            "orca_instances_total",
+            "Instances by service, project and status (ready, starting, failed)",
+            instances_total.clone(),
+        );
+        registry.register(
+            "orca_nodes_total",
+            "Nodes in the cluster",
+            nodes_total.clone(),
+        );
         registry.register(
             "orca_controller_pass_seconds",
             "Duration of a controller pass",
@@ -82,10 +108,13 @@ impl Metrics {
         extra(&mut registry);
         // One node until agents join (multi-node milestone).
         nodes.set(1);
+        nodes_total.set(1);
         Metrics {
             registry: Arc::new(registry),
             services,
             instances,
+            services_total,
+            instances_total,
             pass_seconds,
             memory,
             cpu_seconds,
@@ -138,13 +167,14 @@ impl Metrics {
         instances: &[Instance],
         health: &Health,
     ) {
-        self.services.set(
-            records
-                .iter()
-                .filter(|r| r.state == DesiredState::Running)
-                .count() as i64,
-        );
+        let running = records
+            .iter()
+            .filter(|r| r.state == DesiredState::Running)
+            .count() as i64;
+        self.services.set(running);
+        self.services_total.set(running);
         self.instances.clear();
+        self.instances_total.clear();
         for i in instances {
             let status = if i.is_failed() {
                 "failed"
@@ -158,13 +188,13 @@ impl Metrics {
                 .split_once('/')
                 .map(|(_, n)| n)
                 .unwrap_or(&i.service);
-            self.instances
-                .get_or_create(&InstanceLabels {
-                    service: name.to_string(),
-                    project: i.project.clone(),
-                    status: status.to_string(),
-                })
-                .inc();
+            let labels = InstanceLabels {
+                service: name.to_string(),
+                project: i.project.clone(),
+                status: status.to_string(),
+            };
+            self.instances.get_or_create(&labels).inc();
+            self.instances_total.get_or_create(&labels).inc();
         }
     }
 }

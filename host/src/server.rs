@@ -179,27 +179,39 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     if let Some(policy) = &acme {
         info!(directory = %crate::certs::describe(policy), "ACME enabled");
     }
+    crate::notify::check(&cluster.notify).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let notifier =
+        crate::notify::Notifier::start(cluster.notify.clone(), cluster.cluster.name.clone());
+    let events = crate::events::Events::start(
+        store.clone(),
+        vec![notifier.clone() as Arc<dyn crate::events::Sink>],
+        shutdown.clone(),
+    );
     let cert_manager = CertManager::new(
         store.clone(),
         secrets.clone(),
         proxy.certificates(),
         proxy.challenges(),
         acme,
-    );
+    )
+    .with_events(events.clone());
     tokio::spawn(cert_manager.run(shutdown.clone()));
-    let controller = Arc::new(Controller::new(
-        runtime.clone(),
-        store.clone(),
-        secrets.clone(),
-        registry.clone(),
-        routes.clone(),
-        health,
-        metrics.clone(),
-        cluster.cluster.name.clone(),
-        node.clone(),
-        Arc::new(move |addr| in_flight.get(addr)),
-        route_stats,
-    ));
+    let controller = Arc::new(
+        Controller::new(
+            runtime.clone(),
+            store.clone(),
+            secrets.clone(),
+            registry.clone(),
+            routes.clone(),
+            health,
+            metrics.clone(),
+            cluster.cluster.name.clone(),
+            node.clone(),
+            Arc::new(move |addr| in_flight.get(addr)),
+            route_stats,
+        )
+        .with_events(events.clone()),
+    );
     let handle = controller.handle();
     let watchdog = Duration::from_secs(cluster.cluster.watchdog_interval_secs.max(1));
     let controller_task = tokio::spawn(controller.run(watchdog, shutdown.clone()));
@@ -223,20 +235,26 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
 
     let git = crate::build::git::GitAccess::new(&cluster.build, &cfg.home)
         .map_err(|e| anyhow::anyhow!("cluster.toml: {e}"))?;
-    let builds = Arc::new(crate::build::Builds::new(
-        runtime.clone(),
-        store.clone(),
-        registry.clone(),
-        git,
-        &cfg.home,
-    ));
-    let webhooks = Arc::new(crate::webhooks::Webhooks::new(
-        store.clone(),
-        secrets.clone(),
-        registry.clone(),
-        handle.clone(),
-        builds.clone(),
-    ));
+    let builds = Arc::new(
+        crate::build::Builds::new(
+            runtime.clone(),
+            store.clone(),
+            registry.clone(),
+            git,
+            &cfg.home,
+        )
+        .with_events(events.clone()),
+    );
+    let webhooks = Arc::new(
+        crate::webhooks::Webhooks::new(
+            store.clone(),
+            secrets.clone(),
+            registry.clone(),
+            handle.clone(),
+            builds.clone(),
+        )
+        .with_events(events.clone()),
+    );
     let state = AppState {
         store,
         secrets,
@@ -252,6 +270,8 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         api_addr,
         webhooks,
         builds,
+        events,
+        notifier,
     };
     let app = api::app(state);
     info!(

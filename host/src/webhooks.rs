@@ -54,6 +54,7 @@ pub struct Webhooks<R: ContainerRuntime> {
     registry: Registry,
     controller: ControllerHandle,
     builds: Arc<Builds<R>>,
+    events: crate::events::Events,
 }
 
 /// Which plugin handles a delivery to `/api/v1/webhooks/{route}`.
@@ -100,7 +101,14 @@ impl<R: ContainerRuntime> Webhooks<R> {
             registry,
             controller,
             builds,
+            events: crate::events::Events::disabled(),
         }
+    }
+
+    /// Emits an event per delivery through `events` (the default discards them).
+    pub fn with_events(mut self, events: crate::events::Events) -> Self {
+        self.events = events;
+        self
     }
 
     /// Seals a new hook's secret.
@@ -133,6 +141,7 @@ impl<R: ContainerRuntime> Webhooks<R> {
             .decide(&plugin_name, request, dedupe_id, &mut log)
             .await;
         log.status = answer.status;
+        self.events.webhook_delivery(&log);
         if let Err(e) = self.store.record_delivery(&log) {
             tracing::error!("recording a webhook delivery: {e}");
         }

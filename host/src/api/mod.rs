@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 mod diagnosis;
 mod error;
+mod events;
 pub mod listener;
 pub mod openapi;
 mod plugins;
@@ -63,6 +64,10 @@ pub struct AppState<R: ContainerRuntime> {
     pub webhooks: Arc<crate::webhooks::Webhooks<R>>,
     /// git-build.
     pub builds: Arc<crate::build::Builds<R>>,
+    /// The event stream.
+    pub events: crate::events::Events,
+    /// Notification targets and deliveries.
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 impl<R: ContainerRuntime> Clone for AppState<R> {
@@ -82,6 +87,8 @@ impl<R: ContainerRuntime> Clone for AppState<R> {
             api_addr: self.api_addr,
             webhooks: self.webhooks.clone(),
             builds: self.builds.clone(),
+            events: self.events.clone(),
+            notifier: self.notifier.clone(),
         }
     }
 }
@@ -166,6 +173,8 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
     ("GET", "/api/v1/plugins", Some(Permission::Read)),
     ("POST", "/api/v1/plugins", Some(Permission::Deploy)),
     ("PUT", "/api/v1/plugins/{name}", Some(Permission::Admin)),
+    ("GET", "/api/v1/events", Some(Permission::Read)),
+    ("GET", "/api/v1/notifications", Some(Permission::Read)),
     ("GET", "/api/v1/health", None),
     ("GET", "/metrics", None),
     // For AI agents: diagnosis (`orca doctor`), the OpenAPI document, the token's role, MCP.
@@ -296,6 +305,11 @@ fn rest_app<R: ContainerRuntime>(state: AppState<R>) -> Router {
         )
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/whoami", guard(Read, get(whoami::whoami)))
+        .route("/api/v1/events", guard(Read, get(events::list::<R>)))
+        .route(
+            "/api/v1/notifications",
+            guard(Read, get(events::notifications::<R>)),
+        )
         .fallback(|| async { ApiError::not_found("no such API route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(error::json_errors))

@@ -135,6 +135,7 @@ pub async fn deploy<R: ContainerRuntime>(
         .store
         .apply_deploy_with(&items, &certificates, now_unix())?;
     s.controller.wake();
+    s.events.deployed(&outcomes);
     tracing::info!(services = outcomes.len(), "deploy accepted");
     Ok(Json(json!({
         "deployed": outcomes.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
@@ -194,6 +195,9 @@ async fn build_if_needed<R: ContainerRuntime>(
 pub struct StatusQuery {
     project: Option<String>,
 }
+
+/// Last events shown per service by `status`.
+const STATUS_EVENTS: usize = 3;
 
 /// `GET /api/v1/status?project=`.
 pub async fn status<R: ContainerRuntime>(
@@ -364,6 +368,12 @@ pub async fn status<R: ContainerRuntime>(
             "updated_at": rec.updated_at,
             "error": error,
             "rollout": rollout,
+            "events": s.store.list_events(&orca_store::EventQuery {
+                project: Some(rec.spec.project().to_string()),
+                service: Some(rec.spec.name.clone()),
+                limit: STATUS_EVENTS,
+                ..Default::default()
+            })?,
             "backing_off_until_ms": view.backing_off.get(&key),
             "instances": instances,
         }));
@@ -452,6 +462,7 @@ pub async fn scale<R: ContainerRuntime>(
         .store
         .set_replicas(rec.spec.project(), &rec.spec.name, replicas, now_unix())?;
     s.controller.wake();
+    s.events.scaled(&rec.spec.key(), replicas, rec.revision);
     Ok(Json(json!({
         "project": rec.spec.project(), "name": rec.spec.name,
         "replicas": rec.spec.replicas, "revision": rec.revision,
@@ -466,6 +477,7 @@ fn stop<R: ContainerRuntime>(
         .store
         .set_state(&keys, DesiredState::Stopped, now_unix())?;
     s.controller.wake();
+    s.events.stopped(&recs);
     Ok(Json(json!({
         "stopped": recs.iter().map(|r| json!({"project": r.spec.project(), "name": r.spec.name})).collect::<Vec<_>>(),
     })))
@@ -662,6 +674,8 @@ pub async fn promote<R: ContainerRuntime>(
     {
         Some((q, _)) => {
             s.controller.wake();
+            s.events
+                .operator_request(&rec.spec.key(), q.candidate_revision, true);
             Ok(Json(json!({
                 "project": project, "name": name,
                 "candidate_revision": q.candidate_revision, "promote_requested": true,
@@ -702,6 +716,8 @@ pub async fn rollback<R: ContainerRuntime>(
                 .request_rollout_change(project, name, RequestKind::Rollback, now_unix())?
         {
             s.controller.wake();
+            s.events
+                .operator_request(&rec.spec.key(), q.candidate_revision, false);
             return Ok(Json(json!({
                 "project": project, "name": name, "abandoned_revision": q.candidate_revision,
             })));
@@ -726,6 +742,7 @@ pub async fn rollback<R: ContainerRuntime>(
         .store
         .set_current_revision(project, name, target, now_unix())?;
     s.controller.wake();
+    s.events.restored(&rec.spec.key(), target, updated.revision);
     Ok(Json(json!({
         "project": project, "name": name, "restored_revision": target, "revision": updated.revision,
     })))

@@ -76,6 +76,7 @@ pub struct Builds<R: ContainerRuntime> {
     work_root: PathBuf,
     /// One build at a time per service (a second push waits for the first).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    events: crate::events::Events,
 }
 
 /// The image tag of a commit's build: `<project>/<service>:<first 12 hex digits>`.
@@ -100,7 +101,14 @@ impl<R: ContainerRuntime> Builds<R> {
             git,
             work_root: home.join("builds"),
             locks: Mutex::new(HashMap::new()),
+            events: crate::events::Events::disabled(),
         }
+    }
+
+    /// Emits build events through `events` (the default discards them).
+    pub fn with_events(mut self, events: crate::events::Events) -> Self {
+        self.events = events;
+        self
     }
 
     /// The commit at the head of the service's build branch (or the default branch).
@@ -151,6 +159,10 @@ impl<R: ContainerRuntime> Builds<R> {
             .store
             .start_build(&record)
             .map_err(|e| failed(0, format!("recording the build: {e}")))?;
+        self.events.build(&BuildRecord {
+            number,
+            ..record.clone()
+        });
         let span = tracing::info_span!("orca.build", service = %key, number, commit = %job.commit);
         // The span covers the whole build, across its awaits (never `enter()` across one).
         async {
@@ -249,6 +261,7 @@ impl<R: ContainerRuntime> Builds<R> {
                     Err(failed(number, reason))
                 }
             };
+            self.events.build(&record);
             if let Err(e) = self.store.update_build(&record) {
                 tracing::error!("recording the build result: {e}");
             }

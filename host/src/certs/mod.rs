@@ -102,6 +102,7 @@ pub struct CertManager {
     certificates: Certificates,
     challenges: Challenges,
     acme: Option<AcmePolicy>,
+    events: crate::events::Events,
 }
 
 /// A domain some service wants served, and how its certificate comes.
@@ -125,7 +126,14 @@ impl CertManager {
             certificates,
             challenges,
             acme,
+            events: crate::events::Events::disabled(),
         }
+    }
+
+    /// Emits certificate events through `events` (the default discards them).
+    pub fn with_events(mut self, events: crate::events::Events) -> Self {
+        self.events = events;
+        self
     }
 
     /// Runs until `shutdown`: the sync loop, and the ACME loop if `[acme]` is configured.
@@ -301,6 +309,7 @@ impl CertManager {
             match attempt {
                 Ok(not_after) => {
                     info!(%domain, not_after, action = why, "ACME certificate issued");
+                    self.events.certificate(domain, &want.service, why, None);
                     self.store.delete_acme_order(domain)?;
                 }
                 Err(e) => {
@@ -308,6 +317,8 @@ impl CertManager {
                     let wait = policy.backoff(failures);
                     let reason = format!("{e:#}");
                     warn!(%domain, failures, retry_in = ?wait, error = %reason, "ACME order failed");
+                    self.events
+                        .certificate(domain, &want.service, why, Some(&reason));
                     self.store.put_acme_order(&AcmeOrderRecord {
                         domain: domain.clone(),
                         failures,

@@ -2,6 +2,8 @@
 
 mod client;
 mod doctor;
+mod events;
+mod tui;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -162,6 +164,30 @@ enum Command {
     },
     /// Serve the Model Context Protocol on stdin/stdout (for AI agents), with this token's role.
     Mcp,
+    /// Show the event stream: deploys, rollouts, instance crashes and probes, builds,
+    /// webhook deliveries, certificates.
+    Events {
+        /// Only this service (name, or project/name).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only this project.
+        #[arg(long)]
+        project: Option<String>,
+        /// Only this kind (instance.crashed) or family (rollout).
+        #[arg(long)]
+        kind: Option<String>,
+        /// How far back: 30s, 10m, 2h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many past events (default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Keep streaming new events.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// A terminal dashboard: services, logs, events; scale, promote, roll back.
+    Tui,
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -521,6 +547,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Events {
+            service,
+            project,
+            kind,
+            since,
+            limit,
+            follow,
+        } => {
+            let args = events::EventsArgs {
+                service,
+                project,
+                kind,
+                since,
+                limit,
+                follow,
+                json: json_out,
+            };
+            events::run(&client()?, args).await
+        }
+        Command::Tui => tui::run(&client()?).await,
         Command::Token(TokenCmd::Create { name, role }) => {
             let role: orca_config::Role =
                 role.parse().map_err(|e| anyhow::anyhow!("--role: {e}"))?;
@@ -1160,6 +1206,9 @@ fn print_status(v: &Value) {
         );
         if let Some(e) = s["error"].as_str() {
             println!("  ! {e}");
+        }
+        for e in s["events"].as_array().into_iter().flatten() {
+            println!("  event {}", events::line(e));
         }
         print_tls(&s["tls"]);
         if let Some(c) = s["commit"].as_str() {

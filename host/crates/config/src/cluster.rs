@@ -90,6 +90,50 @@ pub struct ClusterConfig {
     /// The `[build]` table: how git-build reaches repositories and how long a build may take.
     #[serde(default)]
     pub build: BuildSettings,
+    /// The `[[notify]]` tables: outbound webhooks for matching events.
+    #[serde(default, rename = "notify")]
+    pub notify: Vec<NotifyConfig>,
+}
+
+/// One `[[notify]]` table: events matching `events` are POSTed as JSON to `url`, signed
+/// with HMAC-SHA256 under `secret` (header `X-Orca-Signature-256: sha256=<hex>`).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Name, shown in delivery status.
+    pub name: String,
+    /// `http://` or `https://` URL receiving the POSTs.
+    pub url: String,
+    /// HMAC key of the signature.
+    pub secret: String,
+    /// Event kinds (`instance.crashed`) or families (`rollout`); empty: every event of
+    /// severity `error`.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Only events of this project.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Attempts per event before giving up (back-off doubling from 500 ms, at most 60 s).
+    #[serde(default = "default_notify_attempts")]
+    pub attempts: u32,
+}
+
+fn default_notify_attempts() -> u32 {
+    10
+}
+
+/// Debug output never shows the secret.
+impl fmt::Debug for NotifyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotifyConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("events", &self.events)
+            .field("project", &self.project)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
 }
 
 /// Timeouts and limits of the proxy (`[proxy]` in cluster.toml); each stops one kind of
@@ -537,6 +581,42 @@ fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
                 return Err(Invalid::new(
                     FieldPath::key("build").k(key),
                     format!("{key} must be an absolute path, got {path:?}"),
+                ));
+            }
+        }
+    }
+    for (i, n) in config.notify.iter().enumerate() {
+        let at = |key: &str| FieldPath::key("notify").i(i).k(key);
+        validate_name("notify", &n.name).map_err(|e| Invalid::new(at("name"), e.message))?;
+        if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
+            return Err(Invalid::new(
+                at("url"),
+                format!("url {:?} must start with http:// or https://", n.url),
+            ));
+        }
+        if n.secret.len() < MIN_TOKEN_LEN {
+            return Err(Invalid::new(
+                at("secret"),
+                format!(
+                    "notify {:?} needs a secret of at least {MIN_TOKEN_LEN} characters",
+                    n.name
+                ),
+            ));
+        }
+        if !(1..=100).contains(&n.attempts) {
+            return Err(Invalid::new(
+                at("attempts"),
+                format!("attempts {} is out of range: allowed 1 to 100", n.attempts),
+            ));
+        }
+        for (j, earlier) in config.notify[..i].iter().enumerate() {
+            if earlier.name == n.name {
+                return Err(Invalid::new(
+                    at("name"),
+                    format!(
+                        "duplicate notify name {:?} (first defined at notify[{j}])",
+                        n.name
+                    ),
                 ));
             }
         }

@@ -26,6 +26,9 @@
 //!   (the recent delivery log, [`DeliveryRecord`]) and `delivery_ids` (dedupe of redeliveries).
 //! - [`builds`] — owns table `builds`: each service's recent image builds ([`BuildRecord`])
 //!   with their output.
+//! - [`events`] — owns tables `events` (the bounded ring of the event stream,
+//!   [`EventRecord`], newest [`EVENTS_KEPT`]) and `service_events` (each service's index,
+//!   bounded to [`EVENTS_PER_SERVICE_KEPT`]).
 //! - `record` — JSON encoding with a `schema` version on every value; decode failures become
 //!   [`StoreError::Corrupt`].
 //! - [`error`] — [`StoreError`].
@@ -56,6 +59,7 @@ mod broken;
 pub mod builds;
 pub mod certs;
 pub mod error;
+pub mod events;
 pub mod meta;
 mod record;
 pub mod requests;
@@ -70,6 +74,7 @@ pub use broken::BrokenRecord;
 pub use builds::{BuildRecord, BuildStatus};
 pub use certs::{AcmeOrderRecord, CertSource, CertificateRecord, ACME_SEAL_SCOPE, TLS_SEAL_SCOPE};
 pub use error::StoreError;
+pub use events::{EventQuery, EventRecord, EVENTS_KEPT, EVENTS_PER_SERVICE_KEPT};
 pub use requests::{OperatorRequest, RequestKind};
 pub use revisions::{RevisionRecord, REVISIONS_KEPT};
 pub use rollouts::{RolloutPhase, RolloutRecord, PLUGIN_STATE_MAX};
@@ -137,6 +142,7 @@ impl Store {
         webhooks::create_table(&txn)?;
         builds::create_table(&txn)?;
         meta::create_table(&txn)?;
+        events::create_table(&txn)?;
         txn.commit()?;
         tracing::debug!(path = %path.display(), "orca.store.open");
         Ok(Store {
