@@ -488,7 +488,10 @@ impl Received {
 
 /// A notification receiver on loopback that answers 500 to its first `fail_first` requests
 /// and 200 after that.
-fn receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<(u16, Received)>>>) {
+/// What the loopback receiver answered and got, in order.
+type Log = Arc<Mutex<Vec<(u16, Received)>>>;
+
+fn receiver(fail_first: usize) -> (String, Log) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let got = Arc::new(Mutex::new(Vec::new()));

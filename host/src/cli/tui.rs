@@ -201,18 +201,14 @@ impl App {
                     self.lines.clear();
                 }
             }
-            (View::Services, KeyCode::Char('s')) => {
-                if self.selected_key().is_some() {
-                    self.input = Input::Scale(String::new());
-                }
+            (View::Services, KeyCode::Char('s')) if self.selected_key().is_some() => {
+                self.input = Input::Scale(String::new());
             }
             (View::Services, KeyCode::Char('p')) => {
                 return self.selected_key().map(|key| Request::Promote { key });
             }
-            (View::Services, KeyCode::Char('r')) => {
-                if self.selected_key().is_some() {
-                    self.input = Input::ConfirmRollback;
-                }
+            (View::Services, KeyCode::Char('r')) if self.selected_key().is_some() => {
+                self.input = Input::ConfirmRollback;
             }
             _ => {}
         }
