@@ -395,10 +395,12 @@ impl<R: ContainerRuntime> Controller<R> {
             let Some((project, name)) = i.service.split_once('/') else {
                 continue;
             };
-            match self.store.get_revision(project, name, i.revision)? {
-                Some(rev) if rev.fingerprint == i.fingerprint => {
+            match self.store.get_revision(project, name, i.revision) {
+                Ok(Some(rev)) if rev.fingerprint == i.fingerprint => {
                     revisions.insert(rev.fingerprint.clone(), rev);
                 }
+                // A revision record that cannot be decoded affects only its own service.
+                Err(e) => self.set_error(&i.service, e.to_string()),
                 _ => {
                     debug!(service = %i.service, revision = i.revision, "no revision record for an instance; using the service's spec")
                 }
