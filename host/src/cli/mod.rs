@@ -1,6 +1,6 @@
 //! The `orca` command line. Every command but `server` and `completions` only calls the API.
 
-mod client;
+pub(crate) mod client;
 mod doctor;
 mod events;
 mod tui;
