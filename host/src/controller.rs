@@ -36,6 +36,7 @@ use crate::deploy;
 use crate::health::{Health, Target};
 use crate::instance::{self, Instance};
 use crate::metrics::Metrics;
+use crate::nodes::{NodeRuntime, Nodes};
 use crate::plugins::types::{self, NodeCount, PlacementRequest, Readiness, RolloutState, Traffic};
 use crate::plugins::World;
 use crate::reconciler;
@@ -98,6 +99,28 @@ pub struct Controller<R: ContainerRuntime> {
     in_flight: InFlight,
     route_stats: orca_proxy::RouteStats,
     events: crate::events::Events,
+    /// Remote nodes (agents); `None`: the master's engine only.
+    nodes: Option<Arc<Nodes>>,
+    /// Host ports remote instances are published on (`[nodes] host_ports`).
+    host_ports: (u16, u16),
+    /// One image shipment per (node, image) at a time.
+    shipping: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Where one start of a pass runs: the node, its runtime, and for a remote node the
+/// address and host port its instance publishes.
+struct Placed<R: ContainerRuntime> {
+    node: String,
+    runtime: NodeRuntime<R>,
+    publish: Option<(std::net::IpAddr, u16)>,
+}
+
+/// A node as one pass sees it.
+struct PassNode<R: ContainerRuntime> {
+    name: String,
+    runtime: NodeRuntime<R>,
+    /// `None` for the master's own engine.
+    remote: Option<crate::nodes::LiveNode>,
 }
 
 /// A handle for the API: wake the controller, read its view.
@@ -157,7 +180,41 @@ impl<R: ContainerRuntime> Controller<R> {
             in_flight,
             route_stats,
             events: crate::events::Events::disabled(),
+            nodes: None,
+            host_ports: (20000, 29999),
+            shipping: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Places instances on the agent nodes of `nodes` too, publishing remote instances on
+    /// host ports from `host_ports`.
+    pub fn with_nodes(mut self, nodes: Arc<Nodes>, host_ports: (u16, u16)) -> Controller<R> {
+        self.nodes = Some(nodes);
+        self.host_ports = host_ports;
+        self
+    }
+
+    /// The nodes of this pass: the master's engine, then every ready agent node; and the
+    /// names of nodes whose state is not known yet (their instances may be running).
+    fn pass_nodes(&self) -> (Vec<PassNode<R>>, Vec<String>) {
+        let mut out = vec![PassNode {
+            name: self.node.hostname.clone(),
+            runtime: NodeRuntime::Local(self.runtime.clone()),
+            remote: None,
+        }];
+        let mut unsure = Vec::new();
+        if let Some(nodes) = &self.nodes {
+            let (live, not_yet) = nodes.live();
+            unsure = not_yet;
+            for n in live {
+                out.push(PassNode {
+                    name: n.record.name.clone(),
+                    runtime: NodeRuntime::Remote(n.runtime.clone()),
+                    remote: Some(n),
+                });
+            }
+        }
+        (out, unsure)
     }
 
     /// Emits events through `events` (the default discards them).
@@ -266,12 +323,38 @@ impl<R: ContainerRuntime> Controller<R> {
             .expect("controller memory lock")
             .removing
             .clone();
-        let containers = self.runtime.list().await?;
+        let (pass_nodes, mut unsure) = self.pass_nodes();
+        let listed = futures::future::join_all(pass_nodes.iter().map(|n| n.runtime.list())).await;
         let now = now_ms();
-        let instances: Vec<Instance> = containers
-            .into_iter()
-            .filter_map(|c| Instance::from_container(&self.cluster, c))
-            .collect();
+        let mut instances: Vec<Instance> = Vec::new();
+        for (n, result) in pass_nodes.iter().zip(listed) {
+            let containers = match (result, &n.remote) {
+                (Ok(c), _) => c,
+                // The master's own engine must answer; a remote node that does not is
+                // treated like one not yet reconnected (its instances may be running).
+                (Err(e), None) => return Err(e.into()),
+                (Err(e), Some(_)) => {
+                    warn!(node = %n.name, error = %e, "listing a node's containers failed");
+                    unsure.push(n.name.clone());
+                    continue;
+                }
+            };
+            for c in containers {
+                let Some(mut i) = Instance::from_container(&self.cluster, c) else {
+                    continue;
+                };
+                i.node = n.name.clone();
+                if let Some(remote) = &n.remote {
+                    i.published = i
+                        .info
+                        .labels
+                        .get(instance::LABEL_HOST_PORT)
+                        .and_then(|p| p.parse::<u16>().ok())
+                        .map(|port| SocketAddr::new(remote.advertise, port));
+                }
+                instances.push(i);
+            }
+        }
         let active: Vec<Instance> = instances
             .iter()
             .filter(|i| !draining.contains(&i.info.id))
@@ -441,6 +524,7 @@ impl<R: ContainerRuntime> Controller<R> {
                             .ips
                             .get(&instance::project_network(&i.project))
                             .copied(),
+                        published: i.published,
                         ready: verdict.ready,
                         restart: verdict.restart.is_some(),
                         draining: draining.contains(&i.info.id),
@@ -448,12 +532,20 @@ impl<R: ContainerRuntime> Controller<R> {
                 })
                 .collect(),
         };
-        let decision = orca_core::decide(&snapshot);
+        let mut decision = orca_core::decide(&snapshot);
         let next_wake = splits
             .values()
             .filter_map(|s| s.wake_at_ms)
             .chain(decision.wake_at_ms)
+            .chain(self.nodes.as_ref().and_then(|n| n.next_change_ms()))
             .min();
+        if !unsure.is_empty() && !decision.starts.is_empty() {
+            // A node not heard from yet (master just restarted, or within node_ttl of its
+            // last heartbeat) may still run the instances these starts would replace: hold
+            // them until it reconnects or is down.
+            debug!(nodes = ?unsure, held = decision.starts.len(), "starts held until every node's state is known");
+            decision.starts.clear();
+        }
         self.publish(&records, &instances, &decision, next_wake, now);
 
         if decision.is_idle() {
@@ -465,7 +557,7 @@ impl<R: ContainerRuntime> Controller<R> {
             "executing decision"
         );
         if self
-            .execute(decision, &records, &revisions, &instances)
+            .execute(decision, &records, &revisions, &instances, &pass_nodes)
             .await
         {
             // Observe the result right away. (When nothing could be done, such as a start
@@ -862,8 +954,13 @@ impl<R: ContainerRuntime> Controller<R> {
         records: &[ServiceRecord],
         revisions: &HashMap<String, RevisionRecord>,
         instances: &[Instance],
+        nodes: &[PassNode<R>],
     ) -> bool {
         let mut acted = false;
+        let node_of: HashMap<&str, &str> = instances
+            .iter()
+            .map(|i| (i.info.id.as_str(), i.node.as_str()))
+            .collect();
         let by_key: HashMap<String, &ServiceRecord> =
             records.iter().map(|r| (r.spec.key(), r)).collect();
         let by_key = &by_key;
@@ -890,7 +987,19 @@ impl<R: ContainerRuntime> Controller<R> {
             info!(%service, id = %instance::short(&id), reason = reason.as_str(), draining = drain_from.is_some(), "removing instance");
             self.events
                 .removing(&service, instances, &id, reason.as_str());
-            let runtime = self.runtime.clone();
+            let Some(runtime) = node_of
+                .get(id.as_str())
+                .and_then(|n| nodes.iter().find(|p| p.name == *n))
+                .map(|p| p.runtime.clone())
+            else {
+                warn!(id = %instance::short(&id), "instance to remove is on no reachable node");
+                self.memory
+                    .lock()
+                    .expect("controller memory lock")
+                    .removing
+                    .remove(&id);
+                continue;
+            };
             let memory = self.memory.clone();
             let wake = self.wake.clone();
             let in_flight = self.in_flight.clone();
@@ -913,19 +1022,26 @@ impl<R: ContainerRuntime> Controller<R> {
             );
         }
 
-        let node = self.node_capacity(records, instances);
-        let node = &node;
-        let starts = decision.starts.into_iter().map(|a| async move {
-            let Start {
-                service,
-                slot,
-                fingerprint,
-            } = a;
-            let (Some(rec), Some(rev)) = (by_key.get(&service), revisions.get(&fingerprint)) else {
-                warn!(%service, %fingerprint, "no revision record for a start; skipped");
-                return false;
+        // Place every start first, one after the other, so the counts each placement sees
+        // include the starts placed before it; then start them all at once.
+        let mut placer = Placer::new(self, records, instances, nodes);
+        let mut placed = Vec::new();
+        for a in decision.starts {
+            let (Some(rec), Some(rev)) = (by_key.get(&a.service), revisions.get(&a.fingerprint))
+            else {
+                warn!(service = %a.service, fingerprint = %a.fingerprint, "no revision record for a start; skipped");
+                continue;
             };
-            match self.start(rec, rev, slot, node).await {
+            let at = placer.place(&rev.spec);
+            placed.push((a, *rec, rev, at));
+        }
+        let starts = placed.into_iter().map(|(a, rec, rev, at)| async move {
+            let Start { service, slot, .. } = a;
+            let result = match at {
+                Ok(at) => self.start(rec, rev, slot, at).await,
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(true) => true,
                 Ok(false) => false,
                 Err(e) => {
@@ -945,74 +1061,48 @@ impl<R: ContainerRuntime> Controller<R> {
         acted || started.into_iter().any(|progressed| progressed)
     }
 
-    /// This node as the placement plugin sees it: capacity minus the limits of what runs.
-    fn node_capacity(&self, records: &[ServiceRecord], instances: &[Instance]) -> types::Node {
-        let by_key: HashMap<String, &ServiceRecord> =
-            records.iter().map(|r| (r.spec.key(), r)).collect();
-        let (mut mem_used, mut cpu_used) = (0u64, 0u64);
-        let running: Vec<&Instance> = instances.iter().filter(|i| !i.is_failed()).collect();
-        for i in &running {
-            if let Some(res) = by_key
-                .get(&i.service)
-                .and_then(|r| r.spec.resources.as_ref())
-            {
-                mem_used += res.memory.as_ref().map_or(0, |m| m.0);
-                cpu_used += res.cpu.map_or(0, |c| (c * 1000.0) as u64);
-            }
-        }
-        let cpu_total = u64::from(self.node.cpus) * 1000;
-        types::Node {
-            id: self.node.hostname.clone(),
-            name: self.node.hostname.clone(),
-            address: "127.0.0.1".into(),
-            cpu_millis: cpu_total.min(u64::from(u32::MAX)) as u32,
-            // CPU is shared, not reserved: overcommit up to 4x before refusing.
-            cpu_millis_free: (cpu_total * 4)
-                .saturating_sub(cpu_used)
-                .min(u64::from(u32::MAX)) as u32,
-            memory_bytes: self.node.memory_bytes,
-            memory_bytes_free: self.node.memory_bytes.saturating_sub(mem_used),
-            instances: running.len() as u32,
-            draining: false,
-            labels: Vec::new(),
-        }
-    }
-
-    /// Asks the placement plugin whether (and where) one instance may run.
-    fn place(&self, spec: &ServiceSpec, node: &types::Node, existing: u32) -> Result<(), String> {
-        let plugin = self
-            .registry
-            .resolve(PLACEMENT, World::Placement)
-            .map_err(|e| e.to_string())?;
-        let res = spec.resources.as_ref();
-        let request = PlacementRequest {
-            service: plugin_service(spec, spec.replicas),
-            pin: spec.placement.as_ref().and_then(|p| p.node.clone()),
-            memory_bytes: res.and_then(|r| r.memory.as_ref()).map_or(0, |m| m.0),
-            cpu_millis: res.and_then(|r| r.cpu).map_or(0, |c| (c * 1000.0) as u32),
-            existing: vec![NodeCount {
-                node: node.id.clone(),
-                count: existing,
-            }],
+    /// Makes `image` present on a remote node: the master's engine saves it and the node
+    /// loads it through the agent session (no registry needed). One shipment per node and
+    /// image at a time; the others wait for it.
+    async fn ship_image(
+        &self,
+        remote: &crate::nodes::RemoteRuntime,
+        image: &str,
+    ) -> Result<(), String> {
+        let lock = {
+            let mut locks = self.shipping.lock().expect("shipping lock");
+            locks
+                .entry((remote.node().to_string(), image.to_string()))
+                .or_default()
+                .clone()
         };
-        let verdicts = plugin
-            .place(&request, std::slice::from_ref(node))
-            .map_err(|e| format!("placement failed: {e}"))?;
-        match verdicts
-            .iter()
-            .filter(|v| v.feasible)
-            .max_by_key(|v| v.score)
+        let _guard = lock.lock().await;
+        if remote
+            .image_exists(image)
+            .await
+            .map_err(|e| e.to_string())?
         {
-            Some(_) => Ok(()),
-            None => Err(format!(
-                "no node can run it: {}",
-                verdicts
-                    .iter()
-                    .map(|v| format!("{}: {}", v.node, v.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
+            return Ok(());
         }
+        if !self
+            .runtime
+            .image_exists(image)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Err(format!(
+                "image {image} is on neither node {} nor the master's engine",
+                remote.node()
+            ));
+        }
+        let started = std::time::Instant::now();
+        info!(node = %remote.node(), %image, "shipping image to node");
+        remote
+            .import_image(self.runtime.export_image(image))
+            .await
+            .map_err(|e| format!("shipping image {image} to node {}: {e}", remote.node()))?;
+        info!(node = %remote.node(), %image, ms = started.elapsed().as_millis() as u64, "image shipped");
+        Ok(())
     }
 
     async fn start(
@@ -1020,21 +1110,23 @@ impl<R: ContainerRuntime> Controller<R> {
         rec: &ServiceRecord,
         rev: &RevisionRecord,
         slot: u32,
-        node: &types::Node,
+        at: Placed<R>,
     ) -> Result<bool, String> {
         let spec: &ServiceSpec = &rev.spec;
         let project = spec.project();
-        self.place(spec, node, 0)?;
         let Some(image) = spec.image.clone() else {
             return Err("no image: building from [service.build] is not available yet".into());
         };
+        if let NodeRuntime::Remote(remote) = &at.runtime {
+            self.ship_image(remote, &image).await?;
+        }
         let env = deploy::open_env(&self.secrets, rev)?;
         let network = instance::project_network(project);
         let net_labels = BTreeMap::from([
             (instance::LABEL_CLUSTER.to_string(), self.cluster.clone()),
             (instance::LABEL_PROJECT.to_string(), project.to_string()),
         ]);
-        self.runtime
+        at.runtime
             .ensure_network(&network, &net_labels)
             .await
             .map_err(|e| e.to_string())?;
@@ -1042,7 +1134,7 @@ impl<R: ContainerRuntime> Controller<R> {
         if spec.internal {
             let labels =
                 BTreeMap::from([(instance::LABEL_CLUSTER.to_string(), self.cluster.clone())]);
-            self.runtime
+            at.runtime
                 .ensure_network(instance::INTERNAL_NETWORK, &labels)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -1061,7 +1153,15 @@ impl<R: ContainerRuntime> Controller<R> {
             ),
             image,
             env: env.into_iter().collect(),
-            labels: instance::labels(&self.cluster, spec, slot, &rev.fingerprint, rev.number),
+            labels: {
+                let mut labels =
+                    instance::labels(&self.cluster, spec, slot, &rev.fingerprint, rev.number);
+                labels.insert(instance::LABEL_NODE.to_string(), at.node.clone());
+                if let (Some((_, port)), Some(_)) = (at.publish, spec.port) {
+                    labels.insert(instance::LABEL_HOST_PORT.to_string(), port.to_string());
+                }
+                labels
+            },
             network,
             aliases,
             extra_networks,
@@ -1070,10 +1170,18 @@ impl<R: ContainerRuntime> Controller<R> {
                 .and_then(|r| r.cpu)
                 .map(|c| (c * 1_000_000_000.0) as i64),
             stop_grace: STOP_GRACE,
+            publish: match (at.publish, spec.port) {
+                (Some((host_ip, host_port)), Some(container_port)) => Some(orca_docker::Publish {
+                    host_ip,
+                    host_port,
+                    container_port,
+                }),
+                _ => None,
+            },
         };
-        match self.runtime.create_and_start(&cspec).await {
+        match at.runtime.create_and_start(&cspec).await {
             Ok(info) => {
-                info!(service = %rec.spec.key(), revision = rev.number, slot, id = %instance::short(&info.id), "started instance");
+                info!(service = %rec.spec.key(), revision = rev.number, slot, node = %at.node, id = %instance::short(&info.id), "started instance");
                 Ok(true)
             }
             // The name is taken: an earlier pass created it (adopted on the next list), or an
@@ -1081,6 +1189,265 @@ impl<R: ContainerRuntime> Controller<R> {
             Err(RuntimeError::Conflict { .. }) => Ok(false),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// Places the starts of one pass over its nodes, one after the other: each placement sees
+/// the instances and host ports of the ones before it.
+struct Placer<'a, R: ContainerRuntime> {
+    ctl: &'a Controller<R>,
+    nodes: Vec<(&'a PassNode<R>, types::Node)>,
+    /// Instances per (service key, node).
+    counts: HashMap<(String, String), u32>,
+    /// Host ports taken per node.
+    ports: HashMap<String, HashSet<u16>>,
+    /// Every known node name with its address (ready or not), for pins.
+    known: Vec<(String, String)>,
+}
+
+fn requests_of(spec: &ServiceSpec) -> (u64, u64) {
+    let res = spec.resources.as_ref();
+    (
+        res.and_then(|r| r.memory.as_ref()).map_or(0, |m| m.0),
+        res.and_then(|r| r.cpu).map_or(0, |c| (c * 1000.0) as u64),
+    )
+}
+
+impl<'a, R: ContainerRuntime> Placer<'a, R> {
+    fn new(
+        ctl: &'a Controller<R>,
+        records: &[ServiceRecord],
+        instances: &[Instance],
+        nodes: &'a [PassNode<R>],
+    ) -> Placer<'a, R> {
+        let by_key: HashMap<String, &ServiceRecord> =
+            records.iter().map(|r| (r.spec.key(), r)).collect();
+        let mut counts: HashMap<(String, String), u32> = HashMap::new();
+        let mut ports: HashMap<String, HashSet<u16>> = HashMap::new();
+        let mut used: HashMap<&str, (u64, u64, u32)> = HashMap::new();
+        for i in instances {
+            if let Some(p) = i
+                .info
+                .labels
+                .get(instance::LABEL_HOST_PORT)
+                .and_then(|p| p.parse().ok())
+            {
+                ports.entry(i.node.clone()).or_default().insert(p);
+            }
+            if i.is_failed() {
+                continue;
+            }
+            *counts
+                .entry((i.service.clone(), i.node.clone()))
+                .or_default() += 1;
+            let (mem, cpu) = by_key
+                .get(&i.service)
+                .map_or((0, 0), |r| requests_of(&r.spec));
+            let u = used.entry(i.node.as_str()).or_default();
+            u.0 += mem;
+            u.1 += cpu;
+            u.2 += 1;
+        }
+        let planned: Vec<(&'a PassNode<R>, types::Node)> = nodes
+            .iter()
+            .map(|n| {
+                let (cpus, memory, address, labels, draining) = match &n.remote {
+                    None => (
+                        ctl.node.cpus,
+                        ctl.node.memory_bytes,
+                        "127.0.0.1".to_string(),
+                        Vec::new(),
+                        false,
+                    ),
+                    Some(r) => (
+                        r.record.cpus,
+                        r.record.memory_bytes,
+                        r.advertise.to_string(),
+                        r.record
+                            .labels
+                            .iter()
+                            .map(|(k, v)| types::Pair {
+                                key: k.clone(),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                        r.record.draining,
+                    ),
+                };
+                let (mem_used, cpu_used, count) =
+                    used.get(n.name.as_str()).copied().unwrap_or_default();
+                let cpu_total = u64::from(cpus) * 1000;
+                let node = types::Node {
+                    id: n.name.clone(),
+                    name: n.name.clone(),
+                    address,
+                    cpu_millis: cpu_total.min(u64::from(u32::MAX)) as u32,
+                    // CPU is shared, not reserved: overcommit up to 4x before refusing.
+                    cpu_millis_free: (cpu_total * 4)
+                        .saturating_sub(cpu_used)
+                        .min(u64::from(u32::MAX)) as u32,
+                    memory_bytes: memory,
+                    memory_bytes_free: memory.saturating_sub(mem_used),
+                    instances: count,
+                    draining,
+                    labels,
+                };
+                (n, node)
+            })
+            .collect();
+        let mut known: Vec<(String, String)> = planned
+            .iter()
+            .map(|(_, n)| (n.name.clone(), n.address.clone()))
+            .collect();
+        if let Some(all) = &ctl.nodes {
+            for (r, _) in all.list() {
+                if !known.iter().any(|(n, _)| *n == r.name) {
+                    known.push((r.name.clone(), r.advertise_addr.clone()));
+                }
+            }
+        }
+        Placer {
+            ctl,
+            nodes: planned,
+            counts,
+            ports,
+            known,
+        }
+    }
+
+    /// The node a pin names: exactly by name, else the one node whose name or address
+    /// contains it.
+    fn resolve_pin(&self, pin: &str) -> Result<String, String> {
+        if let Some((name, _)) = self.known.iter().find(|(n, _)| n == pin) {
+            return Ok(name.clone());
+        }
+        let matches: Vec<&String> = self
+            .known
+            .iter()
+            .filter(|(n, a)| n.contains(pin) || a.contains(pin))
+            .map(|(n, _)| n)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(format!(
+                "placement.node {pin:?} matches no node (nodes: {})",
+                self.known
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            many => Err(format!(
+                "placement.node {pin:?} is ambiguous: it matches {}; give a node's full name",
+                many.iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    fn place(&mut self, spec: &ServiceSpec) -> Result<Placed<R>, String> {
+        let key = spec.key();
+        let placement = spec.placement.as_ref();
+        let pinned = match placement.and_then(|p| p.node.as_deref()) {
+            Some(pin) => Some(self.resolve_pin(pin)?),
+            None => None,
+        };
+        let labels = placement.map(|p| p.labels.clone()).unwrap_or_default();
+        let candidates: Vec<types::Node> = self
+            .nodes
+            .iter()
+            .map(|(_, n)| n)
+            .filter(|n| pinned.as_ref().is_none_or(|p| *p == n.name))
+            .filter(|n| {
+                labels
+                    .iter()
+                    .all(|(k, v)| n.labels.iter().any(|l| l.key == *k && l.value == *v))
+            })
+            .cloned()
+            .collect();
+        if candidates.is_empty() {
+            return Err(match (&pinned, labels.is_empty()) {
+                (Some(p), _) => format!("pending: node {p} (its placement.node pin) is not ready"),
+                (None, false) => format!(
+                    "pending: no ready node has the labels {}",
+                    labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                (None, true) => "pending: no ready node".to_string(),
+            });
+        }
+        let plugin = self
+            .ctl
+            .registry
+            .resolve(PLACEMENT, World::Placement)
+            .map_err(|e| e.to_string())?;
+        let (memory_bytes, cpu_millis) = requests_of(spec);
+        let request = PlacementRequest {
+            service: plugin_service(spec, spec.replicas),
+            pin: None,
+            memory_bytes,
+            cpu_millis: cpu_millis as u32,
+            existing: candidates
+                .iter()
+                .map(|n| NodeCount {
+                    node: n.id.clone(),
+                    count: self
+                        .counts
+                        .get(&(key.clone(), n.name.clone()))
+                        .copied()
+                        .unwrap_or(0),
+                })
+                .collect(),
+        };
+        let verdicts = plugin
+            .place(&request, &candidates)
+            .map_err(|e| format!("placement failed: {e}"))?;
+        let Some(best) = verdicts
+            .iter()
+            .filter(|v| v.feasible)
+            .max_by(|a, b| a.score.cmp(&b.score).then(b.node.cmp(&a.node)))
+        else {
+            return Err(format!(
+                "no node can run it: {}",
+                verdicts
+                    .iter()
+                    .map(|v| format!("{}: {}", v.node, v.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        };
+        let Some((pass_node, node)) = self.nodes.iter_mut().find(|(_, n)| n.id == best.node) else {
+            return Err(format!("placement chose an unknown node {:?}", best.node));
+        };
+        node.instances += 1;
+        node.memory_bytes_free = node.memory_bytes_free.saturating_sub(memory_bytes);
+        node.cpu_millis_free = node.cpu_millis_free.saturating_sub(cpu_millis as u32);
+        *self.counts.entry((key, node.name.clone())).or_default() += 1;
+        let publish = match &pass_node.remote {
+            None => None,
+            Some(remote) => {
+                let taken = self.ports.entry(node.name.clone()).or_default();
+                let (first, last) = self.ctl.host_ports;
+                let port = (first..=last).find(|p| !taken.contains(p)).ok_or_else(|| {
+                    format!(
+                        "node {}: every host port in [nodes] host_ports is taken",
+                        node.name
+                    )
+                })?;
+                taken.insert(port);
+                Some((remote.advertise, port))
+            }
+        };
+        Ok(Placed {
+            node: node.name.clone(),
+            runtime: pass_node.runtime.clone(),
+            publish,
+        })
     }
 }
 

@@ -66,6 +66,12 @@ pub fn fingerprint(spec: &ServiceSpec, env_mac: &[u8; 32], commit: Option<&str>)
     hex::encode(&h.finalize()[..16])
 }
 
+/// Label: the node an instance was placed on (informational; the listing node is the truth).
+pub const LABEL_NODE: &str = "orca.node";
+
+/// Label: the host port a remote instance publishes on its node's advertise address.
+pub const LABEL_HOST_PORT: &str = "orca.host_port";
+
 /// Labels of a new instance.
 pub fn labels(
     cluster: &str,
@@ -99,6 +105,11 @@ pub struct Instance {
     pub fingerprint: String,
     /// Store revision it was created from.
     pub revision: u64,
+    /// The node it runs on (the master's own engine is the master's hostname).
+    pub node: String,
+    /// Where the master reaches it when it runs on a remote node: its port published on
+    /// the node's advertise address.
+    pub published: Option<std::net::SocketAddr>,
 }
 
 impl Instance {
@@ -123,6 +134,8 @@ impl Instance {
             slot,
             fingerprint,
             revision,
+            node: String::new(),
+            published: None,
         })
     }
 

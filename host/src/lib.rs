@@ -40,6 +40,7 @@ pub mod health;
 pub mod instance;
 pub mod mcp;
 pub mod metrics;
+pub mod nodes;
 pub mod notify;
 pub mod plugins;
 pub mod process;

@@ -196,6 +196,20 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     )
     .with_events(events.clone());
     tokio::spawn(cert_manager.run(shutdown.clone()));
+    let ca = crate::nodes::ClusterCa::load_or_create(&store, &secrets, &cluster.cluster.name)?;
+    let nodes = crate::nodes::Nodes::new(
+        store.clone(),
+        ca,
+        cluster.cluster.name.clone(),
+        cluster_id.clone(),
+        node.hostname.clone(),
+        Duration::from_secs(cluster.nodes.node_ttl_secs),
+    )?;
+    info!(ca = %nodes.ca().fingerprint(), "cluster CA");
+    let host_ports = cluster
+        .nodes
+        .host_port_range()
+        .expect("checked when cluster.toml was loaded");
     let controller = Arc::new(
         Controller::new(
             runtime.clone(),
@@ -210,14 +224,18 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             Arc::new(move |addr| in_flight.get(addr)),
             route_stats,
         )
-        .with_events(events.clone()),
+        .with_events(events.clone())
+        .with_nodes(nodes.clone(), host_ports),
     );
     let handle = controller.handle();
+    nodes.set_controller(handle.clone());
     let watchdog = Duration::from_secs(cluster.cluster.watchdog_interval_secs.max(1));
     let controller_task = tokio::spawn(controller.run(watchdog, shutdown.clone()));
     let stats = Stats::new();
     tokio::spawn(stats.clone().run(
         runtime.clone(),
+        nodes.clone(),
+        node.hostname.clone(),
         handle.clone(),
         metrics.clone(),
         Duration::from_secs(cluster.cluster.stats_interval_secs.max(1)),
@@ -272,8 +290,13 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         builds,
         events,
         notifier,
+        nodes: nodes.clone(),
     };
     let app = api::app(state);
+    let tls_app = app.clone();
+    let tls: api::listener::TlsHandler = Arc::new(move |stream, peer| {
+        Box::pin(nodes.clone().accept_tls(stream, peer, tls_app.clone()))
+    });
     info!(
         api = %api_addr,
         http = %http_addr,
@@ -288,6 +311,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         api_listener,
         app,
         api::listener::Limits::from_settings(&cluster.api, fd_limit),
+        Some(tls),
         shutdown.clone(),
     )
     .await

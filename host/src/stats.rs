@@ -63,6 +63,8 @@ impl Stats {
     pub async fn run<R: ContainerRuntime>(
         self,
         runtime: Arc<R>,
+        nodes: Arc<crate::nodes::Nodes>,
+        local_name: String,
         controller: ControllerHandle,
         metrics: Metrics,
         interval: Duration,
@@ -77,8 +79,18 @@ impl Stats {
             }
             let view = controller.view();
             let running: Vec<_> = view.instances.iter().filter(|i| i.is_running()).collect();
-            let samples =
-                futures::future::join_all(running.iter().map(|i| runtime.stats(&i.info.id))).await;
+            let samples = futures::future::join_all(running.iter().map(|i| {
+                let node = nodes.runtime_for(&i.node, &runtime, &local_name);
+                async move {
+                    match node {
+                        Some(r) => r.stats(&i.info.id).await,
+                        None => Err(orca_docker::RuntimeError::Unavailable {
+                            reason: format!("node {} is not connected", i.node),
+                        }),
+                    }
+                }
+            }))
+            .await;
             let now = Instant::now();
             let mut live = HashSet::new();
             metrics.clear_usage();

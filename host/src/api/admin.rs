@@ -192,24 +192,3 @@ pub async fn list_secrets<R: ContainerRuntime>(
         "secrets": keys.iter().map(|k| json!({"key": k.key, "updated_at": k.updated_at})).collect::<Vec<_>>(),
     })))
 }
-
-/// `GET /api/v1/cluster/info`: the node list (one node until agents join).
-pub async fn cluster_info<R: ContainerRuntime>(State(s): State<AppState<R>>) -> Json<Value> {
-    let view = s.controller.view();
-    Json(json!({
-        "cluster": s.cluster,
-        "nodes": [{
-            "id": s.node.hostname,
-            "name": s.node.hostname,
-            "role": "master",
-            "status": "ready",
-            "api": s.api_addr.to_string(),
-            "engine_version": s.node.engine_version,
-            "api_version": s.node.api_version,
-            "os": s.node.os,
-            "cpus": s.node.cpus,
-            "memory_bytes": s.node.memory_bytes,
-            "instances": view.instances.len(),
-        }],
-    }))
-}

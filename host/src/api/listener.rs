@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,12 +128,25 @@ impl Reserve {
     }
 }
 
+/// Takes over a connection whose first byte is a TLS handshake (agents, HTTPS clients).
+pub type TlsHandler = Arc<
+    dyn Fn(tokio::net::TcpStream, SocketAddr) -> futures::future::BoxFuture<'static, ()>
+        + Send
+        + Sync,
+>;
+
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE: u8 = 0x16;
+
 /// Serves `app` on `listener` until `shutdown` is cancelled, then closes idle connections
-/// and gives requests in progress up to [`SHUTDOWN_GRACE`].
+/// and gives requests in progress up to [`SHUTDOWN_GRACE`]. A connection that opens with a
+/// TLS handshake goes to `tls` (one port for the API, HTTPS and agent sessions); the caps
+/// and the header-read timeout apply to both.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<TlsHandler>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut http = http1::Builder::new();
@@ -192,10 +205,28 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(app.oneshot(req).await.unwrap_or_else(|e| match e {})) }
             },
         );
-        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let http = http.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
+        let first_byte_within = limits.header_read_timeout;
         tokio::spawn(async move {
             let _slot = slot;
+            if let Some(tls) = tls {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(first_byte_within, stream.peek(&mut first)).await {
+                    Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {
+                        tokio::select! {
+                            () = tls(stream, peer) => {}
+                            () = shutdown.cancelled() => {}
+                        }
+                        return;
+                    }
+                    Ok(Ok(_)) => {}
+                    // Nothing sent within the header-read timeout, or the peer left.
+                    _ => return,
+                }
+            }
+            let conn = http.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,

@@ -6,8 +6,9 @@ pub mod admin;
 pub mod auth;
 mod diagnosis;
 mod error;
-mod events;
+pub(crate) mod events;
 pub mod listener;
+mod nodes;
 pub mod openapi;
 mod plugins;
 mod services;
@@ -68,6 +69,8 @@ pub struct AppState<R: ContainerRuntime> {
     pub events: crate::events::Events,
     /// Notification targets and deliveries.
     pub notifier: Arc<crate::notify::Notifier>,
+    /// Agent nodes: join tokens, the node table, sessions.
+    pub nodes: Arc<crate::nodes::Nodes>,
 }
 
 impl<R: ContainerRuntime> Clone for AppState<R> {
@@ -89,6 +92,7 @@ impl<R: ContainerRuntime> Clone for AppState<R> {
             builds: self.builds.clone(),
             events: self.events.clone(),
             notifier: self.notifier.clone(),
+            nodes: self.nodes.clone(),
         }
     }
 }
@@ -119,6 +123,12 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
         Some(Permission::Read),
     ),
     ("GET", "/api/v1/cluster/info", Some(Permission::Read)),
+    ("POST", "/api/v1/cluster/tokens", Some(Permission::Admin)),
+    (
+        "DELETE",
+        "/api/v1/cluster/nodes/{id}",
+        Some(Permission::Admin),
+    ),
     (
         "POST",
         "/api/v1/services/{name}/promote",
@@ -236,7 +246,15 @@ fn rest_app<R: ContainerRuntime>(state: AppState<R>) -> Router {
         )
         .route(
             "/api/v1/cluster/info",
-            guard(Read, get(admin::cluster_info::<R>)),
+            guard(Read, get(nodes::cluster_info::<R>)),
+        )
+        .route(
+            "/api/v1/cluster/tokens",
+            guard(Admin, post(nodes::create_join_token::<R>)),
+        )
+        .route(
+            "/api/v1/cluster/nodes/{id}",
+            guard(Admin, delete(nodes::remove_node::<R>)),
         )
         .route(
             "/api/v1/services/{name}/promote",

@@ -177,6 +177,22 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "POST",
+        "/api/v1/cluster/tokens",
+        "Create a join token for `orca agent --join` (shown once)",
+        None,
+        J(object),
+        J(object),
+    ),
+    op(
+        "DELETE",
+        "/api/v1/cluster/nodes/{id}",
+        "Remove a node: its certificate is revoked at once",
+        None,
+        N,
+        J(object),
+    ),
+    op(
+        "POST",
         "/api/v1/cluster/nodes/{id}/drain",
         "Drain a node (multi-node clusters; 501 until then)",
         None,

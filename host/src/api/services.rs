@@ -228,7 +228,7 @@ pub async fn status<R: ContainerRuntime>(
             instances.push(json!({
                 "id": instance::short(&i.info.id),
                 "name": i.info.name,
-                "node": s.node.hostname,
+                "node": if i.node.is_empty() { &s.node.hostname } else { &i.node },
                 "slot": i.slot,
                 "state": i.info.state.to_string(),
                 "ready": is_ready,
@@ -558,8 +558,13 @@ pub async fn logs<R: ContainerRuntime>(
             continue;
         }
         let prefix = format!("[{}.{}] ", rec.spec.name, i.slot);
-        let stream = s
-            .runtime
+        let Some(runtime) = s.nodes.runtime_for(&i.node, &s.runtime, &s.node.hostname) else {
+            let line = format!("{prefix}<node {} is not connected: no logs>\n", i.node);
+            streams
+                .push(futures::stream::once(async move { Ok(bytes::Bytes::from(line)) }).boxed());
+            continue;
+        };
+        let stream = runtime
             .logs(&i.info.id, Some(tail), q.follow)
             .map(move |line| match line {
                 Ok(l) => {

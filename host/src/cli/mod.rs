@@ -3,6 +3,7 @@
 pub(crate) mod client;
 mod doctor;
 mod events;
+mod nodes;
 mod tui;
 
 use std::collections::BTreeMap;
@@ -188,6 +189,14 @@ enum Command {
     },
     /// A terminal dashboard: services, logs, events; scale, promote, roll back.
     Tui,
+    /// Run a node agent: join a cluster (once, with a token) and serve this machine's
+    /// Docker Engine to the master over one mutually authenticated connection.
+    Agent(nodes::AgentArgs),
+    /// List the cluster's nodes: state, address, capacity, instances, labels.
+    Nodes,
+    /// Nodes: join tokens, removal.
+    #[command(subcommand)]
+    Node(nodes::NodeCmd),
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -305,7 +314,7 @@ enum SecretsCmd {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let server = matches!(cli.command, Command::Server { .. });
+    let server = matches!(cli.command, Command::Server { .. } | Command::Agent(_));
     if !server {
         crate::process::default_sigpipe();
     }
@@ -567,6 +576,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             events::run(&client()?, args).await
         }
         Command::Tui => tui::run(&client()?).await,
+        Command::Agent(args) => nodes::agent(args, &home).await,
+        Command::Nodes => nodes::nodes(client()?, json_out).await,
+        Command::Node(cmd) => nodes::node(cmd, client()?, json_out).await,
         Command::Token(TokenCmd::Create { name, role }) => {
             let role: orca_config::Role =
                 role.parse().map_err(|e| anyhow::anyhow!("--role: {e}"))?;
@@ -1266,7 +1278,7 @@ fn print_status(v: &Value) {
         }
         for i in s["instances"].as_array().into_iter().flatten() {
             println!(
-                "  - {} rev {}{} slot {} {} {} {}{}",
+                "  - {} rev {}{} slot {} {} {} {} on {}{}",
                 i["id"].as_str().unwrap_or(""),
                 i["revision"],
                 i["commit"]
@@ -1281,6 +1293,7 @@ fn print_status(v: &Value) {
                     "not-ready"
                 },
                 i["address"].as_str().unwrap_or(""),
+                i["node"].as_str().unwrap_or("?"),
                 i["probe_error"]
                     .as_str()
                     .map(|e| format!(" (probe: {e})"))

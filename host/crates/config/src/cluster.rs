@@ -93,6 +93,67 @@ pub struct ClusterConfig {
     /// The `[[notify]]` tables: outbound webhooks for matching events.
     #[serde(default, rename = "notify")]
     pub notify: Vec<NotifyConfig>,
+    /// The `[nodes]` table: agent nodes (liveness, published port range).
+    #[serde(default)]
+    pub nodes: NodesSettings,
+}
+
+/// Agent nodes (`[nodes]` in cluster.toml).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesSettings {
+    /// A node without heartbeat for this long is `down` and its instances are replaced
+    /// (default 15 s; agents heartbeat every 5 s).
+    #[serde(default = "default_node_ttl")]
+    pub node_ttl_secs: u64,
+    /// Host ports instances on remote nodes are published on, on the node's advertise
+    /// address only: `"FIRST-LAST"` (default `"20000-29999"`).
+    #[serde(default = "default_host_ports")]
+    pub host_ports: String,
+}
+
+fn default_node_ttl() -> u64 {
+    15
+}
+fn default_host_ports() -> String {
+    "20000-29999".into()
+}
+
+impl Default for NodesSettings {
+    fn default() -> Self {
+        NodesSettings {
+            node_ttl_secs: default_node_ttl(),
+            host_ports: default_host_ports(),
+        }
+    }
+}
+
+impl NodesSettings {
+    /// `host_ports` as an inclusive range; `None` if malformed (refused at load).
+    pub fn host_port_range(&self) -> Option<(u16, u16)> {
+        let (a, b) = self.host_ports.split_once('-')?;
+        let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+        (a >= 1024 && a <= b).then_some((a, b))
+    }
+}
+
+fn check_nodes(nodes: &NodesSettings) -> Result<(), Invalid> {
+    if nodes.node_ttl_secs == 0 {
+        return Err(Invalid::new(
+            FieldPath::key("nodes").k("node_ttl_secs"),
+            "node_ttl_secs must be at least 1".to_string(),
+        ));
+    }
+    if nodes.host_port_range().is_none() {
+        return Err(Invalid::new(
+            FieldPath::key("nodes").k("host_ports"),
+            format!(
+                "host_ports {:?} is invalid: expected \"FIRST-LAST\" with 1024 <= FIRST <= LAST <= 65535",
+                nodes.host_ports
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One `[[notify]]` table: events matching `events` are POSTed as JSON to `url`, signed
@@ -540,6 +601,7 @@ fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
     }
     check_proxy(&config.proxy)?;
     check_api(&config.api)?;
+    check_nodes(&config.nodes)?;
     if let Some(acme) = &config.acme {
         check_acme(acme)?;
     }

@@ -31,7 +31,8 @@ pub mod units;
 
 pub use cluster::{
     load_cluster_config, parse_cluster_file, AcmeSettings, ApiSettings, BuildSettings,
-    ClusterConfig, ClusterSettings, NotifyConfig, PluginSettings, ProxySettings, Role, TokenConfig,
+    ClusterConfig, ClusterSettings, NodesSettings, NotifyConfig, PluginSettings, ProxySettings,
+    Role, TokenConfig,
 };
 pub use error::ConfigError;
 pub use load::{

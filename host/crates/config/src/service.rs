@@ -112,9 +112,13 @@ pub struct Resources {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Placement {
-    /// Pin to the node whose hostname or address contains this text.
+    /// Pin to the node of exactly this name, else the one node whose name or address
+    /// contains this text (an ambiguous pin is an error naming the candidates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Run only on nodes carrying all these labels (`labels = { zone = "eu-1" }`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn default_interval() -> u64 {
@@ -731,6 +735,7 @@ mod tests {
                 Box::new(|s| {
                     s.placement = Some(Placement {
                         node: Some(" ".into()),
+                        labels: Default::default(),
                     })
                 }),
                 "field `placement.node`",

@@ -76,6 +76,7 @@ fn snapshot(rolling: bool) -> Snapshot {
                 run: RunState::Running,
                 created_at_ms: 0,
                 ip: Some(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))),
+                published: None,
                 ready: true,
                 restart: false,
                 draining: false,

@@ -123,6 +123,9 @@ pub struct InstanceState {
     pub created_at_ms: u64,
     /// Its address on its project network, once it has one.
     pub ip: Option<IpAddr>,
+    /// Where the master reaches it instead, when it runs on a remote node: its port published
+    /// on the node's advertise address (the bridge IP is not reachable from the master).
+    pub published: Option<SocketAddr>,
     /// Passing readiness.
     pub ready: bool,
     /// Liveness failed past its threshold: replace it.
@@ -271,6 +274,9 @@ pub fn decide(s: &Snapshot) -> Decision {
         s.instances.iter().map(|i| (i.id.as_str(), i)).collect();
     let addr_of = |i: &InstanceState| -> Option<SocketAddr> {
         let port = s.revisions.get(&i.fingerprint)?.port?;
+        if let Some(published) = i.published {
+            return Some(published);
+        }
         Some(SocketAddr::new(i.ip?, port))
     };
 

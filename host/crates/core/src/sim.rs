@@ -88,6 +88,7 @@ impl Sim {
                 run: RunState::Running,
                 created_at_ms: self.now_ms,
                 ip: Some(IpAddr::V4(Ipv4Addr::new(10, 0, (n >> 8) as u8, n as u8))),
+                published: None,
                 ready: false,
                 restart: false,
                 draining: false,

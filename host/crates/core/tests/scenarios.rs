@@ -60,6 +60,7 @@ fn inst(id: &str, service: &str, fp: &str, slot: u32, n: u8) -> InstanceState {
         run: RunState::Running,
         created_at_ms: NOW - 60_000,
         ip: Some(ip(n)),
+        published: None,
         ready: true,
         restart: false,
         draining: false,

@@ -282,6 +282,15 @@ impl ContainerRuntime for DockerRuntime {
         fields(container = %spec.name, image = %spec.image, network = %spec.network)
     )]
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<ContainerInfo, RuntimeError> {
+        if let Some(p) = spec.publish.filter(|p| p.host_ip.is_unspecified()) {
+            return Err(RuntimeError::Engine {
+                op: "create container".into(),
+                reason: format!(
+                    "refusing to publish port {} on {}: ports are published on one node address only",
+                    p.host_port, p.host_ip
+                ),
+            });
+        }
         self.ensure_image(&spec.image).await?;
 
         let options = CreateContainerOptionsBuilder::new()
@@ -574,6 +583,34 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    fn export_image(&self, image: &str) -> BoxStream<'static, Result<bytes::Bytes, RuntimeError>> {
+        self.docker
+            .export_image(image)
+            .map(|item| item.map_err(|e| map_err("export image", e)))
+            .boxed()
+    }
+
+    #[tracing::instrument(name = "orca.docker.import_image", skip(self, tar))]
+    async fn import_image(
+        &self,
+        tar: BoxStream<'static, Result<bytes::Bytes, RuntimeError>>,
+    ) -> Result<(), RuntimeError> {
+        let options = bollard::query_parameters::ImportImageOptionsBuilder::default()
+            .quiet(true)
+            .build();
+        let mut stream = self.docker.import_image_stream(options, tar, None);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| map_err("load image", e))?;
+            if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                return Err(RuntimeError::Engine {
+                    op: "load image".into(),
+                    reason: error,
+                });
+            }
+        }
+        Ok(())
+    }
+
     #[tracing::instrument(name = "orca.docker.build_image", skip(self, context_tar, on_line), fields(bytes = context_tar.len()))]
     async fn build_image(
         &self,
@@ -673,7 +710,8 @@ impl ContainerRuntime for DockerRuntime {
 }
 
 /// The engine's create request for `spec`. Deliberately minimal on privileges: no port
-/// bindings, no privileged mode, no host network, no engine restarts.
+/// bindings (but the one `publish` of a remote node's instance, on one address), no
+/// privileged mode, no host network, no engine restarts.
 fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let mut labels: HashMap<String, String> = spec
         .labels
@@ -693,10 +731,21 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         }),
         privileged: Some(false),
         publish_all_ports: Some(false),
-        port_bindings: None,
+        port_bindings: spec.publish.map(|p| {
+            HashMap::from([(
+                format!("{}/tcp", p.container_port),
+                Some(vec![bollard::models::PortBinding {
+                    host_ip: Some(p.host_ip.to_string()),
+                    host_port: Some(p.host_port.to_string()),
+                }]),
+            )])
+        }),
         ..Default::default()
     };
     ContainerCreateBody {
+        exposed_ports: spec
+            .publish
+            .map(|p| vec![format!("{}/tcp", p.container_port)]),
         image: Some(spec.image.clone()),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         labels: Some(labels),

@@ -4,7 +4,8 @@
 ///
 /// Every variant carries owned strings only, so errors can be cloned, compared in tests and
 /// sent across the agent protocol without losing their meaning.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RuntimeError {
     /// The engine cannot be reached (socket missing, daemon down or restarting, stream cut).
     /// Callers retry later; nothing about the request itself was wrong.

@@ -14,7 +14,8 @@
 //! public API; callers see the types above and nothing else.
 //!
 //! **Security invariant:** containers are created without port bindings (orca's proxy reaches
-//! them on their bridge IP), unprivileged, on a user-defined bridge network (never the host
+//! them on their bridge IP) — except instances on remote nodes, which publish one port on the
+//! node's advertise address only (an unspecified address is refused), unprivileged, on a user-defined bridge network (never the host
 //! network), with restart policy `no` (orca restarts containers itself, so the engine must not
 //! race it).
 
@@ -29,6 +30,6 @@ pub use docker::DockerRuntime;
 pub use error::RuntimeError;
 pub use model::{
     ClusterScope, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LogLine, LogStream,
-    NodeInfo, RuntimeEvent, LABEL_CLUSTER, LABEL_CLUSTER_ID, LABEL_MANAGED,
+    NodeInfo, Publish, RuntimeEvent, LABEL_CLUSTER, LABEL_CLUSTER_ID, LABEL_MANAGED,
 };
 pub use runtime::ContainerRuntime;

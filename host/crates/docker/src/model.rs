@@ -63,6 +63,19 @@ pub struct ContainerSpec {
     pub nano_cpus: Option<i64>,
     /// Time between SIGTERM and SIGKILL when the engine itself stops the container.
     pub stop_grace: Duration,
+    /// A port published on one host address: only instances on remote nodes have one (the
+    /// master's proxy cannot reach a remote bridge), and never on an unspecified address.
+    #[serde(default)]
+    pub publish: Option<Publish>,
+}
+
+/// One published port: `host_ip:host_port` on the node forwards to `container_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// The node's advertise address; `0.0.0.0`/`::` is refused by the runtime.
+    pub host_ip: IpAddr,
+    pub host_port: u16,
+    pub container_port: u16,
 }
 
 /// A container as the engine reports it.

@@ -75,6 +75,17 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// One resource-usage sample of a running container.
     fn stats(&self, id: &str) -> impl Future<Output = Result<ContainerStats, RuntimeError>> + Send;
 
+    /// The image `image` as a `docker save` tar stream (to ship it to a node without a
+    /// registry).
+    fn export_image(&self, image: &str) -> BoxStream<'static, Result<bytes::Bytes, RuntimeError>>;
+
+    /// Loads images from a `docker save` tar stream (what [`export_image`](Self::export_image)
+    /// gives).
+    fn import_image(
+        &self,
+        tar: BoxStream<'static, Result<bytes::Bytes, RuntimeError>>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
     /// Builds an image from a build context (an uncompressed tar holding `dockerfile`, a path
     /// inside the tar) and tags it `tag`. Every line of build output goes to `on_line` as it
     /// arrives. Returns the image id. A failed build is [`RuntimeError::Build`], naming the

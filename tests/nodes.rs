@@ -1,0 +1,368 @@
+//! Issue #12 end to end: a master and agent nodes, each node a real Docker Engine in its own
+//! network namespace (tests/support/nodes.rs), the agent inside that namespace dialling the
+//! master over the topology's links. Joins and their refusals, placement across nodes with
+//! the image shipped by orca, routing to remote instances, healing, agent restarts.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::nodes::{NodeEngine, Topology};
+use support::*;
+
+/// One `orca agent` process inside a node's namespace.
+struct Agent {
+    child: Option<Child>,
+    home: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent on `node` joining `master` (`https://ip:port`).
+    fn start(node: &NodeEngine, master: &str, token: Option<&str>, extra: &[&str]) -> Agent {
+        let home = tempfile::tempdir().unwrap();
+        let log = home.path().join("agent.log");
+        let mut a = Agent {
+            child: None,
+            home,
+            log,
+        };
+        a.spawn(node, master, token, extra);
+        a
+    }
+
+    fn spawn(&mut self, node: &NodeEngine, master: &str, token: Option<&str>, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = node.command_in_ns(env!("CARGO_BIN_EXE_orca"));
+        cmd.arg("agent")
+            .arg("--join")
+            .arg(master)
+            .arg("--name")
+            .arg(&node.name)
+            .args(extra)
+            .env("ORCA_HOME", self.home.path())
+            .env("ORCA_LOG", "info,orca=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(t) = token {
+            cmd.arg("--token").arg(t);
+        }
+        self.child = Some(cmd.spawn().expect("spawning orca agent"));
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the agent to exit (a refused join); returns its log.
+    fn wait_exit(&mut self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(!status.success(), "a refused agent exits non-zero");
+                self.child = None;
+                return self.log();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent still running after {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn master_url(s: &Server) -> String {
+    let port = s.api.rsplit(':').next().unwrap();
+    let host = s
+        .api
+        .trim_start_matches("http://")
+        .rsplit_once(':')
+        .unwrap()
+        .0
+        .to_string();
+    format!("https://{host}:{port}")
+}
+
+fn join_token(s: &Server, extra: &[&str]) -> String {
+    let mut args = vec!["node", "token", "create"];
+    args.extend_from_slice(extra);
+    s.cli(&args).trim().to_string()
+}
+
+fn nodes(s: &Server) -> Vec<Value> {
+    let out = s.cli(&["nodes", "--output", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["nodes"].as_array().unwrap().clone()
+}
+
+fn wait_ready_nodes(s: &Server, n: usize, agents: &[&Agent]) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = nodes(s);
+        if list.iter().filter(|n| n["status"] == "ready").count() == n {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {n} ready nodes: {list:#?}\nserver log:\n{}\nagent logs:\n{}",
+            tail(&s.log(), 40),
+            agents
+                .iter()
+                .map(|a| tail(&a.log(), 20))
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn agents_join_with_tokens_and_bad_tokens_are_refused() {
+    let topo = Topology::start(2);
+    let s = Server::start_at(topo.host_ip(), "");
+    let url = master_url(&s);
+    let (n1, n2) = (&topo.nodes[0], &topo.nodes[1]);
+
+    // A single-use token joins one node.
+    let once = join_token(&s, &[]);
+    let a1 = Agent::start(n1, &url, Some(&once), &["--labels", "zone=a"]);
+    wait_ready_nodes(&s, 2, &[&a1]);
+
+    // The same token again: refused, naming why.
+    let mut reused = Agent::start(n2, &url, Some(&once), &[]);
+    let log = reused.wait_exit(Duration::from_secs(30));
+    assert!(log.contains("already used"), "{log}");
+
+    // Right CA, wrong secret: refused.
+    let good = join_token(&s, &[]);
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let wrong_secret = "0".repeat(64);
+    parts[3] = &wrong_secret;
+    let mut wrong = Agent::start(n2, &url, Some(&parts.join(".")), &[]);
+    let log = wrong.wait_exit(Duration::from_secs(30));
+    assert!(log.contains("unknown join token"), "{log}");
+
+    // A token for another CA (a forged master, or a typo in the fingerprint): the agent
+    // refuses the master before sending anything.
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let other_ca = "f".repeat(64);
+    parts[1] = &other_ca;
+    let mut forged = Agent::start(n2, &url, Some(&parts.join(".")), &[]);
+    let log = forged.wait_exit(Duration::from_secs(30));
+    assert!(log.contains("not the one the join token pins"), "{log}");
+
+    // An expired token.
+    let short = join_token(&s, &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut expired = Agent::start(n2, &url, Some(&short), &[]);
+    let log = expired.wait_exit(Duration::from_secs(30));
+    assert!(log.contains("expired"), "{log}");
+
+    // A good token joins the second node; `orca nodes` shows three ready nodes with their
+    // capacity and labels.
+    let a2 = Agent::start(n2, &url, Some(&good), &[]);
+    let list = wait_ready_nodes(&s, 3, &[&a1, &a2]);
+    for n in &list {
+        assert!(n["cpus"].as_u64().unwrap() > 0, "{n}");
+        assert!(n["memory_bytes"].as_u64().unwrap() > 0, "{n}");
+    }
+    let node1 = list.iter().find(|n| n["name"] == n1.name.as_str()).unwrap();
+    assert_eq!(node1["labels"]["zone"], "a");
+    assert_eq!(node1["address"], n1.ip.to_string());
+    let text = s.cli(&["nodes"]);
+    assert!(text.contains(&n2.name) && text.contains("ready"), "{text}");
+
+    // Removing a node revokes its certificate: it cannot reconnect.
+    s.cli(&["node", "remove", &n2.name]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes(&s).iter().any(|n| n["name"] == n2.name.as_str()) {
+        assert!(Instant::now() < deadline, "removed node still listed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(
+        !nodes(&s).iter().any(|n| n["name"] == n2.name.as_str()),
+        "a removed node's agent must not come back"
+    );
+    assert!(
+        s.log().contains("belongs to no joined node"),
+        "{}",
+        tail(&s.log(), 30)
+    );
+}
+
+/// Instances per node of a service, from status.
+fn per_node(svc: &Value) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for i in svc["instances"].as_array().into_iter().flatten() {
+        *m.entry(i["node"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
+    let topo = Topology::start(2);
+    let s = Server::start_at(topo.host_ip(), "");
+    let url = master_url(&s);
+    let token = join_token(&s, &["--reusable"]);
+    let a1 = Agent::start(&topo.nodes[0], &url, Some(&token), &["--labels", "zone=a"]);
+    let mut a2 = Agent::start(&topo.nodes[1], &url, Some(&token), &["--labels", "zone=b"]);
+    wait_ready_nodes(&s, 3, &[&a1, &a2]);
+    // The image exists only on the master's engine.
+    for n in &topo.nodes {
+        let out = n.docker(&["image", "inspect", testapp_image()]);
+        assert!(
+            !out.status.success(),
+            "the harness must not load the image onto {}",
+            n.name
+        );
+    }
+
+    s.write_service("spread", &testapp_service("web", 6, "spread.test", ""));
+    let started = Instant::now();
+    s.cli(&["deploy", "--timeout-secs", "120"]);
+    let deploy_ms = started.elapsed().as_millis();
+    let svc = s.wait_service("spread", "web", "6/6 ready", |v| v["ready"] == 6);
+    let counts = per_node(&svc);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|c| *c == 2),
+        "2/2/2 expected: {counts:?}"
+    );
+    eprintln!("deploy of 6 replicas over 3 nodes: {deploy_ms} ms (incl. image shipping)");
+
+    // Requests through the master's proxy reach all six.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let (code, body) = s.proxy_get("spread.test", "/").unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        seen.insert(v["instance"].as_str().unwrap().to_string());
+        if seen.len() == 6 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 6, "requests reached {seen:?}");
+
+    // A pin by label runs only on the labelled node; an ambiguous pin is refused.
+    s.write_service(
+        "pinned",
+        &testapp_service(
+            "api",
+            2,
+            "pinned.test",
+            "[service.placement]\nlabels = { zone = \"b\" }\n",
+        ),
+    );
+    s.cli(&["deploy", "--timeout-secs", "120"]);
+    let svc = s.wait_service("pinned", "api", "2/2 ready", |v| v["ready"] == 2);
+    assert_eq!(
+        per_node(&svc).keys().cloned().collect::<Vec<_>>(),
+        vec![topo.nodes[1].name.clone()]
+    );
+    let prefix = common_prefix(&topo.nodes[0].name, &topo.nodes[1].name);
+    s.write_service(
+        "ambiguous",
+        &testapp_service(
+            "x",
+            1,
+            "ambiguous.test",
+            &format!("[service.placement]\nnode = \"{prefix}\"\n"),
+        ),
+    );
+    s.cli(&["deploy", "--no-wait"]);
+    let svc = s.wait_service("ambiguous", "x", "refused as ambiguous", |v| {
+        v["error"].as_str().is_some_and(|e| e.contains("ambiguous"))
+    });
+    let err = svc["error"].as_str().unwrap();
+    assert!(
+        err.contains(&topo.nodes[0].name) && err.contains(&topo.nodes[1].name),
+        "{err}"
+    );
+
+    // `docker kill` of a replica on node 2: replaced and routed again.
+    let svc = s.service("spread", "web");
+    let victim = svc["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["node"] == topo.nodes[1].name.as_str())
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = topo.nodes[1].docker(&["kill", &victim]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.wait_service("spread", "web", "healed", |v| {
+        v["ready"] == 6
+            && v["instances"]
+                .as_array()
+                .is_some_and(|is| is.iter().all(|i| i["state"] == "running"))
+    });
+
+    // SIGKILL of an agent and a restart: its containers are adopted, none duplicated.
+    let before = topo.nodes[1].docker_ok(&["ps", "-q"]);
+    a2.kill9();
+    a2.spawn(&topo.nodes[1], &url, None, &["--labels", "zone=b"]);
+    wait_ready_nodes(&s, 3, &[&a1, &a2]);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = topo.nodes[1].docker_ok(&["ps", "-q"]);
+    assert_eq!(
+        sorted_lines(&before),
+        sorted_lines(&after),
+        "the restarted agent's containers are adopted as they are"
+    );
+    let svc = s.wait_service("spread", "web", "6/6 ready", |v| v["ready"] == 6);
+    assert_eq!(svc["instances"].as_array().unwrap().len(), 6, "{svc:#}");
+
+    // `orca logs` of the service includes lines of instances on remote nodes.
+    let logs = s.cli(&["logs", "web", "--project", "spread", "--tail", "5"]);
+    assert!(!logs.contains("not connected"), "{logs}");
+    drop(a1);
+    drop(a2);
+    drop(s);
+    drop(topo);
+}
+
+fn sorted_lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s.lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+fn common_prefix(a: &str, b: &str) -> String {
+    a.chars()
+        .zip(b.chars())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect()
+}
