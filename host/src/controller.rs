@@ -937,6 +937,16 @@ impl<R: ContainerRuntime> Controller<R> {
             .errors
             .clone();
         self.metrics.observe_state(records, instances, &self.health);
+        let mut states = vec!["ready"];
+        if let Some(nodes) = &self.nodes {
+            for (r, state) in nodes.list() {
+                states.push(match state {
+                    crate::nodes::NodeState::Ready if r.draining => "draining",
+                    s => s.as_str(),
+                });
+            }
+        }
+        self.metrics.observe_nodes(&states);
         self.view.store(Arc::new(View {
             instances: instances.to_vec(),
             errors,

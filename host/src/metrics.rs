@@ -18,6 +18,13 @@ use prometheus_client::registry::Registry;
 use crate::health::Health;
 use crate::instance::Instance;
 
+/// Labels of `orca_nodes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// `ready`, `down` or `draining`.
+    pub state: String,
+}
+
 /// Labels of `orca_instances_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
@@ -48,6 +55,8 @@ pub struct Metrics {
     instances: Family<InstanceLabels, Gauge>,
     services_total: Gauge,
     instances_total: Family<InstanceLabels, Gauge>,
+    nodes: Gauge,
+    nodes_total: Family<NodeLabels, Gauge>,
     pass_seconds: Histogram,
     memory: Family<UsageLabels, Gauge>,
     cpu_seconds: Family<UsageLabels, Gauge<f64, AtomicU64>>,
@@ -72,7 +81,7 @@ impl Metrics {
         // written from the reference read these.
         let services_total: Gauge = Gauge::default();
         let instances_total = Family::<InstanceLabels, Gauge>::default();
-        let nodes_total: Gauge = Gauge::default();
+        let nodes_total = Family::<NodeLabels, Gauge>::default();
         registry.register(
             "orca_services_total",
             "Running services in the store",
@@ -85,7 +94,7 @@ impl Metrics {
         );
         registry.register(
             "orca_nodes_total",
-            "Nodes in the cluster",
+            "Nodes in the cluster by state (ready, down, draining)",
             nodes_total.clone(),
         );
         registry.register(
@@ -106,15 +115,21 @@ impl Metrics {
             cpu_seconds.clone(),
         );
         extra(&mut registry);
-        // One node until agents join (multi-node milestone).
+        // The master's own node, until the first pass counts the others.
         nodes.set(1);
-        nodes_total.set(1);
+        nodes_total
+            .get_or_create(&NodeLabels {
+                state: "ready".into(),
+            })
+            .set(1);
         Metrics {
             registry: Arc::new(registry),
             services,
             instances,
             services_total,
             instances_total,
+            nodes,
+            nodes_total,
             pass_seconds,
             memory,
             cpu_seconds,
@@ -158,6 +173,19 @@ impl Metrics {
         self.cpu_seconds
             .get_or_create(&labels)
             .set(cpu_total_ns as f64 / 1e9);
+    }
+
+    /// Sets the node gauges: how many nodes are in each state (the master counts as ready).
+    pub fn observe_nodes(&self, states: &[&str]) {
+        self.nodes.set(states.len() as i64);
+        self.nodes_total.clear();
+        for state in states {
+            self.nodes_total
+                .get_or_create(&NodeLabels {
+                    state: state.to_string(),
+                })
+                .inc();
+        }
     }
 
     /// Sets the gauges from one observation.
