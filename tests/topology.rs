@@ -4,8 +4,13 @@
 //! topologies at once, and nothing left after a drop or a killed run. Needs root, iproute2,
 //! iptables, nsenter (util-linux), dockerd and fuse-overlayfs (`.ci/run` installs them).
 //!
-//! Timings measured on the 2-core CI machine kind: `Topology::start(2)` ≈ 1.6 s, drop ≈ 0.5 s
-//! (≈ 2.5 s with a running container); the whole target ≈ 25 s with its tests in parallel.
+//! Timings measured on the 2-core CI machine kind (with other builds running):
+//! `Topology::start(2)` 1.2–2.1 s, `restart_engine` ≈ 1.3 s, drop ≈ 0.5 s (2.5–3.5 s with a
+//! running container); the whole target 25–31 s with its tests in parallel, most of it the
+//! deliberate timeouts of the partition checks and the teardowns.
+//!
+//! After a crashed run: `cargo test -p orca --test topology clean_stale_slots -- --ignored`
+//! removes what it left (the next `Topology::start` of that slot does it too).
 
 mod support;
 
@@ -351,6 +356,79 @@ fn drop_leaves_nothing_behind() {
         "teardown with a running container took {:?}",
         started.elapsed()
     );
+    assert_eq!(held.leftovers(), Vec::<String>::new(), "slot {slot}");
+}
+
+#[test]
+fn the_master_api_on_the_host_address_answers_a_cli_in_a_node() {
+    let topo = Topology::start(1);
+    let server = support::Server::start_at(topo.host_ip(), "");
+    assert!(
+        server
+            .api
+            .starts_with(&format!("http://{}:", topo.host_ip())),
+        "{}",
+        server.api
+    );
+    let node = &topo.nodes[0];
+    // The way an agent will be started in a node: the orca binary inside its namespace.
+    let out = node
+        .command_in_ns(env!("CARGO_BIN_EXE_orca"))
+        .args(["status", "--output", "json"])
+        .env("ORCA_API", &server.api)
+        .env("ORCA_TOKEN", support::VIEWER)
+        .env("ORCA_HOME", server.home())
+        .env("ORCA_CONFIG_DIR", server.config_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status["services"].is_array(), "{status:#}");
+    // The API listens on the host address only, not on loopback.
+    let port = server
+        .api
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
+    assert!(!host_connects(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Duration::from_secs(2)
+    ));
+    // Partitioned, the node's CLI cannot reach it (bounded by `timeout`).
+    node.partition();
+    let out = node
+        .command_in_ns("timeout")
+        .args(["5", env!("CARGO_BIN_EXE_orca"), "status"])
+        .env("ORCA_API", &server.api)
+        .env("ORCA_TOKEN", support::VIEWER)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    node.heal();
+}
+
+#[test]
+fn an_engine_killed_and_restarted_answers_again_and_still_tears_down() {
+    let topo = Topology::start(1);
+    let node = &topo.nodes[0];
+    run_testapp(node, 20006, "before-kill");
+    node.kill_engine();
+    let out = node.docker(&["info"]);
+    assert!(
+        !out.status.success(),
+        "a killed engine answered: {}",
+        text(&out)
+    );
+    let t = Instant::now();
+    node.restart_engine();
+    eprintln!("restart_engine took {:?}", t.elapsed());
+    node.docker_ok(&["info"]);
+    // The image survived in the node's data root.
+    node.docker_ok(&["image", "inspect", support::testapp_image()]);
+    let slot = topo.slot;
+    let held = topo.stop();
     assert_eq!(held.leftovers(), Vec::<String>::new(), "slot {slot}");
 }
 
