@@ -5,7 +5,9 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+pub mod nodes;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -63,7 +65,12 @@ pub fn unique(prefix: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    free_port_at(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A port free on `ip` right now.
+fn free_port_at(ip: IpAddr) -> u16 {
+    TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
@@ -84,6 +91,8 @@ pub struct Server {
     /// HTTPS proxy address.
     pub https: SocketAddr,
     api_port: u16,
+    /// The address the API listens on (loopback unless started with [`Server::start_at`]).
+    api_ip: IpAddr,
     log: PathBuf,
     /// Whether the server has been up once (its ports are then fixed for restarts).
     started_once: bool,
@@ -115,6 +124,18 @@ impl Server {
     /// on one engine are what two servers with default settings are.
     pub fn start_named(cluster: &str) -> Server {
         Server::start_full(cluster, "", &[])
+    }
+
+    /// Like [`Server::start_with`], with the API listening on `api_ip` instead of 127.0.0.1
+    /// (e.g. a multi-node topology's host address, `support::nodes::Topology::host_ip`, so
+    /// agents in node namespaces can reach it). The proxy stays on loopback.
+    pub fn start_at(api_ip: Ipv4Addr, extra: &str) -> Server {
+        let mut s = Server::unspawned(&unique("t"), extra, &[]);
+        s.api_ip = IpAddr::V4(api_ip);
+        s.api_port = free_port_at(s.api_ip);
+        s.api = format!("http://{}:{}", s.api_ip, s.api_port);
+        s.spawn();
+        s
     }
 
     fn start_full(cluster: &str, extra: &str, wrapper: &[&str]) -> Server {
@@ -152,6 +173,7 @@ impl Server {
             http,
             https,
             api_port,
+            api_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             log,
             root,
         }
@@ -207,7 +229,10 @@ impl Server {
             .arg("server")
             .env("ORCA_HOME", self.home())
             .env("ORCA_CONFIG_DIR", self.config_dir())
-            .env("ORCA_API_ADDR", format!("127.0.0.1:{}", self.api_port))
+            .env(
+                "ORCA_API_ADDR",
+                SocketAddr::new(self.api_ip, self.api_port).to_string(),
+            )
             .env("ORCA_HTTP_ADDR", self.http.to_string())
             .env("ORCA_HTTPS_ADDR", self.https.to_string())
             .env("ORCA_LOG", "info,orca=debug")
@@ -224,8 +249,8 @@ impl Server {
                 let log = self.log();
                 if !self.started_once && log.contains("Address already in use") {
                     std::fs::write(&self.log, "").unwrap();
-                    self.api_port = free_port();
-                    self.api = format!("http://127.0.0.1:{}", self.api_port);
+                    self.api_port = free_port_at(self.api_ip);
+                    self.api = format!("http://{}:{}", self.api_ip, self.api_port);
                     self.http = SocketAddr::from(([127, 0, 0, 1], free_port()));
                     self.https = SocketAddr::from(([127, 0, 0, 1], free_port()));
                     return self.try_spawn();
