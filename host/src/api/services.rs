@@ -614,7 +614,7 @@ pub async fn logs<R: ContainerRuntime>(
         .iter()
         .filter(|i| i.service == key && seen.insert(i.info.id.clone()))
         .collect();
-    instances.sort_by(|a, b| (a.slot, a.info.created_unix).cmp(&(b.slot, b.info.created_unix)));
+    instances.sort_by_key(|a| (a.slot, a.info.created_unix));
     let content_type = match format {
         LogFormat::Text => "text/plain; charset=utf-8",
         LogFormat::Json => "application/x-ndjson",
