@@ -392,7 +392,8 @@ fn projects_get_networks_aliases_and_the_internal_network() {
             .unwrap();
         serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
     };
-    let net = format!("orca-{project}");
+    let net = format!("orca-{}.{project}", s.cluster);
+    let internal = format!("orca-{}_internal", s.cluster);
     let mut saw = 0;
     for (id, name, _) in containers(&s.cluster) {
         let c = inspect(&id);
@@ -407,14 +408,14 @@ fn projects_get_networks_aliases_and_the_internal_network() {
                 "{aliases:?}"
             );
             assert!(
-                nets["orca-internal"].is_object(),
-                "internal service joins orca-internal: {nets:#}"
+                nets[&internal].is_object(),
+                "internal service joins the cluster's internal network: {nets:#}"
             );
         } else {
             assert!(aliases.contains(&"web".to_string()), "{aliases:?}");
             assert!(
-                nets["orca-internal"].is_null(),
-                "non-internal service stays off orca-internal"
+                nets[&internal].is_null(),
+                "non-internal service stays off the internal network"
             );
         }
         // Never published on any host address.

@@ -753,7 +753,7 @@ fn two_servers_with_the_same_cluster_name_never_remove_each_others_containers() 
 fn networks_belong_to_one_cluster_and_another_clusters_is_never_joined() {
     let s = Server::start();
     let project = unique("net");
-    let network = format!("orca-{project}");
+    let network = format!("orca-{}.{project}", s.cluster);
     // Another cluster's project network of the same name (as its server would make it).
     let made = Command::new("docker")
         .args([
@@ -943,4 +943,540 @@ fn deploy_says_when_it_resets_a_replica_count_changed_by_scale() {
         !third.contains("replicas reset"),
         "said once, when it happens: {third}"
     );
+}
+
+/// Names of the Docker networks labelled with a cluster's name.
+fn cluster_networks(cluster: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "network",
+            "ls",
+            "--filter",
+            &format!("label=orca.cluster={cluster}"),
+            "--format",
+            "{{.Name}}",
+        ])
+        .output()
+        .unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// `docker inspect` of one object, as JSON.
+fn inspect(id: &str) -> Value {
+    let out = Command::new("docker")
+        .args(["inspect", id])
+        .output()
+        .unwrap();
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
+}
+
+#[test]
+fn clusters_never_share_docker_networks_nor_resolve_each_others_aliases() {
+    let a = Server::start();
+    let b = Server::start();
+    // The same project name in both clusters, on one engine.
+    let project = unique("shared");
+    let img = testapp_image();
+    // In a: a database with an alias, and a web that waits for it by that alias (so its
+    // becoming ready proves aliases resolve within a cluster).
+    a.write_service(
+        &project,
+        &format!(
+            "[[service]]\nname = \"db\"\nimage = \"{img}\"\nport = 8080\naliases = [\"only-in-a\"]\n\n\
+             [[service]]\nname = \"web\"\nimage = \"{img}\"\nport = 8080\n\n\
+             [service.env]\nDEPENDS_ON = \"only-in-a:8080\"\n"
+        ),
+    );
+    a.cli(&["deploy"]);
+    a.wait_service(&project, "web", "ready (resolved only-in-a)", |v| {
+        v["ready_replicas"] == 1
+    });
+    // In b: the same web, whose dependency exists only in a.
+    b.write_service(
+        &project,
+        &format!(
+            "[[service]]\nname = \"web\"\nimage = \"{img}\"\nport = 8080\n\n\
+             [service.env]\nDEPENDS_ON = \"only-in-a:8080\"\n"
+        ),
+    );
+    b.cli(&["deploy", "--no-wait"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let b_web = loop {
+        if let Some(c) = containers(&b.cluster)
+            .into_iter()
+            .find(|c| c.2 == "running")
+        {
+            break c.0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b's web never started:\n{}",
+            tail(&b.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Each cluster's containers are on its own network, labelled with its own id.
+    let nets_of = |id: &str| -> Vec<String> {
+        inspect(id)["NetworkSettings"]["Networks"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let net_a = format!("orca-{}.{project}", a.cluster);
+    let net_b = format!("orca-{}.{project}", b.cluster);
+    for (id, _, _) in containers(&a.cluster) {
+        assert_eq!(nets_of(&id), vec![net_a.clone()]);
+    }
+    assert_eq!(nets_of(&b_web), vec![net_b.clone()]);
+    let id_label = |net: &str| inspect(net)["Labels"]["orca.cluster.id"].clone();
+    assert!(id_label(&net_a).is_string() && id_label(&net_b).is_string());
+    assert_ne!(
+        id_label(&net_a),
+        id_label(&net_b),
+        "each network carries its cluster's id"
+    );
+    // b's web cannot resolve a's alias: it keeps logging that, and never becomes ready.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = b.cli(&["logs", "web", "--tail", "50"]);
+        assert!(
+            !logs.contains("is up"),
+            "b's container reached a's alias:\n{logs}"
+        );
+        if logs
+            .matches("cannot connect to dependency only-in-a:8080")
+            .count()
+            >= 3
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{logs}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(b.service(&project, "web")["ready_replicas"], 0);
+}
+
+#[test]
+fn stop_all_leaves_no_network_of_the_cluster_behind() {
+    let s = Server::start();
+    let (p1, p2) = (unique("na"), unique("nb"));
+    let img = testapp_image();
+    s.write_service(
+        &p1,
+        &format!(
+            "[[service]]\nname = \"db\"\nimage = \"{img}\"\nport = 8080\ninternal = true\n\n\
+             [[service]]\nname = \"web\"\nimage = \"{img}\"\nport = 8080\n"
+        ),
+    );
+    s.write_service(&p2, &testapp_service("web", 2, &format!("{p2}.test"), ""));
+    s.cli(&["deploy"]);
+    let (n1, n2, internal) = (
+        format!("orca-{}.{p1}", s.cluster),
+        format!("orca-{}.{p2}", s.cluster),
+        format!("orca-{}_internal", s.cluster),
+    );
+    let mut all = vec![n1.clone(), n2.clone(), internal.clone()];
+    all.sort();
+    assert_eq!(cluster_networks(&s.cluster), all);
+    let wait_networks = |want: &[String], what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = cluster_networks(&s.cluster);
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: networks {now:?}, want {want:?}\n{}",
+                tail(&s.log(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // Stopping one project removes its network once its containers are gone, only its.
+    s.cli(&["stop", "--project", &p2]);
+    let mut left = vec![n1.clone(), internal.clone()];
+    left.sort();
+    wait_networks(&left, "after stopping one project");
+    assert!(containers(&s.cluster).len() == 2);
+    // `stop --all`: nothing of this cluster is left on the engine.
+    s.cli(&["stop", "--all"]);
+    wait_networks(&[], "after stop --all");
+    assert!(containers(&s.cluster).is_empty());
+    // A later deploy makes the network again.
+    let dir = s.config_dir().join("services").join(&p2);
+    let out = s.cli_in(ADMIN, Some(&dir), &["deploy"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cluster_networks(&s.cluster), vec![n2]);
+    assert_eq!(s.proxy_get(&format!("{p2}.test"), "/").unwrap().0, 200);
+}
+
+#[test]
+fn orca_logs_json_output_order_within_an_instance_tail_per_instance_and_stderr_prefix() {
+    let s = Server::start();
+    let project = unique("lg");
+    let host = format!("{project}.test");
+    s.write_service(
+        &project,
+        &testapp_service("web", 2, &host, "[service.env]\nLOG_REQUESTS = \"1\"\n"),
+    );
+    s.cli(&["deploy"]);
+    // Numbered requests, one after another: each instance logs its share in order.
+    for n in 0..40 {
+        let (code, _) = s.proxy_get(&host, &format!("/?seq={n}")).unwrap();
+        assert_eq!(code, 200);
+    }
+    let json = s.cli(&["logs", "web", "--tail", "1000", "--output", "json"]);
+    let mut seqs: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    let mut instances_in_order = Vec::new();
+    let mut saw_stderr = false;
+    for line in json.lines() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\nin:\n{json}"));
+        let instance = v["instance"].as_str().unwrap().to_string();
+        assert!(instance == "web.0" || instance == "web.1", "{v}");
+        assert!(v["time"].as_str().is_some_and(|t| t.contains('T')), "{v}");
+        let text = v["text"].as_str().unwrap();
+        assert!(!text.starts_with('!') && !text.starts_with('['), "{v}");
+        match v["stream"].as_str().unwrap() {
+            "stderr" => {
+                saw_stderr |= text == "orca-testapp: ready";
+            }
+            "stdout" => {}
+            other => panic!("stream {other}"),
+        }
+        if instances_in_order.last() != Some(&instance) {
+            instances_in_order.push(instance.clone());
+        }
+        if let Some(n) = text.strip_prefix("GET /?seq=") {
+            seqs.entry(instance).or_default().push(n.parse().unwrap());
+        }
+    }
+    assert!(saw_stderr, "the ready line is on stderr:\n{json}");
+    assert_eq!(
+        instances_in_order,
+        ["web.0", "web.1"],
+        "without --follow, instance after instance in slot order:\n{json}"
+    );
+    let total: usize = seqs.values().map(Vec::len).sum();
+    assert_eq!(total, 40, "{seqs:?}");
+    for (instance, ns) in &seqs {
+        let mut sorted = ns.clone();
+        sorted.sort();
+        assert_eq!(ns, &sorted, "{instance}'s lines are in order");
+    }
+
+    // Text: stderr lines carry `!` after the prefix; --tail is per instance.
+    let text = s.cli(&["logs", "web", "--tail", "1000"]);
+    assert!(text.contains("[web.0] !orca-testapp: ready"), "{text}");
+    assert!(text.contains("[web.1] GET /?seq="), "{text}");
+    let two = s.cli(&["logs", "web", "--tail", "2"]);
+    let lines: Vec<&str> = two.lines().collect();
+    assert_eq!(lines.len(), 4, "2 lines of each of 2 instances:\n{two}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("[web.0] ")).count(),
+        2
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("[web.1] ")).count(),
+        2
+    );
+    let one_json = s.cli(&["logs", "web", "--tail", "1", "--output", "json"]);
+    assert_eq!(one_json.lines().count(), 2, "{one_json}");
+
+    // Both are documented where a user looks.
+    let help = s.cli(&["logs", "--help"]);
+    assert!(help.contains("per instance, not in total"), "{help}");
+    assert!(help.contains("stderr") && help.contains('!'), "{help}");
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    assert!(readme.contains("per instance"), "README documents --tail");
+    assert!(readme.contains("`!`"), "README documents the stderr prefix");
+}
+
+/// `git` in `repo` with a fixed identity; panics on failure.
+fn git(repo: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=orca-test",
+            "-c",
+            "user.email=test@orca.invalid",
+            "-C",
+        ])
+        .arg(repo)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// GET an API path as admin: (status, body).
+fn api_get(s: &Server, path: &str) -> (u16, String) {
+    http_raw("GET", &format!("{}{path}", s.api), Some(ADMIN), &[], None).unwrap()
+}
+
+#[test]
+fn a_canary_secret_is_found_nowhere_but_the_containers_environment() {
+    use hmac::Mac;
+    let s = Server::start();
+    let canary = format!("canary-{}-5e3c7a91d2b84f06", unique("k"));
+    let project = unique("cs");
+    let host = format!("{project}.test");
+    let img = testapp_image();
+
+    // A git repository whose Dockerfile packs the test app.
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("app-repo");
+    std::fs::create_dir_all(repo.join("bin")).unwrap();
+    std::fs::copy(
+        workspace().join("target/testapp/x86_64-unknown-linux-gnu/release/orca-testapp"),
+        repo.join("bin/testapp"),
+    )
+    .unwrap();
+    git(&repo, &["init", "--quiet", "-b", "main"]);
+    let commit = |version: &str| {
+        std::fs::write(
+            repo.join("Dockerfile"),
+            format!(
+                "FROM scratch\nCOPY bin/testapp /testapp\nENV VERSION={version}\nEXPOSE 8080\nENTRYPOINT [\"/testapp\"]\n"
+            ),
+        )
+        .unwrap();
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "--quiet", "-m", version]);
+        git(&repo, &["rev-parse", "HEAD"])
+    };
+    commit("v1");
+
+    // The secret, used by a plain service's env, a git-built service's env and a webhook.
+    s.cli(&["secrets", "set", "CANARY", &canary, "--project", &project]);
+    s.write_service(
+        &project,
+        &format!(
+            "[[service]]\nname = \"web\"\nimage = \"{img}\"\nport = 8080\ndomain = \"{host}\"\nhealth = \"/healthz\"\n\n\
+             [service.env]\nAPI_KEY = \"${{secrets.CANARY}}\"\nDSN = \"postgres://u:${{secrets.CANARY}}@db/x\"\n\n\
+             [[service]]\nname = \"built\"\nport = 8080\nhealth = \"/healthz\"\n\n\
+             [service.env]\nAPI_KEY = \"${{secrets.CANARY}}\"\n\n\
+             [service.build]\nrepo = \"{}\"\nbranch = \"main\"\n",
+            repo.display()
+        ),
+    );
+    let mut outputs: Vec<(String, String)> = Vec::new();
+    outputs.push(("deploy output".into(), s.cli(&["deploy"])));
+    outputs.push((
+        "webhooks add output".into(),
+        s.cli(&[
+            "webhooks",
+            "add",
+            "--repo",
+            "acme/app",
+            "--service",
+            "built",
+            "--branch",
+            "main",
+            "--secret",
+            &canary,
+        ]),
+    ));
+    // A push signed with the secret builds and redeploys `built`.
+    let head2 = commit("v2");
+    let body = String::from_utf8(
+        std::fs::read(workspace().join("tests/fixtures/webhooks/github/push-branch.json")).unwrap(),
+    )
+    .unwrap()
+    .replace("woodpecker-ci/woodpecker", "acme/app")
+    .replace("366701fde727cb7a9e7f21eb88264f59f6f9b89c", &head2);
+    let sign = |key: &str| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(body.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let deliver = |sig: &str, id: &str| {
+        http_raw(
+            "POST",
+            &format!("{}/api/v1/webhooks/github", s.api),
+            None,
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", id),
+                ("X-Hub-Signature-256", sig),
+            ],
+            Some(body.as_bytes()),
+        )
+        .unwrap()
+    };
+    let (code, answer) = deliver(&sign(&canary), "canary-1");
+    assert_eq!(code, 202, "{answer}");
+    outputs.push(("delivery answer".into(), answer));
+    s.wait_service(&project, "built", "rebuilt at the push", |v| {
+        v["commit"] == head2.as_str() && v["status"] == "running" && v["ready_replicas"] == 1
+    });
+    assert_eq!(s.proxy_get(&host, "/").unwrap().0, 200);
+
+    // Errors that carry the secret in their request.
+    let errors: Vec<(&str, String, String)> = vec![
+        (
+            "PUT",
+            "/api/v1/projects/nosuch/secrets/bad%20key".into(),
+            format!("{{\"value\":\"{canary}\"}}"),
+        ),
+        (
+            "PUT",
+            format!("/api/v1/projects/{project}/secrets/OTHER"),
+            format!("{{\"value\":\"{canary}\",\"x\":1}}"),
+        ),
+        (
+            "POST",
+            "/api/v1/webhooks".into(),
+            format!("{{\"repo\":\"acme/app\",\"service\":\"built\",\"branch\":\"main\",\"secret\":\"{canary}\"}}"),
+        ),
+        (
+            "POST",
+            "/api/v1/webhooks".into(),
+            format!("{{\"repo\":\"acme/app\",\"service\":\"nosuch\",\"branch\":\"main\",\"secret\":\"{canary}\"}}"),
+        ),
+        (
+            "POST",
+            "/api/v1/webhooks".into(),
+            format!("{{\"repo\":\"a b\",\"service\":\"built\",\"branch\":\"main\",\"secret\":\"{canary}\"}}"),
+        ),
+    ];
+    for (method, path, body) in &errors {
+        let (code, answer) = http_raw(
+            method,
+            &format!("{}{path}", s.api),
+            Some(ADMIN),
+            &[],
+            Some(body.as_bytes()),
+        )
+        .unwrap();
+        assert!(code >= 400, "{method} {path} is an error: {code} {answer}");
+        outputs.push((format!("error answer of {method} {path}"), answer));
+    }
+    let (code, answer) = deliver(&sign("not-the-secret"), "canary-2");
+    assert_eq!(code, 401, "{answer}");
+    outputs.push(("refused delivery".into(), answer));
+    let (code, answer) = deliver(&sign(&canary), "canary-1");
+    assert_eq!(code, 200, "a duplicate: {answer}");
+    outputs.push(("duplicate delivery".into(), answer));
+
+    // Every read the API has.
+    for path in [
+        "/api/v1/status".to_string(),
+        format!("/api/v1/status?project={project}"),
+        "/api/v1/webhooks".into(),
+        format!("/api/v1/projects/{project}/secrets"),
+        "/api/v1/tokens".into(),
+        "/api/v1/events?limit=1000".into(),
+        "/api/v1/notifications".into(),
+        "/api/v1/cluster/info".into(),
+        "/api/v1/plugins".into(),
+        "/api/v1/whoami".into(),
+        "/api/v1/health".into(),
+        "/metrics".into(),
+        format!("/api/v1/services/web/diagnosis?project={project}"),
+        format!("/api/v1/services/built/diagnosis?project={project}"),
+        format!("/api/v1/services/web/logs?project={project}&tail=1000"),
+        format!("/api/v1/services/built/logs?project={project}&build=true"),
+        format!("/api/v1/services/built/logs?project={project}&build=true&format=json"),
+    ] {
+        let (code, answer) = api_get(&s, &path);
+        assert_eq!(code, 200, "{path}: {answer}");
+        outputs.push((format!("GET {path}"), answer));
+    }
+    // The CLI's views, text and JSON.
+    for args in [
+        vec!["status"],
+        vec!["--output", "json", "status"],
+        vec!["webhooks"],
+        vec!["--output", "json", "webhooks"],
+        vec!["secrets", "list", "--project", &project],
+        vec!["events"],
+        vec!["logs", "built", "--build", "--project", &project],
+        vec!["logs", "web", "--project", &project, "--output", "json"],
+        vec!["doctor", "web", "--project", &project],
+    ] {
+        outputs.push((format!("orca {args:?}"), s.cli(&args)));
+    }
+    outputs.push(("server log".into(), s.log()));
+    for (what, text) in &outputs {
+        assert!(
+            !text.contains(&canary),
+            "the secret leaked into {what}:\n{text}"
+        );
+    }
+
+    // Docker: everything about the containers but their environment.
+    let mut envs = 0;
+    for (id, _, _) in containers(&s.cluster) {
+        let mut c = inspect(&id);
+        let env = c["Config"]["Env"].take();
+        assert!(
+            !c.to_string().contains(&canary),
+            "the secret leaked into docker inspect (labels, ...) of {id}: {c:#}"
+        );
+        let env = env.to_string();
+        assert!(env.contains(&format!("API_KEY={canary}")), "{env}");
+        envs += 1;
+    }
+    // web's and built's (an instance of built's first build may still be draining).
+    assert!(envs >= 2, "{envs} containers");
+    for net in cluster_networks(&s.cluster) {
+        assert!(
+            !inspect(&net).to_string().contains(&canary),
+            "network {net}"
+        );
+    }
+    let built_image = s.service(&project, "built")["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let image = Command::new("docker")
+        .args(["image", "inspect", &built_image])
+        .output()
+        .unwrap();
+    assert!(image.status.success());
+    assert!(
+        !String::from_utf8_lossy(&image.stdout).contains(&canary),
+        "the built image"
+    );
+
+    // The store file, byte for byte, and everything else under ORCA_HOME.
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(&s.home(), &mut all);
+    assert!(all.iter().any(|p| p.ends_with("cluster.db")), "{all:?}");
+    for p in all {
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(
+            !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+            "the secret is stored in plaintext in {}",
+            p.display()
+        );
+    }
 }

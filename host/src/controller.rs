@@ -43,6 +43,8 @@ use crate::reconciler;
 use crate::registry::Registry;
 use crate::rollout;
 
+mod networks;
+
 /// Grace period between SIGTERM and SIGKILL when orca stops an instance.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -80,6 +82,10 @@ struct Memory {
     removing: HashSet<String>,
     /// Last error per service.
     errors: BTreeMap<String, String>,
+    /// Networks of this cluster that may exist (created or seen), removed once unused.
+    networks: BTreeSet<String>,
+    /// Legacy networks (see `instance::legacy_networks_to_join`) per project, this pass.
+    legacy: HashMap<String, Vec<String>>,
 }
 
 /// Everything a pass needs.
@@ -519,11 +525,7 @@ impl<R: ContainerRuntime> Controller<R> {
                             _ => RunState::Other,
                         },
                         created_at_ms: (i.info.created_unix.max(0) as u64).saturating_mul(1000),
-                        ip: i
-                            .info
-                            .ips
-                            .get(&instance::project_network(&i.project))
-                            .copied(),
+                        ip: i.project_ip(&self.cluster),
                         published: i.published,
                         ready: verdict.ready,
                         restart: verdict.restart.is_some(),
@@ -547,6 +549,7 @@ impl<R: ContainerRuntime> Controller<R> {
             decision.starts.clear();
         }
         self.publish(&records, &instances, &decision, next_wake, now);
+        self.prune_networks(&records, &instances).await;
 
         if decision.is_idle() {
             return Ok(());
@@ -1131,7 +1134,7 @@ impl<R: ContainerRuntime> Controller<R> {
             self.ship_image(remote, &image).await?;
         }
         let env = deploy::open_env(&self.secrets, rev)?;
-        let network = instance::project_network(project);
+        let network = instance::project_network(&self.cluster, project);
         let net_labels = BTreeMap::from([
             (instance::LABEL_CLUSTER.to_string(), self.cluster.clone()),
             (instance::LABEL_PROJECT.to_string(), project.to_string()),
@@ -1140,16 +1143,21 @@ impl<R: ContainerRuntime> Controller<R> {
             .ensure_network(&network, &net_labels)
             .await
             .map_err(|e| e.to_string())?;
+        // Only once it is known to be this cluster's: another's is never removed.
+        self.remember_network(&network);
         let mut extra_networks = Vec::new();
         if spec.internal {
+            let internal = instance::internal_network(&self.cluster);
             let labels =
                 BTreeMap::from([(instance::LABEL_CLUSTER.to_string(), self.cluster.clone())]);
             at.runtime
-                .ensure_network(instance::INTERNAL_NETWORK, &labels)
+                .ensure_network(&internal, &labels)
                 .await
                 .map_err(|e| e.to_string())?;
-            extra_networks.push(instance::INTERNAL_NETWORK.to_string());
+            self.remember_network(&internal);
+            extra_networks.push(internal);
         }
+        extra_networks.extend(self.legacy_networks(project, spec.internal));
         let mut aliases = vec![spec.name.clone()];
         aliases.extend(spec.aliases.iter().cloned());
         let resources = spec.resources.as_ref();

@@ -455,15 +455,37 @@ pub fn containers(cluster: &str) -> Vec<(String, String, String)> {
 }
 
 /// Removes every container and network of a cluster (test cleanup).
+///
+/// A server killed with SIGKILL may have had a request in flight (a network or container
+/// being created, e.g. right after `deploy --no-wait`): the engine finishes it after the
+/// server is gone, possibly after a first sweep here listed nothing. So the sweep repeats
+/// until a look a moment later finds nothing of the cluster.
 pub fn remove_cluster_containers(cluster: &str) {
-    let ids: Vec<String> = containers(cluster).into_iter().map(|c| c.0).collect();
-    if !ids.is_empty() {
-        let _ = Command::new("docker")
-            .arg("rm")
-            .arg("-f")
-            .args(&ids)
-            .output();
+    for _ in 0..20 {
+        let ids: Vec<String> = containers(cluster).into_iter().map(|c| c.0).collect();
+        let networks = cluster_network_ids(cluster);
+        if ids.is_empty() && networks.is_empty() {
+            std::thread::sleep(Duration::from_millis(300));
+            if containers(cluster).is_empty() && cluster_network_ids(cluster).is_empty() {
+                return;
+            }
+            continue;
+        }
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output();
+        }
+        for id in cluster_network_ids(cluster) {
+            let _ = Command::new("docker").args(["network", "rm", &id]).output();
+        }
     }
+}
+
+/// Ids of the networks labelled with a cluster's name.
+fn cluster_network_ids(cluster: &str) -> Vec<String> {
     let out = Command::new("docker")
         .args([
             "network",
@@ -474,9 +496,10 @@ pub fn remove_cluster_containers(cluster: &str) {
         ])
         .output()
         .unwrap();
-    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let _ = Command::new("docker").args(["network", "rm", id]).output();
-    }
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// `docker kill` a container.

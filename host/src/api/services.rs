@@ -8,7 +8,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
-use orca_docker::{ContainerRuntime, LogStream};
+use orca_contract::api::LogFormat;
+use orca_docker::{ContainerRuntime, LogLine, LogStream};
 use orca_store::{DesiredState, RequestKind, RolloutPhase, ServiceRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -529,16 +530,71 @@ pub async fn stop_all<R: ContainerRuntime>(
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     project: Option<String>,
+    /// Lines from the end of each instance's log (per instance, not in total).
     tail: Option<usize>,
     #[serde(default)]
     follow: bool,
     /// The output of the service's latest image build instead of its containers' logs.
     #[serde(default)]
     build: bool,
+    /// `text` (default) or `json` (one object per line).
+    #[serde(default)]
+    format: LogFormat,
 }
 
-/// `GET /api/v1/services/{name}/logs?tail=N&follow=true`: plain text, one line per log line,
-/// prefixed with `[service.slot]`; streamed while `follow` is set.
+/// One log line as the API writes it.
+fn log_record(format: LogFormat, name: &str, slot: u32, id: &str, l: &LogLine) -> String {
+    match format {
+        LogFormat::Text => {
+            let mark = if l.stream == LogStream::Stderr {
+                "!"
+            } else {
+                ""
+            };
+            format!("[{name}.{slot}] {mark}{}\n", l.text)
+        }
+        LogFormat::Json => {
+            let mut line = json!({
+                "instance": format!("{name}.{slot}"),
+                "slot": slot,
+                "id": crate::instance::short(id),
+                "stream": match l.stream { LogStream::Stdout => "stdout", LogStream::Stderr => "stderr" },
+                "text": l.text,
+                "time": l.time,
+            })
+            .to_string();
+            line.push('\n');
+            line
+        }
+    }
+}
+
+/// A log error as the API writes it, in the stream of lines.
+fn log_error(format: LogFormat, name: &str, slot: u32, e: &dyn std::fmt::Display) -> String {
+    match format {
+        LogFormat::Text => format!("[{name}.{slot}] <log error: {e}>\n"),
+        LogFormat::Json => {
+            json!({"instance": format!("{name}.{slot}"), "slot": slot, "error": e.to_string()})
+                .to_string()
+                + "\n"
+        }
+    }
+}
+
+/// Orders an RFC 3339 timestamp by time: the fraction padded to nanoseconds.
+fn time_key(t: &str) -> (String, String) {
+    let t = t.trim_end_matches('Z');
+    match t.split_once('.') {
+        Some((secs, frac)) => (secs.to_string(), format!("{frac:0<9}")),
+        None => (t.to_string(), "0".repeat(9)),
+    }
+}
+
+/// `GET /api/v1/services/{name}/logs?tail=N&follow=true&format=json`: the last `tail` lines
+/// (default 100) of each instance. Without `follow`, instance after instance in slot order,
+/// each instance's lines in the order the engine received them; with `follow`, lines of all
+/// instances as they arrive (each instance's in order). Text is `[service.slot] line`, with
+/// `!` before the line when it came from stderr; `format=json` is one object per line.
 pub async fn logs<R: ContainerRuntime>(
     State(s): State<AppState<R>>,
     Path(name): Path<String>,
@@ -550,47 +606,78 @@ pub async fn logs<R: ContainerRuntime>(
     let rec = find_service(&s, &name, q.project.as_deref())?;
     let key = rec.spec.key();
     let tail = q.tail.unwrap_or(100).min(100_000);
+    let format = q.format;
     let view = s.controller.view();
     let mut seen = BTreeSet::new();
-    let mut streams = Vec::new();
-    for i in view.instances.iter().filter(|i| i.service == key) {
-        if !seen.insert(i.info.id.clone()) {
-            continue;
-        }
-        let prefix = format!("[{}.{}] ", rec.spec.name, i.slot);
-        let Some(runtime) = s.nodes.runtime_for(&i.node, &s.runtime, &s.node.hostname) else {
-            let line = format!("{prefix}<node {} is not connected: no logs>\n", i.node);
-            streams
-                .push(futures::stream::once(async move { Ok(bytes::Bytes::from(line)) }).boxed());
-            continue;
-        };
-        let stream = runtime
-            .logs(&i.info.id, Some(tail), q.follow)
-            .map(move |line| match line {
-                Ok(l) => {
-                    let mark = if l.stream == LogStream::Stderr {
-                        "!"
-                    } else {
-                        ""
-                    };
-                    let mut text = l.text;
-                    if !text.ends_with('\n') {
-                        text.push('\n');
+    let mut instances: Vec<&crate::instance::Instance> = view
+        .instances
+        .iter()
+        .filter(|i| i.service == key && seen.insert(i.info.id.clone()))
+        .collect();
+    instances.sort_by_key(|a| (a.slot, a.info.created_unix));
+    let content_type = match format {
+        LogFormat::Text => "text/plain; charset=utf-8",
+        LogFormat::Json => "application/x-ndjson",
+    };
+    if !q.follow {
+        let mut out = String::new();
+        for i in instances {
+            let mut lines = Vec::new();
+            let mut error = None;
+            let mut stream = match s.nodes.runtime_for(&i.node, &s.runtime, &s.node.hostname) {
+                Some(runtime) => runtime.logs(&i.info.id, Some(tail), false),
+                None => node_gone(&i.node),
+            };
+            while let Some(line) = stream.next().await {
+                match line {
+                    Ok(l) => lines.push(l),
+                    Err(e) => {
+                        error = Some(e);
+                        break;
                     }
-                    Ok::<_, std::io::Error>(bytes::Bytes::from(format!("{prefix}{mark}{text}")))
                 }
-                Err(e) => Ok(bytes::Bytes::from(format!("{prefix}<log error: {e}>\n"))),
+            }
+            // Stable: lines without a time keep their place relative to each other.
+            lines.sort_by_cached_key(|l| l.time.as_deref().map(time_key));
+            for l in &lines {
+                out.push_str(&log_record(format, &rec.spec.name, i.slot, &i.info.id, l));
+            }
+            if let Some(e) = error {
+                out.push_str(&log_error(format, &rec.spec.name, i.slot, &e));
+            }
+        }
+        return Ok((StatusCode::OK, [(header::CONTENT_TYPE, content_type)], out).into_response());
+    }
+    let mut streams = Vec::new();
+    for i in instances {
+        let (name, slot, id) = (rec.spec.name.clone(), i.slot, i.info.id.clone());
+        let lines = match s.nodes.runtime_for(&i.node, &s.runtime, &s.node.hostname) {
+            Some(runtime) => runtime.logs(&i.info.id, Some(tail), true),
+            None => node_gone(&i.node),
+        };
+        let stream = lines
+            .map(move |line| {
+                let text = match line {
+                    Ok(l) => log_record(format, &name, slot, &id, &l),
+                    Err(e) => log_error(format, &name, slot, &e),
+                };
+                Ok::<_, std::io::Error>(bytes::Bytes::from(text))
             })
             .boxed();
         streams.push(stream);
     }
     let body = Body::from_stream(futures::stream::select_all(streams));
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response())
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// The log stream of an instance whose node is not connected: one error, naming the node.
+fn node_gone(
+    node: &str,
+) -> futures::stream::BoxStream<'static, Result<orca_docker::LogLine, orca_docker::RuntimeError>> {
+    let e = orca_docker::RuntimeError::Unavailable {
+        reason: format!("node {node} is not connected: no logs"),
+    };
+    futures::stream::once(async move { Err(e) }).boxed()
 }
 
 /// `GET /api/v1/services/{name}/logs?build=true`: the latest build's status and output
@@ -622,14 +709,36 @@ fn build_logs<R: ContainerRuntime>(
         )));
     };
     let tail = q.tail.unwrap_or(usize::MAX);
+    let status = match b.status {
+        orca_store::BuildStatus::Running => "running",
+        orca_store::BuildStatus::Succeeded => "succeeded",
+        orca_store::BuildStatus::Failed => "failed",
+    };
+    let shown = b.log.iter().skip(b.log.len().saturating_sub(tail));
+    if q.format == LogFormat::Json {
+        // The build first, then one object per output line.
+        let mut out = json!({
+            "build": b.number, "project": project, "service": name, "status": status,
+            "trigger": b.trigger, "commit": b.commit, "repo": b.repo, "branch": b.branch,
+            "error": b.error,
+        })
+        .to_string();
+        out.push('\n');
+        for line in shown {
+            out.push_str(&json!({"build": b.number, "stream": "build", "text": line}).to_string());
+            out.push('\n');
+        }
+        return Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            out,
+        )
+            .into_response());
+    }
     let mut text = format!(
         "build {} of {project}/{name}: {} ({}), commit {} of {}{}\n",
         b.number,
-        match b.status {
-            orca_store::BuildStatus::Running => "running",
-            orca_store::BuildStatus::Succeeded => "succeeded",
-            orca_store::BuildStatus::Failed => "failed",
-        },
+        status,
         b.trigger,
         b.commit,
         b.repo,
@@ -638,7 +747,7 @@ fn build_logs<R: ContainerRuntime>(
             .then(String::new)
             .unwrap_or_else(|| format!(" (branch {})", b.branch)),
     );
-    for line in b.log.iter().skip(b.log.len().saturating_sub(tail)) {
+    for line in shown {
         text.push_str(line);
         text.push('\n');
     }

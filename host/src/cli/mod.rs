@@ -95,10 +95,18 @@ enum Command {
         project: Option<String>,
     },
     /// Show a service's container logs.
+    ///
+    /// Each line is `[SERVICE.SLOT] text`; a `!` right after the prefix marks a line the
+    /// container wrote to stderr (`[web.0] !error: ...`). Without --follow, the instances come
+    /// one after another in slot order, each instance's lines in the order they were written;
+    /// with --follow, lines of all instances as they arrive. With `--output json`, one JSON
+    /// object per line: instance, slot, id, stream (stdout/stderr), text, time (RFC 3339).
+    #[command(verbatim_doc_comment)]
     Logs {
         /// Service name.
         service: String,
-        /// Lines from the end of each instance's log.
+        /// Lines from the end of EACH instance's log (per instance, not in total: 3 replicas
+        /// with --tail 10 show up to 30 lines).
         #[arg(long, default_value_t = 100)]
         tail: usize,
         /// Keep streaming new lines.
@@ -469,8 +477,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             project,
             build,
         } => {
+            let format = if json_out { "json" } else { "text" };
             let mut path = format!(
-                "/api/v1/services/{}/logs?tail={tail}&follow={follow}&build={build}",
+                "/api/v1/services/{}/logs?tail={tail}&follow={follow}&build={build}&format={format}",
                 enc(&service)
             );
             if let Some(p) = &project {

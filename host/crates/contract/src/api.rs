@@ -150,6 +150,21 @@ pub struct LogsQuery {
     /// The last image build's log instead of the instances' logs.
     #[serde(default)]
     pub build: bool,
+    /// `text` (default): `[service.slot] line`, `!` before a stderr line; `json`: one
+    /// object per line (`instance`, `slot`, `id`, `stream`, `text`, `time`).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How `GET /api/v1/services/{name}/logs` writes lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `[service.slot] line`, with `!` before a line from stderr.
+    #[default]
+    Text,
+    /// Newline-delimited JSON, one object per line.
+    Json,
 }
 
 /// `GET /api/v1/status` query.

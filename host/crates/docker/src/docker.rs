@@ -483,7 +483,7 @@ impl ContainerRuntime for DockerRuntime {
             .follow(follow)
             .stdout(true)
             .stderr(true)
-            .timestamps(false)
+            .timestamps(true)
             .tail(&tail)
             .build();
         let id_owned = id.to_string();
@@ -842,11 +842,30 @@ fn log_lines(output: bollard::container::LogOutput) -> Vec<LogLine> {
     let text = String::from_utf8_lossy(&message);
     let text = text.strip_suffix('\n').unwrap_or(&text);
     text.split('\n')
-        .map(|line| LogLine {
-            stream,
-            text: line.strip_suffix('\r').unwrap_or(line).to_string(),
+        .map(|line| {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            // With `timestamps`, every line starts with the engine's RFC 3339 time and a space.
+            let (time, text) = match line.split_once(' ') {
+                Some((t, rest)) if is_log_timestamp(t) => (Some(t.to_string()), rest),
+                _ => (None, line),
+            };
+            LogLine {
+                stream,
+                text: text.to_string(),
+                time,
+            }
         })
         .collect()
+}
+
+/// Whether `t` looks like the engine's log timestamp (`2024-05-01T12:00:00.123456789Z`).
+fn is_log_timestamp(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() >= 20
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && (b[b.len() - 1] == b'Z' || b[19..].iter().any(|c| matches!(c, b'+' | b'-')))
 }
 
 /// Splits an image reference into the `fromImage` and `tag` of a pull. Without a tag the
@@ -960,20 +979,29 @@ mod tests {
     #[test]
     fn log_output_splits_into_lines() {
         let lines = log_lines(bollard::container::LogOutput::StdErr {
-            message: bytes::Bytes::from_static(b"one\r\ntwo\n"),
+            message: bytes::Bytes::from_static(
+                b"2024-05-01T12:00:00.000000001Z one\r\n2024-05-01T12:00:00.100000000Z two words\n",
+            ),
         });
         assert_eq!(
             lines,
             vec![
                 LogLine {
                     stream: LogStream::Stderr,
-                    text: "one".into()
+                    text: "one".into(),
+                    time: Some("2024-05-01T12:00:00.000000001Z".into()),
                 },
                 LogLine {
                     stream: LogStream::Stderr,
-                    text: "two".into()
+                    text: "two words".into(),
+                    time: Some("2024-05-01T12:00:00.100000000Z".into()),
                 },
             ]
         );
+        let plain = log_lines(bollard::container::LogOutput::StdOut {
+            message: bytes::Bytes::from_static(b"no time here\n"),
+        });
+        assert_eq!(plain[0].text, "no time here");
+        assert_eq!(plain[0].time, None);
     }
 }

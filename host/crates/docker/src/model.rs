@@ -170,6 +170,8 @@ pub enum LogStream {
 pub struct LogLine {
     pub stream: LogStream,
     pub text: String,
+    /// When the engine received the line (RFC 3339 with nanoseconds, UTC), if it said.
+    pub time: Option<String>,
 }
 
 /// Facts about a node's engine and machine.

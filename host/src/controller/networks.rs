@@ -1,0 +1,62 @@
+//! The controller's Docker networks: which it made or saw in use, and their removal once
+//! nothing needs them (`instance::unused_networks` decides).
+
+use tracing::{info, warn};
+
+use orca_docker::ContainerRuntime;
+use orca_store::{DesiredState, ServiceRecord};
+
+use super::Controller;
+use crate::instance::{self, Instance};
+
+impl<R: ContainerRuntime> Controller<R> {
+    pub(super) fn remember_network(&self, name: &str) {
+        let mut mem = self.memory.lock().expect("controller memory lock");
+        mem.networks.insert(name.to_string());
+    }
+
+    /// The legacy networks a new instance of `project` joins besides its own.
+    pub(super) fn legacy_networks(&self, project: &str, internal: bool) -> Vec<String> {
+        let mem = self.memory.lock().expect("controller memory lock");
+        mem.legacy
+            .get(project)
+            .into_iter()
+            .flatten()
+            .filter(|n| internal || n.as_str() != instance::LEGACY_INTERNAL_NETWORK)
+            .cloned()
+            .collect()
+    }
+
+    /// Removes this cluster's networks that nothing needs any more
+    /// (`instance::unused_networks`), and notes the legacy networks new instances join.
+    pub(super) async fn prune_networks(&self, records: &[ServiceRecord], instances: &[Instance]) {
+        let running: Vec<(&str, bool)> = records
+            .iter()
+            .filter(|r| r.state == DesiredState::Running)
+            .map(|r| (r.spec.project(), r.spec.internal))
+            .collect();
+        let unused = {
+            let mut mem = self.memory.lock().expect("controller memory lock");
+            mem.networks
+                .extend(instance::attached_networks(&self.cluster, instances));
+            mem.legacy = running
+                .iter()
+                .map(|(p, _)| {
+                    let nets = instance::legacy_networks_to_join(&self.cluster, p, true, instances);
+                    (p.to_string(), nets)
+                })
+                .collect();
+            instance::unused_networks(&self.cluster, &mem.networks, &running, instances)
+        };
+        for network in unused {
+            match self.runtime.remove_network(&network).await {
+                Ok(()) => {
+                    info!(%network, "removed a network nothing uses any more");
+                    let mut mem = self.memory.lock().expect("controller memory lock");
+                    mem.networks.remove(&network);
+                }
+                Err(e) => warn!(%network, error = %e, "could not remove an unused network"),
+            }
+        }
+    }
+}
