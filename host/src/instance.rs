@@ -307,6 +307,8 @@ mod tests {
             slot: 0,
             fingerprint: "fp".into(),
             revision: 1,
+            node: String::new(),
+            published: None,
         }
     }
 
