@@ -209,8 +209,9 @@ fn agents_join_with_tokens_and_bad_tokens_are_refused() {
     );
     assert!(
         s.log().contains("belongs to no joined node"),
-        "{}",
-        tail(&s.log(), 30)
+        "{}\nagent:\n{}",
+        tail(&s.log(), 30),
+        tail(&a2.log(), 30)
     );
 }
 
@@ -247,7 +248,7 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
     let started = Instant::now();
     s.cli(&["deploy", "--timeout-secs", "120"]);
     let deploy_ms = started.elapsed().as_millis();
-    let svc = s.wait_service("spread", "web", "6/6 ready", |v| v["ready"] == 6);
+    let svc = s.wait_service("spread", "web", "6/6 ready", |v| v["ready_replicas"] == 6);
     let counts = per_node(&svc);
     assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(
@@ -280,7 +281,7 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
         ),
     );
     s.cli(&["deploy", "--timeout-secs", "120"]);
-    let svc = s.wait_service("pinned", "api", "2/2 ready", |v| v["ready"] == 2);
+    let svc = s.wait_service("pinned", "api", "2/2 ready", |v| v["ready_replicas"] == 2);
     assert_eq!(
         per_node(&svc).keys().cloned().collect::<Vec<_>>(),
         vec![topo.nodes[1].name.clone()]
@@ -323,7 +324,7 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
         String::from_utf8_lossy(&out.stderr)
     );
     s.wait_service("spread", "web", "healed", |v| {
-        v["ready"] == 6
+        v["ready_replicas"] == 6
             && v["instances"]
                 .as_array()
                 .is_some_and(|is| is.iter().all(|i| i["state"] == "running"))
@@ -341,7 +342,7 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
         sorted_lines(&after),
         "the restarted agent's containers are adopted as they are"
     );
-    let svc = s.wait_service("spread", "web", "6/6 ready", |v| v["ready"] == 6);
+    let svc = s.wait_service("spread", "web", "6/6 ready", |v| v["ready_replicas"] == 6);
     assert_eq!(svc["instances"].as_array().unwrap().len(), 6, "{svc:#}");
 
     // `orca logs` of the service includes lines of instances on remote nodes.

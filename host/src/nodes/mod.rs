@@ -18,9 +18,12 @@ pub mod token;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -32,8 +35,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use orca_store::{JoinRefusal, JoinTokenRecord, NodeRecord, Store};
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
@@ -70,7 +75,73 @@ struct Session {
     runtime: RemoteRuntime,
     advertise: IpAddr,
     last_seen_ms: Arc<AtomicU64>,
-    task: tokio::task::AbortHandle,
+    /// Cuts the connection itself (hyper's HTTP/2 client keeps it open while any request
+    /// handle lives, so ending a session must sever the socket).
+    cut: CancellationToken,
+}
+
+/// A connection that fails every read and write once `cut` is cancelled, so the HTTP/2
+/// connection over it ends and the socket closes.
+struct Severable<T> {
+    io: T,
+    cut: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl<T> Severable<T> {
+    fn new(io: T, cut: &CancellationToken) -> Severable<T> {
+        Severable {
+            io,
+            cut: Box::pin(cut.clone().cancelled_owned()),
+        }
+    }
+
+    fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
+        self.cut.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn severed() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "agent session ended by the master",
+    )
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Severable<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.is_cut(cx) {
+            return Poll::Ready(Err(severed()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Severable<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.is_cut(cx) {
+            return Poll::Ready(Err(severed()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.is_cut(cx) {
+            return Poll::Ready(Err(severed()));
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// A remote node the controller may use this pass.
@@ -250,7 +321,7 @@ impl Nodes {
     pub fn remove(&self, name: &str) -> Result<bool, orca_store::StoreError> {
         let existed = self.store.remove_node(name)?;
         if let Some(s) = self.sessions().remove(name) {
-            s.task.abort();
+            s.cut.cancel();
         }
         if existed {
             info!(node = %name, "node removed; its certificate is revoked");
@@ -278,8 +349,10 @@ impl Nodes {
 
     /// Every joined node with its state.
     pub fn list(&self) -> Vec<(NodeRecord, NodeState)> {
-        let records = self.store.list_nodes().unwrap_or_default();
+        // Sessions first: a session is registered only after its hello updated the record,
+        // so a node seen connected here is read with its hello's facts below.
         let sessions = self.sessions();
+        let records = self.store.list_nodes().unwrap_or_default();
         let now = now_ms();
         records
             .into_iter()
@@ -473,7 +546,11 @@ impl Nodes {
             .keep_alive_interval(Some(Duration::from_secs(5)))
             .keep_alive_timeout(Duration::from_secs(15))
             .keep_alive_while_idle(true);
-        let (send, conn) = match builder.handshake(TokioIo::new(tls)).await {
+        let cut = CancellationToken::new();
+        let (send, conn) = match builder
+            .handshake(TokioIo::new(Severable::new(tls, &cut)))
+            .await
+        {
             Ok(pair) => pair,
             Err(e) => {
                 warn!(node = %name, %peer, error = %e, "agent session handshake failed");
@@ -525,10 +602,10 @@ impl Nodes {
                     runtime: runtime.clone(),
                     advertise,
                     last_seen_ms: last_seen.clone(),
-                    task: conn_task.abort_handle(),
+                    cut: cut.clone(),
                 },
             ) {
-                old.task.abort();
+                old.cut.cancel();
             }
         }
         info!(node = %name, %peer, version = %hello.version, cpus = hello.node.cpus, "node connected");
@@ -537,7 +614,10 @@ impl Nodes {
         let mut events = runtime.agent_events();
         let mut persisted = now;
         loop {
-            let next = tokio::time::timeout(self.node_ttl, events.next()).await;
+            let next = tokio::select! {
+                () = cut.cancelled() => break,
+                next = tokio::time::timeout(self.node_ttl, events.next()) => next,
+            };
             match next {
                 Ok(Some(Ok(event))) => {
                     let t = now_ms();
@@ -574,6 +654,7 @@ impl Nodes {
                 sessions.remove(&name);
             }
         }
+        cut.cancel();
         conn_task.abort();
         info!(node = %name, "node disconnected");
         self.wake();
