@@ -221,6 +221,15 @@ impl<'a> Fixture<'a> {
                     200,
                 )
             }
+            ("POST", "/api/v1/cluster/tokens") => {
+                Req::json(route, json!({"ttl_secs": 60, "reusable": false}), 201)
+            }
+            // No agent joins in this test (tests/nodes.rs removes real ones): whoever may
+            // call it gets the route's own answer for an unknown node, the others 403.
+            ("DELETE", "/api/v1/cluster/nodes/{id}") => Req {
+                expect: 404,
+                ..Req::get(format!("/api/v1/cluster/nodes/no-such-node-{n}"))
+            },
             // Not built yet (multi-node): the route answers 501 to whoever may call it.
             ("POST", "/api/v1/cluster/nodes/{id}/drain") => Req {
                 expect: 501,

@@ -110,8 +110,11 @@ pub struct Controller<R: ContainerRuntime> {
     /// Host ports remote instances are published on (`[nodes] host_ports`).
     host_ports: (u16, u16),
     /// One image shipment per (node, image) at a time.
-    shipping: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    shipping: Mutex<HashMap<(String, String), ShipLock>>,
 }
+
+/// Held while an image is shipped to a node.
+type ShipLock = Arc<tokio::sync::Mutex<()>>;
 
 /// Where one start of a pass runs: the node, its runtime, and for a remote node the
 /// address and host port its instance publishes.

@@ -59,7 +59,9 @@ impl Stats {
         map.insert(id.to_string(), usage);
     }
 
-    /// Samples every running instance each `interval` until `shutdown`.
+    /// Samples every running instance each `interval` until `shutdown`, on whichever node
+    /// it runs (the master's own engine is `local_name`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn run<R: ContainerRuntime>(
         self,
         runtime: Arc<R>,
