@@ -234,6 +234,8 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
     let a1 = Agent::start(&topo.nodes[0], &url, Some(&token), &["--labels", "zone=a"]);
     let mut a2 = Agent::start(&topo.nodes[1], &url, Some(&token), &["--labels", "zone=b"]);
     wait_ready_nodes(&s, 3, &[&a1, &a2]);
+    let status = s.cli(&["status"]);
+    assert!(status.contains("nodes: 3 (3 ready)"), "{status}");
     // The image exists only on the master's engine.
     for n in &topo.nodes {
         let out = n.docker(&["image", "inspect", testapp_image()]);
@@ -348,6 +350,36 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
     // `orca logs` of the service includes lines of instances on remote nodes.
     let logs = s.cli(&["logs", "web", "--project", "spread", "--tail", "5"]);
     assert!(!logs.contains("not connected"), "{logs}");
+
+    // SIGKILL of the master and a restart: the agents reconnect (with back-off while it is
+    // away), every container on every node is adopted, none duplicated.
+    let mut s = s;
+    let on_nodes = |t: &Topology| -> Vec<Vec<String>> {
+        t.nodes
+            .iter()
+            .map(|n| sorted_lines(&n.docker_ok(&["ps", "-q"])))
+            .collect()
+    };
+    let before = on_nodes(&topo);
+    s.kill9();
+    std::thread::sleep(Duration::from_secs(6));
+    s.spawn();
+    wait_ready_nodes(&s, 3, &[&a1, &a2]);
+    let svc = s.wait_service("spread", "web", "6/6 ready after a master restart", |v| {
+        v["ready_replicas"] == 6
+    });
+    assert_eq!(svc["instances"].as_array().unwrap().len(), 6, "{svc:#}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        before,
+        on_nodes(&topo),
+        "nothing restarted or duplicated on the nodes"
+    );
+    assert!(
+        a1.log().contains("cannot reach the master; retrying"),
+        "back-off while the master was away:\n{}",
+        tail(&a1.log(), 20)
+    );
     drop(a1);
     drop(a2);
     drop(s);

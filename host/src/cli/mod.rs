@@ -441,11 +441,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(p) => format!("/api/v1/status?project={}", enc(p)),
                 None => "/api/v1/status".to_string(),
             };
-            let v = client()?.call(Method::GET, &path, None).await?;
+            let c = client()?;
+            let v = c.call(Method::GET, &path, None).await?;
             if json_out {
                 print_json(&v)
             } else {
                 print_status(&v);
+                let info = c.call(Method::GET, "/api/v1/cluster/info", None).await?;
+                println!("{}", nodes::summary(&info));
                 Ok(())
             }
         }

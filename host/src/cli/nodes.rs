@@ -161,6 +161,29 @@ pub async fn nodes(client: Client, json_out: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line for `orca status`: `nodes: 3 (3 ready)`, with the ones not ready named.
+pub fn summary(v: &Value) -> String {
+    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+    let mut by_state: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for n in &nodes {
+        by_state
+            .entry(n["status"].as_str().unwrap_or("?"))
+            .or_default()
+            .push(n["name"].as_str().unwrap_or("?"));
+    }
+    let parts: Vec<String> = by_state
+        .iter()
+        .map(|(state, names)| {
+            if *state == "ready" {
+                format!("{} ready", names.len())
+            } else {
+                format!("{} {state}: {}", names.len(), names.join(", "))
+            }
+        })
+        .collect();
+    format!("nodes: {} ({})", nodes.len(), parts.join("; "))
+}
+
 /// The text table of `orca nodes` (a missing field is an error, not a blank column).
 pub fn nodes_table(v: &Value) -> String {
     let mut out = format!(

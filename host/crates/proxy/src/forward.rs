@@ -428,7 +428,11 @@ impl Forwarder {
                     .record_instance(&backend.id, StatusCode::BAD_GATEWAY);
                 return Err(failure);
             };
-            if failed.len() >= MAX_RETRIES || !not_sent(&error) {
+            // A bodiless idempotent request is sent again whenever the backend gave no
+            // response head (refused, reset, or closed after reading it: a replica killed
+            // mid-request), as nginx's `proxy_next_upstream error` does; RFC 9110 §9.2.2
+            // allows it for idempotent methods. Never after a response head, never a body.
+            if failed.len() >= MAX_RETRIES {
                 self.stats
                     .record_instance(&backend.id, StatusCode::BAD_GATEWAY);
                 return Err(failure);
@@ -439,7 +443,7 @@ impl Forwarder {
             let Some((next, guard)) = self.balancer.pick(&route.backends, &failed) else {
                 return Err(failure);
             };
-            debug!(error = %failure, retry_on = %next.addr, "upstream not reached; retrying");
+            debug!(error = %failure, retry_on = %next.addr, sent = !not_sent(&error), "upstream gave no answer; retrying");
             self.metrics.retry(&route.service);
             (backend, in_flight) = (next, guard);
             upstream_req = replay.request(backend, route)?;

@@ -14,8 +14,8 @@
 //! - `error` — [`ProxyError`]: every response the proxy makes itself (404, 502, 504, ...),
 //!   marked with `x-orca-error: 1`.
 //! - `forward` — the request path: `(table, request) -> response`, using the worker's
-//!   pooled upstream client; retries bodiless idempotent requests on another backend when the first could
-//!   not be reached (nothing sent); also splices upgraded (WebSocket) connections.
+//!   pooled upstream client; retries bodiless idempotent requests on another backend when the first gave
+//!   no response head; also splices upgraded (WebSocket) connections.
 //! - `server` — [`Proxy`]: worker threads (one current-thread runtime each) accepting on
 //!   shared listeners (plain HTTP/1.1, and TLS with HTTP/2 or HTTP/1.1 by ALPN),
 //!   per-connection tasks, [`ConnectionLimits`], the `EMFILE` fd reserve, graceful drain.
@@ -39,10 +39,10 @@
 //! - The ACME challenge path (`/.well-known/acme-challenge/`) is answered by the proxy on
 //!   any host and never redirected; other plain-HTTP requests for a domain with a
 //!   certificate get a 308 to HTTPS once an HTTPS listener runs.
-//! - A request is sent to a second backend only if no byte of it reached the first
-//!   (connect failure, or a pooled connection that closed before the request was written),
-//!   and only if it is idempotent and bodiless; at most `2` retries, on backends not yet
-//!   tried.
+//! - A request is sent to a second backend only if it is idempotent and bodiless and the
+//!   first gave no response head (connect failure, reset, or closed mid-request, as a replica
+//!   killed under load does; nginx's `proxy_next_upstream error`); at most `2` retries, on
+//!   backends not yet tried; never after a response head or the response timeout.
 
 mod balance;
 pub mod challenge;

@@ -771,6 +771,56 @@ async fn requests_to_a_refused_backend_are_retried_on_another() {
     proxy.stop().await;
 }
 
+/// Regression (tests/edge.rs, a replica killed under load answered one GET with 502): a
+/// backend that reads a GET and closes without answering is like a replica that died
+/// mid-request; the GET is sent to another replica.
+#[tokio::test]
+async fn a_get_whose_backend_closed_without_answering_is_retried() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let live = named_backend("live", Arc::clone(&hits)).await;
+    let dying = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 4096];
+                    // Read the request head, then die without a byte of answer.
+                    let _ = stream.read(&mut buf).await;
+                    drop(stream);
+                });
+            }
+        });
+        addr
+    };
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("app.test", route("demo/app", &[dying, live]));
+    routes.swap(table);
+    let metrics = ProxyMetrics::new();
+    let proxy = RunningProxy::start(routes, test_config(), metrics.clone()).await;
+    let client = client();
+    for i in 0..50 {
+        let r = send(&client, proxy.addr, "app.test", "/").await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "live"),
+            "request {i}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 50);
+    let text = metrics_text(&metrics);
+    assert!(
+        series(&text, r#"orca_proxy_retries_total{service="demo/app"}"#) > 0,
+        "{text}"
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn a_request_with_a_body_is_not_retried() {
     let received = Arc::new(AtomicUsize::new(0));
