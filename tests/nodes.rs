@@ -246,7 +246,10 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
         );
     }
 
-    s.write_service("spread", &testapp_service("web", 6, "spread.test", ""));
+    s.write_service(
+        "spread",
+        &testapp_service("web", 6, "spread.test", "env = { LOG_REQUESTS = \"1\" }"),
+    );
     let started = Instant::now();
     s.cli(&["deploy", "--timeout-secs", "120"]);
     let deploy_ms = started.elapsed().as_millis();
@@ -310,26 +313,33 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
 
     // `docker kill` of a replica on node 2: replaced and routed again.
     let svc = s.service("spread", "web");
-    let victim = svc["instances"]
+    let on_node2 = svc["instances"]
         .as_array()
         .unwrap()
         .iter()
         .find(|i| i["node"] == topo.nodes[1].name.as_str())
-        .unwrap()["name"]
-        .as_str()
         .unwrap()
-        .to_string();
+        .clone();
+    let (victim, victim_id) = (
+        on_node2["name"].as_str().unwrap().to_string(),
+        on_node2["id"].as_str().unwrap().to_string(),
+    );
     let out = topo.nodes[1].docker(&["kill", &victim]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Healed: the killed container is gone (the view may still show it running for a
+    // moment after the kill) and six run and are ready.
     s.wait_service("spread", "web", "healed", |v| {
         v["ready_replicas"] == 6
-            && v["instances"]
-                .as_array()
-                .is_some_and(|is| is.iter().all(|i| i["state"] == "running"))
+            && v["instances"].as_array().is_some_and(|is| {
+                is.len() == 6
+                    && is
+                        .iter()
+                        .all(|i| i["state"] == "running" && i["id"] != victim_id.as_str())
+            })
     });
 
     // SIGKILL of an agent and a restart: its containers are adopted, none duplicated.
@@ -347,9 +357,11 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
     let svc = s.wait_service("spread", "web", "6/6 ready", |v| v["ready_replicas"] == 6);
     assert_eq!(svc["instances"].as_array().unwrap().len(), 6, "{svc:#}");
 
-    // `orca logs` of the service includes lines of instances on remote nodes.
+    // `orca logs` of the service includes lines of instances on remote nodes, and
+    // `--follow` streams new ones from them as they are written.
     let logs = s.cli(&["logs", "web", "--project", "spread", "--tail", "5"]);
     assert!(!logs.contains("not connected"), "{logs}");
+    follow_streams_a_remote_instance(&s, &topo.nodes[1].name);
 
     // SIGKILL of the master and a restart: the agents reconnect (with back-off while it is
     // away), every container on every node is adopted, none duplicated.
@@ -384,6 +396,72 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
     drop(a2);
     drop(s);
     drop(topo);
+}
+
+/// `orca logs --follow` shows a line that an instance on `node` writes after it started.
+fn follow_streams_a_remote_instance(s: &Server, node: &str) {
+    use std::io::BufRead;
+    let svc = s.service("spread", "web");
+    let slot = svc["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["node"] == node)
+        .unwrap()["slot"]
+        .as_u64()
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orca"))
+        .args([
+            "logs",
+            "web",
+            "--project",
+            "spread",
+            "--follow",
+            "--tail",
+            "0",
+        ])
+        .env("ORCA_API", &s.api)
+        .env("ORCA_TOKEN", ADMIN)
+        .env("ORCA_HOME", s.home())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let want = format!("[web.{slot}] GET /followed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let found = 'outer: loop {
+        for _ in 0..12 {
+            let _ = s.proxy_get("spread.test", "/followed");
+        }
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            if line.starts_with(&want) {
+                break 'outer true;
+            }
+            seen.push(line);
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        found,
+        "no {want:?} line streamed from node {node}; saw {seen:?}"
+    );
 }
 
 fn sorted_lines(s: &str) -> Vec<String> {
