@@ -129,6 +129,14 @@ enum Command {
         /// Stop every service.
         #[arg(long, conflicts_with_all = ["service", "project"])]
         all: bool,
+        /// Return once the API accepted the stop, without waiting for the containers to
+        /// drain and go.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the containers to go (drains take up to each service's
+        /// `drain_timeout_secs`).
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
     },
     /// Promote the candidate of a rollout in progress (canary) to stable.
     Promote {
@@ -507,6 +515,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service,
             project,
             all,
+            no_wait,
+            timeout_secs,
         } => {
             let c = client()?;
             let v = match (service, project, all) {
@@ -525,11 +535,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 (None, None, false) => bail!("name a service, pass --project P, or pass --all"),
             };
-            for s in v["stopped"].as_array().into_iter().flatten() {
+            let stopped: Vec<(String, String)> = v["stopped"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    (
+                        s["project"].as_str().unwrap_or("").to_string(),
+                        s["name"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect();
+            if !no_wait {
+                wait_stopped(&c, &stopped, Duration::from_secs(timeout_secs)).await?;
+            }
+            for (project, name) in &stopped {
                 println!(
-                    "{}/{}: stopped (config kept)",
-                    s["project"].as_str().unwrap_or(""),
-                    s["name"].as_str().unwrap_or("")
+                    "{project}/{name}: stopped (config kept){}",
+                    if no_wait {
+                        "; containers drain in the background"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(())
@@ -1153,6 +1180,48 @@ async fn wait_running(
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until none of `services` has an instance left (drained, stopped and removed).
+async fn wait_stopped(
+    c: &Client,
+    services: &[(String, String)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = c.call(Method::GET, "/api/v1/status", None).await?;
+        let left: Vec<String> = v["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| {
+                services
+                    .iter()
+                    .any(|(p, n)| s["project"] == p.as_str() && s["name"] == n.as_str())
+                    && s["instances"].as_array().is_some_and(|i| !i.is_empty())
+            })
+            .map(|s| {
+                format!(
+                    "{}/{} ({} left)",
+                    s["project"].as_str().unwrap_or(""),
+                    s["name"].as_str().unwrap_or(""),
+                    s["instances"].as_array().map_or(0, Vec::len)
+                )
+            })
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {}s waiting for the containers of {} to go (they keep draining; see `orca status`)",
+                timeout.as_secs(),
+                left.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
