@@ -374,6 +374,10 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
     };
     let before = on_nodes(&topo);
     s.kill9();
+    // An agent (re)started while the master is down connects once it is up.
+    let mut a1 = a1;
+    a1.kill9();
+    a1.spawn(&topo.nodes[0], &url, None, &["--labels", "zone=a"]);
     std::thread::sleep(Duration::from_secs(6));
     s.spawn();
     wait_ready_nodes(&s, 3, &[&a1, &a2]);
