@@ -16,27 +16,6 @@ use serde_json::Value;
 use sha2::Sha256;
 use support::*;
 
-fn git(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=orca-test",
-            "-c",
-            "user.email=test@orca.invalid",
-            "-C",
-        ])
-        .arg(repo)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// A repository whose Dockerfile packs the test app with `VERSION`.
 fn make_repo(dir: &Path) -> PathBuf {
     testapp_image();

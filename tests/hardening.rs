@@ -1204,28 +1204,6 @@ fn orca_logs_json_output_order_within_an_instance_tail_per_instance_and_stderr_p
     assert!(readme.contains("`!`"), "README documents the stderr prefix");
 }
 
-/// `git` in `repo` with a fixed identity; panics on failure.
-fn git(repo: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=orca-test",
-            "-c",
-            "user.email=test@orca.invalid",
-            "-C",
-        ])
-        .arg(repo)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// GET an API path as admin: (status, body).
 fn api_get(s: &Server, path: &str) -> (u16, String) {
     http_raw("GET", &format!("{}{path}", s.api), Some(ADMIN), &[], None).unwrap()

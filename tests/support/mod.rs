@@ -593,6 +593,28 @@ fn dechunk(s: &str) -> String {
     out
 }
 
+/// `git` in `repo` with a fixed identity; panics on failure; returns trimmed stdout.
+pub fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=orca-test",
+            "-c",
+            "user.email=test@orca.invalid",
+            "-C",
+        ])
+        .arg(repo)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// A service.toml for the test app.
 pub fn testapp_service(name: &str, replicas: u32, domain: &str, extra: &str) -> String {
     format!(
