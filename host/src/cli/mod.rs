@@ -433,11 +433,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .into_iter()
                     .flatten()
                     .map(|s| {
-                        (
-                            s["project"].as_str().unwrap_or("").to_string(),
-                            s["name"].as_str().unwrap_or("").to_string(),
-                            s["revision"].as_u64().unwrap_or(0),
-                        )
+                        let (project, name) = project_and_name(s);
+                        (project, name, s["revision"].as_u64().unwrap_or(0))
                     })
                     .collect();
                 wait_running(&c, &keys, Duration::from_secs(timeout_secs)).await?;
@@ -539,12 +536,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|s| {
-                    (
-                        s["project"].as_str().unwrap_or("").to_string(),
-                        s["name"].as_str().unwrap_or("").to_string(),
-                    )
-                })
+                .map(project_and_name)
                 .collect();
             if !no_wait {
                 wait_stopped(&c, &stopped, Duration::from_secs(timeout_secs)).await?;
@@ -1181,6 +1173,14 @@ async fn wait_running(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `(project, name)` of a service entry in an API answer.
+fn project_and_name(s: &Value) -> (String, String) {
+    (
+        s["project"].as_str().unwrap_or("").to_string(),
+        s["name"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 /// Waits until none of `services` has an instance left (drained, stopped and removed).

@@ -99,12 +99,7 @@ impl RemoteRuntime {
             return Ok(resp);
         }
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.unavailable(e))?
-            .to_bytes();
+        let bytes = self.body(resp).await?;
         Err(
             serde_json::from_slice::<RuntimeError>(&bytes).unwrap_or_else(|_| {
                 RuntimeError::Engine {
@@ -119,6 +114,19 @@ impl RemoteRuntime {
         )
     }
 
+    /// A whole answer body; a broken session is [`RuntimeError::Unavailable`].
+    async fn body(
+        &self,
+        resp: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<Bytes, RuntimeError> {
+        Ok(resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .to_bytes())
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -128,12 +136,7 @@ impl RemoteRuntime {
     ) -> Result<T, RuntimeError> {
         let work = async {
             let resp = self.send(method, uri, body).await?;
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.unavailable(e))?
-                .to_bytes();
+            let bytes = self.body(resp).await?;
             serde_json::from_slice(&bytes).map_err(|e| RuntimeError::Engine {
                 op: uri.to_string(),
                 reason: format!("node {} sent an unreadable answer: {e}", self.node),
