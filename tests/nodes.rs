@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::nodes::{NodeEngine, Topology};
+use support::nodes::{HostSwarm, NodeEngine, Topology};
 use support::*;
 
 /// One `orca agent` process inside a node's namespace.
@@ -141,6 +141,7 @@ fn wait_ready_nodes(s: &Server, n: usize, agents: &[&Agent]) -> Vec<Value> {
 
 #[test]
 fn agents_join_with_tokens_and_bad_tokens_are_refused() {
+    let _swarm = HostSwarm::take();
     let topo = Topology::start(2);
     let s = Server::start_at(topo.host_ip(), "");
     let url = master_url(&s);
@@ -227,6 +228,7 @@ fn per_node(svc: &Value) -> std::collections::BTreeMap<String, usize> {
 
 #[test]
 fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
+    let _swarm = HostSwarm::take();
     let topo = Topology::start(2);
     let s = Server::start_at(topo.host_ip(), "");
     let url = master_url(&s);
@@ -342,6 +344,58 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
             })
     });
 
+    // A rolling update of the six under constant load through the proxy: no request fails,
+    // and the new revision runs 2/2/2 again.
+    let load = Load::start(
+        s.http,
+        "spread.test",
+        "/",
+        4,
+        Duration::from_millis(10),
+        60_000,
+        Duration::from_secs(180),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    s.write_service(
+        "spread",
+        &testapp_service(
+            "web",
+            6,
+            "spread.test",
+            "env = { LOG_REQUESTS = \"1\", VERSION = \"v2\" }",
+        ),
+    );
+    let started = Instant::now();
+    // Only `web`: the ambiguous service of above stays refused.
+    s.cli(&["deploy", "web", "--timeout-secs", "180"]);
+    let rollout_ms = started.elapsed().as_millis();
+    let svc = s.wait_service("spread", "web", "6/6 ready on v2", |v| {
+        v["ready_replicas"] == 6 && v["instances"].as_array().is_some_and(|is| is.len() == 6)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let report = load.stop();
+    eprintln!(
+        "rolling update of 6 replicas over 3 nodes: {rollout_ms} ms; load: {}",
+        report.summary()
+    );
+    assert!(
+        report.failures.is_empty() && !report.capped,
+        "requests failed during the rolling update across nodes: {}\n{}",
+        report.summary(),
+        tail(&s.log(), 40)
+    );
+    assert!(report.ok > 100, "the load ran: {}", report.summary());
+    assert!(
+        report.versions.get("v2").copied().unwrap_or(0) > 0,
+        "{}",
+        report.summary()
+    );
+    let counts = per_node(&svc);
+    assert!(
+        counts.len() == 3 && counts.values().all(|c| *c == 2),
+        "2/2/2 after the update: {counts:?}"
+    );
+
     // SIGKILL of an agent and a restart: its containers are adopted, none duplicated.
     let before = topo.nodes[1].docker_ok(&["ps", "-q"]);
     a2.kill9();
@@ -398,6 +452,130 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
     );
     drop(a1);
     drop(a2);
+    drop(s);
+    drop(topo);
+}
+
+#[test]
+fn services_reach_each_other_across_nodes_on_their_projects_overlay_only() {
+    let _swarm = HostSwarm::take();
+    let topo = Topology::start(3);
+    let s = Server::start_at(
+        topo.host_ip(),
+        &format!("[nodes]\noverlay_pools = [\"{}\"]\n", topo.overlay_pool()),
+    );
+    let url = master_url(&s);
+    let token = join_token(&s, &["--reusable"]);
+    let (n1, n2, n3) = (&topo.nodes[0], &topo.nodes[1], &topo.nodes[2]);
+
+    // An engine that already belongs to another swarm is refused, saying so.
+    n3.docker_ok(&["swarm", "init", "--advertise-addr", &n3.ip.to_string()]);
+    let mut foreign = Agent::start(n3, &url, Some(&token), &[]);
+    let log = foreign.wait_exit(Duration::from_secs(30));
+    assert!(log.contains("already belongs to another swarm"), "{log}");
+
+    let a1 = Agent::start(n1, &url, Some(&token), &["--labels", "zone=a"]);
+    let a2 = Agent::start(n2, &url, Some(&token), &["--labels", "zone=b"]);
+    wait_ready_nodes(&s, 3, &[&a1, &a2]);
+    // The master made its cluster's swarm (the host engine is its manager) and joined both
+    // engines to it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in [n1, n2] {
+        loop {
+            let state = n.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+            if state == "active" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never joined the swarm ({state}):\n{}",
+                n.name,
+                tail(&s.log(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let master = s.cli(&["nodes", "--output", "json"]);
+    let master: Value = serde_json::from_str(&master).unwrap();
+    let master_name = master["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] != n1.name.as_str() && n["name"] != n2.name.as_str())
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // shop: a db on node 2 (alias `database`); a web on node 1 and a worker on the master
+    // that each wait for `database:8080` before they listen, so their becoming ready proves
+    // the name resolves and connects across nodes.
+    let img = testapp_image();
+    let service = |name: &str, pin: &str, extra: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nimage = \"{img}\"\nport = 8080\nhealth = \"/healthz\"\n{extra}\n\
+             [service.placement]\n{pin}\n\n"
+        )
+    };
+    let depends = "[service.env]\nDEPENDS_ON = \"database:8080\"\n";
+    s.write_service(
+        "shop",
+        &[
+            service(
+                "db",
+                "labels = { zone = \"b\" }",
+                "aliases = [\"database\"]\n",
+            ),
+            service("web", "labels = { zone = \"a\" }", depends),
+            service("worker", &format!("node = \"{master_name}\""), depends),
+        ]
+        .concat(),
+    );
+    s.cli(&["deploy", "--timeout-secs", "120"]);
+    for (name, node) in [
+        ("db", &n2.name),
+        ("web", &n1.name),
+        ("worker", &master_name),
+    ] {
+        let svc = s.wait_service("shop", name, "ready", |v| v["ready_replicas"] == 1);
+        assert_eq!(
+            per_node(&svc).keys().cloned().collect::<Vec<_>>(),
+            vec![node.clone()],
+            "{name}"
+        );
+    }
+
+    // Another project's web on node 1 asks for the same name: it is not on shop's network,
+    // so it never connects (and never becomes ready).
+    s.write_service(
+        "other",
+        &service("web", "labels = { zone = \"a\" }", depends),
+    );
+    s.cli(&["deploy", "--no-wait"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = s.cli(&["logs", "web", "--project", "other", "--tail", "20"]);
+        if logs.contains("database:8080") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "other/web logged no failed connection:\n{logs}\n{}",
+            tail(&s.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let other = s.service("other", "web");
+    assert_eq!(other["ready_replicas"], 0, "{other:#}");
+    let logs = s.cli(&["logs", "web", "--project", "other", "--tail", "5"]);
+    assert!(
+        !logs.contains("orca-testapp: ready"),
+        "other/web reached shop's database:\n{logs}"
+    );
+    drop(a1);
+    drop(a2);
+    drop(foreign);
     drop(s);
     drop(topo);
 }

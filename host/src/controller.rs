@@ -44,6 +44,7 @@ use crate::registry::Registry;
 use crate::rollout;
 
 mod networks;
+mod swarm;
 
 /// Grace period between SIGTERM and SIGKILL when orca stops an instance.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -86,6 +87,8 @@ struct Memory {
     networks: BTreeSet<String>,
     /// Legacy networks (see `instance::legacy_networks_to_join`) per project, this pass.
     legacy: HashMap<String, Vec<String>>,
+    /// The cluster's swarm (overlay networks between nodes).
+    swarm: swarm::SwarmMemory,
 }
 
 /// Everything a pass needs.
@@ -109,6 +112,10 @@ pub struct Controller<R: ContainerRuntime> {
     nodes: Option<Arc<Nodes>>,
     /// Host ports remote instances are published on (`[nodes] host_ports`).
     host_ports: (u16, u16),
+    /// The cluster's id (labels the swarm orca makes).
+    cluster_id: String,
+    /// `[nodes] overlay_pools`, for the swarm orca makes.
+    overlay_pools: Vec<String>,
     /// One image shipment per (node, image) at a time.
     shipping: Mutex<HashMap<(String, String), ShipLock>>,
 }
@@ -122,6 +129,8 @@ struct Placed<R: ContainerRuntime> {
     node: String,
     runtime: NodeRuntime<R>,
     publish: Option<(std::net::IpAddr, u16)>,
+    /// Whether the node's engine is in the cluster's swarm (its instances join overlays).
+    overlay: bool,
 }
 
 /// A node as one pass sees it.
@@ -130,6 +139,8 @@ struct PassNode<R: ContainerRuntime> {
     runtime: NodeRuntime<R>,
     /// `None` for the master's own engine.
     remote: Option<crate::nodes::LiveNode>,
+    /// Whether its engine is in the cluster's swarm this pass.
+    on_overlay: bool,
 }
 
 /// A handle for the API: wake the controller, read its view.
@@ -191,13 +202,22 @@ impl<R: ContainerRuntime> Controller<R> {
             events: crate::events::Events::disabled(),
             nodes: None,
             host_ports: (20000, 29999),
+            cluster_id: String::new(),
+            overlay_pools: Vec::new(),
             shipping: Mutex::new(HashMap::new()),
         }
     }
 
     /// Places instances on the agent nodes of `nodes` too, publishing remote instances on
     /// host ports from `host_ports`.
-    pub fn with_nodes(mut self, nodes: Arc<Nodes>, host_ports: (u16, u16)) -> Controller<R> {
+    pub fn with_nodes(
+        mut self,
+        nodes: Arc<Nodes>,
+        host_ports: (u16, u16),
+        overlay_pools: Vec<String>,
+    ) -> Controller<R> {
+        self.cluster_id = nodes.cluster_id().to_string();
+        self.overlay_pools = overlay_pools;
         self.nodes = Some(nodes);
         self.host_ports = host_ports;
         self
@@ -210,6 +230,7 @@ impl<R: ContainerRuntime> Controller<R> {
             name: self.node.hostname.clone(),
             runtime: NodeRuntime::Local(self.runtime.clone()),
             remote: None,
+            on_overlay: false,
         }];
         let mut unsure = Vec::new();
         if let Some(nodes) = &self.nodes {
@@ -220,6 +241,7 @@ impl<R: ContainerRuntime> Controller<R> {
                     name: n.record.name.clone(),
                     runtime: NodeRuntime::Remote(n.runtime.clone()),
                     remote: Some(n),
+                    on_overlay: false,
                 });
             }
         }
@@ -332,7 +354,11 @@ impl<R: ContainerRuntime> Controller<R> {
             .expect("controller memory lock")
             .removing
             .clone();
-        let (pass_nodes, mut unsure) = self.pass_nodes();
+        let (mut pass_nodes, mut unsure) = self.pass_nodes();
+        let on_overlay = self.ensure_swarm(&pass_nodes).await;
+        for n in &mut pass_nodes {
+            n.on_overlay = on_overlay.contains(&n.name);
+        }
         let listed = futures::future::join_all(pass_nodes.iter().map(|n| n.runtime.list())).await;
         let now = now_ms();
         let mut instances: Vec<Instance> = Vec::new();
@@ -1048,7 +1074,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 warn!(service = %a.service, fingerprint = %a.fingerprint, "no revision record for a start; skipped");
                 continue;
             };
-            let at = placer.place(&rev.spec);
+            let at = placer.place(&rev.spec, &rev.fingerprint);
             placed.push((a, *rec, rev, at));
         }
         let starts = placed.into_iter().map(|(a, rec, rev, at)| async move {
@@ -1137,29 +1163,68 @@ impl<R: ContainerRuntime> Controller<R> {
             self.ship_image(remote, &image).await?;
         }
         let env = deploy::open_env(&self.secrets, rev)?;
-        let network = instance::project_network(&self.cluster, project);
         let net_labels = BTreeMap::from([
             (instance::LABEL_CLUSTER.to_string(), self.cluster.clone()),
             (instance::LABEL_PROJECT.to_string(), project.to_string()),
         ]);
-        at.runtime
-            .ensure_network(&network, &net_labels)
-            .await
-            .map_err(|e| e.to_string())?;
-        // Only once it is known to be this cluster's: another's is never removed.
-        self.remember_network(&network);
-        let mut extra_networks = Vec::new();
-        if spec.internal {
-            let internal = instance::internal_network(&self.cluster);
-            let labels =
-                BTreeMap::from([(instance::LABEL_CLUSTER.to_string(), self.cluster.clone())]);
+        let cluster_labels =
+            BTreeMap::from([(instance::LABEL_CLUSTER.to_string(), self.cluster.clone())]);
+        // With nodes in the cluster's swarm, a project's instances also share its overlay
+        // network (made on the master's engine, the swarm's manager), on which they reach
+        // each other on any node. Instances on the master keep their bridge network too:
+        // the proxy reaches them on it. Instances on other nodes are reached through their
+        // published port and join only the overlay.
+        let overlays = if at.overlay {
+            let mut nets = vec![instance::project_overlay(&self.cluster, project)];
+            if spec.internal {
+                nets.push(instance::internal_overlay(&self.cluster));
+            }
+            for net in &nets {
+                if net.len() > instance::MAX_OVERLAY_NAME {
+                    return Err(format!(
+                        "overlay network name {net:?} is longer than {} characters: shorten the cluster or project name",
+                        instance::MAX_OVERLAY_NAME
+                    ));
+                }
+                let labels = if net.ends_with("__internal") {
+                    &cluster_labels
+                } else {
+                    &net_labels
+                };
+                self.runtime
+                    .ensure_overlay_network(net, labels)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.remember_network(net);
+            }
+            nets
+        } else {
+            Vec::new()
+        };
+        let remote = matches!(at.runtime, NodeRuntime::Remote(_));
+        let (network, mut extra_networks) = if remote && !overlays.is_empty() {
+            (overlays[0].clone(), overlays[1..].to_vec())
+        } else {
+            let network = instance::project_network(&self.cluster, project);
             at.runtime
-                .ensure_network(&internal, &labels)
+                .ensure_network(&network, &net_labels)
                 .await
                 .map_err(|e| e.to_string())?;
-            self.remember_network(&internal);
-            extra_networks.push(internal);
-        }
+            // Only once it is known to be this cluster's: another's is never removed.
+            self.remember_network(&network);
+            let mut extra = Vec::new();
+            if spec.internal {
+                let internal = instance::internal_network(&self.cluster);
+                at.runtime
+                    .ensure_network(&internal, &cluster_labels)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.remember_network(&internal);
+                extra.push(internal);
+            }
+            extra.extend(overlays);
+            (network, extra)
+        };
         extra_networks.extend(self.legacy_networks(project, spec.internal));
         let mut aliases = vec![spec.name.clone()];
         aliases.extend(spec.aliases.iter().cloned());
@@ -1218,8 +1283,9 @@ impl<R: ContainerRuntime> Controller<R> {
 struct Placer<'a, R: ContainerRuntime> {
     ctl: &'a Controller<R>,
     nodes: Vec<(&'a PassNode<R>, types::Node)>,
-    /// Instances per (service key, node).
-    counts: HashMap<(String, String), u32>,
+    /// Instances per (service key, revision fingerprint, node): a start spreads among
+    /// its own revision's instances, so a rolling update ends as evenly spread as it began.
+    counts: HashMap<(String, String, String), u32>,
     /// Host ports taken per node.
     ports: HashMap<String, HashSet<u16>>,
     /// Every known node name with its address (ready or not), for pins.
@@ -1243,7 +1309,7 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
     ) -> Placer<'a, R> {
         let by_key: HashMap<String, &ServiceRecord> =
             records.iter().map(|r| (r.spec.key(), r)).collect();
-        let mut counts: HashMap<(String, String), u32> = HashMap::new();
+        let mut counts: HashMap<(String, String, String), u32> = HashMap::new();
         let mut ports: HashMap<String, HashSet<u16>> = HashMap::new();
         let mut used: HashMap<&str, (u64, u64, u32)> = HashMap::new();
         for i in instances {
@@ -1259,7 +1325,7 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
                 continue;
             }
             *counts
-                .entry((i.service.clone(), i.node.clone()))
+                .entry((i.service.clone(), i.fingerprint.clone(), i.node.clone()))
                 .or_default() += 1;
             let (mem, cpu) = by_key
                 .get(&i.service)
@@ -1368,7 +1434,7 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
         }
     }
 
-    fn place(&mut self, spec: &ServiceSpec) -> Result<Placed<R>, String> {
+    fn place(&mut self, spec: &ServiceSpec, fingerprint: &str) -> Result<Placed<R>, String> {
         let key = spec.key();
         let placement = spec.placement.as_ref();
         let pinned = match placement.and_then(|p| p.node.as_deref()) {
@@ -1419,7 +1485,7 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
                     node: n.id.clone(),
                     count: self
                         .counts
-                        .get(&(key.clone(), n.name.clone()))
+                        .get(&(key.clone(), fingerprint.to_string(), n.name.clone()))
                         .copied()
                         .unwrap_or(0),
                 })
@@ -1448,7 +1514,10 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
         node.instances += 1;
         node.memory_bytes_free = node.memory_bytes_free.saturating_sub(memory_bytes);
         node.cpu_millis_free = node.cpu_millis_free.saturating_sub(cpu_millis as u32);
-        *self.counts.entry((key, node.name.clone())).or_default() += 1;
+        *self
+            .counts
+            .entry((key, fingerprint.to_string(), node.name.clone()))
+            .or_default() += 1;
         let publish = match &pass_node.remote {
             None => None,
             Some(remote) => {
@@ -1468,6 +1537,7 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
             node: node.name.clone(),
             runtime: pass_node.runtime.clone(),
             publish,
+            overlay: pass_node.on_overlay,
         })
     }
 }

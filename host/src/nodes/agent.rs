@@ -21,7 +21,9 @@ use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use orca_docker::{ContainerRuntime, ContainerSpec, DockerRuntime, RuntimeError};
+use orca_docker::{
+    ContainerRuntime, ContainerSpec, DockerRuntime, RuntimeError, SwarmInfo, SwarmJoin,
+};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -122,7 +124,11 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
                 Some(a) => a.clone(),
                 None => local_addr_towards(&authority).await?,
             };
-            let id = join(&authority, token, &name, &advertise, &opts.labels).await?;
+            let swarm = engine
+                .swarm()
+                .await
+                .context("reading this engine's swarm membership")?;
+            let id = join(&authority, token, &name, &advertise, &opts.labels, swarm).await?;
             crate::server::write_private(
                 &identity_path(&opts.home),
                 &serde_json::to_string_pretty(&id)?,
@@ -143,6 +149,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         advertise_addr: identity.advertise_addr.clone(),
         labels: identity.labels.clone(),
         node,
+        swarm: None,
     };
     let mut backoff = Backoff::new();
     loop {
@@ -233,6 +240,7 @@ async fn join(
     name: &str,
     advertise_addr: &str,
     labels: &BTreeMap<String, String>,
+    swarm: Option<SwarmInfo>,
 ) -> anyhow::Result<Identity> {
     let parsed = JoinToken::parse(token).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
     let (key_pem, csr_pem) = super::ca::node_key_and_request(name)?;
@@ -245,6 +253,7 @@ async fn join(
         csr_pem,
         advertise_addr: advertise_addr.to_string(),
         labels: labels.clone(),
+        swarm,
     })?;
     let req = Request::builder()
         .method(Method::POST)
@@ -286,6 +295,26 @@ async fn join(
         cert_pem: answer.cert_pem,
         key_pem,
     })
+}
+
+/// Joins this node's engine to the cluster's swarm (overlay networking), unless it already
+/// is in it. An engine in another swarm is never moved: that is the operator's call.
+async fn join_swarm(engine: &DockerRuntime, join: &SwarmJoin) -> Result<(), RuntimeError> {
+    let now = engine.swarm().await?.unwrap_or_default();
+    if now.is_member() {
+        if now.managers.iter().any(|m| join.managers.contains(m)) {
+            return Ok(());
+        }
+        return Err(RuntimeError::Engine {
+            op: "join the cluster's swarm".into(),
+            reason: format!(
+                "this node's engine already belongs to another swarm (managers {:?}); \
+                 run `docker swarm leave` on it first",
+                now.managers
+            ),
+        });
+    }
+    engine.swarm_join(join).await
 }
 
 /// One session: connect, then serve the master's calls until the connection ends.
@@ -397,7 +426,22 @@ async fn route(
             (crate::cli::client::dec(id), action.to_string())
         });
     match (method, uri_path.as_str(), container) {
-        (Method::GET, path::HELLO, _) => json(hello),
+        (Method::GET, path::HELLO, _) => {
+            // The swarm membership as it is now (the master joins the engine to the
+            // cluster's swarm between sessions).
+            let mut hello = hello.clone();
+            hello.swarm = engine.swarm().await.unwrap_or_else(|e| {
+                warn!(error = %e, "reading this engine's swarm membership");
+                None
+            });
+            json(&hello)
+        }
+        (Method::GET, path::SWARM, _) => answer(engine.swarm().await),
+        (Method::POST, path::SWARM_JOIN, _) => match read_json::<SwarmJoin>(req).await {
+            Ok(join) => answer(join_swarm(engine, &join).await),
+            Err(e) => bad_request(&e),
+        },
+        (Method::POST, path::SWARM_LEAVE, _) => answer(engine.swarm_leave().await),
         (Method::GET, path::NODE, _) => answer(engine.node_info().await),
         (Method::GET, path::CONTAINERS, _) => answer(engine.list().await),
         (Method::POST, path::CONTAINERS, _) => match read_json::<ContainerSpec>(req).await {

@@ -74,6 +74,10 @@ struct Session {
     id: u64,
     runtime: RemoteRuntime,
     advertise: IpAddr,
+    /// The master's address this agent dialled (the swarm manager advertises it).
+    master_ip: IpAddr,
+    /// The engine's swarm membership when the session started.
+    swarm: Option<orca_docker::SwarmInfo>,
     last_seen_ms: Arc<AtomicU64>,
     /// Cuts the connection itself (hyper's HTTP/2 client keeps it open while any request
     /// handle lives, so ending a session must sever the socket).
@@ -151,6 +155,12 @@ pub struct LiveNode {
     pub runtime: RemoteRuntime,
     /// Where its instances publish their ports.
     pub advertise: IpAddr,
+    /// The master's address as this node reaches it.
+    pub master_ip: IpAddr,
+    /// The session's id: a new session (agent restart, reconnect) is a new id.
+    pub session: u64,
+    /// Its engine's swarm membership at session start; `None`: no swarm support.
+    pub swarm: Option<orca_docker::SwarmInfo>,
 }
 
 /// The master's node registry.
@@ -169,6 +179,8 @@ pub struct Nodes {
     /// When this master started: a node not yet reconnected is `unknown` (not `down`) until
     /// `node_ttl` after it, so a master restart never replaces what runs on its nodes.
     started_ms: u64,
+    /// The managers (`ip:port`) of the cluster's swarm once the controller made or found it.
+    swarm_managers: Mutex<Vec<String>>,
 }
 
 /// A join refused, with the status and message the agent sees.
@@ -197,6 +209,7 @@ impl Nodes {
             next_session: AtomicU64::new(1),
             controller: OnceLock::new(),
             started_ms: now_ms(),
+            swarm_managers: Mutex::new(Vec::new()),
         }))
     }
 
@@ -209,6 +222,38 @@ impl Nodes {
         if let Some(c) = self.controller.get() {
             c.wake();
         }
+    }
+
+    /// Records the managers of the cluster's swarm (the controller owns the swarm).
+    pub fn set_swarm_managers(&self, managers: Vec<String>) {
+        *self
+            .swarm_managers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = managers;
+    }
+
+    /// Why a joining engine's swarm membership keeps it out, if it does: an engine in a
+    /// swarm that is not the cluster's is never moved (leaving is the operator's call).
+    fn swarm_refusal(&self, name: &str, swarm: Option<&orca_docker::SwarmInfo>) -> Option<String> {
+        let swarm = swarm.filter(|s| s.is_member())?;
+        let ours = self
+            .swarm_managers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if swarm.managers.iter().any(|m| ours.contains(m)) {
+            return None;
+        }
+        Some(format!(
+            "node {name:?}: its Docker Engine already belongs to another swarm (managers {:?}); \
+             orca joins node engines to the cluster's own swarm (overlay networking): run \
+             `docker swarm leave` on that node, or use another engine, and join again",
+            swarm.managers
+        ))
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     pub fn ca(&self) -> &ClusterCa {
@@ -272,6 +317,10 @@ impl Nodes {
         for (k, v) in &req.labels {
             check_label(k, v).map_err(bad)?;
         }
+        if let Some(why) = self.swarm_refusal(&req.name, req.swarm.as_ref()) {
+            warn!(node = %req.name, %peer, reason = %why, "join refused");
+            return Err(Refused(StatusCode::CONFLICT, why));
+        }
         let (cert_pem, cert_sha256) = self
             .ca
             .sign_node(&req.name, &req.csr_pem)
@@ -321,7 +370,24 @@ impl Nodes {
     pub fn remove(&self, name: &str) -> Result<bool, orca_store::StoreError> {
         let existed = self.store.remove_node(name)?;
         if let Some(s) = self.sessions().remove(name) {
-            s.cut.cancel();
+            // No controller call reaches it any more; the engine is asked to leave the
+            // cluster's swarm (bounded) before the connection is cut.
+            let node = name.to_string();
+            tokio::spawn(async move {
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    orca_docker::ContainerRuntime::swarm_leave(&s.runtime),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        warn!(%node, error = %e, "removed node's engine did not leave the swarm")
+                    }
+                    Err(_) => warn!(%node, "removed node's engine did not leave the swarm in 10 s"),
+                }
+                s.cut.cancel();
+            });
         }
         if existed {
             info!(node = %name, "node removed; its certificate is revoked");
@@ -391,6 +457,9 @@ impl Nodes {
                     live.push(LiveNode {
                         runtime: s.runtime.clone(),
                         advertise: s.advertise,
+                        master_ip: s.master_ip,
+                        session: s.id,
+                        swarm: s.swarm.clone(),
                         record,
                     });
                 }
@@ -529,6 +598,13 @@ impl Nodes {
         peer: SocketAddr,
     ) {
         let sha = ca::fingerprint(&cert);
+        let master_ip = match tls.get_ref().0.local_addr() {
+            Ok(a) => a.ip(),
+            Err(e) => {
+                warn!(%peer, error = %e, "agent session: no local address");
+                return;
+            }
+        };
         let Some(record) = self
             .store
             .list_nodes()
@@ -601,6 +677,8 @@ impl Nodes {
                     id,
                     runtime: runtime.clone(),
                     advertise,
+                    master_ip,
+                    swarm: hello.swarm.clone(),
                     last_seen_ms: last_seen.clone(),
                     cut: cut.clone(),
                 },
