@@ -195,8 +195,21 @@ fn agents_join_with_tokens_and_bad_tokens_are_refused() {
     assert_eq!(node1["address"], n1.ip.to_string());
     let text = s.cli(&["nodes"]);
     assert!(text.contains(&n2.name) && text.contains("ready"), "{text}");
+    let swarm_state =
+        |n: &NodeEngine| n.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while swarm_state(n2) != "active" {
+        assert!(
+            Instant::now() < deadline,
+            "{} never joined the cluster's swarm:\n{}",
+            n2.name,
+            tail(&s.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
-    // Removing a node revokes its certificate: it cannot reconnect.
+    // Removing a node revokes its certificate: it cannot reconnect; its engine leaves the
+    // cluster's swarm.
     s.cli(&["node", "remove", &n2.name]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while nodes(&s).iter().any(|n| n["name"] == n2.name.as_str()) {
@@ -207,6 +220,11 @@ fn agents_join_with_tokens_and_bad_tokens_are_refused() {
     assert!(
         !nodes(&s).iter().any(|n| n["name"] == n2.name.as_str()),
         "a removed node's agent must not come back"
+    );
+    assert_eq!(
+        swarm_state(n2),
+        "inactive",
+        "the removed node's engine left the swarm"
     );
     assert!(
         s.log().contains("belongs to no joined node"),
