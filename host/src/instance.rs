@@ -297,6 +297,7 @@ impl Instance {
             fingerprint: self.fingerprint.clone(),
             slot: self.slot,
             phase,
+            evict: None,
         }
     }
 }

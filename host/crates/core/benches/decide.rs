@@ -80,6 +80,7 @@ fn snapshot(rolling: bool) -> Snapshot {
                 ready: true,
                 restart: false,
                 draining: false,
+                evict: None,
             });
         }
     }
