@@ -116,6 +116,8 @@ pub struct Controller<R: ContainerRuntime> {
     cluster_id: String,
     /// `[nodes] overlay_pools`, for the swarm orca makes.
     overlay_pools: Vec<String>,
+    /// `[nodes] drain_parallel`: evicted instances replaced at once, cluster-wide.
+    drain_parallel: u32,
     /// One image shipment per (node, image) at a time.
     shipping: Mutex<HashMap<(String, String), ShipLock>>,
 }
@@ -204,6 +206,7 @@ impl<R: ContainerRuntime> Controller<R> {
             host_ports: (20000, 29999),
             cluster_id: String::new(),
             overlay_pools: Vec::new(),
+            drain_parallel: 2,
             shipping: Mutex::new(HashMap::new()),
         }
     }
@@ -215,9 +218,11 @@ impl<R: ContainerRuntime> Controller<R> {
         nodes: Arc<Nodes>,
         host_ports: (u16, u16),
         overlay_pools: Vec<String>,
+        drain_parallel: u32,
     ) -> Controller<R> {
         self.cluster_id = nodes.cluster_id().to_string();
         self.overlay_pools = overlay_pools;
+        self.drain_parallel = drain_parallel.max(1);
         self.nodes = Some(nodes);
         self.host_ports = host_ports;
         self
@@ -430,6 +435,7 @@ impl<R: ContainerRuntime> Controller<R> {
                         key,
                         running,
                         not_before_ms: not_before,
+                        max_migrating: max_migrating(&rec.spec),
                     });
                     continue;
                 }
@@ -484,6 +490,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 groups,
                 traffic,
                 not_before_ms: not_before,
+                max_migrating: max_migrating(&rec.spec),
             });
         }
         // Rollout records (and requests) of services that no longer exist.
@@ -534,10 +541,23 @@ impl<R: ContainerRuntime> Controller<R> {
                 facts.insert(i.fingerprint.clone(), RevisionFacts::of(&rec.spec));
             }
         }
+        // Instances on a draining node are to leave it (by its deadline, if it has one).
+        let evict_at: HashMap<&str, u64> = pass_nodes
+            .iter()
+            .filter_map(|n| n.remote.as_ref())
+            .filter(|r| r.record.draining)
+            .map(|r| {
+                (
+                    r.record.name.as_str(),
+                    r.record.drain_deadline_ms.unwrap_or(u64::MAX),
+                )
+            })
+            .collect();
         let snapshot = Snapshot {
             now_ms: now,
             services: desired,
             revisions: facts,
+            migrate_limit: Some(self.drain_parallel),
             instances: instances
                 .iter()
                 .map(|i| {
@@ -559,6 +579,7 @@ impl<R: ContainerRuntime> Controller<R> {
                         ready: verdict.ready,
                         restart: verdict.restart.is_some(),
                         draining: draining.contains(&i.info.id),
+                        evict: evict_at.get(i.node.as_str()).copied(),
                     }
                 })
                 .collect(),
@@ -1567,6 +1588,16 @@ struct Split {
 }
 
 /// Groups that keep whatever runs (when the desired revision cannot be known).
+/// How many of a service's evicted instances are replaced at once: its rollout's
+/// `max_unavailable` (at least 1).
+fn max_migrating(spec: &ServiceSpec) -> u32 {
+    spec.deploy
+        .as_ref()
+        .and_then(|d| d.max_unavailable)
+        .unwrap_or(1)
+        .max(1)
+}
+
 fn keep_running(instances: &[Instance], key: &str) -> Vec<DesiredGroup> {
     let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
     for i in instances

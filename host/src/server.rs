@@ -229,6 +229,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             nodes.clone(),
             host_ports,
             cluster.nodes.overlay_pools.clone(),
+            cluster.nodes.drain_parallel,
         ),
     );
     let handle = controller.handle();

@@ -194,15 +194,15 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "POST",
         "/api/v1/cluster/nodes/{id}/drain",
-        "Drain a node (multi-node clusters; 501 until then)",
+        "Drain a node: no new instances; its instances migrate (optional `deadline_secs`)",
         None,
-        N,
+        J(object),
         J(object),
     ),
     op(
         "POST",
         "/api/v1/cluster/nodes/{id}/undrain",
-        "Undrain a node (multi-node clusters; 501 until then)",
+        "Undrain a node: it takes new instances again",
         None,
         N,
         J(object),

@@ -339,6 +339,8 @@ impl Nodes {
             joined_ms: now,
             last_seen_ms: now,
             draining: false,
+            drain_started_ms: None,
+            drain_deadline_ms: None,
         };
         let outcome = self
             .store
@@ -364,6 +366,42 @@ impl Nodes {
                 Err(Refused(status, refusal.to_string()))
             }
         }
+    }
+
+    /// Drains a node: no new instances go there and its instances move to other nodes
+    /// (replacement first); at `deadline` (if any) what is left there is stopped. Draining
+    /// again restarts the deadline. `Ok(false)`: no such node.
+    pub fn drain(
+        &self,
+        name: &str,
+        deadline: Option<Duration>,
+    ) -> Result<bool, orca_store::StoreError> {
+        let now = now_ms();
+        let found = self.store.update_node(name, |n| {
+            n.draining = true;
+            n.drain_started_ms = Some(now);
+            n.drain_deadline_ms = deadline.map(|d| now.saturating_add(d.as_millis() as u64));
+        })?;
+        if found {
+            info!(node = %name, deadline_secs = deadline.map(|d| d.as_secs()), "node draining");
+            self.wake();
+        }
+        Ok(found)
+    }
+
+    /// Makes a drained node eligible for new instances again (nothing moves back by itself:
+    /// `orca rebalance` does that). `Ok(false)`: no such node.
+    pub fn undrain(&self, name: &str) -> Result<bool, orca_store::StoreError> {
+        let found = self.store.update_node(name, |n| {
+            n.draining = false;
+            n.drain_started_ms = None;
+            n.drain_deadline_ms = None;
+        })?;
+        if found {
+            info!(node = %name, "node undrained");
+            self.wake();
+        }
+        Ok(found)
     }
 
     /// Removes a node: its certificate stops being accepted and its session ends now.

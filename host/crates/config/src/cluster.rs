@@ -115,6 +115,14 @@ pub struct NodesSettings {
     /// (10.0.0.0/8). Read when the swarm is made, at the first node's join.
     #[serde(default)]
     pub overlay_pools: Vec<String>,
+    /// How many instances of draining nodes are replaced at once, cluster-wide (each
+    /// service also at most its `max_unavailable`); default 2.
+    #[serde(default = "default_drain_parallel")]
+    pub drain_parallel: u32,
+}
+
+fn default_drain_parallel() -> u32 {
+    2
 }
 
 fn default_node_ttl() -> u64 {
@@ -130,6 +138,7 @@ impl Default for NodesSettings {
             node_ttl_secs: default_node_ttl(),
             host_ports: default_host_ports(),
             overlay_pools: Vec::new(),
+            drain_parallel: default_drain_parallel(),
         }
     }
 }
@@ -168,6 +177,12 @@ fn check_nodes(nodes: &NodesSettings) -> Result<(), Invalid> {
                 "host_ports {:?} is invalid: expected \"FIRST-LAST\" with 1024 <= FIRST <= LAST <= 65535",
                 nodes.host_ports
             ),
+        ));
+    }
+    if nodes.drain_parallel == 0 {
+        return Err(Invalid::new(
+            FieldPath::key("nodes").k("drain_parallel"),
+            "drain_parallel must be at least 1".to_string(),
         ));
     }
     for (i, pool) in nodes.overlay_pools.iter().enumerate() {
