@@ -598,6 +598,181 @@ fn services_reach_each_other_across_nodes_on_their_projects_overlay_only() {
     drop(topo);
 }
 
+/// Names of this cluster's containers on a node's engine.
+fn orca_containers(n: &NodeEngine, cluster: &str) -> Vec<String> {
+    sorted_lines(&n.docker_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=orca.cluster={cluster}"),
+        "--format",
+        "{{.Names}}",
+    ]))
+}
+
+#[test]
+fn a_drained_node_is_emptied_under_load_without_a_failed_request_then_rebalanced() {
+    let _swarm = HostSwarm::take();
+    let topo = Topology::start(2);
+    let s = Server::start_at(topo.host_ip(), "");
+    let url = master_url(&s);
+    let token = join_token(&s, &["--reusable"]);
+    let (n1, n2) = (&topo.nodes[0], &topo.nodes[1]);
+    let a1 = Agent::start(n1, &url, Some(&token), &["--labels", "zone=a"]);
+    let a2 = Agent::start(n2, &url, Some(&token), &["--labels", "zone=b"]);
+    wait_ready_nodes(&s, 3, &[&a1, &a2]);
+    s.write_service(
+        "drain",
+        &testapp_service(
+            "web",
+            6,
+            "drain.test",
+            "[service.deploy]\ndrain_timeout_secs = 5\n",
+        ),
+    );
+    s.write_service(
+        "pinned",
+        &testapp_service(
+            "api",
+            1,
+            "pinned.test",
+            "[service.placement]\nlabels = { zone = \"b\" }\n",
+        ),
+    );
+    s.cli(&["deploy", "--timeout-secs", "120"]);
+    let svc = s.wait_service("drain", "web", "6/6 ready", |v| v["ready_replicas"] == 6);
+    assert_eq!(
+        per_node(&svc).get(&n1.name),
+        Some(&2),
+        "{:?}",
+        per_node(&svc)
+    );
+
+    // Drain node 1 while the six serve: every instance there moves, none fails a request.
+    let load = Load::start(
+        s.http,
+        "drain.test",
+        "/",
+        4,
+        Duration::from_millis(10),
+        60_000,
+        Duration::from_secs(180),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    s.cli(&["node", "drain", &n1.name]);
+    let svc = s.wait_service("drain", "web", "moved off node 1", |v| {
+        v["ready_replicas"] == 6
+            && v["instances"]
+                .as_array()
+                .is_some_and(|is| is.len() == 6 && is.iter().all(|i| i["node"] != n1.name.as_str()))
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !orca_containers(n1, &s.cluster).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "containers left on the drained node: {:?}",
+            orca_containers(n1, &s.cluster)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let drain_ms = started.elapsed().as_millis();
+    std::thread::sleep(Duration::from_secs(1));
+    let report = load.stop();
+    eprintln!(
+        "drain of 2 of 6 replicas under load: {drain_ms} ms; load: {}",
+        report.summary()
+    );
+    assert!(
+        report.failures.is_empty() && !report.capped && report.ok > 100,
+        "requests failed during the drain: {}\n{}",
+        report.summary(),
+        tail(&s.log(), 40)
+    );
+    assert_eq!(per_node(&svc).len(), 2, "{:?}", per_node(&svc));
+    let table = s.cli(&["nodes"]);
+    assert!(
+        table.contains("draining") && table.contains("done"),
+        "orca nodes shows the drain's progress:\n{table}"
+    );
+    let log = s.log();
+    assert!(
+        log.contains("reason=\"migrated\"") || log.contains("reason=migrated"),
+        "{}",
+        tail(&log, 30)
+    );
+
+    // A new instance never goes to a drained node.
+    s.cli(&["scale", "web", "7", "--project", "drain"]);
+    let svc = s.wait_service("drain", "web", "7/7 ready", |v| v["ready_replicas"] == 7);
+    assert!(
+        !per_node(&svc).contains_key(&n1.name),
+        "{:?}",
+        per_node(&svc)
+    );
+    s.cli(&["scale", "web", "6", "--project", "drain"]);
+
+    // Undrain, then rebalance under load: the service spreads over all three again with
+    // no failed request.
+    s.cli(&["node", "undrain", &n1.name]);
+    let load = Load::start(
+        s.http,
+        "drain.test",
+        "/",
+        4,
+        Duration::from_millis(10),
+        60_000,
+        Duration::from_secs(180),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    s.cli(&["rebalance", "web", "--project", "drain"]);
+    let svc = s.wait_service("drain", "web", "spread again", |v| {
+        let counts = per_node(v);
+        v["ready_replicas"] == 6
+            && v["instances"].as_array().is_some_and(|is| is.len() == 6)
+            && counts.len() == 3
+            && counts.values().all(|c| *c == 2)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let report = load.stop();
+    eprintln!("rebalance: {}", report.summary());
+    assert!(
+        report.failures.is_empty() && !report.capped && report.ok > 100,
+        "requests failed during the rebalance: {}\n{}",
+        report.summary(),
+        tail(&s.log(), 40)
+    );
+    assert_eq!(per_node(&svc).get(&n1.name), Some(&2));
+
+    // A drain with a deadline: the pinned service cannot move (no other node has its
+    // label), so at the deadline its instance is stopped, and said so.
+    s.cli(&["node", "drain", &n2.name, "--deadline", "3s"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while orca_containers(n2, &s.cluster)
+        .iter()
+        .any(|c| c.contains("-pinned-"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the pinned instance outlived the drain deadline:\n{}",
+            tail(&s.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = s.log();
+    assert!(log.contains("drain-deadline"), "{}", tail(&log, 30));
+    let svc = s.wait_service("pinned", "api", "pending with the reason", |v| {
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("node is draining"))
+    });
+    assert_eq!(svc["ready_replicas"], 0);
+    drop(a1);
+    drop(a2);
+    drop(s);
+    drop(topo);
+}
+
 /// `orca logs --follow` shows a line that an instance on `node` writes after it started.
 fn follow_streams_a_remote_instance(s: &Server, node: &str) {
     use std::io::BufRead;

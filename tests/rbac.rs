@@ -194,6 +194,10 @@ impl<'a> Fixture<'a> {
                 Req::get(format!("/api/v1/services/web/logs?project={p}&tail=5"))
             }
             ("GET", "/api/v1/cluster/info") => Req::get(route),
+            ("POST", "/api/v1/services/{name}/rebalance") => Req {
+                expect: 200,
+                ..Req::get(format!("/api/v1/services/other/rebalance?project={p}"))
+            },
             ("POST", "/api/v1/services/{name}/promote") => {
                 if setup {
                     // A manual canary of a new version, waiting for the operator.

@@ -44,6 +44,7 @@ use crate::registry::Registry;
 use crate::rollout;
 
 mod networks;
+mod rebalance;
 mod swarm;
 
 /// Grace period between SIGTERM and SIGKILL when orca stops an instance.
@@ -118,6 +119,8 @@ pub struct Controller<R: ContainerRuntime> {
     overlay_pools: Vec<String>,
     /// `[nodes] drain_parallel`: evicted instances replaced at once, cluster-wide.
     drain_parallel: u32,
+    /// Services being rebalanced (`orca rebalance`) and the instances moved for them.
+    rebalancing: Arc<Mutex<rebalance::Rebalancing>>,
     /// One image shipment per (node, image) at a time.
     shipping: Mutex<HashMap<(String, String), ShipLock>>,
 }
@@ -151,9 +154,19 @@ pub struct ControllerHandle {
     wake: Arc<Notify>,
     view: Arc<ArcSwap<View>>,
     health: Health,
+    rebalancing: Arc<Mutex<rebalance::Rebalancing>>,
 }
 
 impl ControllerHandle {
+    /// Starts rebalancing `service` (`project/name`) over its eligible nodes.
+    pub fn rebalance(&self, service: String) {
+        self.rebalancing
+            .lock()
+            .expect("rebalance lock")
+            .request(service);
+        self.wake.notify_one();
+    }
+
     /// Asks for a pass as soon as possible.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -207,6 +220,7 @@ impl<R: ContainerRuntime> Controller<R> {
             cluster_id: String::new(),
             overlay_pools: Vec::new(),
             drain_parallel: 2,
+            rebalancing: Arc::default(),
             shipping: Mutex::new(HashMap::new()),
         }
     }
@@ -265,6 +279,7 @@ impl<R: ContainerRuntime> Controller<R> {
             wake: self.wake.clone(),
             view: self.view.clone(),
             health: self.health.clone(),
+            rebalancing: self.rebalancing.clone(),
         }
     }
 
@@ -553,6 +568,17 @@ impl<R: ContainerRuntime> Controller<R> {
                 )
             })
             .collect();
+        let ready_ids: HashSet<String> = instances
+            .iter()
+            .filter(|i| self.health.verdict(&i.info.id).ready)
+            .map(|i| i.info.id.clone())
+            .collect();
+        let specs: BTreeMap<String, &ServiceSpec> = records
+            .iter()
+            .filter(|r| r.state == DesiredState::Running)
+            .map(|r| (r.spec.key(), &r.spec))
+            .collect();
+        let moved = self.rebalance_evictions(&specs, &active, &pass_nodes, &ready_ids);
         let snapshot = Snapshot {
             now_ms: now,
             services: desired,
@@ -579,7 +605,10 @@ impl<R: ContainerRuntime> Controller<R> {
                         ready: verdict.ready,
                         restart: verdict.restart.is_some(),
                         draining: draining.contains(&i.info.id),
-                        evict: evict_at.get(i.node.as_str()).copied(),
+                        evict: evict_at
+                            .get(i.node.as_str())
+                            .copied()
+                            .or_else(|| moved.contains(&i.info.id).then_some(u64::MAX)),
                     }
                 })
                 .collect(),

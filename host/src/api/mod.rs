@@ -136,6 +136,11 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
     ),
     (
         "POST",
+        "/api/v1/services/{name}/rebalance",
+        Some(Permission::Deploy),
+    ),
+    (
+        "POST",
         "/api/v1/services/{name}/rollback",
         Some(Permission::Deploy),
     ),
@@ -259,6 +264,10 @@ fn rest_app<R: ContainerRuntime>(state: AppState<R>) -> Router {
         .route(
             "/api/v1/services/{name}/promote",
             guard(Deploy, post(services::promote::<R>)),
+        )
+        .route(
+            "/api/v1/services/{name}/rebalance",
+            guard(Deploy, post(services::rebalance::<R>)),
         )
         .route(
             "/api/v1/services/{name}/rollback",

@@ -169,6 +169,14 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "POST",
+        "/api/v1/services/{name}/rebalance",
+        "Spread a service over its eligible nodes again, without downtime",
+        Some(s::<c::ProjectQuery>),
+        N,
+        J(object),
+    ),
+    op(
+        "POST",
         "/api/v1/services/{name}/rollback",
         "Abandon a rollout in progress, or restore an earlier revision",
         Some(s::<c::ProjectQuery>),

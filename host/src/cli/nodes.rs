@@ -191,7 +191,9 @@ pub async fn node(cmd: NodeCmd, client: Client, json_out: bool) -> anyhow::Resul
             if json_out {
                 return super::print_json(&v);
             }
-            println!("node {name} takes new instances again (`orca rebalance` spreads services over it)");
+            println!(
+                "node {name} takes new instances again (`orca rebalance` spreads services over it)"
+            );
             Ok(())
         }
         NodeCmd::List => nodes(client, json_out).await,
@@ -278,10 +280,7 @@ pub fn nodes_table(v: &Value) -> String {
                 }
             ));
             if let Some(d) = n["drain_deadline_ms"].as_u64() {
-                seen.push_str(&format!(
-                    ", deadline in {}s",
-                    d.saturating_sub(now) / 1000
-                ));
+                seen.push_str(&format!(", deadline in {}s", d.saturating_sub(now) / 1000));
             }
             seen.push(')');
         }
