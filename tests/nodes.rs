@@ -773,6 +773,193 @@ fn a_drained_node_is_emptied_under_load_without_a_failed_request_then_rebalanced
     drop(topo);
 }
 
+/// Running containers of this cluster named like instances of `project/service`, on the
+/// host engine (the master's) or a node's.
+fn running_instances(
+    node: Option<&NodeEngine>,
+    cluster: &str,
+    project: &str,
+    service: &str,
+) -> Vec<String> {
+    let prefix = format!("orca-{cluster}-{project}-{service}-");
+    let args = [
+        "ps",
+        "--filter",
+        &format!("label=orca.cluster={cluster}"),
+        "--format",
+        "{{.Names}}",
+    ];
+    let out = match node {
+        Some(n) => n.docker_ok(&args),
+        None => {
+            let o = std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).to_string()
+        }
+    };
+    sorted_lines(&out)
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn a_partitioned_node_is_replaced_and_its_return_never_leaves_a_duplicate() {
+    let _swarm = HostSwarm::take();
+    let topo = Topology::start(2);
+    let s = Server::start_at(topo.host_ip(), "[nodes]\nnode_ttl_secs = 5\n");
+    let url = master_url(&s);
+    let token = join_token(&s, &["--reusable"]);
+    let (n1, n2) = (&topo.nodes[0], &topo.nodes[1]);
+    let beat = ["--heartbeat-secs", "1"];
+    let a1 = Agent::start(n1, &url, Some(&token), &beat);
+    let a2 = Agent::start(n2, &url, Some(&token), &beat);
+    wait_ready_nodes(&s, 3, &[&a1, &a2]);
+    s.write_service(
+        "part",
+        &testapp_service(
+            "web",
+            6,
+            "part.test",
+            "[service.deploy]\ndrain_timeout_secs = 5\n",
+        ),
+    );
+    s.write_service(
+        "solo",
+        &testapp_service(
+            "api",
+            1,
+            "solo.test",
+            &format!("[service.placement]\nnode = \"{}\"\n", n2.name),
+        ),
+    );
+    s.cli(&["deploy", "--timeout-secs", "120"]);
+    let svc = s.wait_service("part", "web", "6/6 ready", |v| v["ready_replicas"] == 6);
+    assert_eq!(per_node(&svc).get(&n2.name), Some(&2));
+    s.wait_service("solo", "api", "ready on node 2", |v| {
+        v["ready_replicas"] == 1
+    });
+
+    let load = Load::start(
+        s.http,
+        "part.test",
+        "/",
+        4,
+        Duration::from_millis(10),
+        200_000,
+        Duration::from_secs(600),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    // (cut, replaced) per cycle, in the load's clock.
+    let mut windows: Vec<(u128, u128)> = Vec::new();
+    for cycle in 0..5 {
+        // Cut node 2 off in both directions.
+        n2.partition();
+        let cut = load.now_ms();
+        let t = Instant::now();
+        s.wait_service("part", "web", "replaced off the cut node", |v| {
+            v["ready_replicas"] == 6
+                && v["instances"].as_array().is_some_and(|is| {
+                    is.iter()
+                        .filter(|i| i["node"] != n2.name.as_str() && i["ready"] == true)
+                        .count()
+                        == 6
+                })
+        });
+        let replaced = load.now_ms();
+        eprintln!(
+            "cycle {cycle}: node loss -> 6 ready elsewhere in {} ms",
+            t.elapsed().as_millis()
+        );
+        windows.push((cut, replaced));
+        if cycle == 0 {
+            // Its pinned service waits for it, saying why.
+            s.wait_service("solo", "api", "pending on the lost node", |v| {
+                v["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(&n2.name) && e.contains("not ready"))
+            });
+        }
+        std::thread::sleep(Duration::from_secs(2));
+
+        // Heal: it comes back; per slot one instance stays (the ready replacement), and
+        // nothing on node 2 is unknown to the master.
+        n2.heal();
+        let t = Instant::now();
+        let deadline = t + Duration::from_secs(120);
+        loop {
+            let web = s.service("part", "web");
+            let known: std::collections::BTreeSet<String> = web["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(
+                    s.service("solo", "api")["instances"]
+                        .as_array()
+                        .into_iter()
+                        .flatten(),
+                )
+                .filter_map(|i| i["name"].as_str().map(str::to_string))
+                .collect();
+            let everywhere: usize = [None, Some(n1), Some(n2)]
+                .into_iter()
+                .map(|n| running_instances(n, &s.cluster, "part", "web").len())
+                .sum();
+            let on_n2 = orca_containers(n2, &s.cluster);
+            let solo = s.service("solo", "api");
+            let back = nodes(&s)
+                .iter()
+                .any(|n| n["name"] == n2.name.as_str() && n["status"] == "ready");
+            if back
+                && everywhere == 6
+                && web["ready_replicas"] == 6
+                && solo["ready_replicas"] == 1
+                && on_n2.iter().all(|c| known.contains(c))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cycle {cycle}: not converged after the heal: {everywhere} web containers running, \
+                 on node 2 {on_n2:?}, known {known:?}\n{}\nagent 2:\n{}",
+                tail(&s.log(), 40),
+                tail(&a2.log(), 20)
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        eprintln!(
+            "cycle {cycle}: heal -> converged in {} ms",
+            t.elapsed().as_millis()
+        );
+        // Spread over node 2 again, so the next cut takes instances with it.
+        s.cli(&["rebalance", "web", "--project", "part"]);
+        s.wait_service("part", "web", "spread over node 2 again", |v| {
+            v["ready_replicas"] == 6
+                && v["instances"].as_array().is_some_and(|is| is.len() == 6)
+                && per_node(v).get(&n2.name) == Some(&2)
+        });
+    }
+    let report = load.stop();
+    eprintln!("partitions: {}", report.summary());
+    let outside: Vec<_> = report
+        .failures
+        .iter()
+        .filter(|f| !windows.iter().any(|(a, b)| f.at_ms >= *a && f.at_ms <= *b))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "requests failed outside the loss windows {windows:?}: {outside:?}\n{}",
+        report.summary()
+    );
+    assert!(report.ok > 1000, "{}", report.summary());
+    drop(a1);
+    drop(a2);
+    drop(s);
+    drop(topo);
+}
+
 /// `orca logs --follow` shows a line that an instance on `node` writes after it started.
 fn follow_streams_a_remote_instance(s: &Server, node: &str) {
     use std::io::BufRead;

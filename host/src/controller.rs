@@ -90,6 +90,9 @@ struct Memory {
     legacy: HashMap<String, Vec<String>>,
     /// The cluster's swarm (overlay networks between nodes).
     swarm: swarm::SwarmMemory,
+    /// Each remote node's last successful listing: while the node does not answer but is
+    /// not `down` yet, its instances keep their slots (unrouted) instead of being replaced.
+    listed: HashMap<String, Vec<Instance>>,
 }
 
 /// Everything a pass needs.
@@ -124,6 +127,9 @@ pub struct Controller<R: ContainerRuntime> {
     /// One image shipment per (node, image) at a time.
     shipping: Mutex<HashMap<(String, String), ShipLock>>,
 }
+
+/// How long a pass waits for a remote node's listing before using its last one.
+const REMOTE_LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Held while an image is shipped to a node.
 type ShipLock = Arc<tokio::sync::Mutex<()>>;
@@ -379,9 +385,24 @@ impl<R: ContainerRuntime> Controller<R> {
         for n in &mut pass_nodes {
             n.on_overlay = on_overlay.contains(&n.name);
         }
-        let listed = futures::future::join_all(pass_nodes.iter().map(|n| n.runtime.list())).await;
+        // A remote node gets a short bound: a partitioned one must not stall the pass.
+        let listed = futures::future::join_all(pass_nodes.iter().map(|n| async move {
+            match n.remote {
+                None => n.runtime.list().await,
+                Some(_) => tokio::time::timeout(REMOTE_LIST_TIMEOUT, n.runtime.list())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(RuntimeError::Unavailable {
+                            reason: format!("no answer in {REMOTE_LIST_TIMEOUT:?}"),
+                        })
+                    }),
+            }
+        }))
+        .await;
         let now = now_ms();
         let mut instances: Vec<Instance> = Vec::new();
+        // Nodes not answering, not yet `down`: their last listing stands in (unrouted).
+        let mut stand_in: Vec<String> = Vec::new();
         for (n, result) in pass_nodes.iter().zip(listed) {
             let containers = match (result, &n.remote) {
                 (Ok(c), _) => c,
@@ -390,7 +411,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 (Err(e), None) => return Err(e.into()),
                 (Err(e), Some(_)) => {
                     warn!(node = %n.name, error = %e, "listing a node's containers failed");
-                    unsure.push(n.name.clone());
+                    stand_in.push(n.name.clone());
                     continue;
                 }
             };
@@ -408,6 +429,30 @@ impl<R: ContainerRuntime> Controller<R> {
                         .map(|port| SocketAddr::new(remote.advertise, port));
                 }
                 instances.push(i);
+            }
+            if n.remote.is_some() {
+                let mine: Vec<Instance> = instances
+                    .iter()
+                    .filter(|i| i.node == n.name)
+                    .cloned()
+                    .collect();
+                let mut mem = self.memory.lock().expect("controller memory lock");
+                mem.listed.insert(n.name.clone(), mine);
+            }
+        }
+        stand_in.append(&mut unsure);
+        {
+            let mem = self.memory.lock().expect("controller memory lock");
+            for node in stand_in {
+                match mem.listed.get(&node) {
+                    Some(known) => instances.extend(known.iter().cloned().map(|mut i| {
+                        i.unreachable = true;
+                        i
+                    })),
+                    // Never listed by this master (it just restarted): unknown, so no
+                    // start anywhere may replace what it runs.
+                    None => unsure.push(node),
+                }
             }
         }
         let active: Vec<Instance> = instances
@@ -602,8 +647,8 @@ impl<R: ContainerRuntime> Controller<R> {
                         created_at_ms: (i.info.created_unix.max(0) as u64).saturating_mul(1000),
                         ip: i.project_ip(&self.cluster),
                         published: i.published,
-                        ready: verdict.ready,
-                        restart: verdict.restart.is_some(),
+                        ready: verdict.ready && !i.unreachable,
+                        restart: verdict.restart.is_some() && !i.unreachable,
                         draining: draining.contains(&i.info.id),
                         evict: evict_at
                             .get(i.node.as_str())

@@ -230,6 +230,9 @@ pub struct Instance {
     /// Where the master reaches it when it runs on a remote node: its port published on
     /// the node's advertise address.
     pub published: Option<std::net::SocketAddr>,
+    /// Known from its node's last listing only: the node does not answer now (partitioned,
+    /// or within `node_ttl` of its last heartbeat). It keeps its slot but is not routed.
+    pub unreachable: bool,
 }
 
 impl Instance {
@@ -256,6 +259,7 @@ impl Instance {
             revision,
             node: String::new(),
             published: None,
+            unreachable: false,
         })
     }
 
@@ -298,6 +302,7 @@ impl Instance {
             slot: self.slot,
             phase,
             evict: None,
+            created_ms: (self.info.created_unix.max(0) as u64).saturating_mul(1000),
         }
     }
 }
@@ -332,6 +337,7 @@ mod tests {
             revision: 1,
             node: String::new(),
             published: None,
+            unreachable: false,
         }
     }
 

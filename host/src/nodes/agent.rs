@@ -153,12 +153,14 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
     };
     let mut backoff = Backoff::new();
     loop {
-        let started = std::time::Instant::now();
+        let connected = std::sync::atomic::AtomicBool::new(false);
         let result = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            r = session(&authority, config.clone(), engine.clone(), hello.clone(), opts.heartbeat) => r,
+            r = session(&authority, config.clone(), engine.clone(), hello.clone(), opts.heartbeat, &connected) => r,
         };
-        if started.elapsed() > Duration::from_secs(30) {
+        // A session that was established starts the back-off over: only failures to reach
+        // the master in a row make it grow.
+        if connected.load(std::sync::atomic::Ordering::Relaxed) {
             backoff = Backoff::new();
         }
         let wait = backoff.next();
@@ -324,11 +326,13 @@ async fn session(
     engine: Arc<DockerRuntime>,
     hello: Hello,
     heartbeat: Duration,
+    connected: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
     let tls = tls_connect(authority, config).await?;
     if tls.get_ref().1.alpn_protocol() != Some(super::proto::SESSION_ALPN) {
         bail!("the master at {authority} does not speak the agent protocol");
     }
+    connected.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(master = %authority, node = %hello.name, "connected to the master");
     let hello = Arc::new(hello);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {

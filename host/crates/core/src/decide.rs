@@ -277,6 +277,7 @@ pub fn decide(s: &Snapshot) -> Decision {
             slot: i.slot,
             phase: phase(i, s.now_ms),
             evict: i.evict,
+            created_ms: i.created_at_ms,
         })
         .collect();
     let plan = reconcile::plan_with(

@@ -14,8 +14,9 @@
 //! - each group's slots are `0..count`; a slot with no live instance of the group's
 //!   fingerprint gets one started, unless the service is in crash back-off (`not_before`);
 //! - a live instance in a slot `>= count` of its group is removed (scale down);
-//! - two live instances of one fingerprint in one slot (adoption after a crash between
-//!   create and record) keep the better one: ready first, then the lower id;
+//! - two live instances of one fingerprint in one slot (a node back after a partition whose
+//!   instances were replaced meanwhile) keep the better one: ready first, then the newer
+//!   (the replacement), then the lower id;
 //! - a live instance whose fingerprint is in no group is removed (superseded): keeping old
 //!   instances serving while new ones start is the strategy's decision, expressed as groups;
 //! - an instance whose service is not desired at all is an orphan and is removed;
@@ -81,6 +82,9 @@ pub struct ObservedInstance {
     /// `Some(deadline_ms)`: it must leave its node (drain, rebalance) — replaced first, and
     /// removed at the deadline at the latest (`u64::MAX`: none).
     pub evict: Option<u64>,
+    /// When it was created (ms, its engine's clock): of two ready instances in one slot
+    /// (a node came back after its instances were replaced) the newer, the replacement, stays.
+    pub created_ms: u64,
 }
 
 /// Why an instance is removed; shown in logs and events.
@@ -241,6 +245,7 @@ pub fn plan_with(
                         .is_some()
                         .cmp(&b.evict.is_some())
                         .then(b.phase.cmp(&a.phase))
+                        .then(b.created_ms.cmp(&a.created_ms))
                         .then(a.id.cmp(&b.id))
                 });
                 let (keep, dups) = insts.split_first().expect("slot group is never empty");
@@ -389,6 +394,7 @@ mod tests {
             slot,
             phase,
             evict: None,
+            created_ms: 0,
         }
     }
 
@@ -543,6 +549,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_node_back_after_its_instances_were_replaced_loses_to_the_ready_replacements() {
+        let d = vec![svc("p/s", "f", 1)];
+        let mut old = inst("zz-old", "p/s", "f", 0, Phase::Ready);
+        old.created_ms = 1_000;
+        let mut new = inst("aa-new", "p/s", "f", 0, Phase::Ready);
+        new.created_ms = 5_000;
+        let p = plan(&d, &[old.clone(), new.clone()], 10_000);
+        assert_eq!(
+            removes(&p),
+            vec![("zz-old".to_string(), RemoveReason::Duplicate)]
+        );
+        // The replacement not ready yet: the one that serves stays, the other goes.
+        new.phase = Phase::Starting;
+        let p = plan(&d, &[old, new], 10_000);
+        assert_eq!(
+            removes(&p),
+            vec![("aa-new".to_string(), RemoveReason::Duplicate)]
+        );
+    }
+
     fn evicted(mut i: ObservedInstance, deadline: u64) -> ObservedInstance {
         i.evict = Some(deadline);
         i
@@ -681,7 +708,7 @@ mod tests {
                             Action::Remove { id, .. } => world.retain(|i| i.id != id),
                             Action::Start { service, slot, fingerprint } => {
                                 next_id += 1;
-                                world.push(ObservedInstance { id: format!("n{next_id}"), service, fingerprint, slot, phase: Phase::Ready, evict: None });
+                                world.push(ObservedInstance { id: format!("n{next_id}"), service, fingerprint, slot, phase: Phase::Ready, evict: None, created_ms: 0 });
                             }
                         }
                     }
