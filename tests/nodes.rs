@@ -805,17 +805,17 @@ fn running_instances(
         .collect()
 }
 
-#[test]
-fn a_partitioned_node_is_replaced_and_its_return_never_leaves_a_duplicate() {
-    let _swarm = HostSwarm::take();
+/// A master (node TTL 5 s) and two agents heartbeating every second; `part/web` runs 6
+/// replicas 2/2/2 and `solo/api` one replica pinned to node 2.
+fn partition_cluster() -> (HostSwarm, Topology, Server, Agent, Agent) {
+    let swarm = HostSwarm::take();
     let topo = Topology::start(2);
     let s = Server::start_at(topo.host_ip(), "[nodes]\nnode_ttl_secs = 5\n");
     let url = master_url(&s);
     let token = join_token(&s, &["--reusable"]);
-    let (n1, n2) = (&topo.nodes[0], &topo.nodes[1]);
     let beat = ["--heartbeat-secs", "1"];
-    let a1 = Agent::start(n1, &url, Some(&token), &beat);
-    let a2 = Agent::start(n2, &url, Some(&token), &beat);
+    let a1 = Agent::start(&topo.nodes[0], &url, Some(&token), &beat);
+    let a2 = Agent::start(&topo.nodes[1], &url, Some(&token), &beat);
     wait_ready_nodes(&s, 3, &[&a1, &a2]);
     s.write_service(
         "part",
@@ -832,17 +832,20 @@ fn a_partitioned_node_is_replaced_and_its_return_never_leaves_a_duplicate() {
             "api",
             1,
             "solo.test",
-            &format!("[service.placement]\nnode = \"{}\"\n", n2.name),
+            &format!("[service.placement]\nnode = \"{}\"\n", topo.nodes[1].name),
         ),
     );
     s.cli(&["deploy", "--timeout-secs", "120"]);
     let svc = s.wait_service("part", "web", "6/6 ready", |v| v["ready_replicas"] == 6);
-    assert_eq!(per_node(&svc).get(&n2.name), Some(&2));
+    assert_eq!(per_node(&svc).get(&topo.nodes[1].name), Some(&2));
     s.wait_service("solo", "api", "ready on node 2", |v| {
         v["ready_replicas"] == 1
     });
+    (swarm, topo, s, a1, a2)
+}
 
-    let load = Load::start(
+fn partition_load(s: &Server) -> Load {
+    Load::start(
         s.http,
         "part.test",
         "/",
@@ -850,99 +853,79 @@ fn a_partitioned_node_is_replaced_and_its_return_never_leaves_a_duplicate() {
         Duration::from_millis(10),
         200_000,
         Duration::from_secs(600),
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    // (cut, replaced) per cycle, in the load's clock.
-    let mut windows: Vec<(u128, u128)> = Vec::new();
-    for cycle in 0..5 {
-        // Cut node 2 off in both directions.
-        n2.partition();
-        let cut = load.now_ms();
-        let t = Instant::now();
-        s.wait_service("part", "web", "replaced off the cut node", |v| {
-            v["ready_replicas"] == 6
-                && v["instances"].as_array().is_some_and(|is| {
-                    is.iter()
-                        .filter(|i| i["node"] != n2.name.as_str() && i["ready"] == true)
-                        .count()
-                        == 6
-                })
-        });
-        let replaced = load.now_ms();
-        eprintln!(
-            "cycle {cycle}: node loss -> 6 ready elsewhere in {} ms",
-            t.elapsed().as_millis()
-        );
-        windows.push((cut, replaced));
-        if cycle == 0 {
-            // Its pinned service waits for it, saying why.
-            s.wait_service("solo", "api", "pending on the lost node", |v| {
-                v["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains(&n2.name) && e.contains("not ready"))
-            });
-        }
-        std::thread::sleep(Duration::from_secs(2));
+    )
+}
 
-        // Heal: it comes back; per slot one instance stays (the ready replacement), and
-        // nothing on node 2 is unknown to the master.
-        n2.heal();
-        let t = Instant::now();
-        let deadline = t + Duration::from_secs(120);
-        loop {
-            let web = s.service("part", "web");
-            let known: std::collections::BTreeSet<String> = web["instances"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .chain(
-                    s.service("solo", "api")["instances"]
-                        .as_array()
-                        .into_iter()
-                        .flatten(),
-                )
-                .filter_map(|i| i["name"].as_str().map(str::to_string))
-                .collect();
-            let everywhere: usize = [None, Some(n1), Some(n2)]
-                .into_iter()
-                .map(|n| running_instances(n, &s.cluster, "part", "web").len())
-                .sum();
-            let on_n2 = orca_containers(n2, &s.cluster);
-            let solo = s.service("solo", "api");
-            let back = nodes(&s)
-                .iter()
-                .any(|n| n["name"] == n2.name.as_str() && n["status"] == "ready");
-            if back
-                && everywhere == 6
-                && web["ready_replicas"] == 6
-                && solo["ready_replicas"] == 1
-                && on_n2.iter().all(|c| known.contains(c))
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cycle {cycle}: not converged after the heal: {everywhere} web containers running, \
-                 on node 2 {on_n2:?}, known {known:?}\n{}\nagent 2:\n{}",
-                tail(&s.log(), 40),
-                tail(&a2.log(), 20)
-            );
-            std::thread::sleep(Duration::from_millis(250));
+/// Waits until `part/web` runs 6 ready instances none of which is on `lost`.
+fn wait_replaced_off(s: &Server, lost: &str) {
+    s.wait_service("part", "web", "replaced off the lost node", |v| {
+        v["ready_replicas"] == 6
+            && v["instances"].as_array().is_some_and(|is| {
+                is.iter()
+                    .filter(|i| i["node"] != lost && i["ready"] == true)
+                    .count()
+                    == 6
+            })
+    });
+}
+
+/// After a heal: waits until node 2 is ready, exactly 6 `part/web` containers run across
+/// all engines, the pinned service runs again, and node 2 holds nothing the master does
+/// not know; then spreads `web` over node 2 again (so a next cut takes instances with it).
+fn wait_converged(s: &Server, topo: &Topology, a2: &Agent, what: &str) {
+    let (n1, n2) = (&topo.nodes[0], &topo.nodes[1]);
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(120);
+    loop {
+        let web = s.service("part", "web");
+        let solo = s.service("solo", "api");
+        let known: std::collections::BTreeSet<String> = web["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(solo["instances"].as_array().into_iter().flatten())
+            .filter_map(|i| i["name"].as_str().map(str::to_string))
+            .collect();
+        let everywhere: usize = [None, Some(n1), Some(n2)]
+            .into_iter()
+            .map(|n| running_instances(n, &s.cluster, "part", "web").len())
+            .sum();
+        let on_n2 = orca_containers(n2, &s.cluster);
+        let back = nodes(s)
+            .iter()
+            .any(|n| n["name"] == n2.name.as_str() && n["status"] == "ready");
+        if back
+            && everywhere == 6
+            && web["ready_replicas"] == 6
+            && solo["ready_replicas"] == 1
+            && on_n2.iter().all(|c| known.contains(c))
+        {
+            break;
         }
-        eprintln!(
-            "cycle {cycle}: heal -> converged in {} ms",
-            t.elapsed().as_millis()
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not converged after the heal: {everywhere} web containers running, \
+             on node 2 {on_n2:?}, known {known:?}\n{}\nagent 2:\n{}",
+            tail(&s.log(), 40),
+            tail(&a2.log(), 20)
         );
-        // Spread over node 2 again, so the next cut takes instances with it.
-        s.cli(&["rebalance", "web", "--project", "part"]);
-        s.wait_service("part", "web", "spread over node 2 again", |v| {
-            v["ready_replicas"] == 6
-                && v["instances"].as_array().is_some_and(|is| is.len() == 6)
-                && per_node(v).get(&n2.name) == Some(&2)
-        });
+        std::thread::sleep(Duration::from_millis(250));
     }
-    let report = load.stop();
-    eprintln!("partitions: {}", report.summary());
+    eprintln!(
+        "{what}: heal -> converged in {} ms",
+        t.elapsed().as_millis()
+    );
+    s.cli(&["rebalance", "web", "--project", "part"]);
+    s.wait_service("part", "web", "spread over node 2 again", |v| {
+        v["ready_replicas"] == 6
+            && v["instances"].as_array().is_some_and(|is| is.len() == 6)
+            && per_node(v).get(&n2.name) == Some(&2)
+    });
+}
+
+/// Asserts that every failed request of `report` started inside one of `windows`.
+fn assert_failures_within(report: &LoadReport, windows: &[(u128, u128)]) {
+    eprintln!("load: {}", report.summary());
     let outside: Vec<_> = report
         .failures
         .iter()
@@ -954,6 +937,79 @@ fn a_partitioned_node_is_replaced_and_its_return_never_leaves_a_duplicate() {
         report.summary()
     );
     assert!(report.ok > 1000, "{}", report.summary());
+}
+
+#[test]
+fn a_partitioned_node_is_replaced_and_its_return_never_leaves_a_duplicate() {
+    let (_swarm, topo, s, a1, a2) = partition_cluster();
+    let n2 = &topo.nodes[1];
+    let load = partition_load(&s);
+    std::thread::sleep(Duration::from_secs(1));
+    // (cut, replaced) per cycle, in the load's clock.
+    let mut windows: Vec<(u128, u128)> = Vec::new();
+    for cycle in 0..5 {
+        // Cut node 2 off in both directions.
+        n2.partition();
+        let (cut, t) = (load.now_ms(), Instant::now());
+        wait_replaced_off(&s, &n2.name);
+        windows.push((cut, load.now_ms()));
+        eprintln!(
+            "cycle {cycle}: node loss -> 6 ready elsewhere in {} ms",
+            t.elapsed().as_millis()
+        );
+        if cycle == 0 {
+            // Its pinned service waits for it, saying why.
+            s.wait_service("solo", "api", "pending on the lost node", |v| {
+                v["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(&n2.name) && e.contains("not ready"))
+            });
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        // Heal: per slot one instance stays (the ready replacement).
+        n2.heal();
+        wait_converged(&s, &topo, &a2, &format!("cycle {cycle}"));
+    }
+    assert_failures_within(&load.stop(), &windows);
+    drop(a1);
+    drop(a2);
+    drop(s);
+    drop(topo);
+}
+
+#[test]
+fn a_one_way_partition_and_a_master_restart_during_a_partition_end_the_same() {
+    let (_swarm, topo, mut s, a1, a2) = partition_cluster();
+    let n2 = &topo.nodes[1];
+    let load = partition_load(&s);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut windows = Vec::new();
+
+    // One way: what node 2 sends is lost, what the master sends arrives.
+    n2.partition_outbound();
+    let (cut, t) = (load.now_ms(), Instant::now());
+    wait_replaced_off(&s, &n2.name);
+    windows.push((cut, load.now_ms()));
+    eprintln!(
+        "one-way: node loss -> 6 ready elsewhere in {} ms",
+        t.elapsed().as_millis()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    n2.heal();
+    wait_converged(&s, &topo, &a2, "one-way");
+    let first = load.stop();
+    assert_failures_within(&first, &windows);
+
+    // The master killed and restarted while node 2 is cut off: it does not know node 2's
+    // instances, waits node_ttl for it, then replaces them; after the heal, the same end.
+    n2.partition();
+    s.kill9();
+    s.spawn();
+    wait_ready_nodes(&s, 2, &[&a1]);
+    wait_replaced_off(&s, &n2.name);
+    std::thread::sleep(Duration::from_secs(2));
+    n2.heal();
+    wait_converged(&s, &topo, &a2, "master restart");
     drop(a1);
     drop(a2);
     drop(s);

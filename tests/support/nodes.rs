@@ -453,7 +453,16 @@ impl NodeEngine {
         self.partition_rules(true);
     }
 
-    /// Removes what [`NodeEngine::partition`] added.
+    /// Cuts one direction only: everything the node sends is dropped (the agent's requests
+    /// and answers never reach the master); what is sent to it still arrives.
+    pub fn partition_outbound(&self) {
+        self.rule(
+            &["-t", "mangle", "POSTROUTING", "-o", "eth0", "-j", "DROP"],
+            true,
+        );
+    }
+
+    /// Removes what [`NodeEngine::partition`] or [`NodeEngine::partition_outbound`] added.
     pub fn heal(&self) {
         self.partition_rules(false);
     }
@@ -469,22 +478,27 @@ impl NodeEngine {
             &["-t", "mangle", "POSTROUTING", "-o", "eth0", "-j", "DROP"],
         ];
         for rule in rules {
-            let (table, rest) = (&rule[..2], &rule[2..]);
-            let present = self.iptables(&[table, &["-C"], rest].concat());
-            if add && !present {
-                assert!(
-                    self.iptables(&[table, &["-I"], rest].concat()),
-                    "adding {rule:?} in {}",
-                    self.name
-                );
-            }
-            if !add && present {
-                assert!(
-                    self.iptables(&[table, &["-D"], rest].concat()),
-                    "removing {rule:?} in {}",
-                    self.name
-                );
-            }
+            self.rule(rule, add);
+        }
+    }
+
+    /// Adds (`add`) or removes one iptables rule `[-t, table, chain, spec...]`, idempotently.
+    fn rule(&self, rule: &[&str], add: bool) {
+        let (table, rest) = (&rule[..2], &rule[2..]);
+        let present = self.iptables(&[table, &["-C"], rest].concat());
+        if add && !present {
+            assert!(
+                self.iptables(&[table, &["-I"], rest].concat()),
+                "adding {rule:?} in {}",
+                self.name
+            );
+        }
+        if !add && present {
+            assert!(
+                self.iptables(&[table, &["-D"], rest].concat()),
+                "removing {rule:?} in {}",
+                self.name
+            );
         }
     }
 
