@@ -806,7 +806,8 @@ fn running_instances(
 }
 
 /// A master (node TTL 5 s) and two agents heartbeating every second; `part/web` runs 6
-/// replicas 2/2/2 and `solo/api` one replica pinned to node 2.
+/// replicas 2/2/2, `solo/api` one replica pinned to node 2, and `part/patient` 3 replicas
+/// 1/1/1 that wait 20 s for a lost node (`lost_after`) before being replaced.
 fn partition_cluster() -> (HostSwarm, Topology, Server, Agent, Agent) {
     let swarm = HostSwarm::take();
     let topo = Topology::start(2);
@@ -819,12 +820,21 @@ fn partition_cluster() -> (HostSwarm, Topology, Server, Agent, Agent) {
     wait_ready_nodes(&s, 3, &[&a1, &a2]);
     s.write_service(
         "part",
-        &testapp_service(
-            "web",
-            6,
-            "part.test",
-            "[service.deploy]\ndrain_timeout_secs = 5\n",
-        ),
+        &[
+            testapp_service(
+                "web",
+                6,
+                "part.test",
+                "[service.deploy]\ndrain_timeout_secs = 5\n",
+            ),
+            testapp_service(
+                "patient",
+                3,
+                "patient.test",
+                "[service.placement]\nlost_after = \"20s\"\n",
+            ),
+        ]
+        .concat(),
     );
     s.write_service(
         "solo",
@@ -838,6 +848,8 @@ fn partition_cluster() -> (HostSwarm, Topology, Server, Agent, Agent) {
     s.cli(&["deploy", "--timeout-secs", "120"]);
     let svc = s.wait_service("part", "web", "6/6 ready", |v| v["ready_replicas"] == 6);
     assert_eq!(per_node(&svc).get(&topo.nodes[1].name), Some(&2));
+    let patient = s.wait_service("part", "patient", "3/3 ready", |v| v["ready_replicas"] == 3);
+    assert_eq!(per_node(&patient).len(), 3, "{:?}", per_node(&patient));
     s.wait_service("solo", "api", "ready on node 2", |v| {
         v["ready_replicas"] == 1
     });
@@ -879,23 +891,29 @@ fn wait_converged(s: &Server, topo: &Topology, a2: &Agent, what: &str) {
     loop {
         let web = s.service("part", "web");
         let solo = s.service("solo", "api");
+        let patient = s.service("part", "patient");
         let known: std::collections::BTreeSet<String> = web["instances"]
             .as_array()
             .into_iter()
             .flatten()
             .chain(solo["instances"].as_array().into_iter().flatten())
+            .chain(patient["instances"].as_array().into_iter().flatten())
             .filter_map(|i| i["name"].as_str().map(str::to_string))
             .collect();
-        let everywhere: usize = [None, Some(n1), Some(n2)]
-            .into_iter()
-            .map(|n| running_instances(n, &s.cluster, "part", "web").len())
-            .sum();
+        let count = |service: &str| -> usize {
+            [None, Some(n1), Some(n2)]
+                .into_iter()
+                .map(|n| running_instances(n, &s.cluster, "part", service).len())
+                .sum()
+        };
+        let (everywhere, patients) = (count("web"), count("patient"));
         let on_n2 = orca_containers(n2, &s.cluster);
         let back = nodes(s)
             .iter()
             .any(|n| n["name"] == n2.name.as_str() && n["status"] == "ready");
         if back
             && everywhere == 6
+            && patients == 3
             && web["ready_replicas"] == 6
             && solo["ready_replicas"] == 1
             && on_n2.iter().all(|c| known.contains(c))
@@ -904,7 +922,7 @@ fn wait_converged(s: &Server, topo: &Topology, a2: &Agent, what: &str) {
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: not converged after the heal: {everywhere} web containers running, \
+            "{what}: not converged after the heal: {everywhere} web and {patients} patient containers running, \
              on node 2 {on_n2:?}, known {known:?}\n{}\nagent 2:\n{}",
             tail(&s.log(), 40),
             tail(&a2.log(), 20)
@@ -943,6 +961,9 @@ fn assert_failures_within(report: &LoadReport, windows: &[(u128, u128)]) {
 fn a_partitioned_node_is_replaced_and_its_return_never_leaves_a_duplicate() {
     let (_swarm, topo, s, a1, a2) = partition_cluster();
     let n2 = &topo.nodes[1];
+    let patient_on_n2 = || running_instances(Some(n2), &s.cluster, "part", "patient");
+    let waiting = patient_on_n2();
+    assert_eq!(waiting.len(), 1);
     let load = partition_load(&s);
     std::thread::sleep(Duration::from_secs(1));
     // (cut, replaced) per cycle, in the load's clock.
@@ -957,6 +978,15 @@ fn a_partitioned_node_is_replaced_and_its_return_never_leaves_a_duplicate() {
             "cycle {cycle}: node loss -> 6 ready elsewhere in {} ms",
             t.elapsed().as_millis()
         );
+        // `patient` waits for the node (lost_after): not replaced, nothing started for it.
+        let elsewhere: usize = [None, Some(&topo.nodes[0])]
+            .into_iter()
+            .map(|n| running_instances(n, &s.cluster, "part", "patient").len())
+            .sum();
+        assert_eq!(
+            elsewhere, 2,
+            "cycle {cycle}: a lost_after service was replaced at once"
+        );
         if cycle == 0 {
             // Its pinned service waits for it, saying why.
             s.wait_service("solo", "api", "pending on the lost node", |v| {
@@ -969,6 +999,11 @@ fn a_partitioned_node_is_replaced_and_its_return_never_leaves_a_duplicate() {
         // Heal: per slot one instance stays (the ready replacement).
         n2.heal();
         wait_converged(&s, &topo, &a2, &format!("cycle {cycle}"));
+        assert_eq!(
+            patient_on_n2(),
+            waiting,
+            "cycle {cycle}: the waited-for instance is adopted as it is"
+        );
     }
     assert_failures_within(&load.stop(), &windows);
     drop(a1);

@@ -455,6 +455,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 }
             }
         }
+        let lost_hold_until = self.keep_lost(&records, &pass_nodes, &unsure, now, &mut instances);
         let active: Vec<Instance> = instances
             .iter()
             .filter(|i| !draining.contains(&i.info.id))
@@ -664,6 +665,7 @@ impl<R: ContainerRuntime> Controller<R> {
             .filter_map(|s| s.wake_at_ms)
             .chain(decision.wake_at_ms)
             .chain(self.nodes.as_ref().and_then(|n| n.next_change_ms()))
+            .chain(lost_hold_until)
             .min();
         if !unsure.is_empty() && !decision.starts.is_empty() {
             // A node not heard from yet (master just restarted, or within node_ttl of its
@@ -1662,6 +1664,58 @@ struct Split {
 }
 
 /// Groups that keep whatever runs (when the desired revision cannot be known).
+impl<R: ContainerRuntime> Controller<R> {
+    /// Instances of services with `[service.placement] lost_after` on a node that is
+    /// `down`: within that time after the node went down, its last listing stands in for
+    /// them (unrouted, holding their slots), so they are not replaced yet. Returns when the
+    /// earliest such hold ends (a pass must look again then).
+    fn keep_lost(
+        &self,
+        records: &[ServiceRecord],
+        live: &[PassNode<R>],
+        unsure: &[String],
+        now: u64,
+        instances: &mut Vec<Instance>,
+    ) -> Option<u64> {
+        let nodes = self.nodes.as_ref()?;
+        let hold: HashMap<String, u64> = records
+            .iter()
+            .filter_map(|r| {
+                let secs = r.spec.placement.as_ref()?.lost_after_secs()?;
+                Some((r.spec.key(), secs.saturating_mul(1000)))
+            })
+            .collect();
+        if hold.is_empty() {
+            return None;
+        }
+        let ttl = nodes.node_ttl().as_millis() as u64;
+        let mem = self.memory.lock().expect("controller memory lock");
+        let mut earliest: Option<u64> = None;
+        for (record, _) in nodes.list() {
+            if live.iter().any(|n| n.name == record.name) || unsure.contains(&record.name) {
+                continue;
+            }
+            let Some(known) = mem.listed.get(&record.name) else {
+                continue;
+            };
+            let down_at = record.last_seen_ms.saturating_add(ttl);
+            for i in known {
+                let Some(until) = hold.get(&i.service).map(|h| down_at.saturating_add(*h)) else {
+                    continue;
+                };
+                if now < until && !instances.iter().any(|x| x.info.id == i.info.id) {
+                    debug!(node = %record.name, service = %i.service, until_ms = until, "lost node's instance kept (placement.lost_after)");
+                    let mut i = i.clone();
+                    i.unreachable = true;
+                    instances.push(i);
+                    earliest = Some(earliest.map_or(until, |e| e.min(until)));
+                }
+            }
+        }
+        earliest
+    }
+}
+
 /// How many of a service's evicted instances are replaced at once: its rollout's
 /// `max_unavailable` (at least 1).
 fn max_migrating(spec: &ServiceSpec) -> u32 {

@@ -251,6 +251,11 @@ impl Nodes {
         ))
     }
 
+    /// How long without a heartbeat before a node is `down`.
+    pub fn node_ttl(&self) -> Duration {
+        self.node_ttl
+    }
+
     /// The cluster's id.
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
