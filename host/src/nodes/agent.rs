@@ -335,10 +335,26 @@ async fn session(
     connected.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(master = %authority, node = %hello.name, "connected to the master");
     let hello = Arc::new(hello);
+    let clock = Arc::new(super::stale::SessionClock::default());
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let engine = engine.clone();
         let hello = hello.clone();
-        async move { Ok::<_, Infallible>(route(req, &engine, &hello, heartbeat).await) }
+        let clock = clock.clone();
+        async move {
+            // A command the master gave up on is never acted on when it arrives late.
+            let now = crate::controller::now_ms() as i64;
+            clock.observe(&req, now);
+            if let Err(why) = clock.check(&req, now) {
+                warn!(reason = %why, "refused a stale command");
+                let mut resp = answer::<()>(Err(RuntimeError::Engine {
+                    op: req.uri().path().to_string(),
+                    reason: why,
+                }));
+                *resp.status_mut() = StatusCode::GONE;
+                return Ok::<_, Infallible>(resp);
+            }
+            Ok::<_, Infallible>(route(req, &engine, &hello, heartbeat).await)
+        }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder

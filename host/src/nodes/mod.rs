@@ -7,12 +7,14 @@
 //! - `token.rs` — join tokens `orcajoin1.<CA fingerprint>.<id>.<secret>`.
 //! - `tls.rs` — rustls configs: master acceptor, agent join (CA pinned), agent session (mTLS).
 //! - `proto.rs` — the wire types; `remote.rs` — the master's client; `agent.rs` — the agent.
+//! - `stale.rs` — the guard that refuses commands arriving after the master gave up on them.
 
 pub mod agent;
 pub mod any;
 pub mod ca;
 pub mod proto;
 pub mod remote;
+pub mod stale;
 pub mod tls;
 pub mod token;
 

@@ -76,21 +76,30 @@ impl RemoteRuntime {
         }
     }
 
+    /// One request; `deadline` is how long the caller waits for it (sent along, so a late
+    /// arrival is refused by the agent).
     async fn send(
         &self,
         method: Method,
         uri: &str,
         body: ReqBody,
+        deadline: Duration,
     ) -> Result<hyper::Response<hyper::body::Incoming>, RuntimeError> {
         let mut send = self.send.clone();
         send.ready()
             .await
             .map_err(|e| self.unavailable(format!("agent session closed ({e})")))?;
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("http://agent{uri}"))
-            .body(body)
-            .expect("valid request");
+        let now = crate::controller::now_ms();
+        let mut req = Request::builder().uri(format!("http://agent{uri}"));
+        if uri == path::HELLO {
+            req = req.header(super::stale::MASTER_MS, now.to_string());
+        }
+        if method == Method::POST {
+            // Past this the master has given up on the call: the agent must not act on it.
+            let not_after = now + deadline.as_millis() as u64;
+            req = req.header(super::stale::NOT_AFTER_MS, not_after.to_string());
+        }
+        let req = req.method(method).body(body).expect("valid request");
         let resp = send
             .send_request(req)
             .await
@@ -135,7 +144,7 @@ impl RemoteRuntime {
         timeout: Duration,
     ) -> Result<T, RuntimeError> {
         let work = async {
-            let resp = self.send(method, uri, body).await?;
+            let resp = self.send(method, uri, body, timeout).await?;
             let bytes = self.body(resp).await?;
             serde_json::from_slice(&bytes).map_err(|e| RuntimeError::Engine {
                 op: uri.to_string(),
@@ -154,7 +163,7 @@ impl RemoteRuntime {
     ) -> BoxStream<'static, Result<T, RuntimeError>> {
         let this = self.clone();
         let stream = async_stream(move |tx| async move {
-            let resp = match this.send(Method::GET, &uri, empty()).await {
+            let resp = match this.send(Method::GET, &uri, empty(), CALL_TIMEOUT).await {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
