@@ -6,6 +6,8 @@
 //! on which it is the HTTP/2 *server*: the master sends runtime calls, the agent answers
 //! from its engine and streams events with a heartbeat. A lost connection is retried with
 //! exponential back-off (5 s doubling to 60 s, with jitter); containers keep running.
+//! [`run`] serves the node's Docker Engine; [`run_with`] runs the same code over any
+//! [`ContainerRuntime`] (the simulation's `SimRuntime`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -21,7 +23,7 @@ use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use orca_docker::{ContainerRuntime, ContainerSpec, DockerRuntime, RuntimeError};
+use orca_docker::{ContainerRuntime, ContainerSpec, DockerRuntime, NodeInfo, RuntimeError};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -94,13 +96,8 @@ pub fn master_authority(url: &str) -> anyhow::Result<String> {
     )
 }
 
-/// Runs the agent until `shutdown`.
+/// Runs the agent over this node's Docker Engine until `shutdown`.
 pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    crate::process::private_umask();
-    std::fs::create_dir_all(&opts.home)
-        .with_context(|| format!("creating {}", opts.home.display()))?;
-    let authority = master_authority(&opts.join)?;
     let engine = DockerRuntime::connect().await.context(
         "connecting to this node's Docker Engine (DOCKER_HOST, else the default socket)",
     )?;
@@ -108,6 +105,34 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         .node_info()
         .await
         .context("reading Docker Engine info")?;
+    run_with(
+        opts,
+        node,
+        move |scope| Arc::new(engine.scoped(scope)),
+        shutdown,
+    )
+    .await
+}
+
+/// Runs the agent over any container runtime until `shutdown`: the same join, session,
+/// heartbeats and events as [`run`]. `node` is what the agent reports about its machine;
+/// `runtime` makes the engine, scoped to the cluster once the agent knows it (after the join,
+/// or from its stored identity).
+pub async fn run_with<R, F>(
+    opts: AgentOptions,
+    node: NodeInfo,
+    runtime: F,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    R: ContainerRuntime,
+    F: FnOnce(orca_docker::ClusterScope) -> Arc<R>,
+{
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::process::private_umask();
+    std::fs::create_dir_all(&opts.home)
+        .with_context(|| format!("creating {}", opts.home.display()))?;
+    let authority = master_authority(&opts.join)?;
     let identity = match load_identity(&opts.home)? {
         Some(id) if id.master == authority => id,
         existing => {
@@ -131,10 +156,10 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
             id
         }
     };
-    let engine = Arc::new(engine.scoped(orca_docker::ClusterScope {
+    let engine = runtime(orca_docker::ClusterScope {
         name: identity.cluster.clone(),
         id: identity.cluster_id.clone(),
-    }));
+    });
     let config =
         super::tls::session_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
     let hello = Hello {
@@ -289,10 +314,10 @@ async fn join(
 }
 
 /// One session: connect, then serve the master's calls until the connection ends.
-async fn session(
+async fn session<R: ContainerRuntime>(
     authority: &str,
     config: Arc<rustls::ClientConfig>,
-    engine: Arc<DockerRuntime>,
+    engine: Arc<R>,
     hello: Hello,
     heartbeat: Duration,
 ) -> anyhow::Result<()> {
@@ -380,9 +405,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
 }
 
 /// The agent's routes: each one [`ContainerRuntime`] call on the node's engine.
-async fn route(
+async fn route<R: ContainerRuntime>(
     req: Request<Incoming>,
-    engine: &Arc<DockerRuntime>,
+    engine: &Arc<R>,
     hello: &Hello,
     heartbeat: Duration,
 ) -> Response<RespBody> {

@@ -7,12 +7,14 @@
 //! - `token.rs` — join tokens `orcajoin1.<CA fingerprint>.<id>.<secret>`.
 //! - `tls.rs` — rustls configs: master acceptor, agent join (CA pinned), agent session (mTLS).
 //! - `proto.rs` — the wire types; `remote.rs` — the master's client; `agent.rs` — the agent.
+//! - `simulated.rs` — simulation only: an in-memory engine and a fleet of real agents over it.
 
 pub mod agent;
 pub mod any;
 pub mod ca;
 pub mod proto;
 pub mod remote;
+pub mod simulated;
 pub mod tls;
 pub mod token;
 
