@@ -4,9 +4,10 @@
 # session, heartbeats and events, each over an in-memory engine whose containers are real
 # HTTP listeners on the agent's advertise address 127.0.1.N, ready through the master's real
 # probes). Two configurations, each against a fresh master:
-#   A. AGENTS simulated agents (default 100): join time; idle master CPU (over IDLE s) and RSS,
-#      against the same master with no agent (the difference per heartbeat is the heartbeat
-#      handling cost); a deploy of SERVICES × REPLICAS (default 100 × 100) placed only on the
+#   A. AGENTS simulated agents (default 100): join time (first join, then reconnect); idle
+#      master CPU (over IDLE s) and RSS with no agent and with the agents; the heartbeat
+#      handling cost (the same agents heartbeating every 100 ms, then every 5 s: CPU difference
+#      over heartbeat difference); a deploy of SERVICES × REPLICAS (default 100 × 100) placed only on the
 #      simulated nodes: time to all ready (from /metrics), master CPU-seconds and peak RSS
 #      during it, controller passes (`orca_controller_pass_seconds`); the steady state after
 #      it (probing 10,000 instances), and `orca stop` until every instance is gone.
@@ -73,12 +74,13 @@ start_master() {
   echo "master did not come up:"; tail -20 "$work/$name.server.log"; exit 1
 }
 
-# start_fleet N: returns once N simulated nodes are ready; sets join_ms.
+# start_fleet N [HEARTBEAT_MS]: returns once N simulated nodes are ready; sets join_ms.
+# Started again with the same N, the agents reconnect with the identities they got.
 start_fleet() {
-  local n=$1 token t0
+  local n=$1 hb=${2:-5000} token t0
   token=$("$orca" node token create --reusable --ttl 2h 2>/dev/null)
   t0=$(now_ms)
-  "$sim" --join "https://127.0.0.1:$api_port" --token "$token" --agents "$n" --labels sim=1 --home "$work/agents-$n" 2>"$work/sim-$n.log" &
+  "$sim" --join "https://127.0.0.1:$api_port" --token "$token" --agents "$n" --labels sim=1 --heartbeat-ms "$hb" --home "$work/agents-$n" 2>>"$work/sim-$n.log" &
   fleet=$!
   for _ in $(seq 1 1200); do
     [ "$(ready_nodes)" = "$n" ] && { join_ms=$(( $(now_ms) - t0 )); return 0; }
@@ -104,17 +106,23 @@ start_master a ""
 sleep 5
 idle0=$(cpu_over "$idle")
 rss0=$(rss_kb "$server" VmRSS)
-start_fleet "$agents"
+start_fleet "$agents" 5000
+first_join_ms=$join_ms
+stop_pid "$fleet"
+# Heartbeat handling: the same agents heartbeating every 100 ms, then every 5 s (the
+# default); the CPU difference over the difference in heartbeats is the cost of one.
+start_fleet "$agents" 100
+sleep 10
+idle_hb1=$(cpu_over "$idle")
+stop_pid "$fleet"
+start_fleet "$agents" 5000
+join_ms_again=$join_ms
 sleep 10
 read -r ps0 pc0 <<<"$(pass_stats)"
-sim_t0=$(ticks "$fleet")
 idle1=$(cpu_over "$idle")
-sim_idle=$(awk -v d=$(( $(ticks "$fleet") - sim_t0 )) -v c="$clk" -v s="$idle" 'BEGIN {printf "%.2f", d / c / s * 100}')
 read -r ps1 pc1 <<<"$(pass_stats)"
 rss1=$(rss_kb "$server" VmRSS)
-# Heartbeats every 5 s per agent (the agent's default) over the idle window.
-beats=$(( agents * idle / 5 ))
-per_beat_us=$(awk -v a="$idle1" -v b="$idle0" -v s="$idle" -v n="$beats" 'BEGIN {printf "%.0f", (a - b) / 100 * s / n * 1e6}')
+per_beat_us=$(awk -v a="$idle_hb1" -v b="$idle1" -v n="$agents" 'BEGIN {printf "%.1f", (a - b) / 100 / (n * 10 - n / 5) * 1e6}')
 
 dir=$(write_services sim "$services" "$replicas")
 total=$((services * replicas))
@@ -173,11 +181,12 @@ echo "Run $(date -u +%Y-%m-%d), $(nproc) cores, load average before $load_before
 echo
 echo "| A: $agents simulated agents, $services services × $replicas replicas | value |"
 echo "| --- | --- |"
-echo "| $agents agents started → all ready nodes | $join_ms ms |"
+echo "| $agents agents started → all ready nodes: first join / reconnect | $first_join_ms / $join_ms_again ms |"
 echo "| idle master CPU, no agent ($idle s) | $idle0 % of one core |"
-echo "| idle master CPU, $agents agents ($idle s) | $idle1 % of one core |"
+echo "| idle master CPU, $agents agents, heartbeat 5 s ($idle s) | $idle1 % of one core |"
+echo "| idle master CPU, $agents agents, heartbeat 100 ms ($idle s) | $idle_hb1 % of one core |"
 echo "| idle master RSS, no agent → $agents agents | $((rss0 / 1024)) → $((rss1 / 1024)) MiB |"
-echo "| heartbeat handling (extra master CPU per heartbeat, keep-alives included) | $per_beat_us µs |"
+echo "| heartbeat handling (master CPU per heartbeat, from the 100 ms vs 5 s difference) | $per_beat_us µs |"
 echo "| idle controller pass (watchdog), $agents nodes, no service | $(avg "$ps0" "$pc0" "$ps1" "$pc1") |"
 echo "| \`orca deploy\` of $services services (API answer) | $deploy_ms ms |"
 echo "| deploy → first instance ready | ${first_ms:-none} ms |"

@@ -31,8 +31,10 @@ struct Args {
     /// Parent of every agent's ORCA_HOME.
     #[arg(long)]
     home: PathBuf,
-    #[arg(long, default_value_t = 5)]
-    heartbeat_secs: u64,
+    /// Heartbeat interval in ms (`orca agent`'s is whole seconds, default 5 s; shorter ones
+    /// here measure the master's cost per heartbeat).
+    #[arg(long, default_value_t = 5000)]
+    heartbeat_ms: u64,
     /// CPUs and memory (GiB) each simulated node reports.
     #[arg(long, default_value_t = 8)]
     cpus: u32,
@@ -60,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         prefix: args.prefix,
         labels,
         home: args.home,
-        heartbeat: Duration::from_secs(args.heartbeat_secs.max(1)),
+        heartbeat: Duration::from_millis(args.heartbeat_ms.max(10)),
         cpus: args.cpus,
         memory_bytes: args.memory_gib << 30,
     };

@@ -410,7 +410,10 @@ impl Nodes {
         (live, unsure)
     }
 
-    /// The earliest time an unsure node becomes `down` (so the controller wakes then).
+    /// The earliest time an unsure node becomes `down` (so the controller wakes then). A
+    /// node with an open session is left out: its session ends (and wakes the controller)
+    /// when no heartbeat came for `node_ttl`, so it needs no timer — with 100 nodes one would
+    /// fire a pass every few seconds.
     pub fn next_change_ms(&self) -> Option<u64> {
         let ttl = self.node_ttl.as_millis() as u64;
         let sessions = self.sessions();
@@ -418,6 +421,7 @@ impl Nodes {
             .list_nodes()
             .unwrap_or_default()
             .iter()
+            .filter(|r| !sessions.get(&r.name).is_some_and(|s| s.runtime.is_open()))
             .map(|r| {
                 sessions
                     .get(&r.name)
