@@ -205,3 +205,4 @@ echo "| B: 3 simulated agents, 100 services × 3 replicas ($b_ready ready) | val
 echo "| --- | --- |"
 echo "| controller pass, nothing to do (watchdog 1 s) | $(avg "$bs0" "$bc0" "$bs1" "$bc1") |"
 echo "| master CPU at one pass per second | $b_cpu % of one core |"
+echo "| master CPU per second (one pass and 30 probes) | $(awk -v c="$b_cpu" 'BEGIN {printf "%.1f", c * 10}') ms |"

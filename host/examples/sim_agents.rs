@@ -53,8 +53,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let fds = orca::process::raise_fd_limit().context("raising RLIMIT_NOFILE")?;
-    let labels = orca::nodes::parse_labels(&args.labels)
-        .map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+    let labels =
+        orca::nodes::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
     let opts = FleetOptions {
         join: args.join,
         token: args.token,

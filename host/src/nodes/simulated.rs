@@ -192,7 +192,12 @@ impl ContainerRuntime for SimRuntime {
                 name: spec.name.clone(),
             });
         }
-        if !self.networks.lock().expect("networks").contains(&spec.network) {
+        if !self
+            .networks
+            .lock()
+            .expect("networks")
+            .contains(&spec.network)
+        {
             return Err(RuntimeError::Engine {
                 op: "create container".into(),
                 reason: format!("network {} not found", spec.network),
@@ -582,7 +587,10 @@ mod tests {
             .map(|e| e.unwrap().action)
             .collect()
             .await;
-        assert_eq!(actions, ["create", "start", "kill", "die", "stop", "destroy"]);
+        assert_eq!(
+            actions,
+            ["create", "start", "kill", "die", "stop", "destroy"]
+        );
         // The port is free again: the listener closed with the container.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -603,7 +611,9 @@ mod tests {
             ..ContainerSpec::default()
         };
         assert!(rt.create_and_start(&spec).await.is_err());
-        rt.ensure_network("missing", &BTreeMap::new()).await.unwrap();
+        rt.ensure_network("missing", &BTreeMap::new())
+            .await
+            .unwrap();
         let mut other = spec.clone();
         other.labels.insert(LABEL_CLUSTER_ID.into(), "id-2".into());
         // The runtime overwrites the id with its own scope's, like DockerRuntime::scoped.
