@@ -303,7 +303,7 @@ impl Events {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // One line per burst, not one per event (a 10,000-instance deploy would log
             // thousands).
-            if n == 1 || n % 1000 == 0 {
+            if n == 1 || n.is_multiple_of(1000) {
                 warn!(dropped = n, "event queue full; event dropped");
             }
         }
