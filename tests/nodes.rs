@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::nodes::{NodeEngine, Topology};
+use support::nodes::{HostSwarm, NodeEngine, Topology};
 use support::*;
 
 /// One `orca agent` process inside a node's namespace.
@@ -141,6 +141,7 @@ fn wait_ready_nodes(s: &Server, n: usize, agents: &[&Agent]) -> Vec<Value> {
 
 #[test]
 fn agents_join_with_tokens_and_bad_tokens_are_refused() {
+    let _swarm = HostSwarm::take();
     let topo = Topology::start(2);
     let s = Server::start_at(topo.host_ip(), "");
     let url = master_url(&s);
@@ -194,8 +195,21 @@ fn agents_join_with_tokens_and_bad_tokens_are_refused() {
     assert_eq!(node1["address"], n1.ip.to_string());
     let text = s.cli(&["nodes"]);
     assert!(text.contains(&n2.name) && text.contains("ready"), "{text}");
+    let swarm_state =
+        |n: &NodeEngine| n.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while swarm_state(n2) != "active" {
+        assert!(
+            Instant::now() < deadline,
+            "{} never joined the cluster's swarm:\n{}",
+            n2.name,
+            tail(&s.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
-    // Removing a node revokes its certificate: it cannot reconnect.
+    // Removing a node revokes its certificate: it cannot reconnect; its engine leaves the
+    // cluster's swarm.
     s.cli(&["node", "remove", &n2.name]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while nodes(&s).iter().any(|n| n["name"] == n2.name.as_str()) {
@@ -206,6 +220,11 @@ fn agents_join_with_tokens_and_bad_tokens_are_refused() {
     assert!(
         !nodes(&s).iter().any(|n| n["name"] == n2.name.as_str()),
         "a removed node's agent must not come back"
+    );
+    assert_eq!(
+        swarm_state(n2),
+        "inactive",
+        "the removed node's engine left the swarm"
     );
     assert!(
         s.log().contains("belongs to no joined node"),
@@ -227,6 +246,7 @@ fn per_node(svc: &Value) -> std::collections::BTreeMap<String, usize> {
 
 #[test]
 fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
+    let _swarm = HostSwarm::take();
     let topo = Topology::start(2);
     let s = Server::start_at(topo.host_ip(), "");
     let url = master_url(&s);
@@ -342,6 +362,58 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
             })
     });
 
+    // A rolling update of the six under constant load through the proxy: no request fails,
+    // and the new revision runs 2/2/2 again.
+    let load = Load::start(
+        s.http,
+        "spread.test",
+        "/",
+        4,
+        Duration::from_millis(10),
+        60_000,
+        Duration::from_secs(180),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    s.write_service(
+        "spread",
+        &testapp_service(
+            "web",
+            6,
+            "spread.test",
+            "env = { LOG_REQUESTS = \"1\", VERSION = \"v2\" }",
+        ),
+    );
+    let started = Instant::now();
+    // Only `web`: the ambiguous service of above stays refused.
+    s.cli(&["deploy", "web", "--timeout-secs", "180"]);
+    let rollout_ms = started.elapsed().as_millis();
+    let svc = s.wait_service("spread", "web", "6/6 ready on v2", |v| {
+        v["ready_replicas"] == 6 && v["instances"].as_array().is_some_and(|is| is.len() == 6)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let report = load.stop();
+    eprintln!(
+        "rolling update of 6 replicas over 3 nodes: {rollout_ms} ms; load: {}",
+        report.summary()
+    );
+    assert!(
+        report.failures.is_empty() && !report.capped,
+        "requests failed during the rolling update across nodes: {}\n{}",
+        report.summary(),
+        tail(&s.log(), 40)
+    );
+    assert!(report.ok > 100, "the load ran: {}", report.summary());
+    assert!(
+        report.versions.get("v2").copied().unwrap_or(0) > 0,
+        "{}",
+        report.summary()
+    );
+    let counts = per_node(&svc);
+    assert!(
+        counts.len() == 3 && counts.values().all(|c| *c == 2),
+        "2/2/2 after the update: {counts:?}"
+    );
+
     // SIGKILL of an agent and a restart: its containers are adopted, none duplicated.
     let before = topo.nodes[1].docker_ok(&["ps", "-q"]);
     a2.kill9();
@@ -396,6 +468,583 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
         "back-off while the master was away:\n{}",
         tail(&a1.log(), 20)
     );
+    drop(a1);
+    drop(a2);
+    drop(s);
+    drop(topo);
+}
+
+#[test]
+fn services_reach_each_other_across_nodes_on_their_projects_overlay_only() {
+    let _swarm = HostSwarm::take();
+    let topo = Topology::start(3);
+    let s = Server::start_at(
+        topo.host_ip(),
+        &format!("[nodes]\noverlay_pools = [\"{}\"]\n", topo.overlay_pool()),
+    );
+    let url = master_url(&s);
+    let token = join_token(&s, &["--reusable"]);
+    let (n1, n2, n3) = (&topo.nodes[0], &topo.nodes[1], &topo.nodes[2]);
+
+    // An engine that already belongs to another swarm is refused, saying so.
+    n3.docker_ok(&["swarm", "init", "--advertise-addr", &n3.ip.to_string()]);
+    let mut foreign = Agent::start(n3, &url, Some(&token), &[]);
+    let log = foreign.wait_exit(Duration::from_secs(30));
+    assert!(log.contains("already belongs to another swarm"), "{log}");
+
+    let a1 = Agent::start(n1, &url, Some(&token), &["--labels", "zone=a"]);
+    let a2 = Agent::start(n2, &url, Some(&token), &["--labels", "zone=b"]);
+    wait_ready_nodes(&s, 3, &[&a1, &a2]);
+    // The master made its cluster's swarm (the host engine is its manager) and joined both
+    // engines to it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in [n1, n2] {
+        loop {
+            let state = n.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+            if state == "active" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never joined the swarm ({state}):\n{}",
+                n.name,
+                tail(&s.log(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let master = s.cli(&["nodes", "--output", "json"]);
+    let master: Value = serde_json::from_str(&master).unwrap();
+    let master_name = master["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] != n1.name.as_str() && n["name"] != n2.name.as_str())
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // shop: a db on node 2 (alias `database`); a web on node 1 and a worker on the master
+    // that each wait for `database:8080` before they listen, so their becoming ready proves
+    // the name resolves and connects across nodes.
+    let img = testapp_image();
+    let service = |name: &str, pin: &str, extra: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nimage = \"{img}\"\nport = 8080\nhealth = \"/healthz\"\n{extra}\n\
+             [service.placement]\n{pin}\n\n"
+        )
+    };
+    let depends = "[service.env]\nDEPENDS_ON = \"database:8080\"\n";
+    s.write_service(
+        "shop",
+        &[
+            service(
+                "db",
+                "labels = { zone = \"b\" }",
+                "aliases = [\"database\"]\n",
+            ),
+            service("web", "labels = { zone = \"a\" }", depends),
+            service("worker", &format!("node = \"{master_name}\""), depends),
+        ]
+        .concat(),
+    );
+    s.cli(&["deploy", "--timeout-secs", "120"]);
+    for (name, node) in [
+        ("db", &n2.name),
+        ("web", &n1.name),
+        ("worker", &master_name),
+    ] {
+        let svc = s.wait_service("shop", name, "ready", |v| v["ready_replicas"] == 1);
+        assert_eq!(
+            per_node(&svc).keys().cloned().collect::<Vec<_>>(),
+            vec![node.clone()],
+            "{name}"
+        );
+    }
+
+    // Another project's web on node 1 asks for the same name: it is not on shop's network,
+    // so it never connects (and never becomes ready).
+    s.write_service(
+        "other",
+        &service("web", "labels = { zone = \"a\" }", depends),
+    );
+    s.cli(&["deploy", "--no-wait"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = s.cli(&["logs", "web", "--project", "other", "--tail", "20"]);
+        if logs.contains("database:8080") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "other/web logged no failed connection:\n{logs}\n{}",
+            tail(&s.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let other = s.service("other", "web");
+    assert_eq!(other["ready_replicas"], 0, "{other:#}");
+    let logs = s.cli(&["logs", "web", "--project", "other", "--tail", "5"]);
+    assert!(
+        !logs.contains("orca-testapp: ready"),
+        "other/web reached shop's database:\n{logs}"
+    );
+    drop(a1);
+    drop(a2);
+    drop(foreign);
+    drop(s);
+    drop(topo);
+}
+
+/// Names of this cluster's containers on a node's engine.
+fn orca_containers(n: &NodeEngine, cluster: &str) -> Vec<String> {
+    sorted_lines(&n.docker_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=orca.cluster={cluster}"),
+        "--format",
+        "{{.Names}}",
+    ]))
+}
+
+#[test]
+fn a_drained_node_is_emptied_under_load_without_a_failed_request_then_rebalanced() {
+    let _swarm = HostSwarm::take();
+    let topo = Topology::start(2);
+    let s = Server::start_at(topo.host_ip(), "");
+    let url = master_url(&s);
+    let token = join_token(&s, &["--reusable"]);
+    let (n1, n2) = (&topo.nodes[0], &topo.nodes[1]);
+    let a1 = Agent::start(n1, &url, Some(&token), &["--labels", "zone=a"]);
+    let a2 = Agent::start(n2, &url, Some(&token), &["--labels", "zone=b"]);
+    wait_ready_nodes(&s, 3, &[&a1, &a2]);
+    s.write_service(
+        "drain",
+        &testapp_service(
+            "web",
+            6,
+            "drain.test",
+            "[service.deploy]\ndrain_timeout_secs = 5\n",
+        ),
+    );
+    s.write_service(
+        "pinned",
+        &testapp_service(
+            "api",
+            1,
+            "pinned.test",
+            "[service.placement]\nlabels = { zone = \"b\" }\n",
+        ),
+    );
+    s.cli(&["deploy", "--timeout-secs", "120"]);
+    let svc = s.wait_service("drain", "web", "6/6 ready", |v| v["ready_replicas"] == 6);
+    assert_eq!(
+        per_node(&svc).get(&n1.name),
+        Some(&2),
+        "{:?}",
+        per_node(&svc)
+    );
+
+    // Drain node 1 while the six serve: every instance there moves, none fails a request.
+    let load = Load::start(
+        s.http,
+        "drain.test",
+        "/",
+        4,
+        Duration::from_millis(10),
+        60_000,
+        Duration::from_secs(180),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    s.cli(&["node", "drain", &n1.name]);
+    let svc = s.wait_service("drain", "web", "moved off node 1", |v| {
+        v["ready_replicas"] == 6
+            && v["instances"]
+                .as_array()
+                .is_some_and(|is| is.len() == 6 && is.iter().all(|i| i["node"] != n1.name.as_str()))
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !orca_containers(n1, &s.cluster).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "containers left on the drained node: {:?}",
+            orca_containers(n1, &s.cluster)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let drain_ms = started.elapsed().as_millis();
+    std::thread::sleep(Duration::from_secs(1));
+    let report = load.stop();
+    eprintln!(
+        "drain of 2 of 6 replicas under load: {drain_ms} ms; load: {}",
+        report.summary()
+    );
+    assert!(
+        report.failures.is_empty() && !report.capped && report.ok > 100,
+        "requests failed during the drain: {}\n{}",
+        report.summary(),
+        tail(&s.log(), 40)
+    );
+    assert_eq!(per_node(&svc).len(), 2, "{:?}", per_node(&svc));
+    let table = s.cli(&["nodes"]);
+    assert!(
+        table.contains("draining") && table.contains("done"),
+        "orca nodes shows the drain's progress:\n{table}"
+    );
+    let log = s.log();
+    assert!(
+        log.contains("reason=\"migrated\"") || log.contains("reason=migrated"),
+        "{}",
+        tail(&log, 30)
+    );
+
+    // A new instance never goes to a drained node.
+    s.cli(&["scale", "web", "7", "--project", "drain"]);
+    let svc = s.wait_service("drain", "web", "7/7 ready", |v| v["ready_replicas"] == 7);
+    assert!(
+        !per_node(&svc).contains_key(&n1.name),
+        "{:?}",
+        per_node(&svc)
+    );
+    s.cli(&["scale", "web", "6", "--project", "drain"]);
+
+    // Undrain, then rebalance under load: the service spreads over all three again with
+    // no failed request.
+    s.cli(&["node", "undrain", &n1.name]);
+    let load = Load::start(
+        s.http,
+        "drain.test",
+        "/",
+        4,
+        Duration::from_millis(10),
+        60_000,
+        Duration::from_secs(180),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    s.cli(&["rebalance", "web", "--project", "drain"]);
+    let svc = s.wait_service("drain", "web", "spread again", |v| {
+        let counts = per_node(v);
+        v["ready_replicas"] == 6
+            && v["instances"].as_array().is_some_and(|is| is.len() == 6)
+            && counts.len() == 3
+            && counts.values().all(|c| *c == 2)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let report = load.stop();
+    eprintln!("rebalance: {}", report.summary());
+    assert!(
+        report.failures.is_empty() && !report.capped && report.ok > 100,
+        "requests failed during the rebalance: {}\n{}",
+        report.summary(),
+        tail(&s.log(), 40)
+    );
+    assert_eq!(per_node(&svc).get(&n1.name), Some(&2));
+
+    // A drain with a deadline: the pinned service cannot move (no other node has its
+    // label), so at the deadline its instance is stopped, and said so.
+    s.cli(&["node", "drain", &n2.name, "--deadline", "3s"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while orca_containers(n2, &s.cluster)
+        .iter()
+        .any(|c| c.contains("-pinned-"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the pinned instance outlived the drain deadline:\n{}",
+            tail(&s.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = s.log();
+    assert!(log.contains("drain-deadline"), "{}", tail(&log, 30));
+    let svc = s.wait_service("pinned", "api", "pending with the reason", |v| {
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("node is draining"))
+    });
+    assert_eq!(svc["ready_replicas"], 0);
+    drop(a1);
+    drop(a2);
+    drop(s);
+    drop(topo);
+}
+
+/// Running containers of this cluster named like instances of `project/service`, on the
+/// host engine (the master's) or a node's.
+fn running_instances(
+    node: Option<&NodeEngine>,
+    cluster: &str,
+    project: &str,
+    service: &str,
+) -> Vec<String> {
+    let prefix = format!("orca-{cluster}-{project}-{service}-");
+    let args = [
+        "ps",
+        "--filter",
+        &format!("label=orca.cluster={cluster}"),
+        "--format",
+        "{{.Names}}",
+    ];
+    let out = match node {
+        Some(n) => n.docker_ok(&args),
+        None => {
+            let o = std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).to_string()
+        }
+    };
+    sorted_lines(&out)
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// A master (node TTL 5 s) and two agents heartbeating every second; `part/web` runs 6
+/// replicas 2/2/2, `solo/api` one replica pinned to node 2, and `part/patient` 3 replicas
+/// 1/1/1 that wait 20 s for a lost node (`lost_after`) before being replaced.
+fn partition_cluster() -> (HostSwarm, Topology, Server, Agent, Agent) {
+    let swarm = HostSwarm::take();
+    let topo = Topology::start(2);
+    let s = Server::start_at(topo.host_ip(), "[nodes]\nnode_ttl_secs = 5\n");
+    let url = master_url(&s);
+    let token = join_token(&s, &["--reusable"]);
+    let beat = ["--heartbeat-secs", "1"];
+    let a1 = Agent::start(&topo.nodes[0], &url, Some(&token), &beat);
+    let a2 = Agent::start(&topo.nodes[1], &url, Some(&token), &beat);
+    wait_ready_nodes(&s, 3, &[&a1, &a2]);
+    s.write_service(
+        "part",
+        &[
+            testapp_service(
+                "web",
+                6,
+                "part.test",
+                "[service.deploy]\ndrain_timeout_secs = 5\n",
+            ),
+            testapp_service(
+                "patient",
+                3,
+                "patient.test",
+                "[service.placement]\nlost_after = \"20s\"\n",
+            ),
+        ]
+        .concat(),
+    );
+    s.write_service(
+        "solo",
+        &testapp_service(
+            "api",
+            1,
+            "solo.test",
+            &format!("[service.placement]\nnode = \"{}\"\n", topo.nodes[1].name),
+        ),
+    );
+    s.cli(&["deploy", "--timeout-secs", "120"]);
+    let svc = s.wait_service("part", "web", "6/6 ready", |v| v["ready_replicas"] == 6);
+    assert_eq!(per_node(&svc).get(&topo.nodes[1].name), Some(&2));
+    let patient = s.wait_service("part", "patient", "3/3 ready", |v| v["ready_replicas"] == 3);
+    assert_eq!(per_node(&patient).len(), 3, "{:?}", per_node(&patient));
+    s.wait_service("solo", "api", "ready on node 2", |v| {
+        v["ready_replicas"] == 1
+    });
+    (swarm, topo, s, a1, a2)
+}
+
+fn partition_load(s: &Server) -> Load {
+    Load::start(
+        s.http,
+        "part.test",
+        "/",
+        4,
+        Duration::from_millis(10),
+        200_000,
+        Duration::from_secs(600),
+    )
+}
+
+/// Waits until `part/web` runs 6 ready instances none of which is on `lost`.
+fn wait_replaced_off(s: &Server, lost: &str) {
+    s.wait_service("part", "web", "replaced off the lost node", |v| {
+        v["ready_replicas"] == 6
+            && v["instances"].as_array().is_some_and(|is| {
+                is.iter()
+                    .filter(|i| i["node"] != lost && i["ready"] == true)
+                    .count()
+                    == 6
+            })
+    });
+}
+
+/// After a heal: waits until node 2 is ready, exactly 6 `part/web` containers run across
+/// all engines, the pinned service runs again, and node 2 holds nothing the master does
+/// not know; then spreads `web` over node 2 again (so a next cut takes instances with it).
+fn wait_converged(s: &Server, topo: &Topology, a2: &Agent, what: &str) {
+    let (n1, n2) = (&topo.nodes[0], &topo.nodes[1]);
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(120);
+    loop {
+        let web = s.service("part", "web");
+        let solo = s.service("solo", "api");
+        let patient = s.service("part", "patient");
+        let known: std::collections::BTreeSet<String> = web["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(solo["instances"].as_array().into_iter().flatten())
+            .chain(patient["instances"].as_array().into_iter().flatten())
+            .filter_map(|i| i["name"].as_str().map(str::to_string))
+            .collect();
+        let count = |service: &str| -> usize {
+            [None, Some(n1), Some(n2)]
+                .into_iter()
+                .map(|n| running_instances(n, &s.cluster, "part", service).len())
+                .sum()
+        };
+        let (everywhere, patients) = (count("web"), count("patient"));
+        let on_n2 = orca_containers(n2, &s.cluster);
+        let back = nodes(s)
+            .iter()
+            .any(|n| n["name"] == n2.name.as_str() && n["status"] == "ready");
+        if back
+            && everywhere == 6
+            && patients == 3
+            && web["ready_replicas"] == 6
+            && solo["ready_replicas"] == 1
+            && on_n2.iter().all(|c| known.contains(c))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not converged after the heal: {everywhere} web and {patients} patient containers running, \
+             on node 2 {on_n2:?}, known {known:?}\n{}\nagent 2:\n{}",
+            tail(&s.log(), 40),
+            tail(&a2.log(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "{what}: heal -> converged in {} ms",
+        t.elapsed().as_millis()
+    );
+    s.cli(&["rebalance", "web", "--project", "part"]);
+    s.wait_service("part", "web", "spread over node 2 again", |v| {
+        v["ready_replicas"] == 6
+            && v["instances"].as_array().is_some_and(|is| is.len() == 6)
+            && per_node(v).get(&n2.name) == Some(&2)
+    });
+}
+
+/// Asserts that every failed request of `report` started inside one of `windows`.
+fn assert_failures_within(report: &LoadReport, windows: &[(u128, u128)]) {
+    eprintln!("load: {}", report.summary());
+    let outside: Vec<_> = report
+        .failures
+        .iter()
+        .filter(|f| !windows.iter().any(|(a, b)| f.at_ms >= *a && f.at_ms <= *b))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "requests failed outside the loss windows {windows:?}: {outside:?}\n{}",
+        report.summary()
+    );
+    assert!(report.ok > 1000, "{}", report.summary());
+}
+
+#[test]
+fn a_partitioned_node_is_replaced_and_its_return_never_leaves_a_duplicate() {
+    let (_swarm, topo, s, a1, a2) = partition_cluster();
+    let n2 = &topo.nodes[1];
+    let patient_on_n2 = || running_instances(Some(n2), &s.cluster, "part", "patient");
+    let waiting = patient_on_n2();
+    assert_eq!(waiting.len(), 1);
+    let load = partition_load(&s);
+    std::thread::sleep(Duration::from_secs(1));
+    // (cut, replaced) per cycle, in the load's clock.
+    let mut windows: Vec<(u128, u128)> = Vec::new();
+    for cycle in 0..5 {
+        // Cut node 2 off in both directions.
+        n2.partition();
+        let (cut, t) = (load.now_ms(), Instant::now());
+        wait_replaced_off(&s, &n2.name);
+        windows.push((cut, load.now_ms()));
+        eprintln!(
+            "cycle {cycle}: node loss -> 6 ready elsewhere in {} ms",
+            t.elapsed().as_millis()
+        );
+        // `patient` waits for the node (lost_after): not replaced, nothing started for it.
+        let elsewhere: usize = [None, Some(&topo.nodes[0])]
+            .into_iter()
+            .map(|n| running_instances(n, &s.cluster, "part", "patient").len())
+            .sum();
+        assert_eq!(
+            elsewhere, 2,
+            "cycle {cycle}: a lost_after service was replaced at once"
+        );
+        if cycle == 0 {
+            // Its pinned service waits for it, saying why.
+            s.wait_service("solo", "api", "pending on the lost node", |v| {
+                v["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(&n2.name) && e.contains("not ready"))
+            });
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        // Heal: per slot one instance stays (the ready replacement).
+        n2.heal();
+        wait_converged(&s, &topo, &a2, &format!("cycle {cycle}"));
+        assert_eq!(
+            patient_on_n2(),
+            waiting,
+            "cycle {cycle}: the waited-for instance is adopted as it is"
+        );
+    }
+    assert_failures_within(&load.stop(), &windows);
+    drop(a1);
+    drop(a2);
+    drop(s);
+    drop(topo);
+}
+
+#[test]
+fn a_one_way_partition_and_a_master_restart_during_a_partition_end_the_same() {
+    let (_swarm, topo, mut s, a1, a2) = partition_cluster();
+    let n2 = &topo.nodes[1];
+    let load = partition_load(&s);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut windows = Vec::new();
+
+    // One way: what node 2 sends is lost, what the master sends arrives.
+    n2.partition_outbound();
+    let (cut, t) = (load.now_ms(), Instant::now());
+    wait_replaced_off(&s, &n2.name);
+    windows.push((cut, load.now_ms()));
+    eprintln!(
+        "one-way: node loss -> 6 ready elsewhere in {} ms",
+        t.elapsed().as_millis()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    n2.heal();
+    wait_converged(&s, &topo, &a2, "one-way");
+    let first = load.stop();
+    assert_failures_within(&first, &windows);
+
+    // The master killed and restarted while node 2 is cut off: it does not know node 2's
+    // instances, waits node_ttl for it, then replaces them; after the heal, the same end.
+    n2.partition();
+    s.kill9();
+    s.spawn();
+    wait_ready_nodes(&s, 2, &[&a1]);
+    wait_replaced_off(&s, &n2.name);
+    std::thread::sleep(Duration::from_secs(2));
+    n2.heal();
+    wait_converged(&s, &topo, &a2, "master restart");
     drop(a1);
     drop(a2);
     drop(s);

@@ -194,6 +194,10 @@ impl<'a> Fixture<'a> {
                 Req::get(format!("/api/v1/services/web/logs?project={p}&tail=5"))
             }
             ("GET", "/api/v1/cluster/info") => Req::get(route),
+            ("POST", "/api/v1/services/{name}/rebalance") => Req {
+                expect: 200,
+                ..Req::get(format!("/api/v1/services/other/rebalance?project={p}"))
+            },
             ("POST", "/api/v1/services/{name}/promote") => {
                 if setup {
                     // A manual canary of a new version, waiting for the operator.
@@ -230,14 +234,19 @@ impl<'a> Fixture<'a> {
                 expect: 404,
                 ..Req::get(format!("/api/v1/cluster/nodes/no-such-node-{n}"))
             },
-            // Not built yet (multi-node): the route answers 501 to whoever may call it.
+            // No agent joins here (tests/nodes.rs drains real ones): the route's own answer
+            // for an unknown node.
             ("POST", "/api/v1/cluster/nodes/{id}/drain") => Req {
-                expect: 501,
-                ..Req::get(format!("/api/v1/cluster/nodes/{}/drain", self.node))
+                expect: 404,
+                ..Req::json(
+                    format!("/api/v1/cluster/nodes/no-such-node-{n}/drain"),
+                    json!({"deadline_secs": 60}),
+                    404,
+                )
             },
             ("POST", "/api/v1/cluster/nodes/{id}/undrain") => Req {
-                expect: 501,
-                ..Req::get(format!("/api/v1/cluster/nodes/{}/undrain", self.node))
+                expect: 404,
+                ..Req::get(format!("/api/v1/cluster/nodes/no-such-node-{n}/undrain"))
             },
             ("GET", "/api/v1/webhooks") => Req::get(route),
             ("POST", "/api/v1/webhooks") => Req::json(

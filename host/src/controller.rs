@@ -44,6 +44,8 @@ use crate::registry::Registry;
 use crate::rollout;
 
 mod networks;
+mod rebalance;
+mod swarm;
 
 /// Grace period between SIGTERM and SIGKILL when orca stops an instance.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -86,6 +88,11 @@ struct Memory {
     networks: BTreeSet<String>,
     /// Legacy networks (see `instance::legacy_networks_to_join`) per project, this pass.
     legacy: HashMap<String, Vec<String>>,
+    /// The cluster's swarm (overlay networks between nodes).
+    swarm: swarm::SwarmMemory,
+    /// Each remote node's last successful listing: while the node does not answer but is
+    /// not `down` yet, its instances keep their slots (unrouted) instead of being replaced.
+    listed: HashMap<String, Vec<Instance>>,
 }
 
 /// Everything a pass needs.
@@ -109,9 +116,20 @@ pub struct Controller<R: ContainerRuntime> {
     nodes: Option<Arc<Nodes>>,
     /// Host ports remote instances are published on (`[nodes] host_ports`).
     host_ports: (u16, u16),
+    /// The cluster's id (labels the swarm orca makes).
+    cluster_id: String,
+    /// `[nodes] overlay_pools`, for the swarm orca makes.
+    overlay_pools: Vec<String>,
+    /// `[nodes] drain_parallel`: evicted instances replaced at once, cluster-wide.
+    drain_parallel: u32,
+    /// Services being rebalanced (`orca rebalance`) and the instances moved for them.
+    rebalancing: Arc<Mutex<rebalance::Rebalancing>>,
     /// One image shipment per (node, image) at a time.
     shipping: Mutex<HashMap<(String, String), ShipLock>>,
 }
+
+/// How long a pass waits for a remote node's listing before using its last one.
+const REMOTE_LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Held while an image is shipped to a node.
 type ShipLock = Arc<tokio::sync::Mutex<()>>;
@@ -122,6 +140,8 @@ struct Placed<R: ContainerRuntime> {
     node: String,
     runtime: NodeRuntime<R>,
     publish: Option<(std::net::IpAddr, u16)>,
+    /// Whether the node's engine is in the cluster's swarm (its instances join overlays).
+    overlay: bool,
 }
 
 /// A node as one pass sees it.
@@ -130,6 +150,8 @@ struct PassNode<R: ContainerRuntime> {
     runtime: NodeRuntime<R>,
     /// `None` for the master's own engine.
     remote: Option<crate::nodes::LiveNode>,
+    /// Whether its engine is in the cluster's swarm this pass.
+    on_overlay: bool,
 }
 
 /// A handle for the API: wake the controller, read its view.
@@ -138,9 +160,19 @@ pub struct ControllerHandle {
     wake: Arc<Notify>,
     view: Arc<ArcSwap<View>>,
     health: Health,
+    rebalancing: Arc<Mutex<rebalance::Rebalancing>>,
 }
 
 impl ControllerHandle {
+    /// Starts rebalancing `service` (`project/name`) over its eligible nodes.
+    pub fn rebalance(&self, service: String) {
+        self.rebalancing
+            .lock()
+            .expect("rebalance lock")
+            .request(service);
+        self.wake.notify_one();
+    }
+
     /// Asks for a pass as soon as possible.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -191,13 +223,26 @@ impl<R: ContainerRuntime> Controller<R> {
             events: crate::events::Events::disabled(),
             nodes: None,
             host_ports: (20000, 29999),
+            cluster_id: String::new(),
+            overlay_pools: Vec::new(),
+            drain_parallel: 2,
+            rebalancing: Arc::default(),
             shipping: Mutex::new(HashMap::new()),
         }
     }
 
     /// Places instances on the agent nodes of `nodes` too, publishing remote instances on
     /// host ports from `host_ports`.
-    pub fn with_nodes(mut self, nodes: Arc<Nodes>, host_ports: (u16, u16)) -> Controller<R> {
+    pub fn with_nodes(
+        mut self,
+        nodes: Arc<Nodes>,
+        host_ports: (u16, u16),
+        overlay_pools: Vec<String>,
+        drain_parallel: u32,
+    ) -> Controller<R> {
+        self.cluster_id = nodes.cluster_id().to_string();
+        self.overlay_pools = overlay_pools;
+        self.drain_parallel = drain_parallel.max(1);
         self.nodes = Some(nodes);
         self.host_ports = host_ports;
         self
@@ -210,6 +255,7 @@ impl<R: ContainerRuntime> Controller<R> {
             name: self.node.hostname.clone(),
             runtime: NodeRuntime::Local(self.runtime.clone()),
             remote: None,
+            on_overlay: false,
         }];
         let mut unsure = Vec::new();
         if let Some(nodes) = &self.nodes {
@@ -220,6 +266,7 @@ impl<R: ContainerRuntime> Controller<R> {
                     name: n.record.name.clone(),
                     runtime: NodeRuntime::Remote(n.runtime.clone()),
                     remote: Some(n),
+                    on_overlay: false,
                 });
             }
         }
@@ -238,6 +285,7 @@ impl<R: ContainerRuntime> Controller<R> {
             wake: self.wake.clone(),
             view: self.view.clone(),
             health: self.health.clone(),
+            rebalancing: self.rebalancing.clone(),
         }
     }
 
@@ -332,10 +380,29 @@ impl<R: ContainerRuntime> Controller<R> {
             .expect("controller memory lock")
             .removing
             .clone();
-        let (pass_nodes, mut unsure) = self.pass_nodes();
-        let listed = futures::future::join_all(pass_nodes.iter().map(|n| n.runtime.list())).await;
+        let (mut pass_nodes, mut unsure) = self.pass_nodes();
+        let on_overlay = self.ensure_swarm(&pass_nodes).await;
+        for n in &mut pass_nodes {
+            n.on_overlay = on_overlay.contains(&n.name);
+        }
+        // A remote node gets a short bound: a partitioned one must not stall the pass.
+        let listed = futures::future::join_all(pass_nodes.iter().map(|n| async move {
+            match n.remote {
+                None => n.runtime.list().await,
+                Some(_) => tokio::time::timeout(REMOTE_LIST_TIMEOUT, n.runtime.list())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(RuntimeError::Unavailable {
+                            reason: format!("no answer in {REMOTE_LIST_TIMEOUT:?}"),
+                        })
+                    }),
+            }
+        }))
+        .await;
         let now = now_ms();
         let mut instances: Vec<Instance> = Vec::new();
+        // Nodes not answering, not yet `down`: their last listing stands in (unrouted).
+        let mut stand_in: Vec<String> = Vec::new();
         for (n, result) in pass_nodes.iter().zip(listed) {
             let containers = match (result, &n.remote) {
                 (Ok(c), _) => c,
@@ -344,7 +411,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 (Err(e), None) => return Err(e.into()),
                 (Err(e), Some(_)) => {
                     warn!(node = %n.name, error = %e, "listing a node's containers failed");
-                    unsure.push(n.name.clone());
+                    stand_in.push(n.name.clone());
                     continue;
                 }
             };
@@ -363,7 +430,32 @@ impl<R: ContainerRuntime> Controller<R> {
                 }
                 instances.push(i);
             }
+            if n.remote.is_some() {
+                let mine: Vec<Instance> = instances
+                    .iter()
+                    .filter(|i| i.node == n.name)
+                    .cloned()
+                    .collect();
+                let mut mem = self.memory.lock().expect("controller memory lock");
+                mem.listed.insert(n.name.clone(), mine);
+            }
         }
+        stand_in.append(&mut unsure);
+        {
+            let mem = self.memory.lock().expect("controller memory lock");
+            for node in stand_in {
+                match mem.listed.get(&node) {
+                    Some(known) => instances.extend(known.iter().cloned().map(|mut i| {
+                        i.unreachable = true;
+                        i
+                    })),
+                    // Never listed by this master (it just restarted): unknown, so no
+                    // start anywhere may replace what it runs.
+                    None => unsure.push(node),
+                }
+            }
+        }
+        let lost_hold_until = self.keep_lost(&records, &pass_nodes, &unsure, now, &mut instances);
         let active: Vec<Instance> = instances
             .iter()
             .filter(|i| !draining.contains(&i.info.id))
@@ -404,6 +496,7 @@ impl<R: ContainerRuntime> Controller<R> {
                         key,
                         running,
                         not_before_ms: not_before,
+                        max_migrating: max_migrating(&rec.spec),
                     });
                     continue;
                 }
@@ -458,6 +551,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 groups,
                 traffic,
                 not_before_ms: not_before,
+                max_migrating: max_migrating(&rec.spec),
             });
         }
         // Rollout records (and requests) of services that no longer exist.
@@ -508,10 +602,34 @@ impl<R: ContainerRuntime> Controller<R> {
                 facts.insert(i.fingerprint.clone(), RevisionFacts::of(&rec.spec));
             }
         }
+        // Instances on a draining node are to leave it (by its deadline, if it has one).
+        let evict_at: HashMap<&str, u64> = pass_nodes
+            .iter()
+            .filter_map(|n| n.remote.as_ref())
+            .filter(|r| r.record.draining)
+            .map(|r| {
+                (
+                    r.record.name.as_str(),
+                    r.record.drain_deadline_ms.unwrap_or(u64::MAX),
+                )
+            })
+            .collect();
+        let ready_ids: HashSet<String> = instances
+            .iter()
+            .filter(|i| self.health.verdict(&i.info.id).ready)
+            .map(|i| i.info.id.clone())
+            .collect();
+        let specs: BTreeMap<String, &ServiceSpec> = records
+            .iter()
+            .filter(|r| r.state == DesiredState::Running)
+            .map(|r| (r.spec.key(), &r.spec))
+            .collect();
+        let moved = self.rebalance_evictions(&specs, &active, &pass_nodes, &ready_ids);
         let snapshot = Snapshot {
             now_ms: now,
             services: desired,
             revisions: facts,
+            migrate_limit: Some(self.drain_parallel),
             instances: instances
                 .iter()
                 .map(|i| {
@@ -530,9 +648,13 @@ impl<R: ContainerRuntime> Controller<R> {
                         created_at_ms: (i.info.created_unix.max(0) as u64).saturating_mul(1000),
                         ip: i.project_ip(&self.cluster),
                         published: i.published,
-                        ready: verdict.ready,
-                        restart: verdict.restart.is_some(),
+                        ready: verdict.ready && !i.unreachable,
+                        restart: verdict.restart.is_some() && !i.unreachable,
                         draining: draining.contains(&i.info.id),
+                        evict: evict_at
+                            .get(i.node.as_str())
+                            .copied()
+                            .or_else(|| moved.contains(&i.info.id).then_some(u64::MAX)),
                     }
                 })
                 .collect(),
@@ -543,6 +665,7 @@ impl<R: ContainerRuntime> Controller<R> {
             .filter_map(|s| s.wake_at_ms)
             .chain(decision.wake_at_ms)
             .chain(self.nodes.as_ref().and_then(|n| n.next_change_ms()))
+            .chain(lost_hold_until)
             .min();
         if !unsure.is_empty() && !decision.starts.is_empty() {
             // A node not heard from yet (master just restarted, or within node_ttl of its
@@ -1048,7 +1171,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 warn!(service = %a.service, fingerprint = %a.fingerprint, "no revision record for a start; skipped");
                 continue;
             };
-            let at = placer.place(&rev.spec);
+            let at = placer.place(&rev.spec, &rev.fingerprint);
             placed.push((a, *rec, rev, at));
         }
         let starts = placed.into_iter().map(|(a, rec, rev, at)| async move {
@@ -1137,29 +1260,68 @@ impl<R: ContainerRuntime> Controller<R> {
             self.ship_image(remote, &image).await?;
         }
         let env = deploy::open_env(&self.secrets, rev)?;
-        let network = instance::project_network(&self.cluster, project);
         let net_labels = BTreeMap::from([
             (instance::LABEL_CLUSTER.to_string(), self.cluster.clone()),
             (instance::LABEL_PROJECT.to_string(), project.to_string()),
         ]);
-        at.runtime
-            .ensure_network(&network, &net_labels)
-            .await
-            .map_err(|e| e.to_string())?;
-        // Only once it is known to be this cluster's: another's is never removed.
-        self.remember_network(&network);
-        let mut extra_networks = Vec::new();
-        if spec.internal {
-            let internal = instance::internal_network(&self.cluster);
-            let labels =
-                BTreeMap::from([(instance::LABEL_CLUSTER.to_string(), self.cluster.clone())]);
+        let cluster_labels =
+            BTreeMap::from([(instance::LABEL_CLUSTER.to_string(), self.cluster.clone())]);
+        // With nodes in the cluster's swarm, a project's instances also share its overlay
+        // network (made on the master's engine, the swarm's manager), on which they reach
+        // each other on any node. Instances on the master keep their bridge network too:
+        // the proxy reaches them on it. Instances on other nodes are reached through their
+        // published port and join only the overlay.
+        let overlays = if at.overlay {
+            let mut nets = vec![instance::project_overlay(&self.cluster, project)];
+            if spec.internal {
+                nets.push(instance::internal_overlay(&self.cluster));
+            }
+            for net in &nets {
+                if net.len() > instance::MAX_OVERLAY_NAME {
+                    return Err(format!(
+                        "overlay network name {net:?} is longer than {} characters: shorten the cluster or project name",
+                        instance::MAX_OVERLAY_NAME
+                    ));
+                }
+                let labels = if net.ends_with("__internal") {
+                    &cluster_labels
+                } else {
+                    &net_labels
+                };
+                self.runtime
+                    .ensure_overlay_network(net, labels)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.remember_network(net);
+            }
+            nets
+        } else {
+            Vec::new()
+        };
+        let remote = matches!(at.runtime, NodeRuntime::Remote(_));
+        let (network, mut extra_networks) = if remote && !overlays.is_empty() {
+            (overlays[0].clone(), overlays[1..].to_vec())
+        } else {
+            let network = instance::project_network(&self.cluster, project);
             at.runtime
-                .ensure_network(&internal, &labels)
+                .ensure_network(&network, &net_labels)
                 .await
                 .map_err(|e| e.to_string())?;
-            self.remember_network(&internal);
-            extra_networks.push(internal);
-        }
+            // Only once it is known to be this cluster's: another's is never removed.
+            self.remember_network(&network);
+            let mut extra = Vec::new();
+            if spec.internal {
+                let internal = instance::internal_network(&self.cluster);
+                at.runtime
+                    .ensure_network(&internal, &cluster_labels)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.remember_network(&internal);
+                extra.push(internal);
+            }
+            extra.extend(overlays);
+            (network, extra)
+        };
         extra_networks.extend(self.legacy_networks(project, spec.internal));
         let mut aliases = vec![spec.name.clone()];
         aliases.extend(spec.aliases.iter().cloned());
@@ -1218,8 +1380,9 @@ impl<R: ContainerRuntime> Controller<R> {
 struct Placer<'a, R: ContainerRuntime> {
     ctl: &'a Controller<R>,
     nodes: Vec<(&'a PassNode<R>, types::Node)>,
-    /// Instances per (service key, node).
-    counts: HashMap<(String, String), u32>,
+    /// Instances per (service key, revision fingerprint, node): a start spreads among
+    /// its own revision's instances, so a rolling update ends as evenly spread as it began.
+    counts: HashMap<(String, String, String), u32>,
     /// Host ports taken per node.
     ports: HashMap<String, HashSet<u16>>,
     /// Every known node name with its address (ready or not), for pins.
@@ -1243,7 +1406,7 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
     ) -> Placer<'a, R> {
         let by_key: HashMap<String, &ServiceRecord> =
             records.iter().map(|r| (r.spec.key(), r)).collect();
-        let mut counts: HashMap<(String, String), u32> = HashMap::new();
+        let mut counts: HashMap<(String, String, String), u32> = HashMap::new();
         let mut ports: HashMap<String, HashSet<u16>> = HashMap::new();
         let mut used: HashMap<&str, (u64, u64, u32)> = HashMap::new();
         for i in instances {
@@ -1259,7 +1422,7 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
                 continue;
             }
             *counts
-                .entry((i.service.clone(), i.node.clone()))
+                .entry((i.service.clone(), i.fingerprint.clone(), i.node.clone()))
                 .or_default() += 1;
             let (mem, cpu) = by_key
                 .get(&i.service)
@@ -1368,7 +1531,7 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
         }
     }
 
-    fn place(&mut self, spec: &ServiceSpec) -> Result<Placed<R>, String> {
+    fn place(&mut self, spec: &ServiceSpec, fingerprint: &str) -> Result<Placed<R>, String> {
         let key = spec.key();
         let placement = spec.placement.as_ref();
         let pinned = match placement.and_then(|p| p.node.as_deref()) {
@@ -1419,7 +1582,7 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
                     node: n.id.clone(),
                     count: self
                         .counts
-                        .get(&(key.clone(), n.name.clone()))
+                        .get(&(key.clone(), fingerprint.to_string(), n.name.clone()))
                         .copied()
                         .unwrap_or(0),
                 })
@@ -1448,7 +1611,10 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
         node.instances += 1;
         node.memory_bytes_free = node.memory_bytes_free.saturating_sub(memory_bytes);
         node.cpu_millis_free = node.cpu_millis_free.saturating_sub(cpu_millis as u32);
-        *self.counts.entry((key, node.name.clone())).or_default() += 1;
+        *self
+            .counts
+            .entry((key, fingerprint.to_string(), node.name.clone()))
+            .or_default() += 1;
         let publish = match &pass_node.remote {
             None => None,
             Some(remote) => {
@@ -1468,6 +1634,7 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
             node: node.name.clone(),
             runtime: pass_node.runtime.clone(),
             publish,
+            overlay: pass_node.on_overlay,
         })
     }
 }
@@ -1497,6 +1664,68 @@ struct Split {
 }
 
 /// Groups that keep whatever runs (when the desired revision cannot be known).
+impl<R: ContainerRuntime> Controller<R> {
+    /// Instances of services with `[service.placement] lost_after` on a node that is
+    /// `down`: within that time after the node went down, its last listing stands in for
+    /// them (unrouted, holding their slots), so they are not replaced yet. Returns when the
+    /// earliest such hold ends (a pass must look again then).
+    fn keep_lost(
+        &self,
+        records: &[ServiceRecord],
+        live: &[PassNode<R>],
+        unsure: &[String],
+        now: u64,
+        instances: &mut Vec<Instance>,
+    ) -> Option<u64> {
+        let nodes = self.nodes.as_ref()?;
+        let hold: HashMap<String, u64> = records
+            .iter()
+            .filter_map(|r| {
+                let secs = r.spec.placement.as_ref()?.lost_after_secs()?;
+                Some((r.spec.key(), secs.saturating_mul(1000)))
+            })
+            .collect();
+        if hold.is_empty() {
+            return None;
+        }
+        let ttl = nodes.node_ttl().as_millis() as u64;
+        let mem = self.memory.lock().expect("controller memory lock");
+        let mut earliest: Option<u64> = None;
+        for (record, _) in nodes.list() {
+            if live.iter().any(|n| n.name == record.name) || unsure.contains(&record.name) {
+                continue;
+            }
+            let Some(known) = mem.listed.get(&record.name) else {
+                continue;
+            };
+            let down_at = record.last_seen_ms.saturating_add(ttl);
+            for i in known {
+                let Some(until) = hold.get(&i.service).map(|h| down_at.saturating_add(*h)) else {
+                    continue;
+                };
+                if now < until && !instances.iter().any(|x| x.info.id == i.info.id) {
+                    debug!(node = %record.name, service = %i.service, until_ms = until, "lost node's instance kept (placement.lost_after)");
+                    let mut i = i.clone();
+                    i.unreachable = true;
+                    instances.push(i);
+                    earliest = Some(earliest.map_or(until, |e| e.min(until)));
+                }
+            }
+        }
+        earliest
+    }
+}
+
+/// How many of a service's evicted instances are replaced at once: its rollout's
+/// `max_unavailable` (at least 1).
+fn max_migrating(spec: &ServiceSpec) -> u32 {
+    spec.deploy
+        .as_ref()
+        .and_then(|d| d.max_unavailable)
+        .unwrap_or(1)
+        .max(1)
+}
+
 fn keep_running(instances: &[Instance], key: &str) -> Vec<DesiredGroup> {
     let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
     for i in instances

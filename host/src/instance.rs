@@ -38,6 +38,22 @@ pub fn internal_network(cluster: &str) -> String {
     format!("orca-{cluster}_internal")
 }
 
+/// Name of a project's attachable overlay network in a cluster with nodes (its swarm):
+/// `orca-<cluster>_ov_<project>`. Swarm networks are named like DNS labels (no `.`); `_` is
+/// in no cluster or project name, so the name is unambiguous.
+pub fn project_overlay(cluster: &str, project: &str) -> String {
+    format!("orca-{cluster}_ov_{project}")
+}
+
+/// Name of the overlay network of a cluster's `internal = true` services:
+/// `orca-<cluster>_ov__internal` (no project name starts with `_`).
+pub fn internal_overlay(cluster: &str) -> String {
+    format!("orca-{cluster}_ov__internal")
+}
+
+/// The longest name a swarm network may have.
+pub const MAX_OVERLAY_NAME: usize = 63;
+
 /// The project network of orca before networks belonged to one cluster. Containers made then
 /// are still adopted: they are routed on it, and new instances of their project join it too
 /// (so aliases keep resolving both ways) until none of them is left.
@@ -78,11 +94,15 @@ pub fn unused_networks(
         .iter()
         .filter(|net| !attached.contains(net.as_str()))
         .filter(|net| {
-            if **net == internal_network(cluster) || *net == LEGACY_INTERNAL_NETWORK {
+            if **net == internal_network(cluster)
+                || **net == internal_overlay(cluster)
+                || *net == LEGACY_INTERNAL_NETWORK
+            {
                 return !internal_busy;
             }
             let project = net
-                .strip_prefix(&format!("orca-{cluster}."))
+                .strip_prefix(&format!("orca-{cluster}_ov_"))
+                .or_else(|| net.strip_prefix(&format!("orca-{cluster}.")))
                 .or_else(|| net.strip_prefix("orca-"));
             project.is_some_and(|p| !busy_projects.contains(p))
         })
@@ -97,8 +117,10 @@ pub fn attached_networks(cluster: &str, instances: &[Instance]) -> BTreeSet<Stri
     for i in instances {
         for candidate in [
             project_network(cluster, &i.project),
+            project_overlay(cluster, &i.project),
             legacy_project_network(&i.project),
             internal_network(cluster),
+            internal_overlay(cluster),
             LEGACY_INTERNAL_NETWORK.to_string(),
         ] {
             if i.info.ips.contains_key(&candidate) {
@@ -208,6 +230,9 @@ pub struct Instance {
     /// Where the master reaches it when it runs on a remote node: its port published on
     /// the node's advertise address.
     pub published: Option<std::net::SocketAddr>,
+    /// Known from its node's last listing only: the node does not answer now (partitioned,
+    /// or within `node_ttl` of its last heartbeat). It keeps its slot but is not routed.
+    pub unreachable: bool,
 }
 
 impl Instance {
@@ -234,6 +259,7 @@ impl Instance {
             revision,
             node: String::new(),
             published: None,
+            unreachable: false,
         })
     }
 
@@ -275,6 +301,8 @@ impl Instance {
             fingerprint: self.fingerprint.clone(),
             slot: self.slot,
             phase,
+            evict: None,
+            created_ms: (self.info.created_unix.max(0) as u64).saturating_mul(1000),
         }
     }
 }
@@ -309,6 +337,7 @@ mod tests {
             revision: 1,
             node: String::new(),
             published: None,
+            unreachable: false,
         }
     }
 
@@ -348,6 +377,41 @@ mod tests {
             unused_networks("c", &known, &[("shop", true)], &[]),
             vec!["orca-blog".to_string(), "orca-c.blog".to_string()]
         );
+    }
+
+    #[test]
+    fn overlay_networks_go_like_bridges_and_never_parse_as_another_project() {
+        let known: BTreeSet<String> = [
+            project_overlay("c", "shop"),
+            project_overlay("c", "blog"),
+            internal_overlay("c"),
+        ]
+        .into_iter()
+        .collect();
+        // A shop instance on the master is on its bridge and the overlay; on a node, on the
+        // overlay only. Either keeps shop's overlay; blog's goes.
+        for shop in [
+            inst("shop", &["orca-c.shop", "orca-c_ov_shop"]),
+            inst("shop", &["orca-c_ov_shop"]),
+        ] {
+            assert_eq!(
+                unused_networks("c", &known, &[], std::slice::from_ref(&shop)),
+                vec!["orca-c_ov_blog".to_string()]
+            );
+            assert!(attached_networks("c", std::slice::from_ref(&shop)).contains("orca-c_ov_shop"));
+        }
+        assert_eq!(unused_networks("c", &known, &[], &[]).len(), 3);
+        // The internal overlay is kept while an internal service is to run.
+        assert_eq!(
+            unused_networks("c", &known, &[("blog", true)], &[]),
+            vec!["orca-c_ov_shop".to_string()]
+        );
+        // The master routes its own instances on the bridge, never the overlay.
+        let mut both = inst("shop", &["orca-c.shop"]);
+        both.info
+            .ips
+            .insert("orca-c_ov_shop".into(), "10.213.192.7".parse().unwrap());
+        assert_eq!(both.project_ip("c"), Some("172.18.0.2".parse().unwrap()));
     }
 
     #[test]

@@ -225,7 +225,12 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             route_stats,
         )
         .with_events(events.clone())
-        .with_nodes(nodes.clone(), host_ports),
+        .with_nodes(
+            nodes.clone(),
+            host_ports,
+            cluster.nodes.overlay_pools.clone(),
+            cluster.nodes.drain_parallel,
+        ),
     );
     let handle = controller.handle();
     nodes.set_controller(handle.clone());

@@ -453,7 +453,16 @@ impl NodeEngine {
         self.partition_rules(true);
     }
 
-    /// Removes what [`NodeEngine::partition`] added.
+    /// Cuts one direction only: everything the node sends is dropped (the agent's requests
+    /// and answers never reach the master); what is sent to it still arrives.
+    pub fn partition_outbound(&self) {
+        self.rule(
+            &["-t", "mangle", "POSTROUTING", "-o", "eth0", "-j", "DROP"],
+            true,
+        );
+    }
+
+    /// Removes what [`NodeEngine::partition`] or [`NodeEngine::partition_outbound`] added.
     pub fn heal(&self) {
         self.partition_rules(false);
     }
@@ -469,22 +478,27 @@ impl NodeEngine {
             &["-t", "mangle", "POSTROUTING", "-o", "eth0", "-j", "DROP"],
         ];
         for rule in rules {
-            let (table, rest) = (&rule[..2], &rule[2..]);
-            let present = self.iptables(&[table, &["-C"], rest].concat());
-            if add && !present {
-                assert!(
-                    self.iptables(&[table, &["-I"], rest].concat()),
-                    "adding {rule:?} in {}",
-                    self.name
-                );
-            }
-            if !add && present {
-                assert!(
-                    self.iptables(&[table, &["-D"], rest].concat()),
-                    "removing {rule:?} in {}",
-                    self.name
-                );
-            }
+            self.rule(rule, add);
+        }
+    }
+
+    /// Adds (`add`) or removes one iptables rule `[-t, table, chain, spec...]`, idempotently.
+    fn rule(&self, rule: &[&str], add: bool) {
+        let (table, rest) = (&rule[..2], &rule[2..]);
+        let present = self.iptables(&[table, &["-C"], rest].concat());
+        if add && !present {
+            assert!(
+                self.iptables(&[table, &["-I"], rest].concat()),
+                "adding {rule:?} in {}",
+                self.name
+            );
+        }
+        if !add && present {
+            assert!(
+                self.iptables(&[table, &["-D"], rest].concat()),
+                "removing {rule:?} in {}",
+                self.name
+            );
         }
     }
 
@@ -873,4 +887,77 @@ pub fn leftovers(slot: u32) -> Vec<String> {
         found.push(format!("directory {}", names.dir.display()));
     }
     found
+}
+
+/// The host engine's swarm, held by one test at a time. A master makes its engine (the host
+/// engine, in tests) the manager of its cluster's swarm when the first real node joins, so
+/// every test whose agents run real engines holds this: it waits for the others (an exclusive
+/// `flock` on `/run/orca-host-swarm.lock`), makes the host engine leave a swarm an earlier
+/// orca test left behind, and leaves the swarm again when dropped (after the test's server).
+/// A swarm orca did not make (no `orca.cluster.id` label) is never touched: the test fails.
+pub struct HostSwarm {
+    _lock: File,
+}
+
+impl HostSwarm {
+    pub fn take() -> HostSwarm {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/orca-host-swarm.lock")
+            .expect("opening the host swarm lock (the multi-node tests need root)");
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while file.try_lock().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the host engine's swarm was held by another test for 15 minutes"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        leave_host_swarm(true);
+        HostSwarm { _lock: file }
+    }
+}
+
+impl Drop for HostSwarm {
+    fn drop(&mut self) {
+        leave_host_swarm(false);
+    }
+}
+
+/// Makes the host engine leave a swarm that an orca cluster made. `strict`: a swarm orca did
+/// not make is a test failure (it is someone else's).
+fn leave_host_swarm(strict: bool) {
+    let out = Command::new("docker")
+        .args(["info", "--format", "{{json .Swarm}}"])
+        .output()
+        .expect("running docker info");
+    let swarm: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    if swarm["LocalNodeState"]
+        .as_str()
+        .is_none_or(|s| s == "inactive" || s.is_empty())
+    {
+        return;
+    }
+    let orca_made = swarm["Cluster"]["Spec"]["Labels"]["orca.cluster.id"].is_string();
+    if !orca_made {
+        assert!(
+            !strict,
+            "the host Docker Engine is in a swarm orca did not make ({swarm}); \
+             the multi-node tests need it out of any swarm"
+        );
+        return;
+    }
+    let out = Command::new("docker")
+        .args(["swarm", "leave", "--force"])
+        .output()
+        .expect("running docker swarm leave");
+    if !out.status.success() && strict {
+        panic!(
+            "docker swarm leave failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

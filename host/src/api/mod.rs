@@ -136,6 +136,11 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
     ),
     (
         "POST",
+        "/api/v1/services/{name}/rebalance",
+        Some(Permission::Deploy),
+    ),
+    (
+        "POST",
         "/api/v1/services/{name}/rollback",
         Some(Permission::Deploy),
     ),
@@ -261,16 +266,20 @@ fn rest_app<R: ContainerRuntime>(state: AppState<R>) -> Router {
             guard(Deploy, post(services::promote::<R>)),
         )
         .route(
+            "/api/v1/services/{name}/rebalance",
+            guard(Deploy, post(services::rebalance::<R>)),
+        )
+        .route(
             "/api/v1/services/{name}/rollback",
             guard(Deploy, post(services::rollback::<R>)),
         )
         .route(
             "/api/v1/cluster/nodes/{id}/drain",
-            guard(Admin, not_yet("drain lands with multi-node clusters")),
+            guard(Admin, post(nodes::drain_node::<R>)),
         )
         .route(
             "/api/v1/cluster/nodes/{id}/undrain",
-            guard(Admin, not_yet("undrain lands with multi-node clusters")),
+            guard(Admin, post(nodes::undrain_node::<R>)),
         )
         .route(
             "/api/v1/webhooks",
@@ -332,10 +341,6 @@ fn rest_app<R: ContainerRuntime>(state: AppState<R>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
-}
-
-fn not_yet<S: Clone + Send + Sync + 'static>(what: &'static str) -> MethodRouter<S> {
-    post(move || async move { ApiError::new(StatusCode::NOT_IMPLEMENTED, what) })
 }
 
 /// The raw request body, size-limited, with limit errors in the API's JSON shape.

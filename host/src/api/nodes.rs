@@ -1,4 +1,4 @@
-//! Node endpoints: the node list (`cluster/info`), join tokens, node removal.
+//! Node endpoints: the node list (`cluster/info`), join tokens, drain/undrain, node removal.
 
 use std::time::Duration;
 
@@ -92,6 +92,74 @@ pub async fn remove_node<R: ContainerRuntime>(
     Ok(Json(json!({ "name": name, "removed": true })))
 }
 
+/// Body of `POST /api/v1/cluster/nodes/{id}/drain` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainNode {
+    /// Stop what is still on the node this long after the drain starts (default: no
+    /// deadline, instances move as fast as their replacements become ready).
+    #[serde(default)]
+    deadline_secs: Option<u64>,
+}
+
+const MAX_DRAIN_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+
+/// `POST /api/v1/cluster/nodes/{id}/drain` (admin): no new instances on the node; its
+/// instances migrate to other nodes through the rollout path.
+pub async fn drain_node<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Path(name): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    let req: DrainNode = if body.is_empty() {
+        DrainNode::default()
+    } else {
+        parse_json(&body)?
+    };
+    if let Some(d) = req.deadline_secs {
+        if d == 0 || d > MAX_DRAIN_DEADLINE_SECS {
+            return Err(ApiError::bad_request(format!(
+                "deadline_secs {d} is out of range: allowed 1 to {MAX_DRAIN_DEADLINE_SECS}"
+            )));
+        }
+    }
+    if name == s.node.hostname {
+        return Err(ApiError::bad_request(format!(
+            "{name} is the master's own node; draining the master is not supported yet \
+             (drain agent nodes, or pin services away from it with [service.placement])"
+        )));
+    }
+    if !s
+        .nodes
+        .drain(&name, req.deadline_secs.map(Duration::from_secs))?
+    {
+        return Err(ApiError::not_found(format!("no node named \"{name}\"")));
+    }
+    s.controller.wake();
+    Ok(Json(json!({
+        "name": name,
+        "draining": true,
+        "deadline_secs": req.deadline_secs,
+    })))
+}
+
+/// `POST /api/v1/cluster/nodes/{id}/undrain` (admin): the node takes new instances again.
+pub async fn undrain_node<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if name == s.node.hostname {
+        return Err(ApiError::bad_request(format!(
+            "{name} is the master's own node; it is never drained"
+        )));
+    }
+    if !s.nodes.undrain(&name)? {
+        return Err(ApiError::not_found(format!("no node named \"{name}\"")));
+    }
+    s.controller.wake();
+    Ok(Json(json!({ "name": name, "draining": false })))
+}
+
 /// `GET /api/v1/cluster/info`: the master and every joined node, with state, addresses,
 /// labels, capacity, allocation and instance count.
 pub async fn cluster_info<R: ContainerRuntime>(State(s): State<AppState<R>>) -> Json<Value> {
@@ -129,6 +197,9 @@ pub async fn cluster_info<R: ContainerRuntime>(State(s): State<AppState<R>>) -> 
             "instances": count(&r.name),
             "joined_ms": r.joined_ms,
             "last_seen_ms": r.last_seen_ms,
+            "draining": r.draining,
+            "drain_started_ms": r.drain_started_ms,
+            "drain_deadline_ms": r.drain_deadline_ms,
         }));
     }
     Json(json!({

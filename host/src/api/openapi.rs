@@ -169,6 +169,14 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "POST",
+        "/api/v1/services/{name}/rebalance",
+        "Spread a service over its eligible nodes again, without downtime",
+        Some(s::<c::ProjectQuery>),
+        N,
+        J(object),
+    ),
+    op(
+        "POST",
         "/api/v1/services/{name}/rollback",
         "Abandon a rollout in progress, or restore an earlier revision",
         Some(s::<c::ProjectQuery>),
@@ -194,15 +202,15 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "POST",
         "/api/v1/cluster/nodes/{id}/drain",
-        "Drain a node (multi-node clusters; 501 until then)",
+        "Drain a node: no new instances; its instances migrate (optional `deadline_secs`)",
         None,
-        N,
+        J(object),
         J(object),
     ),
     op(
         "POST",
         "/api/v1/cluster/nodes/{id}/undrain",
-        "Undrain a node (multi-node clusters; 501 until then)",
+        "Undrain a node: it takes new instances again",
         None,
         N,
         J(object),

@@ -772,6 +772,26 @@ fn awaiting_operator(r: &orca_store::RolloutRecord) -> bool {
         && r.traffic.is_some_and(|(_, candidate)| candidate > 0)
 }
 
+/// `POST /api/v1/services/{name}/rebalance` (deployer): spreads the service over its
+/// eligible nodes again, one instance at a time, each replacement ready before the
+/// instance it replaces is drained and stopped.
+pub async fn rebalance<R: ContainerRuntime>(
+    State(s): State<AppState<R>>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let rec = find_service(&s, &name, q.project.as_deref())?;
+    if rec.state != DesiredState::Running {
+        return Err(ApiError::conflict(format!(
+            "service \"{name}\" is stopped: nothing to rebalance"
+        )));
+    }
+    s.controller.rebalance(rec.spec.key());
+    Ok(Json(json!({
+        "project": rec.spec.project(), "name": rec.spec.name, "rebalance_requested": true,
+    })))
+}
+
 /// `POST /api/v1/services/{name}/promote`: asks the strategy of the rollout in progress to
 /// promote its candidate.
 pub async fn promote<R: ContainerRuntime>(

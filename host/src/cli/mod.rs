@@ -138,6 +138,15 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
     },
+    /// Spread a service (default: every running service) over its eligible nodes again,
+    /// one instance at a time, without downtime.
+    Rebalance {
+        /// Service name (default: all).
+        service: Option<String>,
+        /// Project, when the name exists in several.
+        #[arg(long)]
+        project: Option<String>,
+    },
     /// Promote the candidate of a rollout in progress (canary) to stable.
     Promote {
         /// Service name.
@@ -549,6 +558,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     } else {
                         ""
                     }
+                );
+            }
+            Ok(())
+        }
+        Command::Rebalance { service, project } => {
+            let client = client()?;
+            let targets: Vec<(String, Option<String>)> = match service {
+                Some(name) => vec![(name, project)],
+                None => {
+                    let v = client.call(Method::GET, "/api/v1/status", None).await?;
+                    v["services"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|s| project.as_deref().is_none_or(|p| s["project"] == p))
+                        .filter(|s| s["desired_state"] != "stopped")
+                        .filter_map(|s| {
+                            Some((
+                                s["name"].as_str()?.to_string(),
+                                s["project"].as_str().map(str::to_string),
+                            ))
+                        })
+                        .collect()
+                }
+            };
+            for (name, project) in targets {
+                let path = format!(
+                    "/api/v1/services/{}/rebalance{}",
+                    enc(&name),
+                    project_query(&project)
+                );
+                let v = client.call(Method::POST, &path, None).await?;
+                println!(
+                    "{}/{}: rebalance requested (`orca status` shows where its instances run)",
+                    v["project"].as_str().unwrap_or("?"),
+                    v["name"].as_str().unwrap_or(&name)
                 );
             }
             Ok(())

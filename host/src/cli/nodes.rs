@@ -1,4 +1,5 @@
-//! `orca agent`, `orca nodes`, `orca node token create`, `orca node remove`.
+//! `orca agent`, `orca nodes`, `orca node token create`, `orca node drain|undrain`,
+//! `orca node remove`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,6 +17,21 @@ pub enum NodeCmd {
     /// Join tokens for `orca agent --join`.
     #[command(subcommand)]
     Token(NodeTokenCmd),
+    /// Drain a node (admin): no new instances go there, and its instances move to other
+    /// nodes, each replacement ready before the instance it replaces leaves.
+    Drain {
+        /// Node name.
+        name: String,
+        /// Stop what is still on the node after this long: 30s, 10m, 1h (default: none).
+        #[arg(long)]
+        deadline: Option<String>,
+    },
+    /// Make a drained node take new instances again (admin); `orca rebalance` moves some
+    /// back.
+    Undrain {
+        /// Node name.
+        name: String,
+    },
     /// Remove a node: its certificate is refused from now on (admin).
     Remove {
         /// Node name.
@@ -135,6 +151,51 @@ pub async fn node(cmd: NodeCmd, client: Client, json_out: bool) -> anyhow::Resul
             println!("node {name} removed; its certificate is revoked");
             Ok(())
         }
+        NodeCmd::Drain { name, deadline } => {
+            let deadline = deadline
+                .map(|d| {
+                    crate::api::events::parse_since(&d).map_err(|e| {
+                        anyhow::anyhow!("--deadline: {}", e.trim_start_matches("since: "))
+                    })
+                })
+                .transpose()?;
+            let v = client
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/cluster/nodes/{}/drain", enc(&name)),
+                    Some(json!({ "deadline_secs": deadline.map(|d| d.as_secs()) })),
+                )
+                .await?;
+            if json_out {
+                return super::print_json(&v);
+            }
+            match deadline {
+                Some(d) => println!(
+                    "node {name} draining: its instances move to other nodes; what is left in {} is stopped (`orca nodes` shows progress)",
+                    humantime(d)
+                ),
+                None => println!(
+                    "node {name} draining: its instances move to other nodes (`orca nodes` shows progress)"
+                ),
+            }
+            Ok(())
+        }
+        NodeCmd::Undrain { name } => {
+            let v = client
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/cluster/nodes/{}/undrain", enc(&name)),
+                    None,
+                )
+                .await?;
+            if json_out {
+                return super::print_json(&v);
+            }
+            println!(
+                "node {name} takes new instances again (`orca rebalance` spreads services over it)"
+            );
+            Ok(())
+        }
         NodeCmd::List => nodes(client, json_out).await,
     }
 }
@@ -201,11 +262,28 @@ pub fn nodes_table(v: &Value) -> String {
                     .join(",")
             })
             .unwrap_or_default();
-        let seen = n["last_seen_ms"]
+        let mut seen = n["last_seen_ms"]
             .as_u64()
             .map(|t| format!(" (seen {}s ago)", now.saturating_sub(t) / 1000))
             .filter(|_| n["status"] != "ready")
             .unwrap_or_default();
+        if n["draining"] == true {
+            let left = n["instances"].as_u64().unwrap_or(0);
+            let started = n["drain_started_ms"].as_u64().unwrap_or(now);
+            seen.push_str(&format!(
+                " (draining {}s: {}",
+                now.saturating_sub(started) / 1000,
+                if left == 0 {
+                    "done".to_string()
+                } else {
+                    format!("{left} instance(s) left")
+                }
+            ));
+            if let Some(d) = n["drain_deadline_ms"].as_u64() {
+                seen.push_str(&format!(", deadline in {}s", d.saturating_sub(now) / 1000));
+            }
+            seen.push(')');
+        }
         out.push_str(&format!(
             "{:<20} {:<8} {:<9} {:<16} {:>4} {:>8}M {:>9}  {:<10} {}{}\n",
             n["name"].as_str().unwrap_or("?"),

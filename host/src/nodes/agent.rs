@@ -23,7 +23,10 @@ use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use orca_docker::{ContainerRuntime, ContainerSpec, DockerRuntime, NodeInfo, RuntimeError};
+use orca_docker::{
+    ClusterScope, ContainerRuntime, ContainerSpec, DockerRuntime, NodeInfo, RuntimeError,
+    SwarmInfo, SwarmJoin,
+};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -107,8 +110,9 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         .context("reading Docker Engine info")?;
     run_with(
         opts,
+        engine,
         node,
-        move |scope| Arc::new(engine.scoped(scope)),
+        |engine, scope| Arc::new(engine.scoped(scope)),
         shutdown,
     )
     .await
@@ -116,17 +120,18 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
 
 /// Runs the agent over any container runtime until `shutdown`: the same join, session,
 /// heartbeats and events as [`run`]. `node` is what the agent reports about its machine;
-/// `runtime` makes the engine, scoped to the cluster once the agent knows it (after the join,
-/// or from its stored identity).
+/// `scoped` scopes `engine` to the cluster once the agent knows it (after the join, or from
+/// its stored identity).
 pub async fn run_with<R, F>(
     opts: AgentOptions,
+    engine: R,
     node: NodeInfo,
-    runtime: F,
+    scoped: F,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
     R: ContainerRuntime,
-    F: FnOnce(orca_docker::ClusterScope) -> Arc<R>,
+    F: FnOnce(R, ClusterScope) -> Arc<R>,
 {
     let _ = rustls::crypto::ring::default_provider().install_default();
     crate::process::private_umask();
@@ -147,7 +152,11 @@ where
                 Some(a) => a.clone(),
                 None => local_addr_towards(&authority).await?,
             };
-            let id = join(&authority, token, &name, &advertise, &opts.labels).await?;
+            let swarm = engine
+                .swarm()
+                .await
+                .context("reading this engine's swarm membership")?;
+            let id = join(&authority, token, &name, &advertise, &opts.labels, swarm).await?;
             crate::server::write_private(
                 &identity_path(&opts.home),
                 &serde_json::to_string_pretty(&id)?,
@@ -156,10 +165,13 @@ where
             id
         }
     };
-    let engine = runtime(orca_docker::ClusterScope {
-        name: identity.cluster.clone(),
-        id: identity.cluster_id.clone(),
-    });
+    let engine = scoped(
+        engine,
+        ClusterScope {
+            name: identity.cluster.clone(),
+            id: identity.cluster_id.clone(),
+        },
+    );
     let config =
         super::tls::session_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
     let hello = Hello {
@@ -168,15 +180,18 @@ where
         advertise_addr: identity.advertise_addr.clone(),
         labels: identity.labels.clone(),
         node,
+        swarm: None,
     };
     let mut backoff = Backoff::new();
     loop {
-        let started = std::time::Instant::now();
+        let connected = std::sync::atomic::AtomicBool::new(false);
         let result = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            r = session(&authority, config.clone(), engine.clone(), hello.clone(), opts.heartbeat) => r,
+            r = session(&authority, config.clone(), engine.clone(), hello.clone(), opts.heartbeat, &connected) => r,
         };
-        if started.elapsed() > Duration::from_secs(30) {
+        // A session that was established starts the back-off over: only failures to reach
+        // the master in a row make it grow.
+        if connected.load(std::sync::atomic::Ordering::Relaxed) {
             backoff = Backoff::new();
         }
         let wait = backoff.next();
@@ -258,6 +273,7 @@ async fn join(
     name: &str,
     advertise_addr: &str,
     labels: &BTreeMap<String, String>,
+    swarm: Option<SwarmInfo>,
 ) -> anyhow::Result<Identity> {
     let parsed = JoinToken::parse(token).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
     let (key_pem, csr_pem) = super::ca::node_key_and_request(name)?;
@@ -270,6 +286,7 @@ async fn join(
         csr_pem,
         advertise_addr: advertise_addr.to_string(),
         labels: labels.clone(),
+        swarm,
     })?;
     let req = Request::builder()
         .method(Method::POST)
@@ -313,6 +330,26 @@ async fn join(
     })
 }
 
+/// Joins this node's engine to the cluster's swarm (overlay networking), unless it already
+/// is in it. An engine in another swarm is never moved: that is the operator's call.
+async fn join_swarm<R: ContainerRuntime>(engine: &R, join: &SwarmJoin) -> Result<(), RuntimeError> {
+    let now = engine.swarm().await?.unwrap_or_default();
+    if now.is_member() {
+        if now.managers.iter().any(|m| join.managers.contains(m)) {
+            return Ok(());
+        }
+        return Err(RuntimeError::Engine {
+            op: "join the cluster's swarm".into(),
+            reason: format!(
+                "this node's engine already belongs to another swarm (managers {:?}); \
+                 run `docker swarm leave` on it first",
+                now.managers
+            ),
+        });
+    }
+    engine.swarm_join(join).await
+}
+
 /// One session: connect, then serve the master's calls until the connection ends.
 async fn session<R: ContainerRuntime>(
     authority: &str,
@@ -320,11 +357,13 @@ async fn session<R: ContainerRuntime>(
     engine: Arc<R>,
     hello: Hello,
     heartbeat: Duration,
+    connected: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
     let tls = tls_connect(authority, config).await?;
     if tls.get_ref().1.alpn_protocol() != Some(super::proto::SESSION_ALPN) {
         bail!("the master at {authority} does not speak the agent protocol");
     }
+    connected.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(master = %authority, node = %hello.name, "connected to the master");
     let hello = Arc::new(hello);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -422,7 +461,22 @@ async fn route<R: ContainerRuntime>(
             (crate::cli::client::dec(id), action.to_string())
         });
     match (method, uri_path.as_str(), container) {
-        (Method::GET, path::HELLO, _) => json(hello),
+        (Method::GET, path::HELLO, _) => {
+            // The swarm membership as it is now (the master joins the engine to the
+            // cluster's swarm between sessions).
+            let mut hello = hello.clone();
+            hello.swarm = engine.swarm().await.unwrap_or_else(|e| {
+                warn!(error = %e, "reading this engine's swarm membership");
+                None
+            });
+            json(&hello)
+        }
+        (Method::GET, path::SWARM, _) => answer(engine.swarm().await),
+        (Method::POST, path::SWARM_JOIN, _) => match read_json::<SwarmJoin>(req).await {
+            Ok(join) => answer(join_swarm(engine.as_ref(), &join).await),
+            Err(e) => bad_request(&e),
+        },
+        (Method::POST, path::SWARM_LEAVE, _) => answer(engine.swarm_leave().await),
         (Method::GET, path::NODE, _) => answer(engine.node_info().await),
         (Method::GET, path::CONTAINERS, _) => answer(engine.list().await),
         (Method::POST, path::CONTAINERS, _) => match read_json::<ContainerSpec>(req).await {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use orca_docker::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStats, LogLine, NodeInfo,
-    RuntimeError, RuntimeEvent,
+    RuntimeError, RuntimeEvent, SwarmInfo, SwarmInit, SwarmJoin, SwarmNode,
 };
 
 use super::RemoteRuntime;
@@ -108,5 +108,41 @@ impl<R: ContainerRuntime> ContainerRuntime for NodeRuntime<R> {
         on_line: Box<dyn FnMut(&str) + Send>,
     ) -> Result<String, RuntimeError> {
         both!(self, r => r.build_image(context_tar, dockerfile, tag, on_line).await)
+    }
+
+    async fn ensure_overlay_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        both!(self, r => r.ensure_overlay_network(name, labels).await)
+    }
+
+    async fn swarm(&self) -> Result<Option<SwarmInfo>, RuntimeError> {
+        both!(self, r => r.swarm().await)
+    }
+
+    async fn swarm_init(&self, init: &SwarmInit) -> Result<SwarmInfo, RuntimeError> {
+        both!(self, r => r.swarm_init(init).await)
+    }
+
+    async fn swarm_join(&self, join: &SwarmJoin) -> Result<(), RuntimeError> {
+        both!(self, r => r.swarm_join(join).await)
+    }
+
+    async fn swarm_leave(&self) -> Result<(), RuntimeError> {
+        both!(self, r => r.swarm_leave().await)
+    }
+
+    async fn swarm_worker_token(&self) -> Result<String, RuntimeError> {
+        both!(self, r => r.swarm_worker_token().await)
+    }
+
+    async fn swarm_nodes(&self) -> Result<Vec<SwarmNode>, RuntimeError> {
+        both!(self, r => r.swarm_nodes().await)
+    }
+
+    async fn swarm_remove_node(&self, id: &str) -> Result<(), RuntimeError> {
+        both!(self, r => r.swarm_remove_node(id).await)
     }
 }

@@ -76,6 +76,10 @@ struct Session {
     id: u64,
     runtime: RemoteRuntime,
     advertise: IpAddr,
+    /// The master's address this agent dialled (the swarm manager advertises it).
+    master_ip: IpAddr,
+    /// The engine's swarm membership when the session started.
+    swarm: Option<orca_docker::SwarmInfo>,
     last_seen_ms: Arc<AtomicU64>,
     /// Cuts the connection itself (hyper's HTTP/2 client keeps it open while any request
     /// handle lives, so ending a session must sever the socket).
@@ -153,6 +157,12 @@ pub struct LiveNode {
     pub runtime: RemoteRuntime,
     /// Where its instances publish their ports.
     pub advertise: IpAddr,
+    /// The master's address as this node reaches it.
+    pub master_ip: IpAddr,
+    /// The session's id: a new session (agent restart, reconnect) is a new id.
+    pub session: u64,
+    /// Its engine's swarm membership at session start; `None`: no swarm support.
+    pub swarm: Option<orca_docker::SwarmInfo>,
 }
 
 /// The master's node registry.
@@ -171,6 +181,8 @@ pub struct Nodes {
     /// When this master started: a node not yet reconnected is `unknown` (not `down`) until
     /// `node_ttl` after it, so a master restart never replaces what runs on its nodes.
     started_ms: u64,
+    /// The managers (`ip:port`) of the cluster's swarm once the controller made or found it.
+    swarm_managers: Mutex<Vec<String>>,
 }
 
 /// A join refused, with the status and message the agent sees.
@@ -199,6 +211,7 @@ impl Nodes {
             next_session: AtomicU64::new(1),
             controller: OnceLock::new(),
             started_ms: now_ms(),
+            swarm_managers: Mutex::new(Vec::new()),
         }))
     }
 
@@ -211,6 +224,43 @@ impl Nodes {
         if let Some(c) = self.controller.get() {
             c.wake();
         }
+    }
+
+    /// Records the managers of the cluster's swarm (the controller owns the swarm).
+    pub fn set_swarm_managers(&self, managers: Vec<String>) {
+        *self
+            .swarm_managers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = managers;
+    }
+
+    /// Why a joining engine's swarm membership keeps it out, if it does: an engine in a
+    /// swarm that is not the cluster's is never moved (leaving is the operator's call).
+    fn swarm_refusal(&self, name: &str, swarm: Option<&orca_docker::SwarmInfo>) -> Option<String> {
+        let swarm = swarm.filter(|s| s.is_member())?;
+        let ours = self
+            .swarm_managers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if swarm.managers.iter().any(|m| ours.contains(m)) {
+            return None;
+        }
+        Some(format!(
+            "node {name:?}: its Docker Engine already belongs to another swarm (managers {:?}); \
+             orca joins node engines to the cluster's own swarm (overlay networking): run \
+             `docker swarm leave` on that node, or use another engine, and join again",
+            swarm.managers
+        ))
+    }
+
+    /// How long without a heartbeat before a node is `down`.
+    pub fn node_ttl(&self) -> Duration {
+        self.node_ttl
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     pub fn ca(&self) -> &ClusterCa {
@@ -274,6 +324,10 @@ impl Nodes {
         for (k, v) in &req.labels {
             check_label(k, v).map_err(bad)?;
         }
+        if let Some(why) = self.swarm_refusal(&req.name, req.swarm.as_ref()) {
+            warn!(node = %req.name, %peer, reason = %why, "join refused");
+            return Err(Refused(StatusCode::CONFLICT, why));
+        }
         let (cert_pem, cert_sha256) = self
             .ca
             .sign_node(&req.name, &req.csr_pem)
@@ -292,6 +346,8 @@ impl Nodes {
             joined_ms: now,
             last_seen_ms: now,
             draining: false,
+            drain_started_ms: None,
+            drain_deadline_ms: None,
         };
         let outcome = self
             .store
@@ -319,11 +375,64 @@ impl Nodes {
         }
     }
 
+    /// Drains a node: no new instances go there and its instances move to other nodes
+    /// (replacement first); at `deadline` (if any) what is left there is stopped. Draining
+    /// again restarts the deadline. `Ok(false)`: no such node.
+    pub fn drain(
+        &self,
+        name: &str,
+        deadline: Option<Duration>,
+    ) -> Result<bool, orca_store::StoreError> {
+        let now = now_ms();
+        let found = self.store.update_node(name, |n| {
+            n.draining = true;
+            n.drain_started_ms = Some(now);
+            n.drain_deadline_ms = deadline.map(|d| now.saturating_add(d.as_millis() as u64));
+        })?;
+        if found {
+            info!(node = %name, deadline_secs = deadline.map(|d| d.as_secs()), "node draining");
+            self.wake();
+        }
+        Ok(found)
+    }
+
+    /// Makes a drained node eligible for new instances again (nothing moves back by itself:
+    /// `orca rebalance` does that). `Ok(false)`: no such node.
+    pub fn undrain(&self, name: &str) -> Result<bool, orca_store::StoreError> {
+        let found = self.store.update_node(name, |n| {
+            n.draining = false;
+            n.drain_started_ms = None;
+            n.drain_deadline_ms = None;
+        })?;
+        if found {
+            info!(node = %name, "node undrained");
+            self.wake();
+        }
+        Ok(found)
+    }
+
     /// Removes a node: its certificate stops being accepted and its session ends now.
     pub fn remove(&self, name: &str) -> Result<bool, orca_store::StoreError> {
         let existed = self.store.remove_node(name)?;
         if let Some(s) = self.sessions().remove(name) {
-            s.cut.cancel();
+            // No controller call reaches it any more; the engine is asked to leave the
+            // cluster's swarm (bounded) before the connection is cut.
+            let node = name.to_string();
+            tokio::spawn(async move {
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    orca_docker::ContainerRuntime::swarm_leave(&s.runtime),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        warn!(%node, error = %e, "removed node's engine did not leave the swarm")
+                    }
+                    Err(_) => warn!(%node, "removed node's engine did not leave the swarm in 10 s"),
+                }
+                s.cut.cancel();
+            });
         }
         if existed {
             info!(node = %name, "node removed; its certificate is revoked");
@@ -393,6 +502,9 @@ impl Nodes {
                     live.push(LiveNode {
                         runtime: s.runtime.clone(),
                         advertise: s.advertise,
+                        master_ip: s.master_ip,
+                        session: s.id,
+                        swarm: s.swarm.clone(),
                         record,
                     });
                 }
@@ -535,6 +647,13 @@ impl Nodes {
         peer: SocketAddr,
     ) {
         let sha = ca::fingerprint(&cert);
+        let master_ip = match tls.get_ref().0.local_addr() {
+            Ok(a) => a.ip(),
+            Err(e) => {
+                warn!(%peer, error = %e, "agent session: no local address");
+                return;
+            }
+        };
         let Some(record) = self
             .store
             .list_nodes()
@@ -607,6 +726,8 @@ impl Nodes {
                     id,
                     runtime: runtime.clone(),
                     advertise,
+                    master_ip,
+                    swarm: hello.swarm.clone(),
                     last_seen_ms: last_seen.clone(),
                     cut: cut.clone(),
                 },

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use orca_docker::{NodeInfo, RuntimeEvent};
+use orca_docker::{NodeInfo, RuntimeEvent, SwarmInfo};
 use serde::{Deserialize, Serialize};
 
 /// ALPN protocol id of an agent session.
@@ -34,6 +34,10 @@ pub struct JoinRequest {
     pub advertise_addr: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The node engine's swarm membership (`None`: an engine without swarm): an engine in
+    /// a swarm other than the cluster's is refused.
+    #[serde(default)]
+    pub swarm: Option<SwarmInfo>,
 }
 
 /// What the master answers to a join.
@@ -59,6 +63,9 @@ pub struct Hello {
     pub advertise_addr: String,
     pub labels: BTreeMap<String, String>,
     pub node: NodeInfo,
+    /// The engine's swarm membership at session start (`None`: no swarm support).
+    #[serde(default)]
+    pub swarm: Option<SwarmInfo>,
 }
 
 /// One line of the `GET /v1/events` stream.
@@ -90,4 +97,7 @@ pub mod path {
     pub const NODE: &str = "/v1/node";
     pub const IMAGE_EXISTS: &str = "/v1/images/exists";
     pub const IMAGE_LOAD: &str = "/v1/images/load";
+    pub const SWARM: &str = "/v1/swarm";
+    pub const SWARM_JOIN: &str = "/v1/swarm/join";
+    pub const SWARM_LEAVE: &str = "/v1/swarm/leave";
 }

@@ -13,7 +13,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use orca_docker::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStats, LogLine, NodeInfo,
-    RuntimeError, RuntimeEvent,
+    RuntimeError, RuntimeEvent, SwarmInfo, SwarmJoin,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -352,6 +352,27 @@ impl ContainerRuntime for RemoteRuntime {
             Duration::from_secs(600),
         )
         .await
+    }
+
+    async fn swarm(&self) -> Result<Option<SwarmInfo>, RuntimeError> {
+        self.call(Method::GET, path::SWARM, empty(), CALL_TIMEOUT)
+            .await
+    }
+
+    async fn swarm_join(&self, join: &SwarmJoin) -> Result<(), RuntimeError> {
+        // The engine answers once it has joined (or given up, within its own bound).
+        self.call(
+            Method::POST,
+            path::SWARM_JOIN,
+            json_body(join),
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    async fn swarm_leave(&self) -> Result<(), RuntimeError> {
+        self.call(Method::POST, path::SWARM_LEAVE, empty(), CALL_TIMEOUT)
+            .await
     }
 
     async fn build_image(

@@ -51,7 +51,8 @@ struct SimContainer {
 
 /// An in-memory container engine for one simulated node.
 pub struct SimRuntime {
-    scope: ClusterScope,
+    /// Set once the agent knows its cluster: then it sees only that cluster's containers.
+    scope: Option<ClusterScope>,
     node: NodeInfo,
     /// The third and fourth octet of this node's fake bridge addresses come from here.
     bridge_prefix: [u8; 2],
@@ -62,11 +63,11 @@ pub struct SimRuntime {
 }
 
 impl SimRuntime {
-    /// An empty engine of the node `node`, scoped to `scope` like `DockerRuntime::scoped`.
-    pub fn new(node: NodeInfo, scope: ClusterScope, bridge_prefix: [u8; 2]) -> SimRuntime {
+    /// An empty engine of the node `node`, not scoped to a cluster yet.
+    pub fn new(node: NodeInfo, bridge_prefix: [u8; 2]) -> SimRuntime {
         let (events, _) = broadcast::channel(4096);
         SimRuntime {
-            scope,
+            scope: None,
             node,
             bridge_prefix,
             containers: Mutex::new(BTreeMap::new()),
@@ -74,6 +75,13 @@ impl SimRuntime {
             events,
             next: AtomicU64::new(1),
         }
+    }
+
+    /// Scoped to `scope`, like `DockerRuntime::scoped`: what it creates carries the cluster
+    /// id, and it lists only what carries it.
+    pub fn scoped(mut self, scope: ClusterScope) -> SimRuntime {
+        self.scope = Some(scope);
+        self
     }
 
     fn containers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SimContainer>> {
@@ -181,7 +189,7 @@ impl ContainerRuntime for SimRuntime {
         Ok(self
             .containers()
             .values()
-            .filter(|c| self.scope.owns(&c.info.labels))
+            .filter(|c| self.scope.as_ref().is_none_or(|s| s.owns(&c.info.labels)))
             .map(|c| c.info.clone())
             .collect())
     }
@@ -226,7 +234,9 @@ impl ContainerRuntime for SimRuntime {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut labels = spec.labels.clone();
         labels.insert(LABEL_MANAGED.into(), "true".into());
-        labels.insert(LABEL_CLUSTER_ID.into(), self.scope.id.clone());
+        if let Some(scope) = &self.scope {
+            labels.insert(LABEL_CLUSTER_ID.into(), scope.id.clone());
+        }
         let bridge = IpAddr::V4(Ipv4Addr::new(
             10,
             self.bridge_prefix[0],
@@ -486,11 +496,11 @@ pub fn run_fleet(
         let shutdown = shutdown.clone();
         let prefix = [(i / 250) as u8, ((i % 250) as u8).wrapping_mul(4)];
         tasks.push(tokio::spawn(async move {
-            let make = {
+            let engine = SimRuntime::new(node.clone(), prefix);
+            let scoped = {
                 let name = name.clone();
-                let node = node.clone();
-                move |scope: ClusterScope| {
-                    let runtime = Arc::new(SimRuntime::new(node, scope, prefix));
+                move |engine: SimRuntime, scope: ClusterScope| {
+                    let runtime = Arc::new(engine.scoped(scope));
                     fleet
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -498,7 +508,7 @@ pub fn run_fleet(
                     runtime
                 }
             };
-            let result = agent::run_with(agent_opts, node, make, shutdown).await;
+            let result = agent::run_with(agent_opts, engine, node, scoped, shutdown).await;
             if let Err(e) = &result {
                 warn!(node = %name, error = %format!("{e:#}"), "simulated agent ended");
             }
@@ -522,12 +532,12 @@ mod tests {
                 memory_bytes: 8 << 30,
                 os: "test".into(),
             },
-            ClusterScope {
-                name: "c".into(),
-                id: "id-1".into(),
-            },
             [0, 0],
         )
+        .scoped(ClusterScope {
+            name: "c".into(),
+            id: "id-1".into(),
+        })
     }
 
     #[test]

@@ -110,6 +110,19 @@ pub struct NodesSettings {
     /// address only: `"FIRST-LAST"` (default `"20000-29999"`).
     #[serde(default = "default_host_ports")]
     pub host_ports: String,
+    /// Address pools (IPv4 CIDRs, each /8 to /24) the cluster's swarm takes its overlay
+    /// networks' /24 subnets from (e.g. `["10.20.0.0/16"]`); empty: the engine's default
+    /// (10.0.0.0/8). Read when the swarm is made, at the first node's join.
+    #[serde(default)]
+    pub overlay_pools: Vec<String>,
+    /// How many instances of draining nodes are replaced at once, cluster-wide (each
+    /// service also at most its `max_unavailable`); default 2.
+    #[serde(default = "default_drain_parallel")]
+    pub drain_parallel: u32,
+}
+
+fn default_drain_parallel() -> u32 {
+    2
 }
 
 fn default_node_ttl() -> u64 {
@@ -124,6 +137,8 @@ impl Default for NodesSettings {
         NodesSettings {
             node_ttl_secs: default_node_ttl(),
             host_ports: default_host_ports(),
+            overlay_pools: Vec::new(),
+            drain_parallel: default_drain_parallel(),
         }
     }
 }
@@ -135,6 +150,17 @@ impl NodesSettings {
         let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
         (a >= 1024 && a <= b).then_some((a, b))
     }
+}
+
+/// Whether `pool` is an IPv4 CIDR with a prefix of 8 to 24 and no host bits set.
+fn is_overlay_pool(pool: &str) -> bool {
+    let Some((ip, len)) = pool.split_once('/') else {
+        return false;
+    };
+    let (Ok(ip), Ok(len)) = (ip.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    (8..=24).contains(&len) && u32::from(ip) & (u32::MAX >> len) == 0
 }
 
 fn check_nodes(nodes: &NodesSettings) -> Result<(), Invalid> {
@@ -152,6 +178,23 @@ fn check_nodes(nodes: &NodesSettings) -> Result<(), Invalid> {
                 nodes.host_ports
             ),
         ));
+    }
+    if nodes.drain_parallel == 0 {
+        return Err(Invalid::new(
+            FieldPath::key("nodes").k("drain_parallel"),
+            "drain_parallel must be at least 1".to_string(),
+        ));
+    }
+    for (i, pool) in nodes.overlay_pools.iter().enumerate() {
+        if !is_overlay_pool(pool) {
+            return Err(Invalid::new(
+                FieldPath::key("nodes").k("overlay_pools").i(i),
+                format!(
+                    "overlay pool {pool:?} is invalid: expected an IPv4 CIDR with a prefix of /8 to /24 \
+                     and no host bits, e.g. \"10.20.0.0/16\""
+                ),
+            ));
+        }
     }
     Ok(())
 }

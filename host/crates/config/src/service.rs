@@ -119,6 +119,39 @@ pub struct Placement {
     /// Run only on nodes carrying all these labels (`labels = { zone = "eu-1" }`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// When its node is lost (`down`), keep its instances there this long before
+    /// replacing them elsewhere: `"90s"`, `"2m"`, `"1h"` (at most 24h; default: replace
+    /// at once). For services that prefer waiting for their node to a cold start elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after: Option<String>,
+}
+
+impl Placement {
+    /// `lost_after` in seconds (checked at load: a malformed value never gets here).
+    pub fn lost_after_secs(&self) -> Option<u64> {
+        self.lost_after
+            .as_deref()
+            .and_then(|d| parse_duration_secs(d).ok())
+    }
+}
+
+/// The longest `lost_after`.
+pub const MAX_LOST_AFTER_SECS: u64 = 24 * 3600;
+
+/// Parses `30s`, `10m`, `2h`: a whole number and a unit.
+fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let bad =
+        || format!("{text:?} is not a duration: use a whole number and a unit, e.g. 90s, 2m, 1h");
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let n: u64 = text[..text.len() - unit.len_utf8()]
+        .parse()
+        .map_err(|_| bad())?;
+    Ok(match unit {
+        's' => n,
+        'm' => n.saturating_mul(60),
+        'h' => n.saturating_mul(3600),
+        _ => return Err(bad()),
+    })
 }
 
 fn default_interval() -> u64 {
@@ -408,6 +441,23 @@ pub(crate) fn check_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
                     at("placement").k("node"),
                     "empty node: give a hostname or address substring, or remove the field",
                 ));
+            }
+        }
+        if let Some(lost) = &placement.lost_after {
+            match parse_duration_secs(lost) {
+                Ok(secs) if (1..=MAX_LOST_AFTER_SECS).contains(&secs) => {}
+                Ok(secs) => {
+                    return Err(Invalid::new(
+                        at("placement").k("lost_after"),
+                        format!("lost_after {secs}s is out of range: allowed 1s to 24h"),
+                    ))
+                }
+                Err(e) => {
+                    return Err(Invalid::new(
+                        at("placement").k("lost_after"),
+                        format!("lost_after {e}"),
+                    ))
+                }
             }
         }
     }
@@ -736,9 +786,30 @@ mod tests {
                     s.placement = Some(Placement {
                         node: Some(" ".into()),
                         labels: Default::default(),
+                        lost_after: None,
                     })
                 }),
                 "field `placement.node`",
+            ),
+            (
+                Box::new(|s| {
+                    s.placement = Some(Placement {
+                        node: None,
+                        labels: Default::default(),
+                        lost_after: Some("2 minutes".into()),
+                    })
+                }),
+                "field `placement.lost_after`",
+            ),
+            (
+                Box::new(|s| {
+                    s.placement = Some(Placement {
+                        node: None,
+                        labels: Default::default(),
+                        lost_after: Some("48h".into()),
+                    })
+                }),
+                "field `placement.lost_after`",
             ),
             (
                 Box::new(|s| {

@@ -62,6 +62,7 @@ fn snapshot(rolling: bool) -> Snapshot {
                 candidate: 20,
             }),
             not_before_ms: None,
+            max_migrating: 1,
         });
         for slot in 0..PER_SERVICE {
             n += 1;
@@ -80,6 +81,7 @@ fn snapshot(rolling: bool) -> Snapshot {
                 ready: true,
                 restart: false,
                 draining: false,
+                evict: None,
             });
         }
     }

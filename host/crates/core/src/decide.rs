@@ -33,6 +33,9 @@ pub struct Snapshot {
     pub revisions: BTreeMap<String, RevisionFacts>,
     /// Containers of this cluster, with their verdicts.
     pub instances: Vec<InstanceState>,
+    /// Cluster-wide bound on evicted instances being replaced at once (`[nodes]
+    /// drain_parallel`); `None`: no bound.
+    pub migrate_limit: Option<u32>,
 }
 
 /// One service as the pass wants it.
@@ -50,6 +53,9 @@ pub struct ServiceState {
     pub traffic: Option<Traffic>,
     /// Crash back-off: nothing starts before this time.
     pub not_before_ms: Option<u64>,
+    /// How many of its evicted instances may be replaced at once (its rollout's
+    /// `max_unavailable`, at least 1).
+    pub max_migrating: u32,
 }
 
 /// A rollout's traffic split: weights of the stable group and of the candidate group.
@@ -132,6 +138,9 @@ pub struct InstanceState {
     pub restart: bool,
     /// Being drained and stopped by an earlier pass: no decision touches it again.
     pub draining: bool,
+    /// `Some(deadline_ms)`: it must leave its node (the node drains, or a rebalance moves
+    /// it): replaced elsewhere first, removed at the deadline at the latest.
+    pub evict: Option<u64>,
 }
 
 /// Create and start an instance.
@@ -254,6 +263,7 @@ pub fn decide(s: &Snapshot) -> Decision {
             groups: svc.groups.clone(),
             running: svc.running,
             not_before_ms: svc.not_before_ms,
+            max_migrating: svc.max_migrating,
         })
         .collect();
     let observed: Vec<ObservedInstance> = s
@@ -266,9 +276,16 @@ pub fn decide(s: &Snapshot) -> Decision {
             fingerprint: i.fingerprint.clone(),
             slot: i.slot,
             phase: phase(i, s.now_ms),
+            evict: i.evict,
+            created_ms: i.created_at_ms,
         })
         .collect();
-    let plan = reconcile::plan(&desired, &observed, s.now_ms);
+    let plan = reconcile::plan_with(
+        &desired,
+        &observed,
+        s.now_ms,
+        s.migrate_limit.unwrap_or(u32::MAX),
+    );
 
     let by_id: BTreeMap<&str, &InstanceState> =
         s.instances.iter().map(|i| (i.id.as_str(), i)).collect();

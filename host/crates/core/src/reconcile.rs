@@ -14,11 +14,18 @@
 //! - each group's slots are `0..count`; a slot with no live instance of the group's
 //!   fingerprint gets one started, unless the service is in crash back-off (`not_before`);
 //! - a live instance in a slot `>= count` of its group is removed (scale down);
-//! - two live instances of one fingerprint in one slot (adoption after a crash between
-//!   create and record) keep the better one: ready first, then the lower id;
+//! - two live instances of one fingerprint in one slot (a node back after a partition whose
+//!   instances were replaced meanwhile) keep the better one: ready first, then the newer
+//!   (the replacement), then the lower id;
 //! - a live instance whose fingerprint is in no group is removed (superseded): keeping old
 //!   instances serving while new ones start is the strategy's decision, expressed as groups;
-//! - an instance whose service is not desired at all is an orphan and is removed.
+//! - an instance whose service is not desired at all is an orphan and is removed;
+//! - an instance to *evict* (its node is draining, or a rebalance moves it) keeps serving
+//!   while a replacement of its slot starts (placed elsewhere by the executor); once the
+//!   replacement is ready it is removed (`migrated`), and at its deadline it is removed
+//!   whatever the replacement does (`drain-deadline`, the slot then refills as usual).
+//!   Replacements in flight are bounded per service ([`DesiredService::max_migrating`])
+//!   and cluster-wide (the `migrate_limit` of [`plan_with`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,6 +49,8 @@ pub struct DesiredService {
     pub running: bool,
     /// Crash back-off: no instance is started before this time (milliseconds, caller's clock).
     pub not_before_ms: Option<u64>,
+    /// How many of its evicted instances may be replaced at once (at least 1).
+    pub max_migrating: u32,
 }
 
 /// How far an observed instance is in its life.
@@ -70,6 +79,12 @@ pub struct ObservedInstance {
     pub slot: u32,
     /// Where it is in its life.
     pub phase: Phase,
+    /// `Some(deadline_ms)`: it must leave its node (drain, rebalance) — replaced first, and
+    /// removed at the deadline at the latest (`u64::MAX`: none).
+    pub evict: Option<u64>,
+    /// When it was created (ms, its engine's clock): of two ready instances in one slot
+    /// (a node came back after its instances were replaced) the newer, the replacement, stays.
+    pub created_ms: u64,
 }
 
 /// Why an instance is removed; shown in logs and events.
@@ -89,6 +104,10 @@ pub enum RemoveReason {
     Orphan,
     /// Created but never started (the server died between create and start).
     Stuck,
+    /// Evicted from its node (drain, rebalance), its replacement ready elsewhere.
+    Migrated,
+    /// Evicted from its node and its drain deadline passed.
+    DrainDeadline,
 }
 
 impl RemoveReason {
@@ -102,6 +121,8 @@ impl RemoveReason {
             RemoveReason::Superseded => "superseded",
             RemoveReason::Orphan => "orphan",
             RemoveReason::Stuck => "stuck-created",
+            RemoveReason::Migrated => "migrated",
+            RemoveReason::DrainDeadline => "drain-deadline",
         }
     }
 }
@@ -145,9 +166,24 @@ impl Plan {
     }
 }
 
-/// Computes the plan. Pure: same inputs, same plan.
+/// Computes the plan with no cluster-wide bound on migrations. Pure: same inputs, same plan.
 pub fn plan(desired: &[DesiredService], observed: &[ObservedInstance], now_ms: u64) -> Plan {
+    plan_with(desired, observed, now_ms, u32::MAX)
+}
+
+/// Computes the plan; at most `migrate_limit` replacements of evicted instances are in
+/// flight cluster-wide (started and not yet ready, counting those this plan starts).
+pub fn plan_with(
+    desired: &[DesiredService],
+    observed: &[ObservedInstance],
+    now_ms: u64,
+    migrate_limit: u32,
+) -> Plan {
     let mut removes = Vec::new();
+    // Slots whose only live instance is to be evicted: (service, slot, fingerprint), and
+    // per service how many replacements are already starting.
+    let mut to_migrate: Vec<(&DesiredService, u32, &str)> = Vec::new();
+    let mut migrating: BTreeMap<&str, u32> = BTreeMap::new();
     let mut starts = Vec::new();
     let mut backing_off = BTreeMap::new();
 
@@ -202,16 +238,53 @@ pub fn plan(desired: &[DesiredService], observed: &[ObservedInstance], now_ms: u
             }
             let mut filled = BTreeSet::new();
             for (slot, mut insts) in by_slot {
-                // Ready before starting, then by id for a deterministic choice.
-                insts.sort_by(|a, b| b.phase.cmp(&a.phase).then(a.id.cmp(&b.id)));
+                // Staying before evicted, ready before starting, then by id for a
+                // deterministic choice.
+                insts.sort_by(|a, b| {
+                    a.evict
+                        .is_some()
+                        .cmp(&b.evict.is_some())
+                        .then(b.phase.cmp(&a.phase))
+                        .then(b.created_ms.cmp(&a.created_ms))
+                        .then(a.id.cmp(&b.id))
+                });
                 let (keep, dups) = insts.split_first().expect("slot group is never empty");
                 for dup in dups {
-                    removes.push(remove(dup, RemoveReason::Duplicate));
+                    match dup.evict {
+                        // Evicted, its replacement (`keep`) not ready yet: it keeps serving.
+                        Some(deadline)
+                            if keep.evict.is_none()
+                                && keep.phase != Phase::Ready
+                                && deadline > now_ms =>
+                        {
+                            *migrating.entry(d.key.as_str()).or_default() += 1;
+                        }
+                        Some(deadline) if keep.evict.is_none() => {
+                            let reason = if deadline > now_ms {
+                                RemoveReason::Migrated
+                            } else {
+                                RemoveReason::DrainDeadline
+                            };
+                            removes.push(remove(dup, reason));
+                        }
+                        _ => removes.push(remove(dup, RemoveReason::Duplicate)),
+                    }
                 }
                 if slot >= group.count {
                     removes.push(remove(keep, RemoveReason::ScaledDown));
-                } else {
-                    filled.insert(slot);
+                    continue;
+                }
+                match keep.evict {
+                    Some(deadline) if deadline <= now_ms => {
+                        removes.push(remove(keep, RemoveReason::DrainDeadline));
+                    }
+                    Some(_) => {
+                        filled.insert(slot);
+                        to_migrate.push((d, slot, group.fingerprint.as_str()));
+                    }
+                    None => {
+                        filled.insert(slot);
+                    }
                 }
             }
             let missing: Vec<u32> = (0..group.count).filter(|s| !filled.contains(s)).collect();
@@ -242,6 +315,25 @@ pub fn plan(desired: &[DesiredService], observed: &[ObservedInstance], now_ms: u
         {
             removes.push(remove(inst, RemoveReason::Superseded));
         }
+    }
+
+    // Replacements of evicted instances, in a stable order, within both bounds.
+    let mut in_flight: u32 = migrating.values().sum();
+    for (d, slot, fingerprint) in to_migrate {
+        if in_flight >= migrate_limit {
+            break;
+        }
+        let n = migrating.entry(d.key.as_str()).or_default();
+        if *n >= d.max_migrating.max(1) || d.not_before_ms.is_some_and(|t| t > now_ms) {
+            continue;
+        }
+        *n += 1;
+        in_flight += 1;
+        starts.push(Action::Start {
+            service: d.key.clone(),
+            slot,
+            fingerprint: fingerprint.to_string(),
+        });
     }
 
     let mut actions = removes;
@@ -290,6 +382,7 @@ mod tests {
                 .collect(),
             running: true,
             not_before_ms: None,
+            max_migrating: 1,
         }
     }
 
@@ -300,6 +393,8 @@ mod tests {
             fingerprint: fp.into(),
             slot,
             phase,
+            evict: None,
+            created_ms: 0,
         }
     }
 
@@ -455,6 +550,107 @@ mod tests {
     }
 
     #[test]
+    fn a_node_back_after_its_instances_were_replaced_loses_to_the_ready_replacements() {
+        let d = vec![svc("p/s", "f", 1)];
+        let mut old = inst("zz-old", "p/s", "f", 0, Phase::Ready);
+        old.created_ms = 1_000;
+        let mut new = inst("aa-new", "p/s", "f", 0, Phase::Ready);
+        new.created_ms = 5_000;
+        let p = plan(&d, &[old.clone(), new.clone()], 10_000);
+        assert_eq!(
+            removes(&p),
+            vec![("zz-old".to_string(), RemoveReason::Duplicate)]
+        );
+        // The replacement not ready yet: the one that serves stays, the other goes.
+        new.phase = Phase::Starting;
+        let p = plan(&d, &[old, new], 10_000);
+        assert_eq!(
+            removes(&p),
+            vec![("aa-new".to_string(), RemoveReason::Duplicate)]
+        );
+    }
+
+    fn evicted(mut i: ObservedInstance, deadline: u64) -> ObservedInstance {
+        i.evict = Some(deadline);
+        i
+    }
+
+    #[test]
+    fn an_evicted_instance_serves_until_its_replacement_is_ready() {
+        let d = vec![svc("p/s", "f", 2)];
+        let on_drained = evicted(inst("a", "p/s", "f", 0, Phase::Ready), u64::MAX);
+        let other = inst("b", "p/s", "f", 1, Phase::Ready);
+        // First its slot gets a replacement (placed elsewhere); nothing is removed.
+        let p = plan(&d, &[on_drained.clone(), other.clone()], 0);
+        assert_eq!(starts(&p), vec![("p/s".to_string(), 0)]);
+        assert!(removes(&p).is_empty());
+        // The replacement starting: nothing more (no second replacement either).
+        let repl = inst("c", "p/s", "f", 0, Phase::Starting);
+        let p = plan(&d, &[on_drained.clone(), other.clone(), repl.clone()], 0);
+        assert!(p.is_empty(), "{p:?}");
+        // Ready: the evicted one goes, drained as migrated.
+        let repl = inst("c", "p/s", "f", 0, Phase::Ready);
+        let p = plan(&d, &[on_drained, other, repl], 0);
+        assert_eq!(removes(&p), vec![("a".to_string(), RemoveReason::Migrated)]);
+        assert!(starts(&p).is_empty());
+    }
+
+    #[test]
+    fn evictions_are_bounded_per_service_and_cluster_wide() {
+        let mut d = vec![svc("p/a", "f", 3), svc("p/b", "g", 3)];
+        let mut world = Vec::new();
+        for slot in 0..3 {
+            world.push(evicted(
+                inst(&format!("a{slot}"), "p/a", "f", slot, Phase::Ready),
+                u64::MAX,
+            ));
+            world.push(evicted(
+                inst(&format!("b{slot}"), "p/b", "g", slot, Phase::Ready),
+                u64::MAX,
+            ));
+        }
+        // One per service by default.
+        let p = plan_with(&d, &world, 0, 10);
+        assert_eq!(
+            starts(&p),
+            vec![("p/a".to_string(), 0), ("p/b".to_string(), 0)]
+        );
+        // Cluster-wide bound of one.
+        let p = plan_with(&d, &world, 0, 1);
+        assert_eq!(starts(&p), vec![("p/a".to_string(), 0)]);
+        // A service allowing two at once; one replacement of p/a already starting.
+        d[0].max_migrating = 2;
+        world.push(inst("r", "p/a", "f", 0, Phase::Starting));
+        let p = plan_with(&d, &world, 0, 10);
+        assert_eq!(
+            starts(&p),
+            vec![("p/a".to_string(), 1), ("p/b".to_string(), 0)]
+        );
+        let p = plan_with(&d, &world, 0, 1);
+        assert!(starts(&p).is_empty(), "the one in flight uses the bound");
+    }
+
+    #[test]
+    fn at_the_drain_deadline_what_remains_is_removed_and_refilled() {
+        let d = vec![svc("p/s", "f", 1)];
+        let late = evicted(inst("a", "p/s", "f", 0, Phase::Ready), 1_000);
+        let p = plan(&d, std::slice::from_ref(&late), 1_000);
+        assert_eq!(
+            removes(&p),
+            vec![("a".to_string(), RemoveReason::DrainDeadline)]
+        );
+        assert_eq!(starts(&p), vec![("p/s".to_string(), 0)]);
+        // With its replacement still starting: removed all the same, the replacement kept.
+        let repl = inst("c", "p/s", "f", 0, Phase::Starting);
+        let p = plan(&d, &[late, repl], 1_000);
+        assert_eq!(
+            removes(&p),
+            vec![("a".to_string(), RemoveReason::DrainDeadline)]
+        );
+        assert!(starts(&p).is_empty());
+    }
+
+    #[test]
     fn orphans_are_removed_and_other_services_untouched() {
         let obs = [
             inst("1", "p/gone", "a", 0, Phase::Ready),
@@ -495,7 +691,7 @@ mod tests {
                 running in any::<bool>(),
                 obs in proptest::collection::vec((0u32..8, any::<bool>(), phase()), 0..10),
             ) {
-                let d = DesiredService { key: "p/s".into(), groups: vec![DesiredGroup { fingerprint: "cur".into(), count: replicas }], running, not_before_ms: None };
+                let d = DesiredService { key: "p/s".into(), groups: vec![DesiredGroup { fingerprint: "cur".into(), count: replicas }], running, not_before_ms: None, max_migrating: 1 };
                 let mut world: Vec<ObservedInstance> = obs.iter().enumerate().map(|(i, (slot, cur, ph))| {
                     inst(&format!("i{i}"), "p/s", if *cur { "cur" } else { "old" }, *slot, *ph)
                 }).collect();
@@ -512,7 +708,7 @@ mod tests {
                             Action::Remove { id, .. } => world.retain(|i| i.id != id),
                             Action::Start { service, slot, fingerprint } => {
                                 next_id += 1;
-                                world.push(ObservedInstance { id: format!("n{next_id}"), service, fingerprint, slot, phase: Phase::Ready });
+                                world.push(ObservedInstance { id: format!("n{next_id}"), service, fingerprint, slot, phase: Phase::Ready, evict: None, created_ms: 0 });
                             }
                         }
                     }

@@ -47,6 +47,7 @@ impl Sim {
             services: services.to_vec(),
             revisions: revisions.clone(),
             instances: self.instances.clone(),
+            migrate_limit: None,
         }
     }
 
@@ -92,6 +93,7 @@ impl Sim {
                 ready: false,
                 restart: false,
                 draining: false,
+                evict: None,
             });
         }
     }

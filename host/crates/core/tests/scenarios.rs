@@ -43,6 +43,7 @@ fn svc(key: &str, groups: &[(&str, u32)]) -> ServiceState {
             .collect(),
         traffic: None,
         not_before_ms: None,
+        max_migrating: 1,
     }
 }
 
@@ -64,6 +65,7 @@ fn inst(id: &str, service: &str, fp: &str, slot: u32, n: u8) -> InstanceState {
         ready: true,
         restart: false,
         draining: false,
+        evict: None,
     }
 }
 
@@ -82,6 +84,7 @@ fn snap(
         services,
         revisions,
         instances,
+        migrate_limit: None,
     }
 }
 
@@ -847,4 +850,45 @@ mod properties {
             prop_assert_eq!(routed(&d, DOMAIN).len(), replicas as usize);
         }
     }
+}
+
+#[test]
+fn sim_drained_instances_move_one_at_a_time_and_the_route_never_shrinks() {
+    let revisions = one_rev();
+    let services = [svc(WEB, &[("a", 3)])];
+    let mut sim = Sim::new(NOW, 100);
+    for _ in 0..3 {
+        sim.pass(&services, &revisions);
+        sim.advance(100);
+    }
+    // Their node drains: all three are to leave it, with no deadline.
+    let evicted: Vec<String> = sim.instances.iter().map(|i| i.id.clone()).collect();
+    for i in &mut sim.instances {
+        i.evict = Some(u64::MAX);
+    }
+    let mut migrated = Vec::new();
+    for _ in 0..60 {
+        let d = sim.pass(&services, &revisions);
+        assert!(
+            routed(&d, DOMAIN).len() >= 3,
+            "a drain never routes fewer than the replicas: {:?}",
+            routed(&d, DOMAIN)
+        );
+        assert!(d.starts.len() <= 1, "one replacement at a time: {d:?}");
+        for r in &d.removes {
+            assert_eq!(r.reason, RemoveReason::Migrated);
+            assert!(r.drain.is_some(), "a migrated instance is drained");
+            migrated.push(r.id.clone());
+        }
+        if sim.instances.iter().all(|i| i.evict.is_none()) && d.is_idle() {
+            break;
+        }
+        sim.advance(100);
+    }
+    migrated.sort();
+    let mut want = evicted;
+    want.sort();
+    assert_eq!(migrated, want);
+    assert_eq!(sim.instances.len(), 3);
+    assert_eq!(routed(&sim.pass(&services, &revisions), DOMAIN).len(), 3);
 }

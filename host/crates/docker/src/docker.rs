@@ -42,7 +42,7 @@ const INSPECT_CONCURRENCY: usize = 8;
 /// connection pool.
 #[derive(Clone)]
 pub struct DockerRuntime {
-    docker: Docker,
+    pub(crate) docker: Docker,
     pull_timeout: Duration,
     /// Serialises `ensure_network` within this process. The engine (API 1.41, without
     /// `CheckDuplicate`, which bollard no longer sends) happily creates two networks with the
@@ -240,6 +240,68 @@ impl DockerRuntime {
     }
 }
 
+impl DockerRuntime {
+    /// `ensure_network` for a bridge, or (on a swarm manager) an attachable overlay.
+    async fn ensure_network_of(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        overlay: bool,
+    ) -> Result<(), RuntimeError> {
+        let _guard = self.network_lock.lock().await;
+        if let Some(existing) = self.network_labels(name).await? {
+            // A network belongs to one cluster: joining another's would let its containers
+            // claim this cluster's aliases (and the reverse).
+            if let Some(scope) = &self.scope {
+                if !scope.owns(&existing) {
+                    let owner = existing
+                        .get(LABEL_CLUSTER_ID)
+                        .or(existing.get(LABEL_CLUSTER))
+                        .map_or("outside orca", String::as_str);
+                    return Err(RuntimeError::Engine {
+                        op: format!("use network {name:?}"),
+                        reason: format!(
+                            "it belongs to another cluster ({owner}), not to cluster {:?} (id {}); \
+                             remove it or give this cluster's project another name",
+                            scope.name, scope.id
+                        ),
+                    });
+                }
+            }
+            return Ok(());
+        }
+        let mut labels = labels.clone();
+        if let Some(scope) = &self.scope {
+            labels.insert(LABEL_CLUSTER_ID.to_string(), scope.id.clone());
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some(if overlay { "overlay" } else { "bridge" }.to_string()),
+            attachable: overlay.then_some(true),
+            labels: Some(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => info!(network = name, "network created"),
+            // Newer engines refuse duplicates themselves: someone else created it first.
+            Err(e) if status(&e) == Some(409) => return Ok(()),
+            Err(e) => return Err(map_err(&format!("create network {name:?}"), e)),
+        }
+        // Another process may have raced us past the existence check. Every racer keeps the
+        // network with the smallest id and removes the others, so all converge on one.
+        let ids = self.networks_named(name).await?;
+        for extra in ids.iter().skip(1) {
+            warn!(network = name, id = %extra, "removing duplicate network created by a race");
+            if let Err(e) = self.docker.remove_network(extra).await {
+                if status(&e) != Some(404) {
+                    warn!(network = name, id = %extra, error = %e, "could not remove duplicate network");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ContainerRuntime for DockerRuntime {
     #[tracing::instrument(name = "orca.docker.list", skip(self))]
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
@@ -403,56 +465,44 @@ impl ContainerRuntime for DockerRuntime {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), RuntimeError> {
-        let _guard = self.network_lock.lock().await;
-        if let Some(existing) = self.network_labels(name).await? {
-            // A network belongs to one cluster: joining another's would let its containers
-            // claim this cluster's aliases (and the reverse).
-            if let Some(scope) = &self.scope {
-                if !scope.owns(&existing) {
-                    let owner = existing
-                        .get(LABEL_CLUSTER_ID)
-                        .or(existing.get(LABEL_CLUSTER))
-                        .map_or("outside orca", String::as_str);
-                    return Err(RuntimeError::Engine {
-                        op: format!("use network {name:?}"),
-                        reason: format!(
-                            "it belongs to another cluster ({owner}), not to cluster {:?} (id {}); \
-                             remove it or give this cluster's project another name",
-                            scope.name, scope.id
-                        ),
-                    });
-                }
-            }
-            return Ok(());
-        }
-        let mut labels = labels.clone();
-        if let Some(scope) = &self.scope {
-            labels.insert(LABEL_CLUSTER_ID.to_string(), scope.id.clone());
-        }
-        let request = NetworkCreateRequest {
-            name: name.to_string(),
-            driver: Some("bridge".to_string()),
-            labels: Some(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-            ..Default::default()
-        };
-        match self.docker.create_network(request).await {
-            Ok(_) => info!(network = name, "network created"),
-            // Newer engines refuse duplicates themselves: someone else created it first.
-            Err(e) if status(&e) == Some(409) => return Ok(()),
-            Err(e) => return Err(map_err(&format!("create network {name:?}"), e)),
-        }
-        // Another process may have raced us past the existence check. Every racer keeps the
-        // network with the smallest id and removes the others, so all converge on one.
-        let ids = self.networks_named(name).await?;
-        for extra in ids.iter().skip(1) {
-            warn!(network = name, id = %extra, "removing duplicate network created by a race");
-            if let Err(e) = self.docker.remove_network(extra).await {
-                if status(&e) != Some(404) {
-                    warn!(network = name, id = %extra, error = %e, "could not remove duplicate network");
-                }
-            }
-        }
-        Ok(())
+        self.ensure_network_of(name, labels, false).await
+    }
+
+    #[tracing::instrument(name = "orca.docker.ensure_overlay_network", skip(self, labels))]
+    async fn ensure_overlay_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        self.ensure_network_of(name, labels, true).await
+    }
+
+    async fn swarm(&self) -> Result<Option<crate::SwarmInfo>, RuntimeError> {
+        self.swarm_info().await.map(Some)
+    }
+
+    async fn swarm_init(&self, init: &crate::SwarmInit) -> Result<crate::SwarmInfo, RuntimeError> {
+        self.swarm_init_impl(init).await
+    }
+
+    async fn swarm_join(&self, join: &crate::SwarmJoin) -> Result<(), RuntimeError> {
+        self.swarm_join_impl(join).await
+    }
+
+    async fn swarm_leave(&self) -> Result<(), RuntimeError> {
+        self.swarm_leave_impl().await
+    }
+
+    async fn swarm_worker_token(&self) -> Result<String, RuntimeError> {
+        self.swarm_worker_token_impl().await
+    }
+
+    async fn swarm_nodes(&self) -> Result<Vec<crate::SwarmNode>, RuntimeError> {
+        self.swarm_nodes_impl().await
+    }
+
+    async fn swarm_remove_node(&self, id: &str) -> Result<(), RuntimeError> {
+        self.swarm_remove_node_impl(id).await
     }
 
     #[tracing::instrument(name = "orca.docker.remove_network", skip(self))]
@@ -882,7 +932,7 @@ fn split_reference(image: &str) -> (&str, Option<&str>) {
 }
 
 /// The HTTP status of an engine error response, if it was one.
-fn status(e: &BollardError) -> Option<u16> {
+pub(crate) fn status(e: &BollardError) -> Option<u16> {
     match e {
         BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
@@ -890,7 +940,7 @@ fn status(e: &BollardError) -> Option<u16> {
 }
 
 /// The engine's own message for a failed request, or the client error.
-fn reason(e: &BollardError) -> String {
+pub(crate) fn reason(e: &BollardError) -> String {
     match e {
         BollardError::DockerResponseServerError { message, .. } => message.clone(),
         BollardError::DockerStreamError { error } => error.clone(),
@@ -900,7 +950,7 @@ fn reason(e: &BollardError) -> String {
 
 /// Classifies a bollard error: transport failures mean the engine is unavailable; anything
 /// the engine answered is an engine error for `op`.
-fn map_err(op: &str, e: BollardError) -> RuntimeError {
+pub(crate) fn map_err(op: &str, e: BollardError) -> RuntimeError {
     match &e {
         BollardError::DockerResponseServerError { status_code, .. } => RuntimeError::Engine {
             op: op.to_string(),

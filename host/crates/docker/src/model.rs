@@ -201,3 +201,69 @@ pub struct ContainerStats {
     /// CPU time consumed since the container started, in nanoseconds.
     pub cpu_total_ns: u64,
 }
+
+/// An engine's swarm membership. orca uses Docker's swarm for overlay networking only
+/// (attachable overlay networks joined by plain containers), never for swarm services.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmInfo {
+    /// The engine's local node state: `inactive`, `pending`, `active`, `error` or `locked`.
+    pub state: String,
+    /// This engine's node id in its swarm (empty when inactive).
+    #[serde(default)]
+    pub node_id: String,
+    /// Whether this engine is a manager (it can create overlay networks).
+    #[serde(default)]
+    pub manager: bool,
+    /// The swarm's id; only a manager knows it.
+    #[serde(default)]
+    pub swarm_id: String,
+    /// The swarm's labels (a manager only): orca marks the swarms it made with its cluster.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The managers this engine knows, `ip:port`.
+    #[serde(default)]
+    pub managers: Vec<String>,
+    /// The engine's own swarm error, if any.
+    #[serde(default)]
+    pub error: String,
+}
+
+impl SwarmInfo {
+    /// Whether the engine belongs to a swarm (or is joining one).
+    pub fn is_member(&self) -> bool {
+        !(self.state.is_empty() || self.state == "inactive")
+    }
+}
+
+/// How to make a new swarm with this engine as its manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmInit {
+    /// The address the other engines reach this one on (the manager port is 2377 on it).
+    pub advertise_addr: IpAddr,
+    /// Address pools for overlay subnets (CIDRs); empty: the engine's default.
+    pub address_pools: Vec<String>,
+    /// Labels of the swarm (who made it).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How to join this engine to a swarm as a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmJoin {
+    /// The managers, `ip:port`.
+    pub managers: Vec<String>,
+    /// The swarm's worker join token.
+    pub token: String,
+    /// This engine's own address (gossip, VXLAN and the swarm port listen on it only).
+    pub advertise_addr: IpAddr,
+}
+
+/// One engine of a swarm, as its manager sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmNode {
+    pub id: String,
+    /// The node's address as the swarm sees it.
+    pub addr: String,
+    /// `ready`, `down`, `unknown` or `disconnected`.
+    pub state: String,
+    pub manager: bool,
+}

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 
-use crate::model::{ContainerInfo, ContainerSpec, ContainerStats, LogLine, NodeInfo, RuntimeEvent};
+use crate::model::{
+    ContainerInfo, ContainerSpec, ContainerStats, LogLine, NodeInfo, RuntimeEvent, SwarmInfo,
+    SwarmInit, SwarmJoin, SwarmNode,
+};
 use crate::RuntimeError;
 
 /// A container engine on one node.
@@ -97,4 +100,68 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         tag: &str,
         on_line: Box<dyn FnMut(&str) + Send>,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    /// Creates the attachable overlay network `name` with `labels` unless it exists, on a
+    /// swarm manager (workers attach to it when a container joins it). Idempotent.
+    fn ensure_overlay_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = labels;
+        async move { Err(no_swarm(&format!("create overlay network {name:?}"))) }
+    }
+
+    /// The engine's swarm membership; `None` for a runtime that has no swarm at all (a
+    /// simulated engine), which then is on no overlay network.
+    fn swarm(&self) -> impl Future<Output = Result<Option<SwarmInfo>, RuntimeError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Makes a new swarm with this engine as its only manager.
+    fn swarm_init(
+        &self,
+        init: &SwarmInit,
+    ) -> impl Future<Output = Result<SwarmInfo, RuntimeError>> + Send {
+        let _ = init;
+        async { Err(no_swarm("init a swarm")) }
+    }
+
+    /// Joins this engine to a swarm as a worker (returns once it has joined).
+    fn swarm_join(
+        &self,
+        join: &SwarmJoin,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = join;
+        async { Err(no_swarm("join a swarm")) }
+    }
+
+    /// Makes this engine leave its swarm (`force`, as a last manager must). Not being in a
+    /// swarm is success.
+    fn swarm_leave(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// The worker join token of the swarm this engine manages.
+    fn swarm_worker_token(&self) -> impl Future<Output = Result<String, RuntimeError>> + Send {
+        async { Err(no_swarm("read the swarm's join token")) }
+    }
+
+    /// The engines of the swarm this engine manages.
+    fn swarm_nodes(&self) -> impl Future<Output = Result<Vec<SwarmNode>, RuntimeError>> + Send {
+        async { Err(no_swarm("list the swarm's nodes")) }
+    }
+
+    /// Removes an engine (by swarm node id) from the swarm this engine manages.
+    fn swarm_remove_node(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = id;
+        async { Err(no_swarm("remove a swarm node")) }
+    }
+}
+
+fn no_swarm(op: &str) -> RuntimeError {
+    RuntimeError::Engine {
+        op: op.to_string(),
+        reason: "this container runtime has no swarm (overlay networking)".to_string(),
+    }
 }

@@ -50,9 +50,15 @@ pub struct NodeRecord {
     /// Unix ms of join and of the last heartbeat seen.
     pub joined_ms: u64,
     pub last_seen_ms: u64,
-    /// Whether an operator drained the node (no new instances).
+    /// Whether an operator drained the node (no new instances; its instances migrate).
     #[serde(default)]
     pub draining: bool,
+    /// When the drain started and its deadline (unix ms): at the deadline what is left on
+    /// the node is stopped. `None`: no deadline.
+    #[serde(default)]
+    pub drain_started_ms: Option<u64>,
+    #[serde(default)]
+    pub drain_deadline_ms: Option<u64>,
 }
 
 impl NodeRecord {
@@ -308,6 +314,8 @@ mod tests {
             joined_ms: 1,
             last_seen_ms: 1,
             draining: false,
+            drain_started_ms: None,
+            drain_deadline_ms: None,
         }
     }
 
