@@ -12,6 +12,8 @@
 //!   `interval_secs` after `initial_delay_secs`; `failure_threshold` consecutive failures
 //!   mark the instance for restart, which the controller carries out.
 //!
+//! At most `PROBE_CONCURRENCY` probes run at once; due probes beyond it wait for a slot.
+//!
 //! The checks themselves are probe plugins (the `probe` world): `http-probe` when the probe
 //! has a path, `tcp-probe` otherwise. Each gets an endpoint capability bound to the one
 //! instance it probes and nothing else. A plugin failure counts as a failed probe.
@@ -29,6 +31,12 @@ use crate::registry::Registry;
 
 /// How often a not-yet-ready instance is probed.
 const STARTING_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Probes running at the same time; the others wait for a slot. Below the plugin runtime's
+/// concurrent-call cap (64 by default), so probes never crowd out placement and strategy
+/// calls, and a burst of due probes (10,000 instances made ready together come due together)
+/// queues instead of failing as "plugin calls already running" and flipping ready instances.
+const PROBE_CONCURRENCY: usize = 48;
 
 /// One instance to watch.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +87,8 @@ struct Entry {
 pub struct Health {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
     registry: Registry,
+    /// Slots of [`PROBE_CONCURRENCY`].
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Health {
@@ -87,6 +97,7 @@ impl Health {
         Health {
             inner: Arc::default(),
             registry,
+            slots: Arc::new(tokio::sync::Semaphore::new(PROBE_CONCURRENCY)),
         }
     }
 
@@ -161,6 +172,9 @@ impl Health {
                         Kind::Liveness => target.liveness.clone().unwrap_or_default(),
                     };
                     let addr = target.addr;
+                    let Ok(_slot) = this.slots.clone().acquire_owned().await else {
+                        return;
+                    };
                     // Probe plugins block (up to their timeout): keep them off the async workers.
                     let result =
                         tokio::task::spawn_blocking(move || check(&registry, addr, &probe))

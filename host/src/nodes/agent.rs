@@ -6,6 +6,8 @@
 //! on which it is the HTTP/2 *server*: the master sends runtime calls, the agent answers
 //! from its engine and streams events with a heartbeat. A lost connection is retried with
 //! exponential back-off (5 s doubling to 60 s, with jitter); containers keep running.
+//! [`run`] serves the node's Docker Engine; [`run_with`] runs the same code over any
+//! [`ContainerRuntime`] (the simulation's `SimRuntime`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,7 +24,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use orca_docker::{
-    ContainerRuntime, ContainerSpec, DockerRuntime, RuntimeError, SwarmInfo, SwarmJoin,
+    ClusterScope, ContainerRuntime, ContainerSpec, DockerRuntime, NodeInfo, RuntimeError,
+    SwarmInfo, SwarmJoin,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
@@ -96,13 +99,8 @@ pub fn master_authority(url: &str) -> anyhow::Result<String> {
     )
 }
 
-/// Runs the agent until `shutdown`.
+/// Runs the agent over this node's Docker Engine until `shutdown`.
 pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    crate::process::private_umask();
-    std::fs::create_dir_all(&opts.home)
-        .with_context(|| format!("creating {}", opts.home.display()))?;
-    let authority = master_authority(&opts.join)?;
     let engine = DockerRuntime::connect().await.context(
         "connecting to this node's Docker Engine (DOCKER_HOST, else the default socket)",
     )?;
@@ -110,6 +108,36 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         .node_info()
         .await
         .context("reading Docker Engine info")?;
+    run_with(
+        opts,
+        engine,
+        node,
+        |engine, scope| Arc::new(engine.scoped(scope)),
+        shutdown,
+    )
+    .await
+}
+
+/// Runs the agent over any container runtime until `shutdown`: the same join, session,
+/// heartbeats and events as [`run`]. `node` is what the agent reports about its machine;
+/// `scoped` scopes `engine` to the cluster once the agent knows it (after the join, or from
+/// its stored identity).
+pub async fn run_with<R, F>(
+    opts: AgentOptions,
+    engine: R,
+    node: NodeInfo,
+    scoped: F,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    R: ContainerRuntime,
+    F: FnOnce(R, ClusterScope) -> Arc<R>,
+{
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::process::private_umask();
+    std::fs::create_dir_all(&opts.home)
+        .with_context(|| format!("creating {}", opts.home.display()))?;
+    let authority = master_authority(&opts.join)?;
     let identity = match load_identity(&opts.home)? {
         Some(id) if id.master == authority => id,
         existing => {
@@ -137,10 +165,13 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
             id
         }
     };
-    let engine = Arc::new(engine.scoped(orca_docker::ClusterScope {
-        name: identity.cluster.clone(),
-        id: identity.cluster_id.clone(),
-    }));
+    let engine = scoped(
+        engine,
+        ClusterScope {
+            name: identity.cluster.clone(),
+            id: identity.cluster_id.clone(),
+        },
+    );
     let config =
         super::tls::session_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
     let hello = Hello {
@@ -301,7 +332,7 @@ async fn join(
 
 /// Joins this node's engine to the cluster's swarm (overlay networking), unless it already
 /// is in it. An engine in another swarm is never moved: that is the operator's call.
-async fn join_swarm(engine: &DockerRuntime, join: &SwarmJoin) -> Result<(), RuntimeError> {
+async fn join_swarm<R: ContainerRuntime>(engine: &R, join: &SwarmJoin) -> Result<(), RuntimeError> {
     let now = engine.swarm().await?.unwrap_or_default();
     if now.is_member() {
         if now.managers.iter().any(|m| join.managers.contains(m)) {
@@ -320,10 +351,10 @@ async fn join_swarm(engine: &DockerRuntime, join: &SwarmJoin) -> Result<(), Runt
 }
 
 /// One session: connect, then serve the master's calls until the connection ends.
-async fn session(
+async fn session<R: ContainerRuntime>(
     authority: &str,
     config: Arc<rustls::ClientConfig>,
-    engine: Arc<DockerRuntime>,
+    engine: Arc<R>,
     hello: Hello,
     heartbeat: Duration,
     connected: &std::sync::atomic::AtomicBool,
@@ -429,9 +460,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
 }
 
 /// The agent's routes: each one [`ContainerRuntime`] call on the node's engine.
-async fn route(
+async fn route<R: ContainerRuntime>(
     req: Request<Incoming>,
-    engine: &Arc<DockerRuntime>,
+    engine: &Arc<R>,
     hello: &Hello,
     heartbeat: Duration,
 ) -> Response<RespBody> {
@@ -458,7 +489,7 @@ async fn route(
         }
         (Method::GET, path::SWARM, _) => answer(engine.swarm().await),
         (Method::POST, path::SWARM_JOIN, _) => match read_json::<SwarmJoin>(req).await {
-            Ok(join) => answer(join_swarm(engine, &join).await),
+            Ok(join) => answer(join_swarm(engine.as_ref(), &join).await),
             Err(e) => bad_request(&e),
         },
         (Method::POST, path::SWARM_LEAVE, _) => answer(engine.swarm_leave().await),
