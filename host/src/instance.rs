@@ -140,7 +140,16 @@ pub fn legacy_networks_to_join(
     internal: bool,
     instances: &[Instance],
 ) -> Vec<String> {
-    let attached = attached_networks(cluster, instances);
+    legacy_networks_of(&attached_networks(cluster, instances), project, internal)
+}
+
+/// [`legacy_networks_to_join`] given the networks instances are attached to (computed once
+/// per pass by [`attached_networks`], not once per service).
+pub fn legacy_networks_of(
+    attached: &BTreeSet<String>,
+    project: &str,
+    internal: bool,
+) -> Vec<String> {
     let mut out = Vec::new();
     let legacy = legacy_project_network(project);
     if attached.contains(&legacy) {
