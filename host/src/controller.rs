@@ -1200,9 +1200,10 @@ impl<R: ContainerRuntime> Controller<R> {
         acted || started.into_iter().any(|progressed| progressed)
     }
 
-    /// Makes `image` present on a remote node: the master's engine saves it and the node
-    /// loads it through the agent session (no registry needed). One shipment per node and
-    /// image at a time; the others wait for it.
+    /// Makes `image` present on a remote node: pulled by the node's engine first when the
+    /// reference names a registry (`registry.example:5000/app:1`), else (or when that pull
+    /// fails) the master's engine saves it and the node loads it through the agent session
+    /// (no registry needed). One shipment per node and image at a time; the others wait.
     async fn ship_image(
         &self,
         remote: &crate::nodes::RemoteRuntime,
@@ -1223,16 +1224,36 @@ impl<R: ContainerRuntime> Controller<R> {
         {
             return Ok(());
         }
+        let mut pull_error = None;
+        if names_registry(image) {
+            let started = std::time::Instant::now();
+            match remote.pull_image(image).await {
+                Ok(()) => {
+                    info!(node = %remote.node(), %image, ms = started.elapsed().as_millis() as u64, "image pulled by the node");
+                    return Ok(());
+                }
+                Err(e) => {
+                    info!(node = %remote.node(), %image, error = %e, "the node could not pull the image; shipping it from the master");
+                    pull_error = Some(e.to_string());
+                }
+            }
+        }
         if !self
             .runtime
             .image_exists(image)
             .await
             .map_err(|e| e.to_string())?
         {
-            return Err(format!(
-                "image {image} is on neither node {} nor the master's engine",
-                remote.node()
-            ));
+            return Err(match pull_error {
+                Some(e) => format!(
+                    "image {image} is not on the master's engine and node {} could not pull it: {e}",
+                    remote.node()
+                ),
+                None => format!(
+                    "image {image} is on neither node {} nor the master's engine",
+                    remote.node()
+                ),
+            });
         }
         let started = std::time::Instant::now();
         info!(node = %remote.node(), %image, "shipping image to node");
@@ -1716,6 +1737,15 @@ impl<R: ContainerRuntime> Controller<R> {
     }
 }
 
+/// Whether an image reference names its registry (`host.tld/…`, `host:port/…`,
+/// `localhost/…`): such an image is pulled by a node before the master ships it. A name
+/// without one (`app:1`, `library/app`) is taken for a local build and shipped.
+fn names_registry(image: &str) -> bool {
+    image.split_once('/').is_some_and(|(first, _)| {
+        first.contains('.') || first.contains(':') || first == "localhost"
+    })
+}
+
 /// How many of a service's evicted instances are replaced at once: its rollout's
 /// `max_unavailable` (at least 1).
 fn max_migrating(spec: &ServiceSpec) -> u32 {
@@ -1795,4 +1825,24 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_registry;
+
+    #[test]
+    fn an_image_naming_its_registry_is_pulled_first_a_local_name_is_shipped() {
+        for pulled in [
+            "registry.example.com/team/app:1",
+            "10.0.0.5:5000/app",
+            "localhost/app:dev",
+            "ghcr.io/owner/app@sha256:0123",
+        ] {
+            assert!(names_registry(pulled), "{pulled}");
+        }
+        for shipped in ["orca-testapp:latest", "library/app", "app", "team/app:1.2"] {
+            assert!(!names_registry(shipped), "{shipped}");
+        }
+    }
 }

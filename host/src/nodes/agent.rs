@@ -511,6 +511,10 @@ async fn route<R: ContainerRuntime>(
             Some(image) => answer(engine.image_exists(image).await),
             None => bad_request("missing image"),
         },
+        (Method::POST, path::IMAGE_PULL, _) => match q.get("image") {
+            Some(image) => answer(engine.pull_image(image).await),
+            None => bad_request("missing image"),
+        },
         (Method::POST, path::IMAGE_LOAD, _) => {
             let tar = BodyStream::new(req.into_body())
                 .filter_map(|frame| async move {

@@ -118,6 +118,10 @@ impl<R: ContainerRuntime> ContainerRuntime for NodeRuntime<R> {
         both!(self, r => r.ensure_overlay_network(name, labels).await)
     }
 
+    async fn pull_image(&self, image: &str) -> Result<(), RuntimeError> {
+        both!(self, r => r.pull_image(image).await)
+    }
+
     async fn swarm(&self) -> Result<Option<SwarmInfo>, RuntimeError> {
         both!(self, r => r.swarm().await)
     }

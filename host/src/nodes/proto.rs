@@ -97,6 +97,7 @@ pub mod path {
     pub const NODE: &str = "/v1/node";
     pub const IMAGE_EXISTS: &str = "/v1/images/exists";
     pub const IMAGE_LOAD: &str = "/v1/images/load";
+    pub const IMAGE_PULL: &str = "/v1/images/pull";
     pub const SWARM: &str = "/v1/swarm";
     pub const SWARM_JOIN: &str = "/v1/swarm/join";
     pub const SWARM_LEAVE: &str = "/v1/swarm/leave";

@@ -363,6 +363,13 @@ impl ContainerRuntime for RemoteRuntime {
         .await
     }
 
+    async fn pull_image(&self, image: &str) -> Result<(), RuntimeError> {
+        let uri = format!("{}?image={}", path::IMAGE_PULL, q(image));
+        // The node's engine bounds the pull itself; this only guards the session.
+        self.call(Method::POST, &uri, empty(), Duration::from_secs(360))
+            .await
+    }
+
     async fn swarm(&self) -> Result<Option<SwarmInfo>, RuntimeError> {
         self.call(Method::GET, path::SWARM, empty(), CALL_TIMEOUT)
             .await

@@ -477,6 +477,10 @@ impl ContainerRuntime for DockerRuntime {
         self.ensure_network_of(name, labels, true).await
     }
 
+    async fn pull_image(&self, image: &str) -> Result<(), RuntimeError> {
+        self.ensure_image(image).await
+    }
+
     async fn swarm(&self) -> Result<Option<crate::SwarmInfo>, RuntimeError> {
         self.swarm_info().await.map(Some)
     }

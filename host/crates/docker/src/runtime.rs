@@ -72,6 +72,18 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Facts about the node the engine runs on.
     fn node_info(&self) -> impl Future<Output = Result<NodeInfo, RuntimeError>> + Send;
 
+    /// Pulls `image` from its registry (bounded by the runtime's pull timeout; failure is
+    /// [`RuntimeError::ImageNotFound`]). Present already: success at once.
+    fn pull_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let image = image.to_string();
+        async move {
+            Err(RuntimeError::ImageNotFound {
+                image,
+                reason: "this container runtime pulls no images".into(),
+            })
+        }
+    }
+
     /// Whether `image` is present locally.
     fn image_exists(&self, image: &str) -> impl Future<Output = Result<bool, RuntimeError>> + Send;
 
