@@ -381,16 +381,7 @@ fn six_replicas_spread_over_three_nodes_with_the_image_shipped_by_orca() {
 
     // A rolling update of the six under constant load through the proxy: no request fails,
     // and the new revision runs 2/2/2 again.
-    let load = Load::start(
-        s.http,
-        "spread.test",
-        "/",
-        4,
-        Duration::from_millis(10),
-        60_000,
-        Duration::from_secs(180),
-    );
-    std::thread::sleep(Duration::from_secs(1));
+    let load = steady_load(&s, "spread.test", 60_000, 180);
     s.write_service(
         "spread",
         &testapp_service(
@@ -666,16 +657,7 @@ fn a_drained_node_is_emptied_under_load_without_a_failed_request_then_rebalanced
     );
 
     // Drain node 1 while the six serve: every instance there moves, none fails a request.
-    let load = Load::start(
-        s.http,
-        "drain.test",
-        "/",
-        4,
-        Duration::from_millis(10),
-        60_000,
-        Duration::from_secs(180),
-    );
-    std::thread::sleep(Duration::from_secs(1));
+    let load = steady_load(&s, "drain.test", 60_000, 180);
     let started = Instant::now();
     s.cli(&["node", "drain", &n1.name]);
     let svc = s.wait_service("drain", "web", "moved off node 1", |v| {
@@ -732,16 +714,7 @@ fn a_drained_node_is_emptied_under_load_without_a_failed_request_then_rebalanced
     // Undrain, then rebalance under load: the service spreads over all three again with
     // no failed request.
     s.cli(&["node", "undrain", &n1.name]);
-    let load = Load::start(
-        s.http,
-        "drain.test",
-        "/",
-        4,
-        Duration::from_millis(10),
-        60_000,
-        Duration::from_secs(180),
-    );
-    std::thread::sleep(Duration::from_secs(1));
+    let load = steady_load(&s, "drain.test", 60_000, 180);
     s.cli(&["rebalance", "web", "--project", "drain"]);
     let svc = s.wait_service("drain", "web", "spread again", |v| {
         let counts = per_node(v);
@@ -873,16 +846,24 @@ fn partition_cluster() -> (HostSwarm, Topology, Server, Agent, Agent) {
     (swarm, topo, s, a1, a2)
 }
 
-fn partition_load(s: &Server) -> Load {
-    Load::start(
+/// The load of these tests through the master's proxy: 4 threads, one GET every 10 ms each,
+/// at most `max_requests` and `max_secs`; returns once it has run for a second.
+fn steady_load(s: &Server, host: &str, max_requests: usize, max_secs: u64) -> Load {
+    let load = Load::start(
         s.http,
-        "part.test",
+        host,
         "/",
         4,
         Duration::from_millis(10),
-        200_000,
-        Duration::from_secs(600),
-    )
+        max_requests,
+        Duration::from_secs(max_secs),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    load
+}
+
+fn partition_load(s: &Server) -> Load {
+    steady_load(s, "part.test", 200_000, 600)
 }
 
 /// Waits until `part/web` runs 6 ready instances none of which is on `lost`.
@@ -982,7 +963,6 @@ fn a_partitioned_node_is_replaced_and_its_return_never_leaves_a_duplicate() {
     let waiting = patient_on_n2();
     assert_eq!(waiting.len(), 1);
     let load = partition_load(&s);
-    std::thread::sleep(Duration::from_secs(1));
     // (cut, replaced) per cycle, in the load's clock.
     let mut windows: Vec<(u128, u128)> = Vec::new();
     for cycle in 0..5 {
@@ -1034,7 +1014,6 @@ fn a_one_way_partition_and_a_master_restart_during_a_partition_end_the_same() {
     let (_swarm, topo, mut s, a1, a2) = partition_cluster();
     let n2 = &topo.nodes[1];
     let load = partition_load(&s);
-    std::thread::sleep(Duration::from_secs(1));
     let mut windows = Vec::new();
 
     // One way: what node 2 sends is lost, what the master sends arrives.
