@@ -19,7 +19,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-READ_ONLY = {"status", "logs", "doctor", "cluster_info", "webhooks_list"}
+READ_ONLY = {"status", "logs", "doctor", "events", "cluster_info", "webhooks_list"}
 DEPLOYER = READ_ONLY | {"secrets_list", "deploy", "scale", "stop", "promote", "rollback"}
 
 
@@ -102,6 +102,19 @@ async def deployer(client, project, image):
     assert rolled.get("restored_revision") == first or rolled.get("abandoned_revision"), rolled
     await wait(client, project, "web", "rolled back", lambda s: s["status"] == "running"
                and s["revision"] == rolled.get("revision", s["revision"]))
+    # What happened, as the agent reads it: the deploys, the scale and the rollback with its
+    # revision, all filtered to this service; `after` returns only what is newer.
+    events = json.loads(await call(client, "events", {"service": f"{project}/web", "limit": 1000}))
+    kinds = [e["kind"] for e in events["events"]]
+    assert kinds.count("deploy") >= 2, kinds
+    assert "service.scaled" in kinds, kinds
+    assert "rollout.rollback_requested" in kinds or "rollout.rolled_back" in kinds, kinds
+    assert all(e["project"] == project and e["service"] == "web" for e in events["events"])
+    last = events["events"][-1]["seq"]
+    newer = json.loads(await call(client, "events", {"service": f"{project}/web", "after": last}))
+    assert all(e["seq"] > last for e in newer["events"]), newer
+    err = await call(client, "events", {"since": "ten minutes"}, expect_error=True)
+    assert "since" in err, err
     diagnosis = json.loads(await call(client, "doctor", {"name": "web", "project": project}))
     assert diagnosis["verdict"] in ("healthy", "unhealthy"), diagnosis
     # Bad input is a tool error naming the field, and the session goes on.
@@ -118,6 +131,7 @@ async def viewer(client, project, image):
     for t in tools.values():
         assert t.annotations.read_only_hint is True, t
     await call(client, "status", {})
+    json.loads(await call(client, "events", {"limit": 5}))
     err = await call(client, "deploy", spec(project, image, "v1"), expect_error=True)
     assert "viewer" in err and "403" in err, err
     err = await call(client, "stop", {"name": "web", "project": project}, expect_error=True)

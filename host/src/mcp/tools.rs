@@ -83,6 +83,31 @@ pub struct ProjectArgs {
     pub project: String,
 }
 
+/// Arguments of `events` (the history of `GET /api/v1/events`; no `follow`: a tool call
+/// answers once, an agent polls with `after`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsArgs {
+    /// Only this service's events (`name` or `project/name`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Only this project's events.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Kind or kind family, e.g. `instance.crashed`, `rollout`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// How far back: `30s`, `10m`, `2h`, `7d`.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only events after this sequence number (the `seq` of the last event seen).
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// At most this many, the newest (default 100, at most 10,000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
 /// What a tool does to the cluster, for its annotations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
@@ -120,7 +145,7 @@ fn deploy_schema(g: &mut SchemaGenerator) -> Schema {
     orca_config::load::deploy_request_schema(g)
 }
 
-/// Every tool. (`events` comes when `/api/v1/events` exists.)
+/// Every tool.
 pub const TOOLS: &[ToolDef] = &[
     ToolDef {
         name: "status",
@@ -148,6 +173,15 @@ pub const TOOLS: &[ToolDef] = &[
         effect: Effect::ReadOnly,
         destructive: false,
         schema: s::<ServiceArgs>,
+    },
+    ToolDef {
+        name: "events",
+        description: "What happened: orca's event history, oldest first — deploys, rollout steps, promote, rollbacks with the reason, instance start/ready/unready/crash/OOM/liveness restarts with exit codes, placement failures, webhook deliveries, builds, certificates, nodes. Filter by service, project, kind, since; poll with `after` = the last `seq` seen. GET /api/v1/events.",
+        method: "GET",
+        route: "/api/v1/events",
+        effect: Effect::ReadOnly,
+        destructive: false,
+        schema: s::<EventsArgs>,
     },
     ToolDef {
         name: "cluster_info",
@@ -338,6 +372,24 @@ pub fn request_for(tool: &ToolDef, arguments: Value) -> Result<RestCall, String>
             let a: ServiceArgs = args(name, arguments)?;
             call(service_path(tool.route, &a.name, a.project, &[]), None)
         }
+        "events" => {
+            let a: EventsArgs = args(name, arguments)?;
+            call(
+                format!(
+                    "{}{}",
+                    tool.route,
+                    query(&[
+                        ("service", a.service),
+                        ("project", a.project),
+                        ("kind", a.kind),
+                        ("since", a.since),
+                        ("after", a.after.map(|n| n.to_string())),
+                        ("limit", a.limit.map(|n| n.to_string())),
+                    ])
+                ),
+                None,
+            )
+        }
         "cluster_info" | "webhooks_list" => {
             let _: NoArgs = args(name, arguments)?;
             call(tool.route.to_string(), None)
@@ -416,5 +468,17 @@ mod tests {
         assert_eq!(call.path, "/api/v1/services/web/logs?tail=5");
         let err = request_for(scale, json!({"name": "web"})).unwrap_err();
         assert!(err.contains("replicas"), "{err}");
+        let events = find("events").unwrap();
+        let call = request_for(
+            events,
+            json!({"service": "shop/web", "kind": "rollout", "after": 7}),
+        )
+        .unwrap();
+        assert_eq!(
+            call.path,
+            "/api/v1/events?service=shop%2Fweb&kind=rollout&after=7"
+        );
+        let err = request_for(events, json!({"follow": true})).unwrap_err();
+        assert!(err.contains("follow"), "{err}");
     }
 }
