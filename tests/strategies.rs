@@ -286,3 +286,52 @@ fn a_canary_whose_proxied_5xx_rate_exceeds_the_threshold_is_rolled_back() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The operator's rollback reaches the strategy (`rollback-requested`) and the strategy's own
+/// answer is what happens: blue-green rolls back with its reason, not the host's.
+#[test]
+fn operator_rollback_reaches_the_strategy_and_its_reason_is_shown() {
+    let example = workspace().join("sdk/examples/blue-green");
+    let wasm =
+        build_guests(&example, "sdk-examples", "wasm32-wasip2", None).join("blue_green.wasm");
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    let toml = |version: &str, health: &str| {
+        service_toml(&host, version, "./blue-green.wasm")
+            .replace("health = \"/healthz\"", &format!("health = \"{health}\""))
+            + "\n[service.deploy.params]\nready_timeout_ms = 120000\n"
+    };
+    let dir = s.write_service(&project, &toml("v1", "/healthz"));
+    std::fs::copy(&wasm, dir.join("blue-green.wasm")).unwrap();
+    s.cli(&["deploy"]);
+    assert_eq!(version_of(&s, &host), "v1");
+
+    // Revision 2's candidates never become ready: blue-green waits (up to 120 s) for them.
+    s.write_service(&project, &toml("v2", "/nope"));
+    s.cli(&["deploy", "--no-wait"]);
+    s.wait_service(
+        &project,
+        "web",
+        "blue-green waiting for its green set",
+        |v| v["rollout"]["phase"] == "progressing" && instances_on(v, 2) == 2,
+    );
+    let out = s.cli(&["rollback", "web"]);
+    assert!(out.contains("rollout of revision 2 abandoned"), "{out}");
+    let web = s.wait_service(&project, "web", "rolled back by blue-green", |v| {
+        !v["rolled_back"].is_null() && instances_on(v, 2) == 0
+    });
+    let reason = web["rolled_back"]["reason"].as_str().unwrap_or_default();
+    assert_eq!(
+        reason, "rollback requested by an operator",
+        "the strategy's own reason, not the host's fallback: {web:#}"
+    );
+    assert_eq!(web["revision"], 1, "{web:#}");
+    assert_eq!(version_of(&s, &host), "v1");
+}
+
+fn instances_on(v: &Value, revision: u64) -> usize {
+    v["instances"].as_array().map_or(0, |a| {
+        a.iter().filter(|i| i["revision"] == revision).count()
+    })
+}

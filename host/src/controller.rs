@@ -861,27 +861,23 @@ impl<R: ContainerRuntime> Controller<R> {
                     RequestKind::Rollback => asked.rollback_requested = true,
                 }
             }
+            // Every request reaches the strategy, a rollback too (`rollback-requested`): it
+            // decides how to return; the host overrules one that does not roll back.
+            let state = self.rollout_state(rec, cur, &asked, stable_fp.as_deref(), instances, now);
+            let registry = self.registry.clone();
+            let strategy = asked.strategy.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let plugin = registry
+                    .resolve(&strategy, World::Strategy)
+                    .map_err(|e| e.to_string())?;
+                plugin.plan(&state).map_err(|e| e.to_string())
+            })
+            .instrument(info_span!("orca.rollout.plan", service = %key))
+            .await
+            .unwrap_or_else(|e| Err(format!("strategy call panicked: {e}")));
             let outcome = if asked.rollback_requested {
-                let mut rolled = asked.clone();
-                rolled.phase = RolloutPhase::RolledBack {
-                    reason: "rolled back by the operator".into(),
-                };
-                rolled.updated_at_ms = now;
-                rollout::Outcome::RolledBack(rolled)
+                rollout::operator_rollback(&asked, result, now)
             } else {
-                let state =
-                    self.rollout_state(rec, cur, &asked, stable_fp.as_deref(), instances, now);
-                let registry = self.registry.clone();
-                let strategy = asked.strategy.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    let plugin = registry
-                        .resolve(&strategy, World::Strategy)
-                        .map_err(|e| e.to_string())?;
-                    plugin.plan(&state).map_err(|e| e.to_string())
-                })
-                .instrument(info_span!("orca.rollout.plan", service = %key))
-                .await
-                .unwrap_or_else(|e| Err(format!("strategy call panicked: {e}")));
                 match result {
                     Ok(step) => rollout::apply(asked.clone(), step, now),
                     Err(reason) => {

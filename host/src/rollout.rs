@@ -98,6 +98,61 @@ pub fn apply(mut r: RolloutRecord, step: Step, now_ms: u64) -> Outcome {
     Outcome::Progressing(r)
 }
 
+/// The reason a rollback asked by the operator carries when the host rolls back by itself.
+pub const OPERATOR_ROLLBACK: &str = "rolled back by the operator";
+
+/// An operator's rollback request reaches the strategy (`rollback-requested`), which decides
+/// how to return; this is what the host makes of the strategy's answer `planned` to `asked`
+/// (the record with the request set). A strategy that rolls back in that call is obeyed, with
+/// its reason. One that errs, traps or times out, answers nonsense, finishes, or goes on
+/// progressing is overruled: the host rolls back by itself and says why.
+pub fn operator_rollback(
+    asked: &RolloutRecord,
+    planned: Result<Step, String>,
+    now_ms: u64,
+) -> Outcome {
+    let why = match planned {
+        Err(e) => format!("strategy {} failed: {e}", asked.strategy),
+        Ok(step) => {
+            let said = step.actions.iter().find_map(|a| match a {
+                Action::Rollback(reason) => Some(reason.clone()),
+                _ => None,
+            });
+            match apply(asked.clone(), step, now_ms) {
+                Outcome::RolledBack(r) => match &r.phase {
+                    RolloutPhase::RolledBack { reason } if Some(reason) == said.as_ref() => {
+                        return Outcome::RolledBack(r);
+                    }
+                    RolloutPhase::RolledBack { reason } | RolloutPhase::Failed { reason } => {
+                        reason.clone()
+                    }
+                    other => format!("strategy {} answered {other:?}", asked.strategy),
+                },
+                Outcome::Finished => {
+                    format!(
+                        "strategy {} finished instead of rolling back",
+                        asked.strategy
+                    )
+                }
+                Outcome::Progressing(_) => {
+                    format!(
+                        "strategy {} went on instead of rolling back",
+                        asked.strategy
+                    )
+                }
+            }
+        }
+    };
+    let mut r = asked.clone();
+    r.steps += 1;
+    r.phase = RolloutPhase::RolledBack {
+        reason: format!("{OPERATOR_ROLLBACK} ({why})"),
+    };
+    r.updated_at_ms = now_ms;
+    r.wait_until_ms = None;
+    Outcome::RolledBack(r)
+}
+
 /// Instance groups a rollout record asks for, given the stable and candidate fingerprints
 /// and the service's replicas. A rolled-back or failed rollout runs the stable revision only.
 pub fn groups(
@@ -149,6 +204,79 @@ mod tests {
         Step {
             actions,
             plugin_state: b"s".to_vec(),
+        }
+    }
+
+    fn asked() -> RolloutRecord {
+        let mut r = rec();
+        r.rollback_requested = true;
+        r
+    }
+
+    fn reason(out: &Outcome) -> String {
+        match out {
+            Outcome::RolledBack(r) => match &r.phase {
+                RolloutPhase::RolledBack { reason } => reason.clone(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("not rolled back: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn operator_rollback_obeys_a_strategy_that_rolls_back_with_its_reason() {
+        let out = operator_rollback(
+            &asked(),
+            Ok(step(vec![
+                Action::SetTraffic(Traffic {
+                    stable: 100,
+                    candidate: 0,
+                }),
+                Action::Rollback("returning to blue".into()),
+            ])),
+            5,
+        );
+        assert_eq!(reason(&out), "returning to blue");
+        let Outcome::RolledBack(r) = out else {
+            unreachable!()
+        };
+        assert_eq!(r.plugin_state, b"s", "the strategy's state is kept");
+    }
+
+    #[test]
+    fn operator_rollback_is_done_by_the_host_when_the_strategy_does_not() {
+        for (planned, why) in [
+            (
+                Err("deadline exceeded".to_string()),
+                "strategy rolling failed: deadline exceeded",
+            ),
+            (
+                Ok(step(vec![Action::ScaleCandidate(3)])),
+                "strategy rolling went on instead of rolling back",
+            ),
+            (
+                Ok(step(vec![Action::Promote])),
+                "strategy rolling finished instead of rolling back",
+            ),
+            (
+                Ok(step(vec![
+                    Action::ScaleCandidate(5_000),
+                    Action::Rollback("x".into()),
+                ])),
+                "asked for 5000 instances",
+            ),
+        ] {
+            let out = operator_rollback(&asked(), planned, 7);
+            let got = reason(&out);
+            assert!(
+                got.starts_with("rolled back by the operator (") && got.contains(why),
+                "{got}"
+            );
+            let Outcome::RolledBack(r) = out else {
+                unreachable!()
+            };
+            assert_eq!(r.updated_at_ms, 7);
+            assert!(r.rollback_requested);
         }
     }
 
