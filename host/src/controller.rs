@@ -508,13 +508,9 @@ impl<R: ContainerRuntime> Controller<R> {
                 }
                 Some(cur) if !running => {
                     // A stopped service ends its rollout and the requests made against it.
-                    let seen: Vec<u64> = requests
-                        .get(&key)
-                        .map(|qs| qs.iter().map(|q| q.seq).collect())
-                        .unwrap_or_default();
-                    if rollouts.remove(&key).is_some() || !seen.is_empty() {
-                        self.store
-                            .step_rollout(rec.spec.project(), &rec.spec.name, None, &seen)?;
+                    let pending = requests.get(&key).map(Vec::as_slice).unwrap_or_default();
+                    if rollouts.remove(&key).is_some() || !pending.is_empty() {
+                        self.step_rollout(&key, rec.spec.project(), &rec.spec.name, pending, None)?;
                     }
                     revisions.insert(cur.fingerprint.clone(), cur);
                     Vec::new()
@@ -562,11 +558,8 @@ impl<R: ContainerRuntime> Controller<R> {
             .collect();
         for key in gone {
             if let Some((p, n)) = key.split_once('/') {
-                let seen: Vec<u64> = requests
-                    .get(key)
-                    .map(|qs| qs.iter().map(|q| q.seq).collect())
-                    .unwrap_or_default();
-                self.store.step_rollout(p, n, None, &seen)?;
+                let pending = requests.get(key).map(Vec::as_slice).unwrap_or_default();
+                self.step_rollout(key, p, n, pending, None)?;
             }
         }
 
@@ -789,7 +782,7 @@ impl<R: ContainerRuntime> Controller<R> {
             // The rollout of this revision finished: whatever else runs is superseded.
             Some(r) if r.candidate_revision == cur.number && r.phase == RolloutPhase::Finished => {
                 if !seen.is_empty() {
-                    self.store.step_rollout(project, name, Some(&r), &seen)?;
+                    self.step_rollout(&key, project, name, requests, Some(&r))?;
                 }
                 return Ok(steady);
             }
@@ -801,7 +794,7 @@ impl<R: ContainerRuntime> Controller<R> {
                     .collect();
                 if others.is_empty() {
                     if previous.is_some() || !seen.is_empty() {
-                        self.store.step_rollout(project, name, None, &seen)?;
+                        self.step_rollout(&key, project, name, requests, None)?;
                     }
                     return Ok(steady);
                 }
@@ -825,7 +818,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 let r = rollout::start(Some(stable), running, cur.number, &strategy, now);
                 self.events.rollout_started(&key, &r);
                 // Requests made against the replaced rollout end with it.
-                if !self.store.step_rollout(project, name, Some(&r), &seen)? {
+                if !self.step_rollout(&key, project, name, requests, Some(&r))? {
                     self.wake.notify_one();
                 }
                 r
@@ -897,7 +890,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 }
                 rollout::Outcome::RolledBack(next) => next,
             };
-            if !self.store.step_rollout(project, name, Some(&next), &seen)? {
+            if !self.step_rollout(&key, project, name, requests, Some(&next))? {
                 // A request arrived during the strategy call: plan again with it, keeping
                 // the groups of the last stored step meanwhile.
                 debug!(service = %key, "operator request arrived during the step; planning again");
@@ -919,7 +912,7 @@ impl<R: ContainerRuntime> Controller<R> {
             }
         } else if !seen.is_empty() {
             // Requests against a rollout that already ended change nothing; consume them.
-            self.store.step_rollout(project, name, Some(&r), &seen)?;
+            self.step_rollout(&key, project, name, requests, Some(&r))?;
         }
 
         let progressing = r.phase == RolloutPhase::Progressing;
@@ -946,6 +939,26 @@ impl<R: ContainerRuntime> Controller<R> {
             &cur.fingerprint,
             rec.spec.replicas,
         ))
+    }
+
+    /// One rollout step in one store transaction, consuming `requests` (false: a newer
+    /// request arrived meanwhile, nothing written); each consumed request is an event.
+    fn step_rollout(
+        &self,
+        key: &str,
+        project: &str,
+        name: &str,
+        requests: &[OperatorRequest],
+        next: Option<&RolloutRecord>,
+    ) -> anyhow::Result<bool> {
+        let seen: Vec<u64> = requests.iter().map(|q| q.seq).collect();
+        let stored = self.store.step_rollout(project, name, next, &seen)?;
+        if stored {
+            for q in requests {
+                self.events.request_applied(key, q, next);
+            }
+        }
+        Ok(stored)
     }
 
     fn rollout_state(
