@@ -59,6 +59,9 @@ pub struct View {
     pub errors: BTreeMap<String, String>,
     /// Services in crash back-off, with the time (ms since epoch) they may start again.
     pub backing_off: BTreeMap<String, u64>,
+    /// Services whose starts wait, with why (`waiting for db`, `stop-first: volume data is
+    /// not shared`).
+    pub waiting: BTreeMap<String, String>,
     /// When a progressing rollout wants the next pass (ms since epoch).
     pub next_wake_ms: Option<u64>,
     /// Instances that were ready when the routing table was published: what `status` calls
@@ -122,6 +125,8 @@ pub struct Controller<R: ContainerRuntime> {
     overlay_pools: Vec<String>,
     /// `[nodes] drain_parallel`: evicted instances replaced at once, cluster-wide.
     drain_parallel: u32,
+    /// `[volumes] host_paths`: where bind mounts may come from (checked again at start).
+    host_paths: Vec<std::path::PathBuf>,
     /// Services being rebalanced (`orca rebalance`) and the instances moved for them.
     rebalancing: Arc<Mutex<rebalance::Rebalancing>>,
     /// One image shipment per (node, image) at a time.
@@ -226,6 +231,7 @@ impl<R: ContainerRuntime> Controller<R> {
             cluster_id: String::new(),
             overlay_pools: Vec::new(),
             drain_parallel: 2,
+            host_paths: Vec::new(),
             rebalancing: Arc::default(),
             shipping: Mutex::new(HashMap::new()),
         }
@@ -245,6 +251,12 @@ impl<R: ContainerRuntime> Controller<R> {
         self.drain_parallel = drain_parallel.max(1);
         self.nodes = Some(nodes);
         self.host_ports = host_ports;
+        self
+    }
+
+    /// Allows bind mounts of host paths under `host_paths` (`[volumes]` of cluster.toml).
+    pub fn with_host_paths(mut self, host_paths: Vec<std::path::PathBuf>) -> Controller<R> {
+        self.host_paths = host_paths;
         self
     }
 
@@ -497,6 +509,8 @@ impl<R: ContainerRuntime> Controller<R> {
                         running,
                         not_before_ms: not_before,
                         max_migrating: max_migrating(&rec.spec),
+                        exclusive: exclusive_volume(&rec.spec),
+                        depends_on: dependency_keys(&rec.spec),
                     });
                     continue;
                 }
@@ -552,6 +566,8 @@ impl<R: ContainerRuntime> Controller<R> {
                 traffic,
                 not_before_ms: not_before,
                 max_migrating: max_migrating(&rec.spec),
+                exclusive: exclusive_volume(&rec.spec),
+                depends_on: dependency_keys(&rec.spec),
             });
         }
         // Rollout records (and requests) of services that no longer exist.
@@ -1076,6 +1092,7 @@ impl<R: ContainerRuntime> Controller<R> {
             instances: instances.to_vec(),
             errors,
             backing_off: d.backing_off.clone(),
+            waiting: d.waiting.clone(),
             next_wake_ms,
             ready: d.ready.iter().cloned().collect(),
             addresses: d.addresses.clone(),
@@ -1370,6 +1387,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 .and_then(|r| r.cpu)
                 .map(|c| (c * 1_000_000_000.0) as i64),
             stop_grace: STOP_GRACE,
+            mounts: crate::volumes::mounts(&self.cluster, spec, &self.host_paths)?,
             publish: match (at.publish, spec.port) {
                 (Some((host_ip, host_port)), Some(container_port)) => Some(orca_docker::Publish {
                     host_ip,
@@ -1752,6 +1770,20 @@ fn max_migrating(spec: &ServiceSpec) -> u32 {
         .max(1)
 }
 
+/// The writable, not shared volume that makes a service stop-first, if any.
+fn exclusive_volume(spec: &ServiceSpec) -> Option<String> {
+    spec.exclusive_volume()
+        .and_then(|m| m.volume().map(str::to_string))
+}
+
+/// `depends_on` as service keys of the same project.
+fn dependency_keys(spec: &ServiceSpec) -> Vec<String> {
+    spec.depends_on
+        .iter()
+        .map(|d| format!("{}/{d}", spec.project()))
+        .collect()
+}
+
 fn keep_running(instances: &[Instance], key: &str) -> Vec<DesiredGroup> {
     let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
     for i in instances
@@ -1802,6 +1834,17 @@ pub fn plugin_service(spec: &ServiceSpec, replicas: u32) -> types::Service {
         }
         for (k, v) in &d.params {
             put(k, v.clone());
+        }
+    }
+    // Never two writers on one volume: a stop-first service's rollout retires the old
+    // instance before the new one exists (the decision core holds the start until then).
+    if spec.exclusive_volume().is_some() {
+        params.retain(|p| p.key != "max_surge" && p.key != "max_unavailable");
+        for (key, value) in [("max_surge", "0"), ("max_unavailable", "1")] {
+            params.push(types::Pair {
+                key: key.to_string(),
+                value: value.to_string(),
+            });
         }
     }
     types::Service {
