@@ -144,7 +144,7 @@ fn a_named_volume_keeps_its_file_through_a_rollout_a_crash_a_stop_and_a_kill() {
             while !stop.load(Ordering::Relaxed) {
                 most.fetch_max(users_of(&volume).len(), Ordering::Relaxed);
                 polls += 1;
-                if polls % 3 == 0 {
+                if polls.is_multiple_of(3) {
                     if let Ok((200, body)) = http_raw(
                         "GET",
                         &format!("{api}/api/v1/status?project={project}"),
@@ -153,10 +153,8 @@ fn a_named_volume_keeps_its_file_through_a_rollout_a_crash_a_stop_and_a_kill() {
                         None,
                     ) {
                         let v: Value = serde_json::from_str(&body).unwrap();
-                        for key in ["waiting"] {
-                            if let Some(w) = v["services"][0][key].as_str() {
-                                said.lock().unwrap().push(w.to_string());
-                            }
+                        if let Some(w) = v["services"][0]["waiting"].as_str() {
+                            said.lock().unwrap().push(w.to_string());
                         }
                         if let Some(w) = v["services"][0]["rollout"]["stop_first"].as_str() {
                             said.lock().unwrap().push(w.to_string());
@@ -238,7 +236,10 @@ fn a_named_volume_keeps_its_file_through_a_rollout_a_crash_a_stop_and_a_kill() {
     assert!(!out.status.success() && err.contains("in use"), "{err}");
     let out = s.cli_in(DEPLOYER, None, &["volume", "rm", &spec]);
     assert!(!out.status.success());
-    assert!(volume_labels(&volume).is_some(), "a refused rm changes nothing");
+    assert!(
+        volume_labels(&volume).is_some(),
+        "a refused rm changes nothing"
+    );
     s.cli(&["stop", "db", "--project", &project]);
     s.cli(&["volume", "rm", &spec]);
     assert!(volume_labels(&volume).is_none(), "removed");
@@ -407,7 +408,10 @@ fn depends_on_waits_for_the_dependency_to_be_ready_and_cycles_are_refused() {
     assert_ne!(cyclic, toml);
     s.write_service(&project, &cyclic);
     let (ok, out) = deploy(&s);
-    assert!(!ok && out.contains("dependency cycle: db -> web -> db"), "{out}");
+    assert!(
+        !ok && out.contains("dependency cycle: db -> web -> db"),
+        "{out}"
+    );
     // A cycle against what is stored, and an unknown name, are refused by the server.
     for (deps, want) in [
         (vec!["web"], "dependency cycle"),
@@ -427,7 +431,9 @@ fn depends_on_waits_for_the_dependency_to_be_ready_and_cycles_are_refused() {
         )
         .unwrap();
         assert_eq!(code, 400, "{text}");
-        assert!(text.contains(want), "{want}: {text}");
+        let error: Value = serde_json::from_str(&text).unwrap();
+        let error = error["error"].as_str().unwrap();
+        assert!(error.contains(want), "{want}: {error}");
     }
     assert_eq!(s.service(&project, "db")["revision"], 1, "nothing changed");
 }

@@ -48,9 +48,15 @@ fn resolve(path: &Path) -> PathBuf {
     let mut rest = Vec::new();
     loop {
         if let Ok(real) = existing.canonicalize() {
-            return rest.iter().rev().fold(real, |p: PathBuf, part| p.join(part));
+            return rest
+                .iter()
+                .rev()
+                .fold(real, |p: PathBuf, part| p.join(part));
         }
-        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
             (Some(name), Some(parent)) => {
                 rest.push(name);
                 existing = parent.to_path_buf();
@@ -75,8 +81,7 @@ pub fn check_host_paths(spec: &ServiceSpec, allowed: &[PathBuf]) -> Result<(), S
         } else {
             format!("{path:?} (resolves to {:?})", real.display().to_string())
         };
-        if NEVER_MOUNTED.iter().any(|n| real == Path::new(n))
-            || real.starts_with("/var/run/docker")
+        if NEVER_MOUNTED.iter().any(|n| real == Path::new(n)) || real.starts_with("/var/run/docker")
         {
             return Err(format!(
                 "field `volumes[{i}]`: host path {shown} may never be mounted (the root or the container engine's socket)"
@@ -149,8 +154,8 @@ pub fn volume_node(
                 Some((_, n)) if n == node => {}
                 Some((other, n)) => {
                     return Err(format!(
-                        "pending: volume {other} is on node {n} but volume {volume} is on node {node}"
-                    ))
+                    "pending: volume {other} is on node {n} but volume {volume} is on node {node}"
+                ))
                 }
             }
         }
@@ -203,8 +208,11 @@ mod tests {
         let err = check_host_paths(&spec(&[&escape]), &prefixes).unwrap_err();
         assert!(err.contains("resolves to \"/etc\""), "{err}");
         assert!(err.contains("outside the allowed host paths"), "{err}");
-        let err = check_host_paths(&spec(&["/var/run/docker.sock:/s"]), &[PathBuf::from("/var")])
-            .unwrap_err();
+        let err = check_host_paths(
+            &spec(&["/var/run/docker.sock:/s"]),
+            &[PathBuf::from("/var")],
+        )
+        .unwrap_err();
         assert!(err.contains("may never be mounted"), "{err}");
         let err = check_host_paths(&spec(&["/srv/x:/x"]), &[]).unwrap_err();
         assert!(err.contains("allowed: none"), "{err}");

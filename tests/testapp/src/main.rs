@@ -330,13 +330,18 @@ fn route(req: &Request, config: &Config) -> Response {
         };
     }
     if let Some(file) = path.strip_prefix("/file/") {
-        if file.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        if file
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        {
             return Response::text(400, format!("invalid file path {file:?}\n"));
         }
         let file = format!("/{file}");
         return match req.method.as_str() {
             "PUT" | "POST" => match std::fs::write(&file, &req.body) {
-                Ok(()) => Response::text(200, format!("wrote {} bytes to {file}\n", req.body.len())),
+                Ok(()) => {
+                    Response::text(200, format!("wrote {} bytes to {file}\n", req.body.len()))
+                }
                 Err(e) => Response::text(500, format!("cannot write {file}: {e}\n")),
             },
             _ => match std::fs::read(&file) {

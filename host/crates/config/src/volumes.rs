@@ -83,9 +83,8 @@ pub fn parse_mount(entry: &str) -> Result<Mount, String> {
             }
         }
     }
-    let target = check_absolute(target).map_err(|why| {
-        format!("invalid volume {entry:?}: container path {target:?} {why}")
-    })?;
+    let target = check_absolute(target)
+        .map_err(|why| format!("invalid volume {entry:?}: container path {target:?} {why}"))?;
     if target == "/" {
         return Err(format!(
             "invalid volume {entry:?}: cannot mount over the container's root \"/\""
@@ -161,8 +160,7 @@ fn check_absolute(path: &str) -> Result<String, &'static str> {
 pub fn under_prefix(path: &Path, prefixes: &[impl AsRef<Path>]) -> bool {
     let normal = |p: &Path| -> bool {
         p.is_absolute()
-            && p
-                .components()
+            && p.components()
                 .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
     };
     normal(path)
@@ -210,7 +208,10 @@ mod tests {
             ("a/b:/d", "invalid volume name \"a/b\""),
             ("..:/d", "invalid volume name \"..\""),
             ("Data:/d", "invalid volume name"),
-            ("/srv/../etc:/d", "host path \"/srv/../etc\" may not contain"),
+            (
+                "/srv/../etc:/d",
+                "host path \"/srv/../etc\" may not contain",
+            ),
             ("/srv//x:/d", "empty segment"),
             ("/srv:/d:shared", "named volumes only"),
             ("a:/b:ro:x", "too many ':'"),

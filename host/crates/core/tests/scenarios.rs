@@ -907,7 +907,11 @@ fn stop_first_starts_the_new_revision_only_once_the_old_instance_is_gone() {
     // the candidate waits, saying why.
     let services = [exclusive(svc(WEB, &[("v1", 0), ("v2", 1)]))];
     let old = inst("old", WEB, "v1", 0, 1);
-    let d = decide(&snap(services.to_vec(), revisions.clone(), vec![old.clone()]));
+    let d = decide(&snap(
+        services.to_vec(),
+        revisions.clone(),
+        vec![old.clone()],
+    ));
     assert_eq!(removed(&d), vec![("old".into(), RemoveReason::ScaledDown)]);
     assert!(d.starts.is_empty(), "{d:?}");
     assert_eq!(

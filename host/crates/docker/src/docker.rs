@@ -590,7 +590,10 @@ impl ContainerRuntime for DockerRuntime {
         // Never forced: the engine refuses a volume any container (running or not) mounts.
         match self
             .docker
-            .remove_volume(name, Some(RemoveVolumeOptionsBuilder::new().force(false).build()))
+            .remove_volume(
+                name,
+                Some(RemoveVolumeOptionsBuilder::new().force(false).build()),
+            )
             .await
         {
             Ok(()) => {
