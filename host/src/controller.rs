@@ -96,6 +96,10 @@ struct Memory {
     /// Each remote node's last successful listing: while the node does not answer but is
     /// not `down` yet, its instances keep their slots (unrouted) instead of being replaced.
     listed: HashMap<String, Vec<Instance>>,
+    /// Which nodes hold each named volume (Docker name → node names), from each node's last
+    /// successful volume listing: an instance follows its volume, also while that node is
+    /// down (it then stays pending rather than starting on a new, empty volume elsewhere).
+    volume_nodes: BTreeMap<String, Vec<String>>,
 }
 
 /// Everything a pass needs.
@@ -258,6 +262,35 @@ impl<R: ContainerRuntime> Controller<R> {
     pub fn with_host_paths(mut self, host_paths: Vec<std::path::PathBuf>) -> Controller<R> {
         self.host_paths = host_paths;
         self
+    }
+
+    /// Updates which nodes hold which named volumes from every node of this pass that
+    /// answers its volume listing (bounded); a node that does not keeps what it last said.
+    async fn refresh_volume_nodes(&self, nodes: &[PassNode<R>]) {
+        let listed = futures::future::join_all(nodes.iter().map(|n| async move {
+            let listing = tokio::time::timeout(REMOTE_LIST_TIMEOUT, n.runtime.list_volumes()).await;
+            (n.name.clone(), listing)
+        }))
+        .await;
+        let mut mem = self.memory.lock().expect("controller memory lock");
+        for (node, listing) in listed {
+            let Ok(Ok(volumes)) = listing else {
+                debug!(node = %node, "no volume listing from a node; keeping what it last said");
+                continue;
+            };
+            for holders in mem.volume_nodes.values_mut() {
+                holders.retain(|n| *n != node);
+            }
+            for v in volumes {
+                if v.labels.get(instance::LABEL_CLUSTER) == Some(&self.cluster) {
+                    mem.volume_nodes
+                        .entry(v.name)
+                        .or_default()
+                        .push(node.clone());
+                }
+            }
+            mem.volume_nodes.retain(|_, holders| !holders.is_empty());
+        }
     }
 
     /// The nodes of this pass: the master's engine, then every ready agent node; and the
@@ -676,6 +709,9 @@ impl<R: ContainerRuntime> Controller<R> {
                 .collect(),
         };
         let mut decision = orca_core::decide(&snapshot);
+        if !decision.starts.is_empty() && records.iter().any(has_named_volume) {
+            self.refresh_volume_nodes(&pass_nodes).await;
+        }
         let next_wake = splits
             .values()
             .filter_map(|s| s.wake_at_ms)
@@ -1422,6 +1458,8 @@ struct Placer<'a, R: ContainerRuntime> {
     ports: HashMap<String, HashSet<u16>>,
     /// Every known node name with its address (ready or not), for pins.
     known: Vec<(String, String)>,
+    /// Which nodes hold each named volume (see `Memory::volume_nodes`).
+    volume_nodes: BTreeMap<String, Vec<String>>,
 }
 
 fn requests_of(spec: &ServiceSpec) -> (u64, u64) {
@@ -1525,12 +1563,19 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
                 }
             }
         }
+        let volume_nodes = ctl
+            .memory
+            .lock()
+            .expect("controller memory lock")
+            .volume_nodes
+            .clone();
         Placer {
             ctl,
             nodes: planned,
             counts,
             ports,
             known,
+            volume_nodes,
         }
     }
 
@@ -1574,10 +1619,25 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
             None => None,
         };
         let labels = placement.map(|p| p.labels.clone()).unwrap_or_default();
+        // An instance with named volumes goes where they are (once they exist somewhere).
+        let volumes: Vec<String> = spec
+            .mounts()
+            .iter()
+            .filter_map(|m| m.volume())
+            .map(|v| crate::volumes::docker_volume_name(&self.ctl.cluster, spec.project(), v))
+            .collect();
+        let volume_node = if volumes.is_empty() {
+            None
+        } else {
+            crate::volumes::volume_node(&volumes, &self.volume_nodes, |node| {
+                self.nodes.iter().any(|(_, n)| n.name == node)
+            })?
+        };
         let candidates: Vec<types::Node> = self
             .nodes
             .iter()
             .map(|(_, n)| n)
+            .filter(|n| volume_node.as_ref().is_none_or(|v| *v == n.name))
             .filter(|n| pinned.as_ref().is_none_or(|p| *p == n.name))
             .filter(|n| {
                 labels
@@ -1782,6 +1842,11 @@ fn dependency_keys(spec: &ServiceSpec) -> Vec<String> {
         .iter()
         .map(|d| format!("{}/{d}", spec.project()))
         .collect()
+}
+
+/// Whether a running service mounts a named volume (its placement follows the volume).
+fn has_named_volume(rec: &ServiceRecord) -> bool {
+    rec.state == DesiredState::Running && rec.spec.mounts().iter().any(|m| m.volume().is_some())
 }
 
 fn keep_running(instances: &[Instance], key: &str) -> Vec<DesiredGroup> {
