@@ -575,6 +575,17 @@ fn check_volumes(spec: &ServiceSpec) -> Result<(), Invalid> {
         }
         mounts.push(mount);
     }
+    let strategy = spec.deploy.as_ref().and_then(|d| d.strategy.as_deref());
+    if let (Some("canary"), Some(m)) = (strategy, mounts.iter().find(|m| m.is_exclusive())) {
+        let name = m.volume().unwrap_or_default();
+        return Err(Invalid::new(
+            at("deploy").k("strategy"),
+            format!(
+                "strategy canary runs the candidate beside the stable instance, but volume {name} is not shared (the service rolls out stop-first): use rolling, or declare it \"{name}:{}:shared\" if the application coordinates writers",
+                m.target
+            ),
+        ));
+    }
     if spec.replicas > 1 {
         if let Some(m) = mounts.iter().find(|m| m.is_exclusive()) {
             let name = m.volume().unwrap_or_default();
