@@ -39,6 +39,40 @@ pub async fn metrics<R: ContainerRuntime>(State(s): State<AppState<R>>) -> Respo
         .into_response()
 }
 
+/// The service's strategy (the default one if it names none) exists, is a strategy, and
+/// accepts the service's parameters (`check-params`; strategies built against
+/// `orca:plugin` 0.1/0.2 have no check and accept everything). Runs the plugin off the
+/// async threads; a check that traps or times out refuses the deploy too.
+async fn check_strategy<R: ContainerRuntime>(
+    s: &AppState<R>,
+    spec: &orca_config::ServiceSpec,
+) -> Result<(), ApiError> {
+    let reference = spec
+        .deploy
+        .as_ref()
+        .and_then(|d| d.strategy.clone())
+        .unwrap_or_else(|| crate::rollout::DEFAULT_STRATEGY.to_string());
+    let name = spec.name.clone();
+    let plugin = s
+        .registry
+        .resolve(&reference, World::Strategy)
+        .map_err(|e| ApiError::bad_request(format!("service \"{name}\": {e}")))?;
+    let service = crate::controller::plugin_service(spec, spec.replicas);
+    let checked = tokio::task::spawn_blocking(move || plugin.check_params(&service))
+        .await
+        .map_err(|e| ApiError::internal(format!("strategy parameter check panicked: {e}")))?;
+    match checked {
+        Ok(None) => Ok(()),
+        Ok(Some(refused)) => Err(ApiError::bad_request(format!(
+            "service \"{name}\": strategy {reference} refuses parameter \"{}\": {}",
+            refused.key, refused.message
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "service \"{name}\": strategy {reference} could not check its parameters: {e}"
+        ))),
+    }
+}
+
 /// `POST /api/v1/deploy`: validates the whole request, then stores it in one transaction.
 pub async fn deploy<R: ContainerRuntime>(
     State(s): State<AppState<R>>,
@@ -57,11 +91,7 @@ pub async fn deploy<R: ContainerRuntime>(
         })?;
     }
     for spec in &specs {
-        if let Some(strategy) = spec.deploy.as_ref().and_then(|d| d.strategy.as_deref()) {
-            s.registry
-                .resolve(strategy, World::Strategy)
-                .map_err(|e| ApiError::bad_request(format!("service \"{}\": {e}", spec.name)))?;
-        }
+        check_strategy(&s, spec).await?;
     }
     // A domain belongs to one service: refuse to take one from a service outside this request.
     // (Checked here before any build; the store checks again in the deploy's transaction.)

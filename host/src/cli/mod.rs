@@ -424,14 +424,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (mut specs, dirs) = load_specs(&config_dir, &services)?;
             let tls = read_certificates(&specs, &dirs)?;
             let c = client()?;
-            upload_plugin_paths(&c, &mut specs, &dirs).await?;
+            let uploaded = upload_plugin_paths(&c, &mut specs, &dirs).await?;
             let answer = c
                 .call(
                     Method::POST,
                     "/api/v1/deploy",
                     Some(json!({ "services": specs, "tls": tls })),
                 )
-                .await?;
+                .await
+                .map_err(|e| as_written(e, &uploaded))?;
             for s in answer["services"].as_array().into_iter().flatten() {
                 println!(
                     "{}/{}: revision {} ({})",
@@ -1146,13 +1147,32 @@ fn read_certificates(
     Ok(uploads)
 }
 
+/// The server's error with each uploaded plugin's `sha256:<hex>` replaced by the path the
+/// service file wrote (`./ramp.wasm (sha256:1a2b3c4d…)`).
+fn as_written(e: anyhow::Error, uploaded: &[(String, String)]) -> anyhow::Error {
+    let mut message = format!("{e:#}");
+    if !uploaded
+        .iter()
+        .any(|(reference, _)| message.contains(reference.as_str()))
+    {
+        return e;
+    }
+    for (reference, written) in uploaded {
+        let short: String = reference.chars().take("sha256:".len() + 8).collect();
+        message = message.replace(reference.as_str(), &format!("{written} ({short}…)"));
+    }
+    anyhow::anyhow!(message)
+}
+
 /// Uploads every `./path.wasm` strategy (relative to its project directory) and rewrites the
-/// reference to the uploaded component's `sha256:<hex>`.
+/// reference to the uploaded component's `sha256:<hex>`; returns each reference with the path
+/// as written, for messages.
 async fn upload_plugin_paths(
     c: &Client,
     specs: &mut [ServiceSpec],
     dirs: &BTreeMap<String, PathBuf>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut uploaded = Vec::new();
     for spec in specs.iter_mut() {
         let project = spec.project().to_string();
         let Some(deploy) = spec.deploy.as_mut() else {
@@ -1188,9 +1208,10 @@ async fn upload_plugin_paths(
         let reference = v["reference"]
             .as_str()
             .context("upload answered no reference")?;
+        uploaded.push((reference.to_string(), strategy.clone()));
         *strategy = reference.to_string();
     }
-    Ok(())
+    Ok(uploaded)
 }
 
 /// Waits until every deployed service runs its new revision on all replicas, or its rollout
