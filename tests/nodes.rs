@@ -1187,6 +1187,21 @@ fn an_instance_follows_its_volume_and_waits_while_the_volume_s_node_is_down() {
     assert_eq!(per_node(&svc).get(&n1.name), Some(&1), "{svc:#}");
     let got = s.proxy_get("vol.test", "/file/data/kept").unwrap();
     assert_eq!(got, (200, "on node 1".to_string()));
+    // `orca volume ls` lists it on its node, with the container using it.
+    let ls: Value = serde_json::from_str(&s.cli(&["volume", "ls", "--output", "json"])).unwrap();
+    let row = ls["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["docker_name"] == volume.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{ls:#}"));
+    assert_eq!(row["node"], n1.name.as_str(), "{ls:#}");
+    assert_eq!(
+        row["containers"].as_array().map(Vec::len),
+        Some(1),
+        "{ls:#}"
+    );
 
     // Node 1 is lost: once it is down, the instance is pending with the reason, and no
     // volume of that name appears on the master's engine.

@@ -327,6 +327,16 @@ impl ContainerRuntime for RemoteRuntime {
             .await
     }
 
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        self.call(
+            Method::POST,
+            path::VOLUMES_REMOVE,
+            json_body(&name),
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
         let uri = format!("{}?image={}", path::IMAGE_EXISTS, q(image));
         self.call(Method::GET, &uri, empty(), CALL_TIMEOUT).await
