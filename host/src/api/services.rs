@@ -111,6 +111,7 @@ pub async fn deploy<R: ContainerRuntime>(
             }
         }
     }
+    check_mounts_and_dependencies(&s, &specs)?;
     // Services with `[service.build]` and no image are built first (from their branch's
     // head); a failed build fails the deploy and changes nothing.
     let mut commits = Vec::with_capacity(specs.len());
@@ -176,6 +177,65 @@ pub async fn deploy<R: ContainerRuntime>(
             "replicas": specs.iter().find(|sp| sp.project() == o.project && sp.name == o.name).map(|sp| sp.replicas),
         })).collect::<Vec<_>>(),
     })))
+}
+
+/// Host paths only under `[volumes] host_paths` (resolved on this machine), and
+/// `depends_on` naming services of the same project — of this request or already stored —
+/// without a cycle among the request and what is stored. Nothing is stored if one fails.
+fn check_mounts_and_dependencies<R: ContainerRuntime>(
+    s: &AppState<R>,
+    specs: &[orca_config::ServiceSpec],
+) -> Result<(), ApiError> {
+    for spec in specs {
+        crate::volumes::check_host_paths(spec, &s.host_paths)
+            .map_err(|e| ApiError::bad_request(format!("service \"{}\": {e}", spec.key())))?;
+    }
+    if specs.iter().all(|sp| sp.depends_on.is_empty()) {
+        return Ok(());
+    }
+    // The project's services after this deploy: the request's, then the stored others.
+    let stored = s.store.list_services()?;
+    let mut after: HashMap<(String, String), Vec<String>> = stored
+        .iter()
+        .map(|r| {
+            (
+                (r.spec.project().to_string(), r.spec.name.clone()),
+                r.spec.depends_on.clone(),
+            )
+        })
+        .collect();
+    for sp in specs {
+        after.insert(
+            (sp.project().to_string(), sp.name.clone()),
+            sp.depends_on.clone(),
+        );
+    }
+    for sp in specs {
+        for (i, dep) in sp.depends_on.iter().enumerate() {
+            if !after.contains_key(&(sp.project().to_string(), dep.clone())) {
+                return Err(ApiError::bad_request(format!(
+                    "service \"{}\": field `depends_on[{i}]`: unknown service {dep:?} in project \"{}\" (neither in this deploy nor deployed)",
+                    sp.key(),
+                    sp.project()
+                )));
+            }
+        }
+    }
+    let projects: HashSet<&str> = specs.iter().map(|sp| sp.project()).collect();
+    for project in projects {
+        let graph: std::collections::BTreeMap<&str, Vec<&str>> = after
+            .iter()
+            .filter(|((p, _), _)| p == project)
+            .map(|((_, n), deps)| (n.as_str(), deps.iter().map(String::as_str).collect()))
+            .collect();
+        if let Some(cycle) = orca_config::service::dependency_cycle(&graph) {
+            return Err(ApiError::bad_request(format!(
+                "project \"{project}\": field `depends_on`: dependency cycle: {} (with the services already deployed)",
+                cycle.join(" -> ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// For a spec with `[service.build]` and no `image`: resolves the branch head, reuses the
@@ -310,6 +370,9 @@ pub async fn status<R: ContainerRuntime>(
                 json!({
                     "phase": phase,
                     "reason": reason,
+                    // Why the rollout of a service with a writable, not shared volume has
+                    // a short gap: the old instance stops before the new one starts.
+                    "stop_first": rec.spec.exclusive_volume().and_then(|m| m.volume().map(|v| format!("stop-first: volume {v} is not shared"))),
                     "strategy": r.strategy,
                     "stable_revision": r.stable_revision,
                     "candidate_revision": r.candidate_revision,
@@ -406,6 +469,9 @@ pub async fn status<R: ContainerRuntime>(
                 ..Default::default()
             })?,
             "backing_off_until_ms": view.backing_off.get(&key),
+            "waiting": view.waiting.get(&key),
+            "volumes": rec.spec.volumes,
+            "depends_on": rec.spec.depends_on,
             "instances": instances,
         }));
     }
@@ -489,6 +555,15 @@ pub async fn scale<R: ContainerRuntime>(
         )));
     }
     let rec = find_service(&s, &name, q.project.as_deref())?;
+    if replicas > 1 {
+        if let Some(m) = rec.spec.exclusive_volume() {
+            let volume = m.volume().unwrap_or_default();
+            return Err(ApiError::bad_request(format!(
+                "field `replicas`: {replicas}: volume {volume} is not shared: at most 1 replica; declare it \"{volume}:{}:shared\" if the application coordinates writers",
+                m.target
+            )));
+        }
+    }
     let rec = s
         .store
         .set_replicas(rec.spec.project(), &rec.spec.name, replicas, now_unix())?;

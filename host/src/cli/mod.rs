@@ -175,6 +175,9 @@ enum Command {
     /// Manage a project's secrets.
     #[command(subcommand)]
     Secrets(SecretsCmd),
+    /// Named volumes: list them, remove one (its data is gone).
+    #[command(subcommand)]
+    Volume(VolumeCmd),
     /// Webhooks: pushes that redeploy (and build) services. Without a subcommand: list.
     Webhooks {
         #[command(subcommand)]
@@ -305,6 +308,18 @@ enum WebhooksCmd {
     Remove {
         /// Webhook id (`wh-...`).
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCmd {
+    /// Named volumes with the services and containers that use them.
+    Ls,
+    /// Remove a named volume and its data (admin); refused while a container or a running
+    /// service uses it (`orca stop SERVICE` first).
+    Rm {
+        /// PROJECT/NAME, e.g. `shop/data`.
+        volume: String,
     },
 }
 
@@ -735,6 +750,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .call(Method::PUT, &path, Some(json!({ "value": value })))
                 .await?;
             println!("{project}: secret {key} set");
+            Ok(())
+        }
+        Command::Volume(VolumeCmd::Ls) => {
+            let v = client()?.call(Method::GET, "/api/v1/volumes", None).await?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!(
+                "{:<24} {:<24} {:<40} {:<20} CONTAINERS",
+                "PROJECT/NAME", "NODE", "DOCKER VOLUME", "SERVICES"
+            );
+            let list = |x: &Value| {
+                let items: Vec<&str> = x
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                if items.is_empty() {
+                    "-".to_string()
+                } else {
+                    items.join(",")
+                }
+            };
+            for vol in v["volumes"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<24} {:<40} {:<20} {}",
+                    format!(
+                        "{}/{}",
+                        vol["project"].as_str().unwrap_or(""),
+                        vol["name"].as_str().unwrap_or("")
+                    ),
+                    vol["node"].as_str().unwrap_or(""),
+                    vol["docker_name"].as_str().unwrap_or(""),
+                    list(&vol["services"]),
+                    list(&vol["containers"]),
+                );
+            }
+            Ok(())
+        }
+        Command::Volume(VolumeCmd::Rm { volume }) => {
+            let Some((project, name)) = volume.split_once('/') else {
+                anyhow::bail!("volume {volume:?}: expected PROJECT/NAME, e.g. shop/data");
+            };
+            let path = format!("/api/v1/volumes/{}/{}", enc(project), enc(name));
+            let v = client()?.call(Method::DELETE, &path, None).await?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!(
+                "volume {project}/{name} removed (Docker volume {})",
+                v["removed"]["docker_name"].as_str().unwrap_or("")
+            );
             Ok(())
         }
         Command::Secrets(SecretsCmd::List { project }) => {
@@ -1366,6 +1434,9 @@ fn print_status(v: &Value) {
         if let Some(e) = s["error"].as_str() {
             println!("  ! {e}");
         }
+        if let Some(w) = s["waiting"].as_str() {
+            println!("  {w}");
+        }
         for e in s["events"].as_array().into_iter().flatten() {
             println!("  event {}", events::line(e));
         }
@@ -1422,6 +1493,11 @@ fn print_status(v: &Value) {
                     .map(|x| format!(": {x}"))
                     .unwrap_or_default()
             );
+            if let (Some(why), "progressing") =
+                (r["stop_first"].as_str(), r["phase"].as_str().unwrap_or(""))
+            {
+                println!("  {why}: the old instance stops before the new one starts (a short gap)");
+            }
         }
         for i in s["instances"].as_array().into_iter().flatten() {
             println!(
