@@ -66,9 +66,9 @@ pub struct View {
     pub next_wake_ms: Option<u64>,
     /// Instances that were ready when the routing table was published: what `status` calls
     /// ready is exactly what the proxy routes to.
-    pub ready: HashSet<String>,
+    pub ready: orca_core::FastSet<String>,
     /// Each instance's address on its own revision's port.
-    pub addresses: BTreeMap<String, SocketAddr>,
+    pub addresses: orca_core::FastMap<String, SocketAddr>,
     /// Unix ms of the pass.
     pub observed_at_ms: u64,
 }
@@ -1143,7 +1143,7 @@ impl<R: ContainerRuntime> Controller<R> {
             backing_off: d.backing_off.clone(),
             waiting: d.waiting.clone(),
             next_wake_ms,
-            ready: d.ready.iter().cloned().collect(),
+            ready: d.ready.clone(),
             addresses: d.addresses.clone(),
             observed_at_ms: now,
         }));

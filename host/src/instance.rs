@@ -298,7 +298,7 @@ impl Instance {
     }
 
     /// Reduces to the reconciler's view, given the readiness verdict.
-    pub fn observed(&self, ready: bool) -> ObservedInstance {
+    pub fn observed(&self, ready: bool) -> ObservedInstance<'_> {
         let phase = if self.is_failed() {
             Phase::Failed
         } else if ready && self.is_running() {
@@ -307,9 +307,9 @@ impl Instance {
             Phase::Starting
         };
         ObservedInstance {
-            id: self.info.id.clone(),
-            service: self.service.clone(),
-            fingerprint: self.fingerprint.clone(),
+            id: self.info.id.as_str().into(),
+            service: self.service.as_str().into(),
+            fingerprint: self.fingerprint.as_str().into(),
             slot: self.slot,
             phase,
             evict: None,

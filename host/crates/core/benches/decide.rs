@@ -14,6 +14,23 @@ use orca_core::{
 const SERVICES: u32 = 1_000;
 const PER_SERVICE: u32 = 10;
 
+/// A 64-hex container id as the engine makes them (a digest: uniformly random hex), not a
+/// counter padded with zeros, whose long common prefixes would make every string compare
+/// scan 60 bytes.
+fn container_id(n: u32) -> String {
+    let mut x = u64::from(n);
+    (0..4)
+        .map(|_| {
+            // splitmix64
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            format!("{:016x}", z ^ (z >> 31))
+        })
+        .collect()
+}
+
 fn snapshot(rolling: bool) -> Snapshot {
     let mut s = Snapshot {
         now_ms: 1_000_000,
@@ -72,7 +89,7 @@ fn snapshot(rolling: bool) -> Snapshot {
             let fp = if rolling && slot > 0 { &old } else { &new };
             let slot = if rolling && slot > 0 { slot - 1 } else { slot };
             s.instances.push(InstanceState {
-                id: format!("{n:064x}"),
+                id: container_id(n),
                 service: key.clone(),
                 fingerprint: fp.clone(),
                 slot,

@@ -6,13 +6,20 @@
 //! **own** revision ([`Snapshot::revisions`], keyed by fingerprint), never with the service's
 //! current spec; the current spec only shapes instances being created.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use orca_config::{Probe, ServiceSpec};
 
 use crate::reconcile::RemoveReason;
 use crate::reconcile::{self, Action, DesiredGroup, DesiredService, ObservedInstance, Phase};
+
+/// A hash map with a fixed, fast hash (FxHash): the decision's lookups are by ids, keys and
+/// fingerprints the snapshot already holds, and a fixed hash keeps the decision replayable.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
+/// The set of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, rustc_hash::FxBuildHasher>;
 
 /// A container that stays `created` (never started) this long is stuck — the server died
 /// between create and start — and is replaced.
@@ -230,9 +237,9 @@ pub struct Decision {
     /// What the health checker probes.
     pub probes: Vec<ProbeTarget>,
     /// Every addressable instance's own address, for status.
-    pub addresses: BTreeMap<String, SocketAddr>,
+    pub addresses: FastMap<String, SocketAddr>,
     /// Instances routed as ready (what status calls ready is what the proxy routes to).
-    pub ready: BTreeSet<String>,
+    pub ready: FastSet<String>,
     /// Services held back by crash back-off, with the time they may start.
     pub backing_off: BTreeMap<String, u64>,
     /// Services whose starts this pass held back, with why: `waiting for db` (a dependency
@@ -282,9 +289,9 @@ pub fn decide(s: &Snapshot) -> Decision {
         .iter()
         .filter(|i| !i.draining)
         .map(|i| ObservedInstance {
-            id: i.id.clone(),
-            service: i.service.clone(),
-            fingerprint: i.fingerprint.clone(),
+            id: Cow::Borrowed(i.id.as_str()),
+            service: Cow::Borrowed(i.service.as_str()),
+            fingerprint: Cow::Borrowed(i.fingerprint.as_str()),
             slot: i.slot,
             phase: phase(i, s.now_ms),
             evict: i.evict,
@@ -298,11 +305,14 @@ pub fn decide(s: &Snapshot) -> Decision {
         s.migrate_limit.unwrap_or(u32::MAX),
     );
 
-    let by_id: BTreeMap<&str, &InstanceState> =
-        s.instances.iter().map(|i| (i.id.as_str(), i)).collect();
+    // Lookups by string key are hashed: a pass over 10,000 instances makes tens of thousands
+    // of them (BENCHMARKS.md, "The controller's decision").
+    let facts: FastMap<&str, &RevisionFacts> =
+        s.revisions.iter().map(|(fp, f)| (fp.as_str(), f)).collect();
+    let facts_of = |i: &InstanceState| facts.get(i.fingerprint.as_str()).copied();
     let held = held_starts(s);
     let addr_of = |i: &InstanceState| -> Option<SocketAddr> {
-        let port = s.revisions.get(&i.fingerprint)?.port?;
+        let port = facts_of(i)?.port?;
         if let Some(published) = i.published {
             return Some(published);
         }
@@ -310,6 +320,8 @@ pub fn decide(s: &Snapshot) -> Decision {
     };
 
     let mut d = Decision {
+        addresses: FastMap::with_capacity_and_hasher(s.instances.len(), Default::default()),
+        ready: FastSet::with_capacity_and_hasher(s.instances.len(), Default::default()),
         backing_off: plan.backing_off,
         wake_at_ms: s
             .instances
@@ -319,6 +331,11 @@ pub fn decide(s: &Snapshot) -> Decision {
             .filter(|t| *t > s.now_ms)
             .min(),
         ..Decision::default()
+    };
+    let by_id: FastMap<&str, &InstanceState> = if plan.actions.is_empty() {
+        FastMap::default()
+    } else {
+        s.instances.iter().map(|i| (i.id.as_str(), i)).collect()
     };
     for a in plan.actions {
         match a {
@@ -348,7 +365,7 @@ pub fn decide(s: &Snapshot) -> Decision {
                     _ => by_id.get(id.as_str()).and_then(|i| {
                         Some(Drain {
                             addr: addr_of(i)?,
-                            timeout_ms: s.revisions.get(&i.fingerprint)?.drain_timeout_ms,
+                            timeout_ms: facts_of(i)?.drain_timeout_ms,
                         })
                     }),
                 };
@@ -362,7 +379,7 @@ pub fn decide(s: &Snapshot) -> Decision {
         }
     }
 
-    let removing: BTreeSet<&str> = d
+    let removing: FastSet<&str> = d
         .removes
         .iter()
         .map(|r| r.id.as_str())
@@ -373,14 +390,14 @@ pub fn decide(s: &Snapshot) -> Decision {
                 .map(|i| i.id.as_str()),
         )
         .collect();
-    let services: BTreeMap<&str, &ServiceState> = s
+    let services: FastMap<&str, &ServiceState> = s
         .services
         .iter()
         .map(|svc| (svc.key.as_str(), svc))
         .collect();
 
     // (service, is candidate) → ready (id, addr), in snapshot order.
-    let mut groups: BTreeMap<(&str, bool), Vec<(String, SocketAddr)>> = BTreeMap::new();
+    let mut groups: FastMap<(&str, bool), Vec<(&str, SocketAddr)>> = FastMap::default();
     for i in &s.instances {
         let addr = addr_of(i);
         if let Some(a) = addr {
@@ -389,10 +406,7 @@ pub fn decide(s: &Snapshot) -> Decision {
         if i.run != RunState::Running || removing.contains(i.id.as_str()) {
             continue;
         }
-        let (Some(svc), Some(facts)) = (
-            services.get(i.service.as_str()),
-            s.revisions.get(&i.fingerprint),
-        ) else {
+        let (Some(svc), Some(facts)) = (services.get(i.service.as_str()), facts_of(i)) else {
             continue;
         };
         d.probes.push(ProbeTarget {
@@ -413,7 +427,7 @@ pub fn decide(s: &Snapshot) -> Decision {
             groups
                 .entry((i.service.as_str(), candidate))
                 .or_default()
-                .push((i.id.clone(), addr));
+                .push((i.id.as_str(), addr));
         }
     }
     for svc in &s.services {
@@ -426,11 +440,11 @@ pub fn decide(s: &Snapshot) -> Decision {
                 .remove(&(svc.key.as_str(), candidate))
                 .unwrap_or_default();
             let weight = instance_weight(svc.traffic.as_ref(), candidate, group.len());
-            backends.extend(
-                group
-                    .into_iter()
-                    .map(|(id, addr)| Backend { id, addr, weight }),
-            );
+            backends.extend(group.into_iter().map(|(id, addr)| Backend {
+                id: id.to_string(),
+                addr,
+                weight,
+            }));
         }
         d.routes.push(Route {
             domain: domain.clone(),
@@ -445,8 +459,8 @@ pub fn decide(s: &Snapshot) -> Decision {
 /// or (stop-first) another instance of the service that still exists. A failed container
 /// writes nothing, so only running, starting, paused or draining ones hold the volume.
 fn held_starts(s: &Snapshot) -> BTreeMap<&str, String> {
-    let mut ready: BTreeSet<&str> = BTreeSet::new();
-    let mut holding: BTreeSet<&str> = BTreeSet::new();
+    let mut ready: FastSet<&str> = FastSet::default();
+    let mut holding: FastSet<&str> = FastSet::default();
     for i in &s.instances {
         if i.run == RunState::Running && i.ready && !i.draining {
             ready.insert(i.service.as_str());

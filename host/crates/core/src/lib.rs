@@ -17,8 +17,8 @@ pub mod reconcile;
 pub mod sim;
 
 pub use decide::{
-    decide, instance_weight, Backend, Decision, Drain, InstanceState, ProbeTarget, Remove,
-    RevisionFacts, Route, RunState, ServiceState, Snapshot, Start, Traffic, DEFAULT_DRAIN_MS,
-    STUCK_AFTER_MS,
+    decide, instance_weight, Backend, Decision, Drain, FastMap, FastSet, InstanceState,
+    ProbeTarget, Remove, RevisionFacts, Route, RunState, ServiceState, Snapshot, Start, Traffic,
+    DEFAULT_DRAIN_MS, STUCK_AFTER_MS,
 };
 pub use reconcile::{DesiredGroup, Phase, RemoveReason};

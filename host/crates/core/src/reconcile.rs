@@ -27,6 +27,7 @@
 //!   Replacements in flight are bounded per service ([`DesiredService::max_migrating`])
 //!   and cluster-wide (the `migrate_limit` of [`plan_with`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Instances of one revision that should run.
@@ -66,15 +67,16 @@ pub enum Phase {
     Stuck,
 }
 
-/// One container the runtime reports, reduced to what decisions need.
+/// One container the runtime reports, reduced to what decisions need. Its strings borrow from
+/// the caller's snapshot where they can (`decide` builds 10,000 of these per pass).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedInstance {
+pub struct ObservedInstance<'a> {
     /// Runtime id of the container.
-    pub id: String,
+    pub id: Cow<'a, str>,
     /// `project/name` of the service it belongs to.
-    pub service: String,
+    pub service: Cow<'a, str>,
     /// Fingerprint it was created with.
-    pub fingerprint: String,
+    pub fingerprint: Cow<'a, str>,
     /// Replica slot it fills.
     pub slot: u32,
     /// Where it is in its life.
@@ -187,16 +189,20 @@ pub fn plan_with(
     let mut starts = Vec::new();
     let mut backing_off = BTreeMap::new();
 
-    let mut by_service: BTreeMap<&str, Vec<&ObservedInstance>> = BTreeMap::new();
+    let mut by_service: crate::FastMap<&str, Vec<&ObservedInstance>> =
+        crate::FastMap::with_capacity_and_hasher(desired.len(), Default::default());
     for inst in observed {
         by_service
-            .entry(inst.service.as_str())
+            .entry(inst.service.as_ref())
             .or_default()
             .push(inst);
     }
-    let desired_keys: BTreeSet<&str> = desired.iter().map(|d| d.key.as_str()).collect();
+    let desired_keys: crate::FastSet<&str> = desired.iter().map(|d| d.key.as_str()).collect();
 
-    for (service, instances) in &by_service {
+    // Orphans in key order (the map's order is not the plan's).
+    let mut services: Vec<(&&str, &Vec<&ObservedInstance>)> = by_service.iter().collect();
+    services.sort_unstable_by_key(|(k, _)| **k);
+    for (service, instances) in services {
         if !desired_keys.contains(service) {
             for inst in instances {
                 removes.push(remove(inst, RemoveReason::Orphan));
@@ -344,10 +350,10 @@ pub fn plan_with(
     }
 }
 
-fn remove(inst: &ObservedInstance, reason: RemoveReason) -> Action {
+fn remove(inst: &ObservedInstance<'_>, reason: RemoveReason) -> Action {
     Action::Remove {
-        id: inst.id.clone(),
-        service: inst.service.clone(),
+        id: inst.id.to_string(),
+        service: inst.service.to_string(),
         reason,
     }
 }
@@ -386,11 +392,17 @@ mod tests {
         }
     }
 
-    fn inst(id: &str, service: &str, fp: &str, slot: u32, phase: Phase) -> ObservedInstance {
+    fn inst(
+        id: &str,
+        service: &str,
+        fp: &str,
+        slot: u32,
+        phase: Phase,
+    ) -> ObservedInstance<'static> {
         ObservedInstance {
-            id: id.into(),
-            service: service.into(),
-            fingerprint: fp.into(),
+            id: id.to_string().into(),
+            service: service.to_string().into(),
+            fingerprint: fp.to_string().into(),
             slot,
             phase,
             evict: None,
@@ -570,7 +582,7 @@ mod tests {
         );
     }
 
-    fn evicted(mut i: ObservedInstance, deadline: u64) -> ObservedInstance {
+    fn evicted(mut i: ObservedInstance<'static>, deadline: u64) -> ObservedInstance<'static> {
         i.evict = Some(deadline);
         i
     }
@@ -708,7 +720,7 @@ mod tests {
                             Action::Remove { id, .. } => world.retain(|i| i.id != id),
                             Action::Start { service, slot, fingerprint } => {
                                 next_id += 1;
-                                world.push(ObservedInstance { id: format!("n{next_id}"), service, fingerprint, slot, phase: Phase::Ready, evict: None, created_ms: 0 });
+                                world.push(ObservedInstance { id: format!("n{next_id}").into(), service: service.into(), fingerprint: fingerprint.into(), slot, phase: Phase::Ready, evict: None, created_ms: 0 });
                             }
                         }
                     }

@@ -444,7 +444,7 @@ fn only_ready_instances_are_routed() {
         ],
     ));
     assert_eq!(routed(&d, DOMAIN), vec![("1".into(), sa(1, 8080), 1)]);
-    assert_eq!(d.ready, BTreeSet::from(["1".to_string()]));
+    assert_eq!(d.ready, orca_core::FastSet::from_iter(["1".to_string()]));
 }
 
 #[test]
