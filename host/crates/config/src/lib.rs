@@ -32,7 +32,7 @@ pub mod units;
 pub use cluster::{
     load_cluster_config, parse_cluster_file, AcmeSettings, ApiSettings, BuildSettings,
     ClusterConfig, ClusterSettings, NodesSettings, NotifyConfig, PluginSettings, ProxySettings,
-    Role, TokenConfig,
+    Role, TokenConfig, UpdateSettings,
 };
 pub use error::ConfigError;
 pub use load::{
