@@ -270,6 +270,7 @@ fn ask_handover(mut stream: UnixStream) -> Result<(Listeners, Predecessor), Hand
 #[derive(Clone, Debug, Default)]
 pub struct Requests {
     reexec: Arc<AtomicBool>,
+    handed_over: Arc<AtomicBool>,
 }
 
 impl Requests {
@@ -277,6 +278,49 @@ impl Requests {
     pub fn reexec(&self) -> bool {
         self.reexec.load(Ordering::SeqCst)
     }
+
+    /// Whether a successor serves next (re-exec, or the sockets handed over).
+    pub fn succeeded(&self) -> bool {
+        self.reexec() || self.handed_over.load(Ordering::SeqCst)
+    }
+}
+
+/// The readiness verdicts a server leaves its successor (in the state dir).
+const READY_FILE: &str = "handover-ready.json";
+/// A file older than this is stale (not from the predecessor just stopped).
+const READY_MAX_AGE_MS: u64 = 120_000;
+
+/// Leaves the instances this server routed to for its successor, which starts them ready
+/// (until its own probes say otherwise), so it routes from its first pass.
+pub fn save_ready(home: &Path, ready: &std::collections::HashSet<String>, now_ms: u64) {
+    let body = serde_json::json!({ "at_ms": now_ms, "ready": ready });
+    if let Err(e) = std::fs::write(home.join(READY_FILE), body.to_string()) {
+        warn!(error = %e, "could not leave the readiness verdicts for the next server");
+    }
+}
+
+/// Takes (and removes) the verdicts a predecessor left; empty when none or stale.
+pub fn take_ready(home: &Path, now_ms: u64) -> Vec<String> {
+    let path = home.join(READY_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    let _ = std::fs::remove_file(&path);
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    let at = value["at_ms"].as_u64().unwrap_or(0);
+    if now_ms.saturating_sub(at) > READY_MAX_AGE_MS {
+        return Vec::new();
+    }
+    value["ready"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|id| id.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Serves the hand-over socket of `home` for the running server: hands `listeners` (dups)
@@ -349,6 +393,7 @@ fn handle(
             SendFlags::empty(),
         )
         .map_err(|e| io("sending the listening sockets")(e.into()))?;
+        requests.handed_over.store(true, Ordering::SeqCst);
         info!(pid = peer.pid.as_raw_nonzero().get(), "handed the listening sockets over; stopping");
         // Our end closes when this process exits: that is how the successor learns the
         // store is free. Leaking the descriptor keeps it open until then.

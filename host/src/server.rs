@@ -157,6 +157,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let kept = listeners
         .try_clone()
         .context("keeping the listening sockets for a hand-over")?;
+    let inherited = !matches!(origin, handover::Origin::Bound);
     if let handover::Origin::Predecessor(predecessor) = origin {
         let pid = predecessor.pid;
         let waited = std::time::Instant::now();
@@ -234,6 +235,11 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let proxy_metrics = ProxyMetrics::new();
     let metrics = Metrics::new(|r| proxy_metrics.register(r));
     let health = Health::new(registry.clone());
+    let left = handover::take_ready(&cfg.home, crate::controller::now_ms());
+    if inherited {
+        info!(instances = left.len(), "starting with the previous server's ready instances");
+        health.seed_ready(left);
+    }
     let proxy = Proxy::new(
         proxy_config(&cluster.proxy),
         routes.clone(),
@@ -312,6 +318,14 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         shutdown.clone(),
     ));
 
+    // Accept only once the first pass published a routing table: a connection taken
+    // before would find no route (the kernel's backlog holds it meanwhile).
+    let first_pass = std::time::Instant::now();
+    while handle.view().observed_at_ms == 0 && first_pass.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    info!(waited_ms = first_pass.elapsed().as_millis() as u64, "first controller pass published");
+    let last_view = handle.clone();
     let proxy_shutdown = shutdown.clone();
     let proxy_task = tokio::spawn(async move {
         proxy
@@ -398,6 +412,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         Err(_) => warn!("proxy did not finish in-flight requests within 15 s"),
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
+    if requests.succeeded() {
+        handover::save_ready(&cfg.home, &last_view.view().ready, crate::controller::now_ms());
+    }
     if requests.reexec() {
         info!(exe = %exe.display(), "orca server stopped; re-executing; containers keep running");
         return Ok(Exit::ReExec(ReExec {

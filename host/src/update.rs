@@ -416,7 +416,7 @@ fn sync_dir(file: &Path) {
 
 /// An HTTP client for the index and binaries (TLS with the system's roots).
 pub fn client() -> Result<reqwest::Client, UpdateError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::process::crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(30))
