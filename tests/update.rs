@@ -104,9 +104,8 @@ fn answer(mut stream: TcpStream, files: &Mutex<HashMap<String, Served>>) {
     }
     let served = files.lock().unwrap().get(&path).cloned();
     let _ = match served {
-        None => stream.write_all(
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        ),
+        None => stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
         Some(Served::Full(body)) => stream
             .write_all(
                 format!(
@@ -257,8 +256,15 @@ fn signed_update_replaces_the_binary_refuses_tampering_and_rolls_back() {
             "{}",
             text(&out)
         );
-        assert!(std::fs::read(&exe).unwrap() == old, "binary untouched after: {err}");
-        assert_eq!(listing(&bin_dir), vec!["orca"], "nothing left beside it after: {err}");
+        assert!(
+            std::fs::read(&exe).unwrap() == old,
+            "binary untouched after: {err}"
+        );
+        assert_eq!(
+            listing(&bin_dir),
+            vec!["orca"],
+            "nothing left beside it after: {err}"
+        );
         err
     };
 
@@ -302,16 +308,17 @@ fn signed_update_replaces_the_binary_refuses_tampering_and_rolls_back() {
     );
     // A missing signature is a refusal too.
     publish(&releases, &signer, "9.9.0", &new);
-    releases.files.lock().unwrap().remove("orca-index.json.minisig");
+    releases
+        .files
+        .lock()
+        .unwrap()
+        .remove("orca-index.json.minisig");
     refused(&["--url", &url, "--no-restart"], "HTTP 404");
 
     // A downgrade, correctly signed, is refused without --allow-downgrade.
     let older = stamped(&old, "0.0.1");
     publish(&releases, &signer, "0.0.1", &older);
-    refused(
-        &["--url", &url, "--no-restart"],
-        "older than this binary's",
-    );
+    refused(&["--url", &url, "--no-restart"], "older than this binary's");
 
     // An index whose binary does not print the version the index claims.
     publish(&releases, &signer, "9.9.0", &stamped(&old, "9.8.0"));
@@ -407,7 +414,8 @@ impl KeepAlive {
                     let (mut ok, mut connections, mut failures) = (0, 0, Vec::new());
                     let mut conn: Option<BufReader<TcpStream>> = None;
                     let started = Instant::now();
-                    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(300)
+                    while !stop.load(Ordering::Relaxed)
+                        && started.elapsed() < Duration::from_secs(300)
                     {
                         if conn.is_none() {
                             match TcpStream::connect(proxy) {
@@ -518,7 +526,8 @@ fn keep_alive_request(c: &mut BufReader<TcpStream>, host: &str) -> Result<(u16, 
         }
     } else {
         let mut body = vec![0u8; length];
-        c.read_exact(&mut body).map_err(|e| format!("read body: {e}"))?;
+        c.read_exact(&mut body)
+            .map_err(|e| format!("read body: {e}"))?;
     }
     Ok((code, close))
 }
@@ -563,7 +572,11 @@ fn restart_and_update_under_load_refuse_no_request_and_keep_the_containers() {
     let t1 = fresh.now_ms();
     eprintln!("hand-over restart: old server exited {exited:?} after the new one started (+{t0}..+{t1} ms)");
     assert_ne!(s.pid().unwrap(), pid, "a new process serves");
-    assert!(s.log().contains("took over the listening sockets"), "{}", tail(&s.log(), 40));
+    assert!(
+        s.log().contains("took over the listening sockets"),
+        "{}",
+        tail(&s.log(), 40)
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     // An update: the running server re-executes the new binary, keeping its sockets.
@@ -584,7 +597,8 @@ fn restart_and_update_under_load_refuse_no_request_and_keep_the_containers() {
     eprintln!("update + re-exec: +{t2}..+{t3} ms");
     assert!(out.status.success(), "{}\n{}", text(&out), notes(&s));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("server (pid {pid}) now runs orca 9.9.0")),
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("server (pid {pid}) now runs orca 9.9.0")),
         "{}",
         text(&out)
     );
@@ -595,7 +609,10 @@ fn restart_and_update_under_load_refuse_no_request_and_keep_the_containers() {
     let report = fresh.stop();
     let (ok, connections, failures) = kept.stop();
     eprintln!("new-connection load: {}", report.summary());
-    eprintln!("keep-alive load: {ok} ok over {connections} connections, {} failed", failures.len());
+    eprintln!(
+        "keep-alive load: {ok} ok over {connections} connections, {} failed",
+        failures.len()
+    );
     assert!(
         report.failures.is_empty() && !report.capped && report.ok > 300,
         "new-connection requests failed across the hand-overs: {}\n{}",
@@ -607,7 +624,10 @@ fn restart_and_update_under_load_refuse_no_request_and_keep_the_containers() {
         "keep-alive requests failed across the hand-overs ({ok} ok): {failures:#?}\n{}",
         notes(&s)
     );
-    assert!(connections > 4, "the keep-alive clients were asked to reconnect: {connections}");
+    assert!(
+        connections > 4,
+        "the keep-alive clients were asked to reconnect: {connections}"
+    );
 
     // The containers ran on through both: the same ones, adopted.
     let after: Vec<_> = containers(&s.cluster);

@@ -156,7 +156,10 @@ pub fn acquire(
     match UnixStream::connect(&path) {
         Ok(stream) => {
             let (listeners, predecessor) = ask_handover(stream)?;
-            info!(pid = predecessor.pid, "took over the listening sockets of the running server");
+            info!(
+                pid = predecessor.pid,
+                "took over the listening sockets of the running server"
+            );
             Ok((listeners, Origin::Predecessor(predecessor)))
         }
         Err(e) => {
@@ -335,8 +338,10 @@ pub fn serve(
     let path = socket_path(home);
     // A socket file left by a predecessor (which no longer answers) or by a crash.
     let _ = std::fs::remove_file(&path);
-    let socket = UnixListener::bind(&path)
-        .map_err(io(format!("binding the hand-over socket {}", path.display())))?;
+    let socket = UnixListener::bind(&path).map_err(io(format!(
+        "binding the hand-over socket {}",
+        path.display()
+    )))?;
     let requests = Requests::default();
     let answer = requests.clone();
     std::thread::Builder::new()
@@ -368,7 +373,10 @@ fn handle(
     let peer = rustix::net::sockopt::socket_peercred(&stream)
         .map_err(|e| io("reading the peer's credentials")(e.into()))?;
     if peer.uid != rustix::process::getuid() {
-        warn!(uid = peer.uid.as_raw(), "hand-over request from another user refused");
+        warn!(
+            uid = peer.uid.as_raw(),
+            "hand-over request from another user refused"
+        );
         return Ok(false);
     }
     stream
@@ -394,7 +402,10 @@ fn handle(
         )
         .map_err(|e| io("sending the listening sockets")(e.into()))?;
         requests.handed_over.store(true, Ordering::SeqCst);
-        info!(pid = peer.pid.as_raw_nonzero().get(), "handed the listening sockets over; stopping");
+        info!(
+            pid = peer.pid.as_raw_nonzero().get(),
+            "handed the listening sockets over; stopping"
+        );
         // Our end closes when this process exits: that is how the successor learns the
         // store is free. Leaking the descriptor keeps it open until then.
         std::mem::forget(stream);

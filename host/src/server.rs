@@ -21,8 +21,8 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::certs::CertManager;
-use crate::handover;
 use crate::controller::Controller;
+use crate::handover;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::plugins::{PluginOrigin, PluginRuntime, RuntimeLimits};
@@ -164,7 +164,11 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         tokio::task::spawn_blocking(move || predecessor.wait_released())
             .await
             .context("waiting for the previous server")??;
-        info!(pid, waited_ms = waited.elapsed().as_millis() as u64, "previous server exited; opening the store");
+        info!(
+            pid,
+            waited_ms = waited.elapsed().as_millis() as u64,
+            "previous server exited; opening the store"
+        );
     }
     let store = Store::open(&store_file)?;
     fs::set_permissions(&store_file, fs::Permissions::from_mode(0o600))
@@ -237,7 +241,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let health = Health::new(registry.clone());
     let left = handover::take_ready(&cfg.home, crate::controller::now_ms());
     if inherited {
-        info!(instances = left.len(), "starting with the previous server's ready instances");
+        info!(
+            instances = left.len(),
+            "starting with the previous server's ready instances"
+        );
         health.seed_ready(left);
     }
     let proxy = Proxy::new(
@@ -324,7 +331,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     while handle.view().observed_at_ms == 0 && first_pass.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    info!(waited_ms = first_pass.elapsed().as_millis() as u64, "first controller pass published");
+    info!(
+        waited_ms = first_pass.elapsed().as_millis() as u64,
+        "first controller pass published"
+    );
     let last_view = handle.clone();
     let proxy_shutdown = shutdown.clone();
     let proxy_task = tokio::spawn(async move {
@@ -413,7 +423,11 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
     if requests.succeeded() {
-        handover::save_ready(&cfg.home, &last_view.view().ready, crate::controller::now_ms());
+        handover::save_ready(
+            &cfg.home,
+            &last_view.view().ready,
+            crate::controller::now_ms(),
+        );
     }
     if requests.reexec() {
         info!(exe = %exe.display(), "orca server stopped; re-executing; containers keep running");

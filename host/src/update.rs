@@ -174,13 +174,12 @@ pub async fn check(
     let sig_url = format!("{index_url}.minisig");
     let sig_bytes = fetch_small(http, &sig_url, MAX_SIGNATURE).await?;
     let sig_text = String::from_utf8_lossy(&sig_bytes);
-    let signature = minisign_verify::Signature::decode(&sig_text).map_err(|e| {
-        UpdateError::Signature {
+    let signature =
+        minisign_verify::Signature::decode(&sig_text).map_err(|e| UpdateError::Signature {
             url: index_url.to_string(),
             key_id: key_id.to_string(),
             reason: format!("{sig_url} is not a minisign signature: {e}"),
-        }
-    })?;
+        })?;
     key.verify(&index_bytes, &signature, false)
         .map_err(|e| UpdateError::Signature {
             url: index_url.to_string(),
@@ -195,8 +194,8 @@ pub async fn check(
         url: index_url.to_string(),
         reason: format!("version {:?} is not semver: {e}", index.version),
     })?;
-    let current = semver::Version::parse(crate::version::current())
-        .expect("the crate version is semver");
+    let current =
+        semver::Version::parse(crate::version::current()).expect("the crate version is semver");
     let target = crate::version::TARGET;
     let mut artifact = index
         .targets
@@ -239,7 +238,11 @@ async fn fetch_small(
         url: url.to_string(),
         reason,
     };
-    let response = http.get(url).send().await.map_err(|e| fail(e.to_string()))?;
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     if !response.status().is_success() {
         return Err(fail(format!("HTTP {}", response.status())));
     }
@@ -401,7 +404,8 @@ pub fn rollback(exe: &Path) -> Result<(), UpdateError> {
         let _ = std::fs::remove_file(&keep);
         return Err(ioerr("restoring", exe)(e));
     }
-    std::fs::rename(&keep, &previous).map_err(ioerr("keeping the replaced binary as", &previous))?;
+    std::fs::rename(&keep, &previous)
+        .map_err(ioerr("keeping the replaced binary as", &previous))?;
     sync_dir(exe);
     Ok(())
 }

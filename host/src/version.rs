@@ -20,7 +20,10 @@ const fn slot() -> [u8; 16 + STAMP_LEN] {
         i += 1;
     }
     let version = env!("CARGO_PKG_VERSION").as_bytes();
-    assert!(version.len() < STAMP_LEN, "version longer than its stamp slot");
+    assert!(
+        version.len() < STAMP_LEN,
+        "version longer than its stamp slot"
+    );
     let mut j = 0;
     while j < version.len() {
         out[16 + j] = version[j];

@@ -202,7 +202,11 @@ impl Server {
         let deadline = started + Duration::from_secs(60);
         let exited = loop {
             if let Some(status) = old.try_wait().unwrap() {
-                assert!(status.success(), "the old server exited with {status}:\n{}", self.log());
+                assert!(
+                    status.success(),
+                    "the old server exited with {status}:\n{}",
+                    self.log()
+                );
                 break started.elapsed();
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -211,17 +215,30 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let _ = old.kill();
-                panic!("the old server did not hand over within 60 s:\n{}", self.log());
+                panic!(
+                    "the old server did not hand over within 60 s:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
         let _ = old.wait();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !matches!(
-            http_raw("GET", &format!("{}/api/v1/health", self.api), None, &[], None),
+            http_raw(
+                "GET",
+                &format!("{}/api/v1/health", self.api),
+                None,
+                &[],
+                None
+            ),
             Ok((200, _))
         ) {
-            assert!(Instant::now() < deadline, "new server not healthy:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "new server not healthy:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         exited
@@ -273,8 +290,7 @@ impl Server {
             }
             None => Command::new(&self.binary),
         };
-        cmd
-            .arg("server")
+        cmd.arg("server")
             .env("ORCA_HOME", self.home())
             .env("ORCA_CONFIG_DIR", self.config_dir())
             .env(
