@@ -13,15 +13,17 @@
 //!   loops and exits; its end of the hand-over connection closes only when the process is
 //!   gone, and with it the redb store's lock. The new server waits for that close before it
 //!   opens the store (only one process can hold it), then accepts on the inherited sockets.
-//! - **Re-execution in place** (`orca update`, `orca server --reexec`-less: the CLI asks the
-//!   running server `reexec PATH`): the server drains the same way, then `execve`s the
-//!   (replaced) binary at PATH with the same arguments and the listening sockets kept open,
-//!   named in `ORCA_HANDOVER_FDS`. The PID does not change, so a supervisor (systemd,
+//! - **Re-execution in place** (what `orca update` ends with: the CLI asks the running
+//!   server `reexec PATH` on the hand-over socket): the server drains the same way, then
+//!   `execve`s the (replaced) binary at PATH with the same arguments and the listening
+//!   sockets kept open, named in `ORCA_HANDOVER_FDS`. The PID does not change, so a supervisor (systemd,
 //!   runit, a container runtime) keeps tracking the server; every other descriptor (the
 //!   store's among them) is close-on-exec and released by the exec itself.
 //!
-//! The hand-over socket lives in the private state dir (0700) and answers only peers of the
-//! server's own user (`SO_PEERCRED`).
+//! Either way the successor starts with its predecessor's ready instances (`save_ready` /
+//! `take_ready`, a file in the state dir) so its first routing table routes to them, and it
+//! accepts only once that table is published. The hand-over socket lives in the private
+//! state dir (0700) and answers only peers of the server's own user (`SO_PEERCRED`).
 
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
