@@ -144,6 +144,18 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             .with_context(|| format!("loading built-in plugin {name}"))?;
     }
 
+    // Settings that can be refused are checked before a running server is asked to hand
+    // over: a successor that fails after taking the sockets leaves nobody serving.
+    let acme = match &cluster.acme {
+        Some(settings) => Some(crate::certs::AcmePolicy::from_settings(
+            settings,
+            &cfg.config_dir,
+        )?),
+        None => None,
+    };
+    crate::notify::check(&cluster.notify).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let git = crate::build::git::GitAccess::new(&cluster.build, &cfg.home)
+        .map_err(|e| anyhow::anyhow!("cluster.toml: {e}"))?;
     let (listeners, origin) = handover::acquire(&cfg.home, || {
         Ok(handover::Listeners {
             api: bind_listener(cfg.api_addr)
@@ -227,13 +239,6 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let api_addr = api_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let https_addr = https_listener.local_addr()?;
-    let acme = match &cluster.acme {
-        Some(settings) => Some(crate::certs::AcmePolicy::from_settings(
-            settings,
-            &cfg.config_dir,
-        )?),
-        None => None,
-    };
 
     let routes = Routes::new();
     let proxy_metrics = ProxyMetrics::new();
@@ -257,7 +262,6 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     if let Some(policy) = &acme {
         info!(directory = %crate::certs::describe(policy), "ACME enabled");
     }
-    crate::notify::check(&cluster.notify).map_err(|e| anyhow::anyhow!("{e}"))?;
     let notifier =
         crate::notify::Notifier::start(cluster.notify.clone(), cluster.cluster.name.clone());
     let events = crate::events::Events::start(
@@ -345,8 +349,6 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             .await
     });
 
-    let git = crate::build::git::GitAccess::new(&cluster.build, &cfg.home)
-        .map_err(|e| anyhow::anyhow!("cluster.toml: {e}"))?;
     let builds = Arc::new(
         crate::build::Builds::new(
             runtime.clone(),
