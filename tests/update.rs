@@ -543,7 +543,7 @@ fn notes(s: &Server) -> String {
 }
 
 #[test]
-fn restart_and_update_under_load_refuse_no_request_and_keep_the_containers() {
+fn restart_update_and_rollback_under_load_refuse_no_request_and_keep_the_containers() {
     let (dir, exe) = installed_copy();
     let mut s = Server::start_from(&exe, "");
     let project = unique("ho");
@@ -604,6 +604,24 @@ fn restart_and_update_under_load_refuse_no_request_and_keep_the_containers() {
     );
     assert_eq!(s.pid().unwrap(), pid, "re-executed in place (same pid)");
     assert_eq!(version(&exe), "orca 9.9.0");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // And back: --rollback restores the previous binary, and the server re-executes it.
+    let out = update(
+        &exe,
+        &signer.public(),
+        &s.home(),
+        &s.config_dir(),
+        &["--rollback"],
+    );
+    assert!(out.status.success(), "{}\n{}", text(&out), notes(&s));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("server (pid {pid}) now runs orca {CURRENT}")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(version(&exe), format!("orca {CURRENT}"));
     std::thread::sleep(Duration::from_secs(2));
 
     let report = fresh.stop();

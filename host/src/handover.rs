@@ -479,3 +479,43 @@ pub fn ask(home: &Path, request: &str) -> Option<Result<String, HandoverError>> 
     })();
     Some(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_instances_are_taken_once_and_only_when_fresh() {
+        let home = tempfile::tempdir().unwrap();
+        let ready: std::collections::HashSet<String> = ["a".to_string(), "b".to_string()].into();
+        save_ready(home.path(), &ready, 1_000_000);
+        let mut taken = take_ready(home.path(), 1_000_500);
+        taken.sort();
+        assert_eq!(taken, vec!["a", "b"]);
+        assert!(
+            take_ready(home.path(), 1_000_500).is_empty(),
+            "removed once taken"
+        );
+        save_ready(home.path(), &ready, 1_000_000);
+        assert!(
+            take_ready(home.path(), 1_000_000 + READY_MAX_AGE_MS + 1).is_empty(),
+            "a stale file is not from the predecessor just stopped"
+        );
+    }
+
+    #[test]
+    fn inherited_descriptors_are_named_and_checked() {
+        let err = inherited("api=3,http=4").unwrap_err().to_string();
+        assert!(err.contains("ORCA_HANDOVER_FDS"), "{err}");
+        let err = inherited("api=x").unwrap_err().to_string();
+        assert!(err.contains("\"x\" is not a descriptor"), "{err}");
+        let err = inherited("api=987654").unwrap_err().to_string();
+        assert!(err.contains("descriptor 987654 is not open"), "{err}");
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let err = inherited(&format!("api={}", file.as_raw_fd()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a socket"), "{err}");
+        std::mem::forget(file); // now owned (and closed) by the failed adoption
+    }
+}
