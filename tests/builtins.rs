@@ -46,7 +46,7 @@ fn every_default_plugin_is_embedded_and_implements_its_world() {
         let p = builtin_plugin(&rt, name);
         assert_eq!(p.world(), world, "{name}");
         let info = inspect(builtin(name).unwrap()).unwrap();
-        assert_eq!(info.package.as_deref(), Some("orca:plugin@0.2.0"), "{name}");
+        assert_eq!(info.package.as_deref(), Some("orca:plugin@0.3.0"), "{name}");
         assert!(
             !info.imports.iter().any(|i| i.starts_with("wasi:")),
             "{name} imports WASI: {:?}",

@@ -1129,3 +1129,102 @@ fn common_prefix(a: &str, b: &str) -> String {
         .map(|(x, _)| x)
         .collect()
 }
+
+/// A named volume lives on the node that first ran its service: the stop-first rollout's new
+/// instance starts there again (its file still there), and while that node is down the
+/// instance stays pending, saying where its volume is, instead of starting on a new, empty
+/// volume on the master.
+#[test]
+fn an_instance_follows_its_volume_and_waits_while_the_volume_s_node_is_down() {
+    let _swarm = HostSwarm::take();
+    let topo = Topology::start(1);
+    let s = Server::start_at(topo.host_ip(), "[nodes]\nnode_ttl_secs = 5\n");
+    let url = master_url(&s);
+    let token = join_token(&s, &[]);
+    let n1 = &topo.nodes[0];
+    let a1 = Agent::start(
+        n1,
+        &url,
+        Some(&token),
+        &["--heartbeat-secs", "1", "--labels", "disk=big"],
+    );
+    wait_ready_nodes(&s, 2, &[&a1]);
+    let volume = format!("orca-{}-vol-data", s.cluster);
+    let toml = |extra: &str| {
+        testapp_service(
+            "db",
+            1,
+            "vol.test",
+            &format!("volumes = [\"data:/data\"]\n{extra}"),
+        )
+    };
+    // First placed by label on node 1, where its volume is made.
+    s.write_service(
+        "vol",
+        &toml("[service.placement]\nlabels = { disk = \"big\" }\n"),
+    );
+    s.cli(&["deploy", "--timeout-secs", "120"]);
+    let svc = s.wait_service("vol", "db", "ready on node 1", |v| v["ready_replicas"] == 1);
+    assert_eq!(per_node(&svc).get(&n1.name), Some(&1), "{svc:#}");
+    assert!(n1.docker(&["volume", "inspect", &volume]).status.success());
+    let put = http_raw(
+        "PUT",
+        &format!("http://{}/file/data/kept", s.http),
+        None,
+        &[("Host", "vol.test")],
+        Some(b"on node 1"),
+    )
+    .unwrap();
+    assert_eq!(put.0, 200, "{put:?}");
+
+    // A new revision without the label: placement alone could pick the master; the volume
+    // keeps it on node 1.
+    s.write_service("vol", &toml("[service.env]\nREV = \"2\"\n"));
+    s.cli(&["deploy", "--timeout-secs", "120"]);
+    let svc = s.wait_service("vol", "db", "revision 2 ready", |v| {
+        v["ready_replicas"] == 1 && v["instances"][0]["revision"] == 2
+    });
+    assert_eq!(per_node(&svc).get(&n1.name), Some(&1), "{svc:#}");
+    let got = s.proxy_get("vol.test", "/file/data/kept").unwrap();
+    assert_eq!(got, (200, "on node 1".to_string()));
+    // `orca volume ls` lists it on its node, with the container using it.
+    let ls: Value = serde_json::from_str(&s.cli(&["volume", "ls", "--output", "json"])).unwrap();
+    let row = ls["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["docker_name"] == volume.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{ls:#}"));
+    assert_eq!(row["node"], n1.name.as_str(), "{ls:#}");
+    assert_eq!(
+        row["containers"].as_array().map(Vec::len),
+        Some(1),
+        "{ls:#}"
+    );
+
+    // Node 1 is lost: once it is down, the instance is pending with the reason, and no
+    // volume of that name appears on the master's engine.
+    n1.partition();
+    let svc = s.wait_service("vol", "db", "pending on its volume's node", |v| {
+        v["error"].as_str().is_some_and(|e| {
+            e.contains(&format!(
+                "pending: volume {volume} is on node {} which is down",
+                n1.name
+            ))
+        })
+    });
+    assert_eq!(svc["ready_replicas"], 0);
+    let on_master = std::process::Command::new("docker")
+        .args(["volume", "inspect", &volume])
+        .output()
+        .unwrap();
+    assert!(!on_master.status.success(), "no empty volume on the master");
+    n1.heal();
+    s.wait_service("vol", "db", "back on node 1", |v| v["ready_replicas"] == 1);
+    let got = s.proxy_get("vol.test", "/file/data/kept").unwrap();
+    assert_eq!(got, (200, "on node 1".to_string()));
+    drop(a1);
+    drop(s);
+    drop(topo);
+}

@@ -74,6 +74,13 @@ fn instance(i: usize, revision: u64) -> Instance {
     }
 }
 
+fn pair(key: &str, value: &str) -> Pair {
+    Pair {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
 fn rollout_state(params: Vec<Pair>) -> RolloutState {
     RolloutState {
         service: Service {
@@ -226,7 +233,7 @@ fn placement_built_against_0_1_0_keeps_working() {
     assert_eq!(old.world(), World::Placement);
     assert_eq!(old.package(), "orca:plugin@0.1.0");
     let live = load(&rt, "echo-placement");
-    assert_eq!(live.package(), "orca:plugin@0.2.0");
+    assert_eq!(live.package(), "orca:plugin@0.3.0");
 
     // The 0.1.0 records reach it intact: ids, `existing` by id (node-1 runs 2 instances:
     // 512 MiB - 2000 saturates to 0), verdicts by id come back as orca's verdicts.
@@ -287,6 +294,57 @@ fn strategy_built_against_0_1_0_keeps_working() {
 }
 
 #[test]
+fn strategy_built_against_0_2_0_keeps_working_without_a_parameter_check() {
+    let bytes = guests().bytes("compat-strategy-0-2");
+    let info = inspect(&bytes).unwrap();
+    assert_eq!(info.world, Some(World::Strategy));
+    assert_eq!(info.package.as_deref(), Some("orca:plugin@0.2.0"));
+    assert!(
+        !info.exports.iter().any(|e| e == "check-params"),
+        "{info:?}"
+    );
+    let rt = runtime(RuntimeLimits::default());
+    let old = load(&rt, "compat-strategy-0-2");
+    assert_eq!(old.package(), "orca:plugin@0.2.0");
+    let state = rollout_state(vec![]);
+    let step = old.plan(&state).expect("plan");
+    assert_eq!(step, load(&rt, "echo-strategy").plan(&state).unwrap());
+    // It has no check-params: every parameter passes the deploy-time check.
+    let service = rollout_state(vec![pair("step", "\"abc\"")]).service;
+    assert_eq!(old.check_params(&service).unwrap(), None);
+}
+
+#[test]
+fn strategy_checks_its_parameters_and_a_faulty_check_is_contained() {
+    let rt = runtime(RuntimeLimits::default());
+    let echo = load(&rt, "echo-strategy");
+    let service = |params| rollout_state(params).service;
+    assert_eq!(
+        echo.check_params(&service(vec![pair("step", "5")]))
+            .unwrap(),
+        None
+    );
+    let refused = echo
+        .check_params(&service(vec![pair("step", "\"abc\"")]))
+        .unwrap()
+        .expect("refused");
+    assert_eq!(refused.key, "step");
+    assert!(refused.message.contains("\"abc\""), "{refused:?}");
+    // A check that traps is the plugin's fault, named, and the runtime keeps serving.
+    let trap = load(&rt, "trap");
+    let err = trap
+        .check_params(&service(vec![pair("trap_in_check", "true")]))
+        .unwrap_err();
+    assert!(matches!(err, PluginError::Trap { .. }), "{err}");
+    assert_eq!(trap.check_params(&service(vec![])).unwrap(), None);
+    // Another world's plugin has no parameter check.
+    let err = load(&rt, "echo-placement")
+        .check_params(&service(vec![]))
+        .unwrap_err();
+    assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
+}
+
+#[test]
 fn component_of_an_unserved_version_is_refused_at_load() {
     let rt = runtime(RuntimeLimits::default());
     let err = rt
@@ -294,7 +352,7 @@ fn component_of_an_unserved_version_is_refused_at_load() {
         .unwrap_err();
     assert!(
         matches!(&err, PluginError::Invalid { reason, .. }
-            if reason.contains("orca:plugin@9.0.0") && reason.contains("0.1.x and 0.2.x")),
+            if reason.contains("orca:plugin@9.0.0") && reason.contains("0.1.x, 0.2.x and 0.3.x")),
         "{err}"
     );
     let info = inspect(&guests().bytes("future-version")).unwrap();
@@ -528,10 +586,10 @@ fn inspect_describes_a_component() {
     let bytes = guests().bytes("echo-probe");
     let info = inspect(&bytes).unwrap();
     assert_eq!(info.world, Some(World::Probe));
-    assert_eq!(info.package.as_deref(), Some("orca:plugin@0.2.0"));
+    assert_eq!(info.package.as_deref(), Some("orca:plugin@0.3.0"));
     assert!(
         info.imports
-            .contains(&"orca:plugin/endpoint@0.2.0".to_string()),
+            .contains(&"orca:plugin/endpoint@0.3.0".to_string()),
         "{:?}",
         info.imports
     );

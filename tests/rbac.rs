@@ -342,6 +342,25 @@ impl<'a> Fixture<'a> {
                 }
                 Req::get(format!("/api/v1/projects/{p}/secrets/K{n}"))
             }
+            ("GET", "/api/v1/volumes") => Req::get(route),
+            ("DELETE", "/api/v1/volumes/{project}/{name}") => {
+                if setup {
+                    // A volume of this cluster no container uses, labelled as orca makes them.
+                    let id = cluster_id(&self.s.cluster);
+                    let out = std::process::Command::new("docker")
+                        .args(["volume", "create"])
+                        .args(["--label", "orca.managed=true"])
+                        .args(["--label", &format!("orca.cluster={}", self.s.cluster)])
+                        .args(["--label", &format!("orca.cluster.id={id}")])
+                        .args(["--label", &format!("orca.project={p}")])
+                        .args(["--label", &format!("orca.volume=rbvol{n}")])
+                        .arg(format!("orca-{}-{p}-rbvol{n}", self.s.cluster))
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{out:?}");
+                }
+                Req::get(format!("/api/v1/volumes/{p}/rbvol{n}"))
+            }
             ("GET", "/api/v1/plugins") => Req::get(route),
             ("POST", "/api/v1/plugins") => Req {
                 body: Some(orca::plugins::builtin("rolling").unwrap().to_vec()),
@@ -396,6 +415,21 @@ fn call(s: &Server, method: &str, r: &Req, token: Option<&str>) -> (u16, String)
         r.body.as_deref(),
     )
     .expect("API reachable")
+}
+
+/// The cluster id on this cluster's containers.
+fn cluster_id(cluster: &str) -> String {
+    let (id, _, _) = containers(cluster).into_iter().next().expect("a container");
+    let out = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"orca.cluster.id\"}}",
+            &id,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]

@@ -1072,3 +1072,148 @@ fn rollback_to_an_older_revision_restores_image_and_env() {
         "the rollback restored revision 1's image: {restored:#}"
     );
 }
+
+/// Operator requests are never lost: while a canary's automatic steps run (the strategy is
+/// called every second and at each instance change), bursts of concurrent promote and
+/// rollback requests hit ten successive rollouts. Every request the API accepted (200) is
+/// consumed by the controller exactly once — one `rollout.request_applied` event each, applied
+/// to its rollout or dropped because that rollout had already ended — and every rollout ends
+/// (promoted or rolled back); a request the API refused (409: no rollout in progress) was
+/// never recorded. 100 requests in all.
+#[test]
+fn promote_and_rollback_requests_sent_while_steps_run_are_never_lost() {
+    const ROUNDS: usize = 10;
+    const BURST: usize = 10;
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    let extra = "[service.deploy]\nstrategy = \"canary\"\nsteps = [10, 20, 30, 40, 50, 60, 70, 80, 90]\nstep_interval_secs = 1\n";
+    s.write_service(
+        &project,
+        &web_toml(&host, 2, &[("VERSION", "v1")], HEALTH, extra),
+    );
+    s.cli(&["deploy"]);
+    let mut accepted = 0usize;
+    let mut refused = 0usize;
+    for round in 0..ROUNDS {
+        let revision = round as u64 + 2;
+        s.write_service(
+            &project,
+            &web_toml(
+                &host,
+                2,
+                &[("VERSION", &format!("v{revision}"))],
+                HEALTH,
+                extra,
+            ),
+        );
+        s.cli(&["deploy", "--no-wait"]);
+        wait_for(
+            &s,
+            &project,
+            &format!("rollout of revision {revision} progressing"),
+            Duration::from_secs(60),
+            |v| {
+                v["rollout"]["phase"] == "progressing"
+                    && v["rollout"]["candidate_revision"] == revision
+            },
+        );
+        // A burst from BURST threads at once: promotes and rollbacks interleaved.
+        let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..BURST)
+                .map(|i| {
+                    let (api, project) = (s.api.clone(), project.clone());
+                    scope.spawn(move || {
+                        let what = if (round + i) % 3 == 0 {
+                            "rollback"
+                        } else {
+                            "promote"
+                        };
+                        http_raw(
+                            "POST",
+                            &format!("{api}/api/v1/services/web/{what}?project={project}"),
+                            Some(ADMIN),
+                            &[],
+                            None,
+                        )
+                        .expect("request")
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (code, body) in &answers {
+            match code {
+                200 => accepted += 1,
+                409 => {
+                    assert!(body.contains("no rollout in progress"), "{body}");
+                    refused += 1;
+                }
+                _ => panic!("unexpected answer {code}: {body}\n{}", ctx(&s, &project)),
+            }
+        }
+        wait_for(
+            &s,
+            &project,
+            &format!("rollout of revision {revision} ended"),
+            Duration::from_secs(60),
+            |v| v["rollout"].is_null() || v["rollout"]["phase"] != "progressing",
+        );
+    }
+    eprintln!("{accepted} requests accepted, {refused} refused (their rollout had ended)");
+    assert_eq!(accepted + refused, ROUNDS * BURST);
+    assert!(
+        accepted >= ROUNDS,
+        "at least the first of each burst is accepted"
+    );
+
+    // One applied event per accepted request (the event writer is asynchronous: poll).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let applied = loop {
+        let (code, body) = http_raw(
+            "GET",
+            &format!(
+                "{}/api/v1/events?service={project}/web&kind=rollout.request_applied&limit=1000",
+                s.api
+            ),
+            Some(ADMIN),
+            &[],
+            None,
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let events = v
+            .as_array()
+            .or_else(|| v["events"].as_array())
+            .cloned()
+            .unwrap_or_default();
+        if events.len() >= accepted || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let outcomes = field_counts(
+        &applied
+            .iter()
+            .map(|e| e["fields"].clone())
+            .collect::<Vec<_>>(),
+        "outcome",
+    );
+    assert_eq!(
+        applied.len(),
+        accepted,
+        "every accepted request consumed exactly once: {outcomes:?}\n{}",
+        ctx(&s, &project)
+    );
+    assert!(
+        outcomes.keys().any(|o| o.starts_with("applied")),
+        "{outcomes:?}"
+    );
+    // Nothing is left pending: the last rollout ended and the service serves one revision.
+    let web = s.service(&project, "web");
+    assert!(
+        web["rollout"].is_null() || web["rollout"]["phase"] != "progressing",
+        "{web:#}"
+    );
+}

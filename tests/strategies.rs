@@ -53,7 +53,7 @@ fn custom_strategy_by_path_is_uploaded_and_its_decisions_applied() {
         dir.join("blue-green.wasm").to_str().unwrap(),
     ]);
     assert!(
-        inspect.contains("world:    strategy") && inspect.contains("orca:plugin@0.2.0"),
+        inspect.contains("world:    strategy") && inspect.contains("orca:plugin@0.3.0"),
         "{inspect}"
     );
 
@@ -334,4 +334,67 @@ fn instances_on(v: &Value, revision: u64) -> usize {
     v["instances"].as_array().map_or(0, |a| {
         a.iter().filter(|i| i["revision"] == revision).count()
     })
+}
+
+/// `check-params` (orca:plugin@0.3.0): a strategy refuses a bad parameter at `orca deploy`,
+/// the error names the service, the plugin as the file wrote it and the parameter, and nothing
+/// is stored (the next deploy of the good file is "unchanged", the old revision keeps serving).
+#[test]
+fn bad_strategy_parameters_are_refused_at_deploy_naming_parameter_and_plugin() {
+    let example = workspace().join("sdk/examples/blue-green");
+    let wasm =
+        build_guests(&example, "sdk-examples", "wasm32-wasip2", None).join("blue_green.wasm");
+    let s = Server::start();
+    let project = unique("p");
+    let host = format!("{project}.test");
+    let good = service_toml(&host, "v1", "./blue-green.wasm");
+    let dir = s.write_service(&project, &good);
+    std::fs::copy(&wasm, dir.join("blue-green.wasm")).unwrap();
+    let out = s.cli(&["deploy"]);
+    assert!(out.contains("revision 1 (changed)"), "{out}");
+    assert_eq!(version_of(&s, &host), "v1");
+
+    let refused = |toml: &str| -> String {
+        s.write_service(&project, toml);
+        let out = s.cli_in(ADMIN, None, &["deploy"]);
+        assert!(!out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The custom plugin's own check, named by the path the file wrote.
+    let err = refused(&format!(
+        "{}\n[service.deploy.params]\nready_timeout_ms = \"abc\"\n",
+        service_toml(&host, "v2", "./blue-green.wasm")
+    ));
+    assert!(
+        err.contains("service \"web\"")
+            && err.contains("strategy ./blue-green.wasm (sha256:")
+            && err.contains("refuses parameter \"ready_timeout_ms\"")
+            && err.contains("\"abc\""),
+        "{err}"
+    );
+    // A built-in's check: canary's max_error_rate (free-form params pass the config).
+    let err = refused(&format!(
+        "{}canary_weight = 20\n\n[service.deploy.params]\nmax_error_rate = 5.0\n",
+        service_toml(&host, "v2", "canary")
+    ));
+    assert!(
+        err.contains("strategy canary refuses parameter \"max_error_rate\"")
+            && err.contains("allowed 0.0 to 1.0"),
+        "{err}"
+    );
+    // A deploy setting out of range is the config's refusal, naming the field.
+    let err = refused(&format!(
+        "{}canary_weight = 150\n",
+        service_toml(&host, "v2", "canary")
+    ));
+    assert!(
+        err.contains("canary_weight") && err.contains("1 to 99"),
+        "{err}"
+    );
+
+    // Nothing was stored: the good file is still revision 1, which still serves.
+    s.write_service(&project, &good);
+    let out = s.cli(&["deploy"]);
+    assert!(out.contains("revision 1 (unchanged)"), "{out}");
+    assert_eq!(version_of(&s, &host), "v1");
 }

@@ -59,6 +59,9 @@ pub struct View {
     pub errors: BTreeMap<String, String>,
     /// Services in crash back-off, with the time (ms since epoch) they may start again.
     pub backing_off: BTreeMap<String, u64>,
+    /// Services whose starts wait, with why (`waiting for db`, `stop-first: volume data is
+    /// not shared`).
+    pub waiting: BTreeMap<String, String>,
     /// When a progressing rollout wants the next pass (ms since epoch).
     pub next_wake_ms: Option<u64>,
     /// Instances that were ready when the routing table was published: what `status` calls
@@ -93,6 +96,10 @@ struct Memory {
     /// Each remote node's last successful listing: while the node does not answer but is
     /// not `down` yet, its instances keep their slots (unrouted) instead of being replaced.
     listed: HashMap<String, Vec<Instance>>,
+    /// Which nodes hold each named volume (Docker name → node names), from each node's last
+    /// successful volume listing: an instance follows its volume, also while that node is
+    /// down (it then stays pending rather than starting on a new, empty volume elsewhere).
+    volume_nodes: BTreeMap<String, Vec<String>>,
 }
 
 /// Everything a pass needs.
@@ -122,6 +129,8 @@ pub struct Controller<R: ContainerRuntime> {
     overlay_pools: Vec<String>,
     /// `[nodes] drain_parallel`: evicted instances replaced at once, cluster-wide.
     drain_parallel: u32,
+    /// `[volumes] host_paths`: where bind mounts may come from (checked again at start).
+    host_paths: Vec<std::path::PathBuf>,
     /// Services being rebalanced (`orca rebalance`) and the instances moved for them.
     rebalancing: Arc<Mutex<rebalance::Rebalancing>>,
     /// One image shipment per (node, image) at a time.
@@ -226,6 +235,7 @@ impl<R: ContainerRuntime> Controller<R> {
             cluster_id: String::new(),
             overlay_pools: Vec::new(),
             drain_parallel: 2,
+            host_paths: Vec::new(),
             rebalancing: Arc::default(),
             shipping: Mutex::new(HashMap::new()),
         }
@@ -246,6 +256,41 @@ impl<R: ContainerRuntime> Controller<R> {
         self.nodes = Some(nodes);
         self.host_ports = host_ports;
         self
+    }
+
+    /// Allows bind mounts of host paths under `host_paths` (`[volumes]` of cluster.toml).
+    pub fn with_host_paths(mut self, host_paths: Vec<std::path::PathBuf>) -> Controller<R> {
+        self.host_paths = host_paths;
+        self
+    }
+
+    /// Updates which nodes hold which named volumes from every node of this pass that
+    /// answers its volume listing (bounded); a node that does not keeps what it last said.
+    async fn refresh_volume_nodes(&self, nodes: &[PassNode<R>]) {
+        let listed = futures::future::join_all(nodes.iter().map(|n| async move {
+            let listing = tokio::time::timeout(REMOTE_LIST_TIMEOUT, n.runtime.list_volumes()).await;
+            (n.name.clone(), listing)
+        }))
+        .await;
+        let mut mem = self.memory.lock().expect("controller memory lock");
+        for (node, listing) in listed {
+            let Ok(Ok(volumes)) = listing else {
+                debug!(node = %node, "no volume listing from a node; keeping what it last said");
+                continue;
+            };
+            for holders in mem.volume_nodes.values_mut() {
+                holders.retain(|n| *n != node);
+            }
+            for v in volumes {
+                if v.labels.get(instance::LABEL_CLUSTER) == Some(&self.cluster) {
+                    mem.volume_nodes
+                        .entry(v.name)
+                        .or_default()
+                        .push(node.clone());
+                }
+            }
+            mem.volume_nodes.retain(|_, holders| !holders.is_empty());
+        }
     }
 
     /// The nodes of this pass: the master's engine, then every ready agent node; and the
@@ -497,6 +542,8 @@ impl<R: ContainerRuntime> Controller<R> {
                         running,
                         not_before_ms: not_before,
                         max_migrating: max_migrating(&rec.spec),
+                        exclusive: exclusive_volume(&rec.spec),
+                        depends_on: dependency_keys(&rec.spec),
                     });
                     continue;
                 }
@@ -508,13 +555,9 @@ impl<R: ContainerRuntime> Controller<R> {
                 }
                 Some(cur) if !running => {
                     // A stopped service ends its rollout and the requests made against it.
-                    let seen: Vec<u64> = requests
-                        .get(&key)
-                        .map(|qs| qs.iter().map(|q| q.seq).collect())
-                        .unwrap_or_default();
-                    if rollouts.remove(&key).is_some() || !seen.is_empty() {
-                        self.store
-                            .step_rollout(rec.spec.project(), &rec.spec.name, None, &seen)?;
+                    let pending = requests.get(&key).map(Vec::as_slice).unwrap_or_default();
+                    if rollouts.remove(&key).is_some() || !pending.is_empty() {
+                        self.step_rollout(&key, rec.spec.project(), &rec.spec.name, pending, None)?;
                     }
                     revisions.insert(cur.fingerprint.clone(), cur);
                     Vec::new()
@@ -552,6 +595,8 @@ impl<R: ContainerRuntime> Controller<R> {
                 traffic,
                 not_before_ms: not_before,
                 max_migrating: max_migrating(&rec.spec),
+                exclusive: exclusive_volume(&rec.spec),
+                depends_on: dependency_keys(&rec.spec),
             });
         }
         // Rollout records (and requests) of services that no longer exist.
@@ -562,11 +607,8 @@ impl<R: ContainerRuntime> Controller<R> {
             .collect();
         for key in gone {
             if let Some((p, n)) = key.split_once('/') {
-                let seen: Vec<u64> = requests
-                    .get(key)
-                    .map(|qs| qs.iter().map(|q| q.seq).collect())
-                    .unwrap_or_default();
-                self.store.step_rollout(p, n, None, &seen)?;
+                let pending = requests.get(key).map(Vec::as_slice).unwrap_or_default();
+                self.step_rollout(key, p, n, pending, None)?;
             }
         }
 
@@ -660,6 +702,9 @@ impl<R: ContainerRuntime> Controller<R> {
                 .collect(),
         };
         let mut decision = orca_core::decide(&snapshot);
+        if !decision.starts.is_empty() && records.iter().any(has_named_volume) {
+            self.refresh_volume_nodes(&pass_nodes).await;
+        }
         let next_wake = splits
             .values()
             .filter_map(|s| s.wake_at_ms)
@@ -789,7 +834,7 @@ impl<R: ContainerRuntime> Controller<R> {
             // The rollout of this revision finished: whatever else runs is superseded.
             Some(r) if r.candidate_revision == cur.number && r.phase == RolloutPhase::Finished => {
                 if !seen.is_empty() {
-                    self.store.step_rollout(project, name, Some(&r), &seen)?;
+                    self.step_rollout(&key, project, name, requests, Some(&r))?;
                 }
                 return Ok(steady);
             }
@@ -801,7 +846,7 @@ impl<R: ContainerRuntime> Controller<R> {
                     .collect();
                 if others.is_empty() {
                     if previous.is_some() || !seen.is_empty() {
-                        self.store.step_rollout(project, name, None, &seen)?;
+                        self.step_rollout(&key, project, name, requests, None)?;
                     }
                     return Ok(steady);
                 }
@@ -825,7 +870,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 let r = rollout::start(Some(stable), running, cur.number, &strategy, now);
                 self.events.rollout_started(&key, &r);
                 // Requests made against the replaced rollout end with it.
-                if !self.store.step_rollout(project, name, Some(&r), &seen)? {
+                if !self.step_rollout(&key, project, name, requests, Some(&r))? {
                     self.wake.notify_one();
                 }
                 r
@@ -897,7 +942,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 }
                 rollout::Outcome::RolledBack(next) => next,
             };
-            if !self.store.step_rollout(project, name, Some(&next), &seen)? {
+            if !self.step_rollout(&key, project, name, requests, Some(&next))? {
                 // A request arrived during the strategy call: plan again with it, keeping
                 // the groups of the last stored step meanwhile.
                 debug!(service = %key, "operator request arrived during the step; planning again");
@@ -919,7 +964,7 @@ impl<R: ContainerRuntime> Controller<R> {
             }
         } else if !seen.is_empty() {
             // Requests against a rollout that already ended change nothing; consume them.
-            self.store.step_rollout(project, name, Some(&r), &seen)?;
+            self.step_rollout(&key, project, name, requests, Some(&r))?;
         }
 
         let progressing = r.phase == RolloutPhase::Progressing;
@@ -946,6 +991,26 @@ impl<R: ContainerRuntime> Controller<R> {
             &cur.fingerprint,
             rec.spec.replicas,
         ))
+    }
+
+    /// One rollout step in one store transaction, consuming `requests` (false: a newer
+    /// request arrived meanwhile, nothing written); each consumed request is an event.
+    fn step_rollout(
+        &self,
+        key: &str,
+        project: &str,
+        name: &str,
+        requests: &[OperatorRequest],
+        next: Option<&RolloutRecord>,
+    ) -> anyhow::Result<bool> {
+        let seen: Vec<u64> = requests.iter().map(|q| q.seq).collect();
+        let stored = self.store.step_rollout(project, name, next, &seen)?;
+        if stored {
+            for q in requests {
+                self.events.request_applied(key, q, next);
+            }
+        }
+        Ok(stored)
     }
 
     fn rollout_state(
@@ -1076,6 +1141,7 @@ impl<R: ContainerRuntime> Controller<R> {
             instances: instances.to_vec(),
             errors,
             backing_off: d.backing_off.clone(),
+            waiting: d.waiting.clone(),
             next_wake_ms,
             ready: d.ready.iter().cloned().collect(),
             addresses: d.addresses.clone(),
@@ -1370,6 +1436,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 .and_then(|r| r.cpu)
                 .map(|c| (c * 1_000_000_000.0) as i64),
             stop_grace: STOP_GRACE,
+            mounts: crate::volumes::mounts(&self.cluster, spec, &self.host_paths)?,
             publish: match (at.publish, spec.port) {
                 (Some((host_ip, host_port)), Some(container_port)) => Some(orca_docker::Publish {
                     host_ip,
@@ -1404,6 +1471,8 @@ struct Placer<'a, R: ContainerRuntime> {
     ports: HashMap<String, HashSet<u16>>,
     /// Every known node name with its address (ready or not), for pins.
     known: Vec<(String, String)>,
+    /// Which nodes hold each named volume (see `Memory::volume_nodes`).
+    volume_nodes: BTreeMap<String, Vec<String>>,
 }
 
 fn requests_of(spec: &ServiceSpec) -> (u64, u64) {
@@ -1507,12 +1576,19 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
                 }
             }
         }
+        let volume_nodes = ctl
+            .memory
+            .lock()
+            .expect("controller memory lock")
+            .volume_nodes
+            .clone();
         Placer {
             ctl,
             nodes: planned,
             counts,
             ports,
             known,
+            volume_nodes,
         }
     }
 
@@ -1556,10 +1632,25 @@ impl<'a, R: ContainerRuntime> Placer<'a, R> {
             None => None,
         };
         let labels = placement.map(|p| p.labels.clone()).unwrap_or_default();
+        // An instance with named volumes goes where they are (once they exist somewhere).
+        let volumes: Vec<String> = spec
+            .mounts()
+            .iter()
+            .filter_map(|m| m.volume())
+            .map(|v| crate::volumes::docker_volume_name(&self.ctl.cluster, spec.project(), v))
+            .collect();
+        let volume_node = if volumes.is_empty() {
+            None
+        } else {
+            crate::volumes::volume_node(&volumes, &self.volume_nodes, |node| {
+                self.nodes.iter().any(|(_, n)| n.name == node)
+            })?
+        };
         let candidates: Vec<types::Node> = self
             .nodes
             .iter()
             .map(|(_, n)| n)
+            .filter(|n| volume_node.as_ref().is_none_or(|v| *v == n.name))
             .filter(|n| pinned.as_ref().is_none_or(|p| *p == n.name))
             .filter(|n| {
                 labels
@@ -1752,6 +1843,25 @@ fn max_migrating(spec: &ServiceSpec) -> u32 {
         .max(1)
 }
 
+/// The writable, not shared volume that makes a service stop-first, if any.
+fn exclusive_volume(spec: &ServiceSpec) -> Option<String> {
+    spec.exclusive_volume()
+        .and_then(|m| m.volume().map(str::to_string))
+}
+
+/// `depends_on` as service keys of the same project.
+fn dependency_keys(spec: &ServiceSpec) -> Vec<String> {
+    spec.depends_on
+        .iter()
+        .map(|d| format!("{}/{d}", spec.project()))
+        .collect()
+}
+
+/// Whether a running service mounts a named volume (its placement follows the volume).
+fn has_named_volume(rec: &ServiceRecord) -> bool {
+    rec.state == DesiredState::Running && rec.spec.mounts().iter().any(|m| m.volume().is_some())
+}
+
 fn keep_running(instances: &[Instance], key: &str) -> Vec<DesiredGroup> {
     let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
     for i in instances
@@ -1802,6 +1912,17 @@ pub fn plugin_service(spec: &ServiceSpec, replicas: u32) -> types::Service {
         }
         for (k, v) in &d.params {
             put(k, v.clone());
+        }
+    }
+    // Never two writers on one volume: a stop-first service's rollout retires the old
+    // instance before the new one exists (the decision core holds the start until then).
+    if spec.exclusive_volume().is_some() {
+        params.retain(|p| p.key != "max_surge" && p.key != "max_unavailable");
+        for (key, value) in [("max_surge", "0"), ("max_unavailable", "1")] {
+            params.push(types::Pair {
+                key: key.to_string(),
+                value: value.to_string(),
+            });
         }
     }
     types::Service {

@@ -51,6 +51,10 @@ pub enum Kind {
     /// The operator asked for a rollback.
     #[serde(rename = "rollout.rollback_requested")]
     RollbackRequested,
+    /// The controller consumed an operator request in a rollout step (or dropped it because
+    /// its rollout had ended): one per request accepted by the API.
+    #[serde(rename = "rollout.request_applied")]
+    RequestApplied,
     /// A new instance appeared.
     #[serde(rename = "instance.started")]
     InstanceStarted,
@@ -128,6 +132,7 @@ impl Kind {
         (Kind::RolloutRolledBack, "rollout.rolled_back"),
         (Kind::PromoteRequested, "rollout.promote_requested"),
         (Kind::RollbackRequested, "rollout.rollback_requested"),
+        (Kind::RequestApplied, "rollout.request_applied"),
         (Kind::InstanceStarted, "instance.started"),
         (Kind::InstanceReady, "instance.ready"),
         (Kind::InstanceUnready, "instance.unready"),
@@ -483,6 +488,42 @@ impl Events {
         if let Some(e) = rollout_progress(key, before, after) {
             self.emit(e);
         }
+    }
+
+    /// The controller consumed `request` in the step that left the rollout `after` (`None`:
+    /// no rollout any more), or dropped it because the rollout it was made against ended.
+    pub fn request_applied(
+        &self,
+        key: &str,
+        request: &orca_store::OperatorRequest,
+        after: Option<&RolloutRecord>,
+    ) {
+        let what = match request.kind {
+            orca_store::RequestKind::Promote => "promote",
+            orca_store::RequestKind::Rollback => "rollback",
+        };
+        let rev = request.candidate_revision;
+        let outcome = match after {
+            Some(r) if r.candidate_revision != rev => "dropped: its rollout was replaced",
+            Some(r) => match &r.phase {
+                RolloutPhase::Progressing => "applied: rollout continues",
+                RolloutPhase::Finished => "applied: rollout finished",
+                RolloutPhase::RolledBack { .. } | RolloutPhase::Failed { .. } => {
+                    "applied: rollout rolled back"
+                }
+            },
+            None => "dropped: no rollout any more",
+        };
+        self.emit(
+            Event::new(
+                Kind::RequestApplied,
+                format!("{what} request for revision {rev} {outcome}"),
+            )
+            .service(key)
+            .revision(rev)
+            .field("request", what)
+            .field("outcome", outcome),
+        );
     }
 
     /// A rollout of `key` started.

@@ -182,6 +182,8 @@ pub fn fingerprint(spec: &ServiceSpec, env_mac: &[u8; 32], commit: Option<&str>)
     // never replaces instances.
     spec.tls_cert = None;
     spec.tls_key = None;
+    // Start order is the controller's business: a new `depends_on` never replaces instances.
+    spec.depends_on = Vec::new();
     let canonical = serde_json::to_vec(&spec).expect("a service spec always serializes");
     let mut h = Sha256::new();
     h.update(b"orca.fingerprint.v1\0");

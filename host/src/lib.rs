@@ -21,6 +21,7 @@
 //! - [`process`]: process-wide settings (fd limit, server umask, CLI SIGPIPE).
 //! - [`plugins`]: the WebAssembly plugin runtime (wasmtime); the only module that knows wasmtime.
 //! - [`stats`]: the stats loop sampling instance memory and CPU.
+//! - [`volumes`]: Docker volume names and labels, host-path checks, mounts, volume placement.
 //! - [`webhooks`]: webhook deliveries: plugin choice, hooks and secrets, dedupe, redeploys.
 //! - [`build`]: git-build's host side: the builder plugin's capabilities (checkout, image
 //!   build), build records and logs.
@@ -56,4 +57,5 @@ pub mod server;
 pub mod stats;
 pub mod update;
 pub mod version;
+pub mod volumes;
 pub mod webhooks;

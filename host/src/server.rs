@@ -292,6 +292,12 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         .nodes
         .host_port_range()
         .expect("checked when cluster.toml was loaded");
+    let host_paths: Vec<std::path::PathBuf> = cluster
+        .volumes
+        .host_paths
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
     let controller = Arc::new(
         Controller::new(
             runtime.clone(),
@@ -312,7 +318,8 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             host_ports,
             cluster.nodes.overlay_pools.clone(),
             cluster.nodes.drain_parallel,
-        ),
+        )
+        .with_host_paths(host_paths.clone()),
     );
     let handle = controller.handle();
     nodes.set_controller(handle.clone());
@@ -387,6 +394,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         events,
         notifier,
         nodes: nodes.clone(),
+        host_paths: Arc::new(host_paths),
     };
     let app = api::app(state);
     let tls_app = app.clone();

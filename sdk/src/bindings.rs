@@ -31,8 +31,8 @@ pub mod placement {
         path: "../wit",
         world: "orca:plugin/placement",
         with: {
-            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.3.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.3.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -47,8 +47,8 @@ pub mod probe {
         path: "../wit",
         world: "orca:plugin/probe",
         with: {
-            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.3.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.3.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -63,8 +63,8 @@ pub mod webhook {
         path: "../wit",
         world: "orca:plugin/webhook",
         with: {
-            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.3.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.3.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -79,8 +79,8 @@ pub mod builder {
         path: "../wit",
         world: "orca:plugin/builder",
         with: {
-            "orca:plugin/types@0.2.0": crate::__bindings::strategy::orca::plugin::types,
-            "orca:plugin/logging@0.2.0": crate::__bindings::strategy::orca::plugin::logging,
+            "orca:plugin/types@0.3.0": crate::__bindings::strategy::orca::plugin::types,
+            "orca:plugin/logging@0.3.0": crate::__bindings::strategy::orca::plugin::logging,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -354,6 +354,15 @@ pub(crate) mod convert {
                 }
                 sdk::WebhookOutcome::Ignore(reason) => wit::WebhookOutcome::Ignore(reason),
                 sdk::WebhookOutcome::Pong => wit::WebhookOutcome::Pong,
+            }
+        }
+    }
+
+    impl From<crate::strategy::InvalidParam> for wit::ParamError {
+        fn from(e: crate::strategy::InvalidParam) -> Self {
+            wit::ParamError {
+                key: e.key,
+                message: e.message,
             }
         }
     }

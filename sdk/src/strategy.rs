@@ -1,9 +1,11 @@
 //! Deployment strategies (the `strategy` world): a step function the host calls whenever a
 //! rollout's observed state changes.
 
+use std::fmt;
 use std::marker::PhantomData;
 
-use crate::types::{Action, RolloutState, Step};
+use crate::params::ParamError;
+use crate::types::{Action, RolloutState, Service, Step};
 
 /// A deployment strategy.
 ///
@@ -26,6 +28,60 @@ use crate::types::{Action, RolloutState, Step};
 pub trait Strategy {
     /// The next step of the rollout described by `state`.
     fn plan(&self, state: &RolloutState) -> Result<Step, String>;
+
+    /// Checks the service's parameters when it is deployed (`orca:plugin@0.3.0`'s
+    /// `check-params`), before anything is stored: an error refuses the deploy with HTTP 400
+    /// naming the key and the plugin, so a typo fails `orca deploy` instead of the rollout.
+    /// `service` is what [`plan`](Strategy::plan) will see as [`RolloutState::service`]
+    /// (`[service.deploy.params]` plus the deploy settings, as JSON text). Pure: no state, no
+    /// clock. The default accepts everything; a strategy that reads parameters should check
+    /// them here with the same code `plan` uses ([`ParamError`] converts with `?`).
+    fn check_params(&self, service: &Service) -> Result<(), InvalidParam> {
+        let _ = service;
+        Ok(())
+    }
+}
+
+/// A parameter a strategy refuses at deploy: its key and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidParam {
+    /// The parameter's key, as the service file writes it.
+    pub key: String,
+    /// Why, e.g. `expected a percentage from 1 to 100, got 150`.
+    pub message: String,
+}
+
+impl InvalidParam {
+    /// The parameter `key` is refused because of `message`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> InvalidParam {
+        InvalidParam {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for InvalidParam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "parameter {:?}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for InvalidParam {}
+
+impl From<ParamError> for InvalidParam {
+    fn from(e: ParamError) -> InvalidParam {
+        InvalidParam {
+            message: format!("expected {}, got {}", e.expected, e.value),
+            key: e.key,
+        }
+    }
+}
+
+impl From<InvalidParam> for String {
+    fn from(e: InvalidParam) -> String {
+        e.to_string()
+    }
 }
 
 /// The most instances a `ScaleCandidate` / `ScaleStable` action may ask for.
@@ -86,9 +142,17 @@ impl<T: Strategy + Default> crate::__bindings::strategy::Guest for __Export<T> {
     ) -> Result<crate::__bindings::wit::Step, String> {
         T::default().plan(&state.into()).map(Into::into)
     }
+
+    fn check_params(
+        service: crate::__bindings::wit::Service,
+    ) -> Result<(), crate::__bindings::wit::ParamError> {
+        T::default()
+            .check_params(&service.into())
+            .map_err(Into::into)
+    }
 }
 
-/// Exports a [`Strategy`] as the component's `plan` function.
+/// Exports a [`Strategy`] as the component's `plan` and `check-params` functions.
 ///
 /// The type must implement [`Strategy`] and [`Default`]. Use the macro once, at the top level
 /// of the plugin crate's `lib.rs`:
@@ -138,6 +202,27 @@ macro_rules! export_strategy {
 mod tests {
     use super::*;
     use crate::types::Traffic;
+
+    #[test]
+    fn invalid_params_name_their_key() {
+        let service = Service {
+            params: vec![crate::types::Pair {
+                key: "n".into(),
+                value: "\"abc\"".into(),
+            }],
+            ..Service::default()
+        };
+        let from_parse: InvalidParam = service.param_u64("n").unwrap_err().into();
+        assert_eq!(from_parse.key, "n");
+        assert_eq!(
+            String::from(from_parse),
+            "parameter \"n\": expected a non-negative integer, got \"abc\""
+        );
+        assert_eq!(
+            InvalidParam::new("w", "too big").to_string(),
+            "parameter \"w\": too big"
+        );
+    }
 
     #[test]
     fn host_limits_are_checked() {

@@ -529,6 +529,11 @@ pub fn containers(cluster: &str) -> Vec<(String, String, String)> {
 /// server is gone, possibly after a first sweep here listed nothing. So the sweep repeats
 /// until a look a moment later finds nothing of the cluster.
 pub fn remove_cluster_containers(cluster: &str) {
+    remove_containers_and_networks(cluster);
+    remove_cluster_volumes(cluster);
+}
+
+fn remove_containers_and_networks(cluster: &str) {
     for _ in 0..20 {
         let ids: Vec<String> = containers(cluster).into_iter().map(|c| c.0).collect();
         let networks = cluster_network_ids(cluster);
@@ -549,6 +554,31 @@ pub fn remove_cluster_containers(cluster: &str) {
         for id in cluster_network_ids(cluster) {
             let _ = Command::new("docker").args(["network", "rm", &id]).output();
         }
+    }
+}
+
+/// Removes the named volumes labelled with a cluster's name (test cleanup; once its
+/// containers are gone, nothing uses them).
+pub fn remove_cluster_volumes(cluster: &str) {
+    let out = Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=orca.cluster={cluster}"),
+        ])
+        .output()
+        .unwrap();
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !names.is_empty() {
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f"])
+            .args(&names)
+            .output();
     }
 }
 

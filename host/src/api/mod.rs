@@ -12,6 +12,7 @@ mod nodes;
 pub mod openapi;
 mod plugins;
 mod services;
+mod volumes;
 mod webhooks;
 mod whoami;
 
@@ -71,6 +72,8 @@ pub struct AppState<R: ContainerRuntime> {
     pub notifier: Arc<crate::notify::Notifier>,
     /// Agent nodes: join tokens, the node table, sessions.
     pub nodes: Arc<crate::nodes::Nodes>,
+    /// `[volumes] host_paths`: where bind mounts may come from.
+    pub host_paths: Arc<Vec<std::path::PathBuf>>,
 }
 
 impl<R: ContainerRuntime> Clone for AppState<R> {
@@ -93,6 +96,7 @@ impl<R: ContainerRuntime> Clone for AppState<R> {
             events: self.events.clone(),
             notifier: self.notifier.clone(),
             nodes: self.nodes.clone(),
+            host_paths: self.host_paths.clone(),
         }
     }
 }
@@ -188,6 +192,12 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
     ("GET", "/api/v1/plugins", Some(Permission::Read)),
     ("POST", "/api/v1/plugins", Some(Permission::Deploy)),
     ("PUT", "/api/v1/plugins/{name}", Some(Permission::Admin)),
+    ("GET", "/api/v1/volumes", Some(Permission::Read)),
+    (
+        "DELETE",
+        "/api/v1/volumes/{project}/{name}",
+        Some(Permission::Admin),
+    ),
     ("GET", "/api/v1/events", Some(Permission::Read)),
     ("GET", "/api/v1/notifications", Some(Permission::Read)),
     ("GET", "/api/v1/health", None),
@@ -332,6 +342,11 @@ fn rest_app<R: ContainerRuntime>(state: AppState<R>) -> Router {
         )
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/whoami", guard(Read, get(whoami::whoami)))
+        .route("/api/v1/volumes", guard(Read, get(volumes::list::<R>)))
+        .route(
+            "/api/v1/volumes/{project}/{name}",
+            guard(Admin, delete(volumes::remove::<R>)),
+        )
         .route("/api/v1/events", guard(Read, get(events::list::<R>)))
         .route(
             "/api/v1/notifications",

@@ -305,6 +305,22 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "GET",
+        "/api/v1/volumes",
+        "Named volumes of this cluster with the services and containers that use them",
+        None,
+        N,
+        J(object),
+    ),
+    op(
+        "DELETE",
+        "/api/v1/volumes/{project}/{name}",
+        "Remove a named volume and its data (refused while a container or running service uses it)",
+        None,
+        N,
+        J(object),
+    ),
+    op(
+        "GET",
         "/api/v1/events",
         "The event stream (filters: service, project, kind, since, after, limit); follow=true streams server-sent events",
         None,

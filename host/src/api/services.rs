@@ -39,6 +39,40 @@ pub async fn metrics<R: ContainerRuntime>(State(s): State<AppState<R>>) -> Respo
         .into_response()
 }
 
+/// The service's strategy (the default one if it names none) exists, is a strategy, and
+/// accepts the service's parameters (`check-params`; strategies built against
+/// `orca:plugin` 0.1/0.2 have no check and accept everything). Runs the plugin off the
+/// async threads; a check that traps or times out refuses the deploy too.
+async fn check_strategy<R: ContainerRuntime>(
+    s: &AppState<R>,
+    spec: &orca_config::ServiceSpec,
+) -> Result<(), ApiError> {
+    let reference = spec
+        .deploy
+        .as_ref()
+        .and_then(|d| d.strategy.clone())
+        .unwrap_or_else(|| crate::rollout::DEFAULT_STRATEGY.to_string());
+    let name = spec.name.clone();
+    let plugin = s
+        .registry
+        .resolve(&reference, World::Strategy)
+        .map_err(|e| ApiError::bad_request(format!("service \"{name}\": {e}")))?;
+    let service = crate::controller::plugin_service(spec, spec.replicas);
+    let checked = tokio::task::spawn_blocking(move || plugin.check_params(&service))
+        .await
+        .map_err(|e| ApiError::internal(format!("strategy parameter check panicked: {e}")))?;
+    match checked {
+        Ok(None) => Ok(()),
+        Ok(Some(refused)) => Err(ApiError::bad_request(format!(
+            "service \"{name}\": strategy {reference} refuses parameter \"{}\": {}",
+            refused.key, refused.message
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "service \"{name}\": strategy {reference} could not check its parameters: {e}"
+        ))),
+    }
+}
+
 /// `POST /api/v1/deploy`: validates the whole request, then stores it in one transaction.
 pub async fn deploy<R: ContainerRuntime>(
     State(s): State<AppState<R>>,
@@ -57,11 +91,7 @@ pub async fn deploy<R: ContainerRuntime>(
         })?;
     }
     for spec in &specs {
-        if let Some(strategy) = spec.deploy.as_ref().and_then(|d| d.strategy.as_deref()) {
-            s.registry
-                .resolve(strategy, World::Strategy)
-                .map_err(|e| ApiError::bad_request(format!("service \"{}\": {e}", spec.name)))?;
-        }
+        check_strategy(&s, spec).await?;
     }
     // A domain belongs to one service: refuse to take one from a service outside this request.
     // (Checked here before any build; the store checks again in the deploy's transaction.)
@@ -81,6 +111,7 @@ pub async fn deploy<R: ContainerRuntime>(
             }
         }
     }
+    check_mounts_and_dependencies(&s, &specs)?;
     // Services with `[service.build]` and no image are built first (from their branch's
     // head); a failed build fails the deploy and changes nothing.
     let mut commits = Vec::with_capacity(specs.len());
@@ -146,6 +177,65 @@ pub async fn deploy<R: ContainerRuntime>(
             "replicas": specs.iter().find(|sp| sp.project() == o.project && sp.name == o.name).map(|sp| sp.replicas),
         })).collect::<Vec<_>>(),
     })))
+}
+
+/// Host paths only under `[volumes] host_paths` (resolved on this machine), and
+/// `depends_on` naming services of the same project — of this request or already stored —
+/// without a cycle among the request and what is stored. Nothing is stored if one fails.
+fn check_mounts_and_dependencies<R: ContainerRuntime>(
+    s: &AppState<R>,
+    specs: &[orca_config::ServiceSpec],
+) -> Result<(), ApiError> {
+    for spec in specs {
+        crate::volumes::check_host_paths(spec, &s.host_paths)
+            .map_err(|e| ApiError::bad_request(format!("service \"{}\": {e}", spec.key())))?;
+    }
+    if specs.iter().all(|sp| sp.depends_on.is_empty()) {
+        return Ok(());
+    }
+    // The project's services after this deploy: the request's, then the stored others.
+    let stored = s.store.list_services()?;
+    let mut after: HashMap<(String, String), Vec<String>> = stored
+        .iter()
+        .map(|r| {
+            (
+                (r.spec.project().to_string(), r.spec.name.clone()),
+                r.spec.depends_on.clone(),
+            )
+        })
+        .collect();
+    for sp in specs {
+        after.insert(
+            (sp.project().to_string(), sp.name.clone()),
+            sp.depends_on.clone(),
+        );
+    }
+    for sp in specs {
+        for (i, dep) in sp.depends_on.iter().enumerate() {
+            if !after.contains_key(&(sp.project().to_string(), dep.clone())) {
+                return Err(ApiError::bad_request(format!(
+                    "service \"{}\": field `depends_on[{i}]`: unknown service {dep:?} in project \"{}\" (neither in this deploy nor deployed)",
+                    sp.key(),
+                    sp.project()
+                )));
+            }
+        }
+    }
+    let projects: HashSet<&str> = specs.iter().map(|sp| sp.project()).collect();
+    for project in projects {
+        let graph: std::collections::BTreeMap<&str, Vec<&str>> = after
+            .iter()
+            .filter(|((p, _), _)| p == project)
+            .map(|((_, n), deps)| (n.as_str(), deps.iter().map(String::as_str).collect()))
+            .collect();
+        if let Some(cycle) = orca_config::service::dependency_cycle(&graph) {
+            return Err(ApiError::bad_request(format!(
+                "project \"{project}\": field `depends_on`: dependency cycle: {} (with the services already deployed)",
+                cycle.join(" -> ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// For a spec with `[service.build]` and no `image`: resolves the branch head, reuses the
@@ -280,6 +370,9 @@ pub async fn status<R: ContainerRuntime>(
                 json!({
                     "phase": phase,
                     "reason": reason,
+                    // Why the rollout of a service with a writable, not shared volume has
+                    // a short gap: the old instance stops before the new one starts.
+                    "stop_first": rec.spec.exclusive_volume().and_then(|m| m.volume().map(|v| format!("stop-first: volume {v} is not shared"))),
                     "strategy": r.strategy,
                     "stable_revision": r.stable_revision,
                     "candidate_revision": r.candidate_revision,
@@ -376,6 +469,9 @@ pub async fn status<R: ContainerRuntime>(
                 ..Default::default()
             })?,
             "backing_off_until_ms": view.backing_off.get(&key),
+            "waiting": view.waiting.get(&key),
+            "volumes": rec.spec.volumes,
+            "depends_on": rec.spec.depends_on,
             "instances": instances,
         }));
     }
@@ -459,6 +555,15 @@ pub async fn scale<R: ContainerRuntime>(
         )));
     }
     let rec = find_service(&s, &name, q.project.as_deref())?;
+    if replicas > 1 {
+        if let Some(m) = rec.spec.exclusive_volume() {
+            let volume = m.volume().unwrap_or_default();
+            return Err(ApiError::bad_request(format!(
+                "field `replicas`: {replicas}: volume {volume} is not shared: at most 1 replica; declare it \"{volume}:{}:shared\" if the application coordinates writers",
+                m.target
+            )));
+        }
+    }
     let rec = s
         .store
         .set_replicas(rec.spec.project(), &rec.spec.name, replicas, now_unix())?;

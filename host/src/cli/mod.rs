@@ -176,6 +176,9 @@ enum Command {
     /// Manage a project's secrets.
     #[command(subcommand)]
     Secrets(SecretsCmd),
+    /// Named volumes: list them, remove one (its data is gone).
+    #[command(subcommand)]
+    Volume(VolumeCmd),
     /// Webhooks: pushes that redeploy (and build) services. Without a subcommand: list.
     Webhooks {
         #[command(subcommand)]
@@ -313,6 +316,18 @@ enum WebhooksCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum VolumeCmd {
+    /// Named volumes with the services and containers that use them.
+    Ls,
+    /// Remove a named volume and its data (admin); refused while a container or a running
+    /// service uses it (`orca stop SERVICE` first).
+    Rm {
+        /// PROJECT/NAME, e.g. `shop/data`.
+        volume: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum SecretsCmd {
     /// Set a secret, stored encrypted; use it as ${secrets.KEY} in service.toml.
     Set {
@@ -418,14 +433,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (mut specs, dirs) = load_specs(&config_dir, &services)?;
             let tls = read_certificates(&specs, &dirs)?;
             let c = client()?;
-            upload_plugin_paths(&c, &mut specs, &dirs).await?;
+            let uploaded = upload_plugin_paths(&c, &mut specs, &dirs).await?;
             let answer = c
                 .call(
                     Method::POST,
                     "/api/v1/deploy",
                     Some(json!({ "services": specs, "tls": tls })),
                 )
-                .await?;
+                .await
+                .map_err(|e| as_written(e, &uploaded))?;
             for s in answer["services"].as_array().into_iter().flatten() {
                 println!(
                     "{}/{}: revision {} ({})",
@@ -743,6 +759,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .call(Method::PUT, &path, Some(json!({ "value": value })))
                 .await?;
             println!("{project}: secret {key} set");
+            Ok(())
+        }
+        Command::Volume(VolumeCmd::Ls) => {
+            let v = client()?.call(Method::GET, "/api/v1/volumes", None).await?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!(
+                "{:<24} {:<24} {:<40} {:<20} CONTAINERS",
+                "PROJECT/NAME", "NODE", "DOCKER VOLUME", "SERVICES"
+            );
+            let list = |x: &Value| {
+                let items: Vec<&str> = x
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                if items.is_empty() {
+                    "-".to_string()
+                } else {
+                    items.join(",")
+                }
+            };
+            for vol in v["volumes"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<24} {:<40} {:<20} {}",
+                    format!(
+                        "{}/{}",
+                        vol["project"].as_str().unwrap_or(""),
+                        vol["name"].as_str().unwrap_or("")
+                    ),
+                    vol["node"].as_str().unwrap_or(""),
+                    vol["docker_name"].as_str().unwrap_or(""),
+                    list(&vol["services"]),
+                    list(&vol["containers"]),
+                );
+            }
+            Ok(())
+        }
+        Command::Volume(VolumeCmd::Rm { volume }) => {
+            let Some((project, name)) = volume.split_once('/') else {
+                anyhow::bail!("volume {volume:?}: expected PROJECT/NAME, e.g. shop/data");
+            };
+            let path = format!("/api/v1/volumes/{}/{}", enc(project), enc(name));
+            let v = client()?.call(Method::DELETE, &path, None).await?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!(
+                "volume {project}/{name} removed (Docker volume {})",
+                v["removed"]["docker_name"].as_str().unwrap_or("")
+            );
             Ok(())
         }
         Command::Secrets(SecretsCmd::List { project }) => {
@@ -1088,13 +1157,32 @@ fn read_certificates(
     Ok(uploads)
 }
 
+/// The server's error with each uploaded plugin's `sha256:<hex>` replaced by the path the
+/// service file wrote (`./ramp.wasm (sha256:1a2b3c4d…)`).
+fn as_written(e: anyhow::Error, uploaded: &[(String, String)]) -> anyhow::Error {
+    let mut message = format!("{e:#}");
+    if !uploaded
+        .iter()
+        .any(|(reference, _)| message.contains(reference.as_str()))
+    {
+        return e;
+    }
+    for (reference, written) in uploaded {
+        let short: String = reference.chars().take("sha256:".len() + 8).collect();
+        message = message.replace(reference.as_str(), &format!("{written} ({short}…)"));
+    }
+    anyhow::anyhow!(message)
+}
+
 /// Uploads every `./path.wasm` strategy (relative to its project directory) and rewrites the
-/// reference to the uploaded component's `sha256:<hex>`.
+/// reference to the uploaded component's `sha256:<hex>`; returns each reference with the path
+/// as written, for messages.
 async fn upload_plugin_paths(
     c: &Client,
     specs: &mut [ServiceSpec],
     dirs: &BTreeMap<String, PathBuf>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut uploaded = Vec::new();
     for spec in specs.iter_mut() {
         let project = spec.project().to_string();
         let Some(deploy) = spec.deploy.as_mut() else {
@@ -1130,9 +1218,10 @@ async fn upload_plugin_paths(
         let reference = v["reference"]
             .as_str()
             .context("upload answered no reference")?;
+        uploaded.push((reference.to_string(), strategy.clone()));
         *strategy = reference.to_string();
     }
-    Ok(())
+    Ok(uploaded)
 }
 
 /// Waits until every deployed service runs its new revision on all replicas, or its rollout
@@ -1355,6 +1444,9 @@ fn print_status(v: &Value) {
         if let Some(e) = s["error"].as_str() {
             println!("  ! {e}");
         }
+        if let Some(w) = s["waiting"].as_str() {
+            println!("  {w}");
+        }
         for e in s["events"].as_array().into_iter().flatten() {
             println!("  event {}", events::line(e));
         }
@@ -1411,6 +1503,11 @@ fn print_status(v: &Value) {
                     .map(|x| format!(": {x}"))
                     .unwrap_or_default()
             );
+            if let (Some(why), "progressing") =
+                (r["stop_first"].as_str(), r["phase"].as_str().unwrap_or(""))
+            {
+                println!("  {why}: the old instance stops before the new one starts (a short gap)");
+            }
         }
         for i in s["instances"].as_array().into_iter().flatten() {
             println!(

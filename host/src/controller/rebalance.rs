@@ -102,6 +102,13 @@ impl<R: ContainerRuntime> Controller<R> {
             if r.evicted.values().any(|s| *s == key) {
                 continue;
             }
+            // A named volume lives on its node: moving the instance would leave its data
+            // behind (and a stop-first service could never start the replacement beside it).
+            if spec.mounts().iter().any(|m| m.volume().is_some()) {
+                info!(service = %key, "rebalance leaves a service with named volumes where it is");
+                r.wanted.remove(&key);
+                continue;
+            }
             let mine: Vec<(&str, &str, u32, bool)> = instances
                 .iter()
                 .filter(|i| i.service == key && !i.is_failed())

@@ -495,6 +495,11 @@ async fn route<R: ContainerRuntime>(
         (Method::POST, path::SWARM_LEAVE, _) => answer(engine.swarm_leave().await),
         (Method::GET, path::NODE, _) => answer(engine.node_info().await),
         (Method::GET, path::CONTAINERS, _) => answer(engine.list().await),
+        (Method::GET, path::VOLUMES, _) => answer(engine.list_volumes().await),
+        (Method::POST, path::VOLUMES_REMOVE, _) => match read_json::<String>(req).await {
+            Ok(name) => answer(engine.remove_volume(&name).await),
+            Err(e) => bad_request(&e),
+        },
         (Method::POST, path::CONTAINERS, _) => match read_json::<ContainerSpec>(req).await {
             Ok(spec) => answer(engine.create_and_start(&spec).await),
             Err(e) => bad_request(&e),

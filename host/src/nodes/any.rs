@@ -81,6 +81,14 @@ impl<R: ContainerRuntime> ContainerRuntime for NodeRuntime<R> {
         both!(self, r => r.node_info().await)
     }
 
+    async fn list_volumes(&self) -> Result<Vec<orca_docker::VolumeInfo>, RuntimeError> {
+        both!(self, r => r.list_volumes().await)
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        both!(self, r => r.remove_volume(name).await)
+    }
+
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
         both!(self, r => r.image_exists(image).await)
     }

@@ -96,6 +96,8 @@ pub mod path {
     pub const EVENTS: &str = "/v1/events";
     pub const NODE: &str = "/v1/node";
     pub const IMAGE_EXISTS: &str = "/v1/images/exists";
+    pub const VOLUMES: &str = "/v1/volumes";
+    pub const VOLUMES_REMOVE: &str = "/v1/volumes/remove";
     pub const IMAGE_LOAD: &str = "/v1/images/load";
     pub const IMAGE_PULL: &str = "/v1/images/pull";
     pub const SWARM: &str = "/v1/swarm";

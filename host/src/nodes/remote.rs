@@ -13,7 +13,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use orca_docker::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStats, LogLine, NodeInfo,
-    RuntimeError, RuntimeEvent, SwarmInfo, SwarmJoin,
+    RuntimeError, RuntimeEvent, SwarmInfo, SwarmJoin, VolumeInfo,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -320,6 +320,21 @@ impl ContainerRuntime for RemoteRuntime {
     async fn node_info(&self) -> Result<NodeInfo, RuntimeError> {
         self.call(Method::GET, path::NODE, empty(), CALL_TIMEOUT)
             .await
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, RuntimeError> {
+        self.call(Method::GET, path::VOLUMES, empty(), CALL_TIMEOUT)
+            .await
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        self.call(
+            Method::POST,
+            path::VOLUMES_REMOVE,
+            json_body(&name),
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {

@@ -1,7 +1,8 @@
-//! `bindgen!` of the live contract (`wit/types.wit`, `orca:plugin@0.2.0`): one module per
+//! `bindgen!` of the live contract (`wit/types.wit`, `orca:plugin@0.3.0`): one module per
 //! world, sharing the `types` and `logging` interfaces of the `strategy` module through
 //! `with`, and the conversions between the bindgen records and orca's own types
-//! (`super::types`). The released 0.1.0 contract has its own bindings in `super::v0_1`.
+//! (`super::types`). The released 0.1.0 and 0.2.0 contracts have their own bindings in `super::v0_1` and
+//! `super::v0_2`.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -71,7 +72,7 @@ fn pairs(p: &[orca::Pair]) -> Vec<wit::Pair> {
         .collect()
 }
 
-fn service(s: &orca::Service) -> wit::Service {
+pub(crate) fn service(s: &orca::Service) -> wit::Service {
     wit::Service {
         project: s.project.clone(),
         name: s.name.clone(),
@@ -312,6 +313,13 @@ pub(crate) fn rejection(r: wit::Rejection) -> orca::Rejection {
     orca::Rejection {
         status: r.status,
         reason: r.reason,
+    }
+}
+
+pub(crate) fn param_error(e: wit::ParamError) -> orca::ParamError {
+    orca::ParamError {
+        key: e.key,
+        message: e.message,
     }
 }
 

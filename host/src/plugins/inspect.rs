@@ -14,19 +14,34 @@ pub const PACKAGE: &str = "orca:plugin";
 
 /// The live version of [`PACKAGE`] (`wit/types.wit`): what the SDK and the default plugins
 /// are built against.
-pub const CURRENT_VERSION: &str = "0.2.0";
+pub const CURRENT_VERSION: &str = "0.3.0";
 
 /// The versions of [`PACKAGE`] the host loads, as semver-compatible families (`0.1` is any
 /// `0.1.x`): the released, frozen ones (`wit/released/`) and the live one.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.1", "0.2"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.1", "0.2", "0.3"];
+
+/// `0.1.x, 0.2.x and 0.3.x`: [`SUPPORTED_VERSIONS`] for messages.
+fn supported_list() -> String {
+    let all: Vec<String> = SUPPORTED_VERSIONS
+        .iter()
+        .map(|v| format!("{v}.x"))
+        .collect();
+    match all.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
 
 /// A version of the contract the host serves (one per [`SUPPORTED_VERSIONS`] entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Contract {
     /// `orca:plugin@0.1.x`, released and frozen in `wit/released/0.1.0/`.
     V0_1,
-    /// `orca:plugin@0.2.x`, the live `wit/types.wit`.
+    /// `orca:plugin@0.2.x`, released and frozen in `wit/released/0.2.0/`.
     V0_2,
+    /// `orca:plugin@0.3.x`, the live `wit/types.wit`.
+    V0_3,
 }
 
 impl Contract {
@@ -36,6 +51,7 @@ impl Contract {
         match (parts.next(), parts.next()) {
             (Some("0"), Some("1")) => Some(Contract::V0_1),
             (Some("0"), Some("2")) => Some(Contract::V0_2),
+            (Some("0"), Some("3")) => Some(Contract::V0_3),
             _ => None,
         }
     }
@@ -45,6 +61,7 @@ impl Contract {
         match self {
             Contract::V0_1 => "orca:plugin@0.1.0",
             Contract::V0_2 => "orca:plugin@0.2.0",
+            Contract::V0_3 => "orca:plugin@0.3.0",
         }
     }
 }
@@ -70,11 +87,7 @@ pub(crate) fn contract_of(
         let Some(contract) = Contract::of(version) else {
             return Err(format!(
                 "built against {PACKAGE}@{version} (imports {name}); this host loads {PACKAGE} {}",
-                SUPPORTED_VERSIONS
-                    .iter()
-                    .map(|v| format!("{v}.x"))
-                    .collect::<Vec<_>>()
-                    .join(" and ")
+                supported_list()
             ));
         };
         match &found {
@@ -218,7 +231,8 @@ mod tests {
         assert_eq!(Contract::of("0.1.0"), Some(Contract::V0_1));
         assert_eq!(Contract::of("0.1.7"), Some(Contract::V0_1));
         assert_eq!(Contract::of("0.2.0"), Some(Contract::V0_2));
-        assert_eq!(Contract::of("0.3.0"), None);
+        assert_eq!(Contract::of("0.3.0"), Some(Contract::V0_3));
+        assert_eq!(Contract::of("0.4.0"), None);
         assert_eq!(Contract::of("1.0.0"), None);
     }
 

@@ -1,10 +1,11 @@
 //! The WebAssembly plugin runtime: loads components implementing the worlds of
-//! `wit/types.wit` (`orca:plugin@0.2.0`, and the released `0.1.0`: see `v0_1` and
+//! `wit/types.wit` (`orca:plugin@0.3.0`, and the released `0.1.0` and `0.2.0`: see `v0_1`,
+//! `v0_2` and
 //! `wit/README.md`) and calls them under a deadline and a memory cap.
 //!
 //! **Architecture invariant: only this module knows wasmtime.** Its API speaks orca's own
 //! types ([`types`]); `bindgen!` runs once per world and supported WIT version (`bindings`
-//! for the live 0.2.0, `v0_1` for the released 0.1.0), and no bindgen type leaves this
+//! for the live 0.3.0, `v0_1` and `v0_2` for the released ones), and no bindgen type leaves this
 //! module.
 //!
 //! # Model
@@ -59,9 +60,11 @@ mod endpoint;
 mod error;
 mod host;
 mod inspect;
+mod released;
 mod runtime;
 pub mod types;
 mod v0_1;
+mod v0_2;
 mod validate;
 
 use std::path::{Path, PathBuf};

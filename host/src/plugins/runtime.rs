@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store,
@@ -22,7 +23,7 @@ use super::error::PluginError;
 use super::host::{truncate, HostState};
 use super::inspect::Contract;
 use super::types::*;
-use super::{cache, inspect, v0_1, validate};
+use super::{cache, inspect, v0_1, v0_2, validate};
 
 /// Resource limits of plugin calls. Each one stops an attack or an accident: the deadline an
 /// infinite loop, the memory cap an allocation bomb, the plugin-state cap a strategy growing
@@ -132,7 +133,7 @@ impl Drop for Inner {
 }
 
 /// One linker per world, holding exactly the host interfaces that world imports, under the
-/// names of every supported contract version (`@0.1.0` and `@0.2.0`).
+/// names of every supported contract version (`@0.1.0`, `@0.2.0` and `@0.3.0`).
 struct Linkers {
     strategy: Linker<HostState>,
     placement: Linker<HostState>,
@@ -146,18 +147,23 @@ impl Linkers {
         let mut strategy = Linker::new(engine);
         strategy::Strategy::add_to_linker::<_, HasSelf<HostState>>(&mut strategy, |s| s)?;
         v0_1::strategy::Strategy::add_to_linker::<_, HasSelf<HostState>>(&mut strategy, |s| s)?;
+        v0_2::strategy::Strategy::add_to_linker::<_, HasSelf<HostState>>(&mut strategy, |s| s)?;
         let mut placement = Linker::new(engine);
         placement::Placement::add_to_linker::<_, HasSelf<HostState>>(&mut placement, |s| s)?;
         v0_1::placement::Placement::add_to_linker::<_, HasSelf<HostState>>(&mut placement, |s| s)?;
+        v0_2::placement::Placement::add_to_linker::<_, HasSelf<HostState>>(&mut placement, |s| s)?;
         let mut probe = Linker::new(engine);
         probe::Probe::add_to_linker::<_, HasSelf<HostState>>(&mut probe, |s| s)?;
         v0_1::probe::Probe::add_to_linker::<_, HasSelf<HostState>>(&mut probe, |s| s)?;
+        v0_2::probe::Probe::add_to_linker::<_, HasSelf<HostState>>(&mut probe, |s| s)?;
         let mut webhook = Linker::new(engine);
         webhook::Webhook::add_to_linker::<_, HasSelf<HostState>>(&mut webhook, |s| s)?;
         v0_1::webhook::Webhook::add_to_linker::<_, HasSelf<HostState>>(&mut webhook, |s| s)?;
+        v0_2::webhook::Webhook::add_to_linker::<_, HasSelf<HostState>>(&mut webhook, |s| s)?;
         let mut builder = Linker::new(engine);
         builder::Builder::add_to_linker::<_, HasSelf<HostState>>(&mut builder, |s| s)?;
         v0_1::builder::Builder::add_to_linker::<_, HasSelf<HostState>>(&mut builder, |s| s)?;
+        v0_2::builder::Builder::add_to_linker::<_, HasSelf<HostState>>(&mut builder, |s| s)?;
         Ok(Linkers {
             strategy,
             placement,
@@ -187,11 +193,13 @@ struct Loaded {
     sha256: [u8; 32],
 }
 
-/// The typed entry point of a loaded component. Worlds whose records did not change since
-/// 0.1.0 are called through the live bindings whatever the component's version; `placement`
-/// has one variant per contract.
+/// The typed entry point of a loaded component. Worlds whose records and exports did not
+/// change since 0.1.0 are called through the live bindings whatever the component's version;
+/// `placement` has one variant per records' shape, `strategy` one per exports.
 enum Pre {
     Strategy(strategy::StrategyPre<HostState>),
+    /// A 0.1.x or 0.2.x strategy: `plan` only (no `check-params`).
+    StrategyPlanOnly(PlanOnly),
     Placement(placement::PlacementPre<HostState>),
     PlacementV0_1(v0_1::placement::PlacementPre<HostState>),
     Probe(probe::ProbePre<HostState>),
@@ -348,14 +356,29 @@ impl PluginRuntime {
             .map_err(|e| invalid(format!("linking against the {world} world: {e:#}")))?;
         let typed =
             |e: wasmtime::Error| invalid(format!("exports do not match the {world} world: {e:#}"));
-        let mut contract = named.unwrap_or(Contract::V0_2);
+        let mut contract = named.unwrap_or(Contract::V0_3);
         let pre = match world {
-            World::Strategy => Pre::Strategy(strategy::StrategyPre::new(pre).map_err(typed)?),
+            World::Strategy => match named {
+                Some(Contract::V0_1 | Contract::V0_2) => {
+                    Pre::StrategyPlanOnly(PlanOnly::new(pre).map_err(typed)?)
+                }
+                Some(Contract::V0_3) => {
+                    Pre::Strategy(strategy::StrategyPre::new(pre).map_err(typed)?)
+                }
+                // A component naming no version: whether it exports `check-params` decides.
+                None => match strategy::StrategyPre::new(pre.clone()) {
+                    Ok(p) => Pre::Strategy(p),
+                    Err(_) => {
+                        contract = Contract::V0_2;
+                        Pre::StrategyPlanOnly(PlanOnly::new(pre).map_err(typed)?)
+                    }
+                },
+            },
             World::Placement => match named {
                 Some(Contract::V0_1) => {
                     Pre::PlacementV0_1(v0_1::placement::PlacementPre::new(pre).map_err(typed)?)
                 }
-                Some(Contract::V0_2) => {
+                Some(Contract::V0_2 | Contract::V0_3) => {
                     Pre::Placement(placement::PlacementPre::new(pre).map_err(typed)?)
                 }
                 // A component naming no version: its `place` signature decides.
@@ -503,20 +526,52 @@ impl Plugin {
 
     /// Strategy: the next step of a rollout.
     pub fn plan(&self, state: &RolloutState) -> Result<Step, PluginError> {
-        let Pre::Strategy(pre) = &self.loaded.pre else {
-            return Err(self.wrong_world(World::Strategy));
-        };
         let input = bindings::rollout_state(state);
         let deadline = self.runtime.limits.call_deadline;
-        let out = self.call(
-            deadline,
-            |_| {},
-            |store| pre.instantiate(&mut *store)?.call_plan(&mut *store, &input),
-        )?;
+        let out = match &self.loaded.pre {
+            Pre::Strategy(pre) => self.call(
+                deadline,
+                |_| {},
+                |store| pre.instantiate(&mut *store)?.call_plan(&mut *store, &input),
+            )?,
+            Pre::StrategyPlanOnly(pre) => {
+                self.call(deadline, |_| {}, |store| pre.call_plan(store, &input))?
+            }
+            _ => return Err(self.wrong_world(World::Strategy)),
+        };
         let step = bindings::step(out.map_err(|e| self.failed(e))?);
         validate::step(&step, self.runtime.limits.max_plugin_state)
             .map_err(|e| self.invalid_output(e))?;
         Ok(step)
+    }
+
+    /// Strategy: checks `service`'s parameters at deploy. `Ok(None)` when the strategy
+    /// accepts them, and also for a 0.1.x/0.2.x strategy (those have no `check-params`);
+    /// `Ok(Some(..))` names the parameter it refuses and why.
+    pub fn check_params(&self, service: &Service) -> Result<Option<ParamError>, PluginError> {
+        let pre = match &self.loaded.pre {
+            Pre::Strategy(pre) => pre,
+            Pre::StrategyPlanOnly(_) => return Ok(None),
+            _ => return Err(self.wrong_world(World::Strategy)),
+        };
+        let input = bindings::service(service);
+        let deadline = self.runtime.limits.call_deadline;
+        let out = self.call(
+            deadline,
+            |_| {},
+            |store| {
+                pre.instantiate(&mut *store)?
+                    .call_check_params(&mut *store, &input)
+            },
+        )?;
+        match out {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                let e = bindings::param_error(e);
+                validate::param_error(&e).map_err(|r| self.invalid_output(r))?;
+                Ok(Some(e))
+            }
+        }
     }
 
     /// Placement: verdicts naming nodes of `nodes` by id. A 0.2 plugin answers for every
@@ -724,5 +779,48 @@ impl Plugin {
             plugin,
             reason: truncate(&reason, validate::MAX_REASON).to_string(),
         }
+    }
+}
+
+/// A strategy built against 0.1.x or 0.2.x: its `plan` export, called with the live records
+/// (`rollout-state` and `step` are unchanged since 0.1.0; [`PlanOnly::new`] type-checks the
+/// export against them at load, as `bindgen!`'s `StrategyPre::new` does).
+pub(crate) struct PlanOnly {
+    pre: wasmtime::component::InstancePre<HostState>,
+    plan: wasmtime::component::ComponentExportIndex,
+}
+
+type PlanParams<'a> = (&'a bindings::wit::RolloutState,);
+type PlanResults = (Result<bindings::wit::Step, String>,);
+
+impl PlanOnly {
+    fn new(pre: wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<PlanOnly> {
+        let instance_type = pre.instance_type();
+        let (item, plan) = pre
+            .component()
+            .get_export(None, "plan")
+            .ok_or_else(|| wasmtime::format_err!("no export `plan` found"))?;
+        match item {
+            ComponentItem::ComponentFunc(func) => {
+                wasmtime::error::Context::context(
+                    func.typecheck::<PlanParams<'_>, PlanResults>(&instance_type),
+                    "type-checking export func `plan`",
+                )?;
+            }
+            _ => return Err(wasmtime::format_err!("export `plan` is not a function")),
+        }
+        Ok(PlanOnly { pre, plan })
+    }
+
+    fn call_plan(
+        &self,
+        store: &mut Store<HostState>,
+        state: &bindings::wit::RolloutState,
+    ) -> wasmtime::Result<Result<bindings::wit::Step, String>> {
+        let instance = self.pre.instantiate(&mut *store)?;
+        let plan =
+            instance.get_typed_func::<PlanParams<'_>, PlanResults>(&mut *store, &self.plan)?;
+        let (out,) = plan.call(&mut *store, (state,))?;
+        Ok(out)
     }
 }

@@ -271,6 +271,15 @@ pub enum WebhookOutcome {
     Pong,
 }
 
+/// A parameter a strategy refuses at deploy (`check-params`, since `orca:plugin@0.3.0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    /// The parameter's key, e.g. `canary_weight` or a `[service.deploy.params]` key.
+    pub key: String,
+    /// Why, in the plugin's words.
+    pub message: String,
+}
+
 /// A refused delivery: HTTP status (4xx/5xx, checked by the host) and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::types::{Action, Hook, Node, Rejection, Step, Verdict, WebhookOutcome};
+use super::types::{Action, Hook, Node, ParamError, Rejection, Step, Verdict, WebhookOutcome};
 
 /// Largest instance count a strategy may ask for.
 pub const MAX_SCALE: u32 = 1000;
@@ -46,6 +46,26 @@ pub(crate) fn step(step: &Step, max_plugin_state: usize) -> Result<(), String> {
 
 /// At most one verdict per node, each naming a node of the request. Nodes without a verdict
 /// are infeasible for the caller.
+/// The longest parameter key a `param-error` may name, in bytes.
+pub const MAX_PARAM_KEY: usize = 128;
+
+/// A strategy's `param-error`: a key and a message, both non-empty and bounded.
+pub(crate) fn param_error(e: &ParamError) -> Result<(), String> {
+    if e.key.trim().is_empty() || e.key.len() > MAX_PARAM_KEY {
+        return Err(format!(
+            "param-error key must be 1 to {MAX_PARAM_KEY} bytes, got {} bytes",
+            e.key.len()
+        ));
+    }
+    if e.message.trim().is_empty() || e.message.len() > MAX_REASON {
+        return Err(format!(
+            "param-error message for {:?} must be 1 to {MAX_REASON} bytes",
+            e.key
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn verdicts(verdicts: &[Verdict], nodes: &[Node]) -> Result<(), String> {
     let known: HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     let mut seen = HashSet::with_capacity(verdicts.len());

@@ -21,7 +21,7 @@
 
 #![deny(unsafe_code)]
 
-use orca_plugin_sdk::strategy::Strategy;
+use orca_plugin_sdk::strategy::{InvalidParam, Strategy};
 use orca_plugin_sdk::types::{Action, RolloutState, Service, Step, Traffic};
 use orca_plugin_sdk::{log, Level};
 
@@ -57,7 +57,7 @@ pub struct Params {
 
 impl Params {
     /// Reads the parameters of `service`; an invalid one is an error naming it.
-    pub fn from_service(service: &Service) -> Result<Params, String> {
+    pub fn from_service(service: &Service) -> Result<Params, InvalidParam> {
         let weight: u32 = service.param_or("canary_weight", DEFAULT_WEIGHT)?;
         check_weight("canary_weight", weight)?;
         let steps = match service.param_raw("steps").map(str::trim) {
@@ -71,8 +71,9 @@ impl Params {
             service.param_or("progress_deadline_secs", DEFAULT_PROGRESS_DEADLINE_SECS)?;
         let max_error_rate: f64 = service.param_or("max_error_rate", 0.05)?;
         if !(0.0..=1.0).contains(&max_error_rate) {
-            return Err(format!(
-                "parameter max_error_rate = {max_error_rate} is out of range: allowed 0.0 to 1.0"
+            return Err(InvalidParam::new(
+                "max_error_rate",
+                format!("{max_error_rate} is out of range: allowed 0.0 to 1.0"),
             ));
         }
         let min_requests = service.param_or("min_requests", 20u64)?;
@@ -87,21 +88,23 @@ impl Params {
     }
 }
 
-fn check_weight(key: &str, w: u32) -> Result<(), String> {
+fn check_weight(key: &str, w: u32) -> Result<(), InvalidParam> {
     if (1..=100).contains(&w) {
         Ok(())
     } else {
-        Err(format!(
-            "parameter {key:?}: expected a percentage from 1 to 100, got {w}"
+        Err(InvalidParam::new(
+            key,
+            format!("expected a percentage from 1 to 100, got {w}"),
         ))
     }
 }
 
 /// `[10, 50, 100]`: a JSON array of percentages, non-decreasing.
-fn parse_steps(raw: &str) -> Result<Vec<u32>, String> {
+fn parse_steps(raw: &str) -> Result<Vec<u32>, InvalidParam> {
     let bad = || {
-        format!(
-            "parameter \"steps\": expected an array of percentages like [10, 50, 100], got {raw}"
+        InvalidParam::new(
+            "steps",
+            format!("expected an array of percentages like [10, 50, 100], got {raw}"),
         )
     };
     let inner = raw
@@ -126,8 +129,9 @@ fn parse_steps(raw: &str) -> Result<Vec<u32>, String> {
         .ok_or_else(bad)?;
         check_weight("steps", w)?;
         if steps.last().is_some_and(|&last| w < last) {
-            return Err(format!(
-                "parameter \"steps\": weights must not decrease, got {raw}"
+            return Err(InvalidParam::new(
+                "steps",
+                format!("weights must not decrease, got {raw}"),
             ));
         }
         steps.push(w);
@@ -204,6 +208,10 @@ fn rollback(reason: String) -> Result<Step, String> {
 }
 
 impl Strategy for Canary {
+    fn check_params(&self, service: &Service) -> Result<(), InvalidParam> {
+        Params::from_service(service).map(|_| ())
+    }
+
     fn plan(&self, state: &RolloutState) -> Result<Step, String> {
         let replicas = state.replicas();
         let params = Params::from_service(&state.service)?;
@@ -702,7 +710,7 @@ mod tests {
             .param("canary_weight", "0")
             .run_to_end();
         assert!(
-            matches!(&bad.outcome, Outcome::PlanFailed { error } if error.contains("canary_weight")),
+            matches!(&bad.outcome, Outcome::ParamsRefused { error } if error.key == "canary_weight"),
             "{:?}",
             bad.outcome
         );

@@ -17,7 +17,7 @@
 
 #![deny(unsafe_code)]
 
-use orca_plugin_sdk::strategy::Strategy;
+use orca_plugin_sdk::strategy::{InvalidParam, Strategy};
 use orca_plugin_sdk::types::{Action, RolloutState, Service, Step};
 use orca_plugin_sdk::{log, Level};
 
@@ -47,7 +47,7 @@ pub struct Params {
 
 impl Params {
     /// Reads the parameters of `service`; an invalid one is an error naming it.
-    pub fn from_service(service: &Service) -> Result<Params, String> {
+    pub fn from_service(service: &Service) -> Result<Params, InvalidParam> {
         let replicas = service.replicas;
         let mut max_surge =
             count_or_percent(service, "max_surge", DEFAULT_MAX_SURGE, replicas, true)?;
@@ -78,7 +78,7 @@ fn count_or_percent(
     default: u32,
     replicas: u32,
     round_up: bool,
-) -> Result<u32, String> {
+) -> Result<u32, InvalidParam> {
     let raw = service.param_raw(key).map(str::trim);
     if let Some(text) = raw.filter(|r| r.starts_with('"')) {
         let s = service.param_str(key)?.unwrap_or_default();
@@ -87,8 +87,9 @@ fn count_or_percent(
             .strip_suffix('%')
             .and_then(|p| p.trim().parse::<u64>().ok())
             .ok_or_else(|| {
-                format!(
-                    "parameter {key:?}: expected a count or a percentage like \"25%\", got {text}"
+                InvalidParam::new(
+                    key,
+                    format!("expected a count or a percentage like \"25%\", got {text}"),
                 )
             })?;
         let scaled = u64::from(replicas) * pct;
@@ -153,6 +154,10 @@ fn rollback(reason: String) -> Result<Step, String> {
 }
 
 impl Strategy for Rolling {
+    fn check_params(&self, service: &Service) -> Result<(), InvalidParam> {
+        Params::from_service(service).map(|_| ())
+    }
+
     fn plan(&self, state: &RolloutState) -> Result<Step, String> {
         let replicas = state.replicas();
         let params = Params::from_service(&state.service)?;
@@ -362,7 +367,7 @@ mod tests {
             .param("max_surge", "\"lots\"")
             .run_to_end();
         assert!(
-            matches!(&bad.outcome, Outcome::PlanFailed { error } if error.contains("max_surge")),
+            matches!(&bad.outcome, Outcome::ParamsRefused { error } if error.key == "max_surge"),
             "{:?}",
             bad.outcome
         );

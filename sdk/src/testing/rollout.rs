@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::strategy::{validate_step, Strategy};
+use crate::strategy::{validate_step, InvalidParam, Strategy};
 use crate::types::{Action, Instance, Pair, Readiness, RolloutState, Service, Traffic};
 
 /// What becomes of a candidate instance once it has had
@@ -39,6 +39,13 @@ pub enum Outcome {
     PlanFailed {
         /// The error.
         error: String,
+    },
+    /// [`check_params`](crate::strategy::Strategy::check_params) refused the service's
+    /// parameters: the host refuses the deploy (HTTP 400), so no rollout starts and `plan`
+    /// is never called.
+    ParamsRefused {
+        /// The parameter and why.
+        error: InvalidParam,
     },
 }
 
@@ -390,6 +397,10 @@ impl<S: Strategy> RolloutSim<S> {
         }
         if !self.started {
             self.start();
+            // The host checks the parameters at deploy, before the rollout exists.
+            if let Err(error) = self.strategy.check_params(&self.state().service) {
+                return self.end(Outcome::ParamsRefused { error });
+            }
         }
         if self.steps >= self.max_steps {
             return self.end(Outcome::Stuck {

@@ -19,6 +19,7 @@
 //! | `/alloc/<MiB>` | allocates and touches that many MiB and keeps them (an instance with a lower memory limit is OOM-killed), then `200` |
 //! | `/headers` | the request headers, one `name: value` per line |
 //! | `/echo` | the request body |
+//! | `/file/PATH` | PUT/POST: write the body to `/PATH`; GET: its contents (404 if absent) |
 //! | any request with an `Upgrade` header | `101 Switching Protocols`, then echoes raw bytes until EOF |
 //!
 //! Environment: `PORT` (default 8080), `VERSION`, `GREETING`, `FAIL_HEALTH`, `READY_AFTER_MS`
@@ -326,6 +327,31 @@ fn route(req: &Request, config: &Config) -> Response {
                 Response::text(200, format!("allocated {mib} MiB\n"))
             }
             _ => Response::text(400, format!("invalid size {mib:?} (1..=4096 MiB)\n")),
+        };
+    }
+    if let Some(file) = path.strip_prefix("/file/") {
+        if file
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        {
+            return Response::text(400, format!("invalid file path {file:?}\n"));
+        }
+        let file = format!("/{file}");
+        return match req.method.as_str() {
+            "PUT" | "POST" => match std::fs::write(&file, &req.body) {
+                Ok(()) => {
+                    Response::text(200, format!("wrote {} bytes to {file}\n", req.body.len()))
+                }
+                Err(e) => Response::text(500, format!("cannot write {file}: {e}\n")),
+            },
+            _ => match std::fs::read(&file) {
+                Ok(body) => Response {
+                    status: 200,
+                    content_type: "application/octet-stream",
+                    body,
+                },
+                Err(e) => Response::text(404, format!("cannot read {file}: {e}\n")),
+            },
         };
     }
     if let Some(code) = path.strip_prefix("/status/") {

@@ -96,6 +96,9 @@ pub struct ClusterConfig {
     /// The `[nodes]` table: agent nodes (liveness, published port range).
     #[serde(default)]
     pub nodes: NodesSettings,
+    /// The `[volumes]` table: which host paths services may bind-mount.
+    #[serde(default)]
+    pub volumes: VolumeSettings,
     /// The `[update]` table: where `orca update` finds the release index.
     #[serde(default)]
     pub update: UpdateSettings,
@@ -109,6 +112,38 @@ pub struct UpdateSettings {
     /// `.minisig`). Absent: the project's release location.
     #[serde(default)]
     pub url: Option<String>,
+}
+
+/// Mounts (`[volumes]` in cluster.toml).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSettings {
+    /// Absolute host directories under which services may bind-mount host paths
+    /// (`host_paths = ["/srv/orca"]`); default none: no host path may be mounted.
+    #[serde(default)]
+    pub host_paths: Vec<String>,
+}
+
+fn check_volume_settings(v: &VolumeSettings) -> Result<(), Invalid> {
+    for (i, prefix) in v.host_paths.iter().enumerate() {
+        let path = std::path::Path::new(prefix);
+        let normal = path.is_absolute()
+            && path.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+        if !normal || path.parent().is_none() {
+            return Err(Invalid::new(
+                FieldPath::key("volumes").k("host_paths").i(i),
+                format!(
+                    "host path prefix {prefix:?} is invalid: expected an absolute directory other than \"/\", without '.' or '..', e.g. \"/srv/orca\""
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Agent nodes (`[nodes]` in cluster.toml).
@@ -658,6 +693,7 @@ fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
     check_proxy(&config.proxy)?;
     check_api(&config.api)?;
     check_nodes(&config.nodes)?;
+    check_volume_settings(&config.volumes)?;
     if let Some(acme) = &config.acme {
         check_acme(acme)?;
     }

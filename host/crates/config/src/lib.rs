@@ -10,6 +10,7 @@
 //! - [`units`] — [`Memory`] sizes such as `"512Mi"`.
 //! - [`names`] — syntax of names, env keys and domains.
 //! - [`secrets`] — `${secrets.KEY}` references.
+//! - [`volumes`] — `volumes` entries as typed [`Mount`]s; the host-path prefix rule.
 //! - [`error`] — [`ConfigError`], the one error type, located by file, line, column and field.
 //! - `source` (private) — parsing TOML/JSON text and locating errors in it.
 //!
@@ -28,11 +29,12 @@ pub mod secrets;
 pub mod service;
 mod source;
 pub mod units;
+pub mod volumes;
 
 pub use cluster::{
     load_cluster_config, parse_cluster_file, AcmeSettings, ApiSettings, BuildSettings,
     ClusterConfig, ClusterSettings, NodesSettings, NotifyConfig, PluginSettings, ProxySettings,
-    Role, TokenConfig, UpdateSettings,
+    Role, TokenConfig, UpdateSettings, VolumeSettings,
 };
 pub use error::ConfigError;
 pub use load::{
@@ -43,3 +45,4 @@ pub use names::validate_name;
 pub use secrets::{secret_refs, substitute_secrets};
 pub use service::{Build, Deploy, Placement, Probe, Resources, ServiceSpec};
 pub use units::Memory;
+pub use volumes::{parse_mount, Mount, MountSource};

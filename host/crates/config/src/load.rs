@@ -1,6 +1,7 @@
 //! Loading service definitions — `service.toml` files, project directories and the deploy
 //! request body — and the checks that span several services.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
 use std::path::Path;
@@ -450,6 +451,56 @@ impl Conflict {
 }
 
 fn check_set(specs: &[ServiceSpec]) -> Result<(), Conflict> {
+    check_pairs(specs)?;
+    // Dependency cycles within each project of the set (unknown names may be services
+    // already stored: the API checks those against the store).
+    let projects: BTreeSet<&str> = specs.iter().map(|s| s.project()).collect();
+    for project in projects {
+        let graph: BTreeMap<&str, Vec<&str>> = specs
+            .iter()
+            .filter(|s| s.project() == project)
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.depends_on.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        let Some(cycle) = crate::service::dependency_cycle(&graph) else {
+            continue;
+        };
+        // Blame the member defined last, at its edge into the cycle; point at the first.
+        let index_of = |name: &str| {
+            specs
+                .iter()
+                .position(|s| s.project() == project && s.name == name)
+                .unwrap_or(0)
+        };
+        let members = &cycle[..cycle.len() - 1];
+        let (k, last) = members
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, n)| index_of(n))
+            .map(|(k, n)| (k, index_of(n)))
+            .unwrap_or((0, 0));
+        let next = cycle[k + 1];
+        let edge = specs[last]
+            .depends_on
+            .iter()
+            .position(|d| d == next)
+            .unwrap_or(0);
+        let first = members.iter().map(|n| index_of(n)).min().unwrap_or(0);
+        return Err(Conflict {
+            index: last,
+            other: first,
+            path: FieldPath::key("depends_on").i(edge),
+            what: format!("dependency cycle: {}", cycle.join(" -> ")),
+        });
+    }
+    Ok(())
+}
+
+fn check_pairs(specs: &[ServiceSpec]) -> Result<(), Conflict> {
     for (i, spec) in specs.iter().enumerate() {
         for (j, earlier) in specs[..i].iter().enumerate() {
             let conflict = |path: FieldPath, what: String| Conflict {
@@ -637,6 +688,8 @@ mod tests {
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
             tls_cert: None,
             tls_key: None,
+            volumes: Vec::new(),
+            depends_on: Vec::new(),
         }
     }
 

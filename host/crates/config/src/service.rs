@@ -11,6 +11,7 @@ use crate::error::{ConfigError, FieldPath, Invalid};
 use crate::names::{is_env_key, validate_domain, validate_name};
 use crate::secrets::secret_refs;
 use crate::units::Memory;
+use crate::volumes::{parse_mount, Mount};
 
 /// The project a spec belongs to when it names none.
 pub const DEFAULT_PROJECT: &str = "default";
@@ -92,6 +93,14 @@ pub struct ServiceSpec {
     /// The PEM private key of `tls_cert`, relative to the service file's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<String>,
+    /// Mounts, `SOURCE:TARGET[:OPTIONS]`: a named volume of the project
+    /// (`"data:/var/lib/db"`) or a host path under `cluster.toml`'s `[volumes] host_paths`
+    /// (`"/srv/orca/site:/site:ro"`); options `ro`, `shared` (see [`crate::volumes`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Services of the same project that must have a ready instance before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 /// Resource limits of one instance.
@@ -288,6 +297,21 @@ impl ServiceSpec {
         }
     }
 
+    /// The parsed `volumes` (checked at load: a malformed entry never gets here; one that
+    /// does is left out).
+    pub fn mounts(&self) -> Vec<Mount> {
+        self.volumes
+            .iter()
+            .filter_map(|v| parse_mount(v).ok())
+            .collect()
+    }
+
+    /// The first writable, not shared named volume: such a service runs at most one
+    /// instance and rolls out stop-first (the old instance is gone before the new starts).
+    pub fn exclusive_volume(&self) -> Option<Mount> {
+        self.mounts().into_iter().find(Mount::is_exclusive)
+    }
+
     /// Checks this spec on its own (not against other services). The error's field is relative
     /// to the spec, e.g. `resources.memory`; it carries no file or line.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -473,6 +497,104 @@ pub(crate) fn check_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
             return Err(Invalid::new(
                 at("aliases").i(i),
                 format!("alias {alias:?} is listed twice"),
+            ));
+        }
+    }
+    check_volumes(spec)?;
+    for (i, dep) in spec.depends_on.iter().enumerate() {
+        let here = || at("depends_on").i(i);
+        validate_name("service", dep).map_err(|e| Invalid::new(here(), e.message))?;
+        if *dep == spec.name {
+            return Err(Invalid::new(
+                here(),
+                format!("service {:?} depends on itself", spec.name),
+            ));
+        }
+        if spec.depends_on[..i].contains(dep) {
+            return Err(Invalid::new(
+                here(),
+                format!("dependency {dep:?} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first dependency cycle of `graph` (service name → the names it depends on), as the
+/// path that closes it: `["web", "db", "web"]`. Names that are not keys have no edges.
+pub fn dependency_cycle<'a>(graph: &BTreeMap<&'a str, Vec<&'a str>>) -> Option<Vec<&'a str>> {
+    fn visit<'a>(
+        node: &'a str,
+        graph: &BTreeMap<&'a str, Vec<&'a str>>,
+        path: &mut Vec<&'a str>,
+        done: &mut std::collections::BTreeSet<&'a str>,
+    ) -> Option<Vec<&'a str>> {
+        if let Some(at) = path.iter().position(|n| *n == node) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(node);
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node);
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node);
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for node in graph.keys() {
+        if let Some(cycle) = visit(node, graph, &mut Vec::new(), &mut done) {
+            return Some(cycle);
+        }
+    }
+    None
+}
+
+/// Each mount parses, no container path is mounted twice, and a writable named volume that
+/// is not shared has at most one writer (`replicas` at most 1).
+fn check_volumes(spec: &ServiceSpec) -> Result<(), Invalid> {
+    let at = FieldPath::key;
+    let mut mounts: Vec<Mount> = Vec::with_capacity(spec.volumes.len());
+    for (i, entry) in spec.volumes.iter().enumerate() {
+        let mount = parse_mount(entry).map_err(|m| Invalid::new(at("volumes").i(i), m))?;
+        if let Some(earlier) = mounts.iter().find(|m| m.target == mount.target) {
+            return Err(Invalid::new(
+                at("volumes").i(i),
+                format!(
+                    "container path {:?} is mounted twice (also by {:?})",
+                    mount.target,
+                    spec.volumes[mounts.iter().position(|m| m == earlier).unwrap_or(0)]
+                ),
+            ));
+        }
+        mounts.push(mount);
+    }
+    let strategy = spec.deploy.as_ref().and_then(|d| d.strategy.as_deref());
+    if let (Some("canary"), Some(m)) = (strategy, mounts.iter().find(|m| m.is_exclusive())) {
+        let name = m.volume().unwrap_or_default();
+        return Err(Invalid::new(
+            at("deploy").k("strategy"),
+            format!(
+                "strategy canary runs the candidate beside the stable instance, but volume {name} is not shared (the service rolls out stop-first): use rolling, or declare it \"{name}:{}:shared\" if the application coordinates writers",
+                m.target
+            ),
+        ));
+    }
+    if spec.replicas > 1 {
+        if let Some(m) = mounts.iter().find(|m| m.is_exclusive()) {
+            let name = m.volume().unwrap_or_default();
+            return Err(Invalid::new(
+                at("replicas"),
+                format!(
+                    "replicas {}: volume {name} is not shared: at most 1 replica; declare it \"{name}:{}:shared\" if the application coordinates writers",
+                    spec.replicas, m.target
+                ),
             ));
         }
     }

@@ -256,6 +256,16 @@ pub struct ServiceStatus {
     pub rollout: Value,
     /// When the controller next retries after failures.
     pub backing_off_until_ms: Option<u64>,
+    /// Why its starts wait: `waiting for db` (a dependency has no ready instance) or
+    /// `stop-first: volume data is not shared` (the old instance is still stopping).
+    #[serde(default)]
+    pub waiting: Option<String>,
+    /// Its mounts as declared (`data:/var/lib/db`, `/srv/orca/site:/site:ro`).
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Services of its project it waits for.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
     /// The instances.
     pub instances: Vec<InstanceStatus>,
 }

@@ -63,6 +63,8 @@ fn snapshot(rolling: bool) -> Snapshot {
             }),
             not_before_ms: None,
             max_migrating: 1,
+            exclusive: None,
+            depends_on: Vec::new(),
         });
         for slot in 0..PER_SERVICE {
             n += 1;

@@ -56,6 +56,13 @@ pub struct ServiceState {
     /// How many of its evicted instances may be replaced at once (its rollout's
     /// `max_unavailable`, at least 1).
     pub max_migrating: u32,
+    /// `Some(volume)`: it mounts this writable, not shared volume, so it is stop-first: no
+    /// instance starts while another of the service still exists (running, starting or
+    /// draining) — never two writers on one volume.
+    pub exclusive: Option<String>,
+    /// Keys (`project/name`) of the services that must have a ready instance before any
+    /// of its instances starts (`depends_on`).
+    pub depends_on: Vec<String>,
 }
 
 /// A rollout's traffic split: weights of the stable group and of the candidate group.
@@ -228,6 +235,10 @@ pub struct Decision {
     pub ready: BTreeSet<String>,
     /// Services held back by crash back-off, with the time they may start.
     pub backing_off: BTreeMap<String, u64>,
+    /// Services whose starts this pass held back, with why: `waiting for db` (a dependency
+    /// has no ready instance) or `stop-first: volume data is not shared` (the old instance
+    /// is still there).
+    pub waiting: BTreeMap<String, String>,
     /// When a pass must look again even if nothing happens: the earliest time a container
     /// still `created` becomes stuck.
     pub wake_at_ms: Option<u64>,
@@ -289,6 +300,7 @@ pub fn decide(s: &Snapshot) -> Decision {
 
     let by_id: BTreeMap<&str, &InstanceState> =
         s.instances.iter().map(|i| (i.id.as_str(), i)).collect();
+    let held = held_starts(s);
     let addr_of = |i: &InstanceState| -> Option<SocketAddr> {
         let port = s.revisions.get(&i.fingerprint)?.port?;
         if let Some(published) = i.published {
@@ -314,11 +326,17 @@ pub fn decide(s: &Snapshot) -> Decision {
                 service,
                 slot,
                 fingerprint,
-            } => d.starts.push(Start {
-                service,
-                slot,
-                fingerprint,
-            }),
+            } => {
+                if let Some(why) = held.get(service.as_str()) {
+                    d.waiting.insert(service, why.clone());
+                    continue;
+                }
+                d.starts.push(Start {
+                    service,
+                    slot,
+                    fingerprint,
+                })
+            }
             Action::Remove {
                 id,
                 service,
@@ -421,6 +439,45 @@ pub fn decide(s: &Snapshot) -> Decision {
         });
     }
     d
+}
+
+/// Services whose starts wait this pass, with why: a dependency without a ready instance,
+/// or (stop-first) another instance of the service that still exists. A failed container
+/// writes nothing, so only running, starting, paused or draining ones hold the volume.
+fn held_starts(s: &Snapshot) -> BTreeMap<&str, String> {
+    let mut ready: BTreeSet<&str> = BTreeSet::new();
+    let mut holding: BTreeSet<&str> = BTreeSet::new();
+    for i in &s.instances {
+        if i.run == RunState::Running && i.ready && !i.draining {
+            ready.insert(i.service.as_str());
+        }
+        if i.run != RunState::Failed {
+            holding.insert(i.service.as_str());
+        }
+    }
+    let mut held = BTreeMap::new();
+    for svc in &s.services {
+        let missing: Vec<&str> = svc
+            .depends_on
+            .iter()
+            .filter(|dep| !ready.contains(dep.as_str()))
+            .map(|dep| dep.rsplit_once('/').map_or(dep.as_str(), |(_, name)| name))
+            .collect();
+        if !missing.is_empty() {
+            held.insert(
+                svc.key.as_str(),
+                format!("waiting for {}", missing.join(", ")),
+            );
+        } else if let Some(volume) = &svc.exclusive {
+            if holding.contains(svc.key.as_str()) {
+                held.insert(
+                    svc.key.as_str(),
+                    format!("stop-first: volume {volume} is not shared"),
+                );
+            }
+        }
+    }
+    held
 }
 
 /// Proxy weight of one ready instance: its group's traffic weight shared among the group's

@@ -44,6 +44,8 @@ fn svc(key: &str, groups: &[(&str, u32)]) -> ServiceState {
         traffic: None,
         not_before_ms: None,
         max_migrating: 1,
+        exclusive: None,
+        depends_on: Vec::new(),
     }
 }
 
@@ -891,4 +893,93 @@ fn sim_drained_instances_move_one_at_a_time_and_the_route_never_shrinks() {
     assert_eq!(migrated, want);
     assert_eq!(sim.instances.len(), 3);
     assert_eq!(routed(&sim.pass(&services, &revisions), DOMAIN).len(), 3);
+}
+
+fn exclusive(mut s: ServiceState) -> ServiceState {
+    s.exclusive = Some("data".into());
+    s
+}
+
+#[test]
+fn stop_first_starts_the_new_revision_only_once_the_old_instance_is_gone() {
+    let revisions = revs(&[("v1", facts(8080, "/", 30)), ("v2", facts(8080, "/", 30))]);
+    // The rollout asks for the candidate only: the old instance is removed (drained) and
+    // the candidate waits, saying why.
+    let services = [exclusive(svc(WEB, &[("v1", 0), ("v2", 1)]))];
+    let old = inst("old", WEB, "v1", 0, 1);
+    let d = decide(&snap(
+        services.to_vec(),
+        revisions.clone(),
+        vec![old.clone()],
+    ));
+    assert_eq!(removed(&d), vec![("old".into(), RemoveReason::ScaledDown)]);
+    assert!(d.starts.is_empty(), "{d:?}");
+    assert_eq!(
+        d.waiting.get(WEB).map(String::as_str),
+        Some("stop-first: volume data is not shared")
+    );
+    // Still draining: still no start.
+    let mut draining = old.clone();
+    draining.draining = true;
+    let d = decide(&snap(services.to_vec(), revisions.clone(), vec![draining]));
+    assert!(d.starts.is_empty() && d.removes.is_empty(), "{d:?}");
+    // Gone: the candidate starts.
+    let d = decide(&snap(services.to_vec(), revisions.clone(), vec![]));
+    assert_eq!(started(&d), vec![(WEB.into(), 0, "v2".into())]);
+    assert!(d.waiting.is_empty());
+    // A crashed instance writes nothing: its replacement starts in the same pass.
+    let mut dead = inst("dead", WEB, "v2", 0, 2);
+    dead.run = RunState::Failed;
+    let d = decide(&snap(
+        vec![exclusive(svc(WEB, &[("v2", 1)]))],
+        revisions,
+        vec![dead],
+    ));
+    assert_eq!(removed(&d), vec![("dead".into(), RemoveReason::Failed)]);
+    assert_eq!(started(&d), vec![(WEB.into(), 0, "v2".into())]);
+}
+
+#[test]
+fn stop_first_never_runs_two_instances_of_one_volume_through_a_rollout() {
+    let revisions = revs(&[("v1", facts(8080, "/", 30)), ("v2", facts(8080, "/", 30))]);
+    let mut sim = Sim::new(NOW, 200);
+    let before = [exclusive(svc(WEB, &[("v1", 1)]))];
+    let during = [exclusive(svc(WEB, &[("v1", 0), ("v2", 1)]))];
+    for _ in 0..5 {
+        sim.pass(&before, &revisions);
+        sim.advance(100);
+    }
+    for _ in 0..30 {
+        let d = sim.pass(&during, &revisions);
+        assert!(sim.instances.len() <= 1, "two on one volume: {d:?}");
+        sim.advance(25);
+    }
+    assert_eq!(sim.instances.len(), 1);
+    assert_eq!(sim.instances[0].fingerprint, "v2");
+    assert!(sim.instances[0].ready);
+}
+
+#[test]
+fn a_dependent_starts_only_once_its_dependency_has_a_ready_instance() {
+    const DB: &str = "p/db";
+    let revisions = revs(&[("a", facts(8080, "/", 30)), ("d", facts(5432, "/", 30))]);
+    let mut web = svc(WEB, &[("a", 1)]);
+    web.depends_on = vec![DB.into()];
+    let services = vec![svc(DB, &[("d", 1)]), web];
+    let d = decide(&snap(services.clone(), revisions.clone(), vec![]));
+    assert_eq!(started(&d), vec![(DB.into(), 0, "d".into())]);
+    assert_eq!(
+        d.waiting.get(WEB).map(String::as_str),
+        Some("waiting for db")
+    );
+    let db = inst("db1", DB, "d", 0, 1);
+    let d = decide(&snap(
+        services.clone(),
+        revisions.clone(),
+        vec![starting(db.clone())],
+    ));
+    assert!(d.starts.is_empty(), "db not ready yet: {d:?}");
+    let d = decide(&snap(services, revisions, vec![db]));
+    assert_eq!(started(&d), vec![(WEB.into(), 0, "a".into())]);
+    assert!(d.waiting.is_empty());
 }

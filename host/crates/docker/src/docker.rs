@@ -14,7 +14,8 @@ use bollard::models::{
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptions,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StatsOptions,
     StopContainerOptionsBuilder,
 };
 use bollard::Docker;
@@ -23,7 +24,8 @@ use tracing::{debug, info, warn};
 
 use crate::model::{
     ClusterScope, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LogLine, LogStream,
-    NodeInfo, RuntimeEvent, LABEL_CLUSTER, LABEL_CLUSTER_ID, LABEL_MANAGED,
+    MountSourceSpec, NodeInfo, RuntimeEvent, VolumeInfo, LABEL_CLUSTER, LABEL_CLUSTER_ID,
+    LABEL_MANAGED,
 };
 use crate::runtime::ContainerRuntime;
 use crate::time::rfc3339_to_unix;
@@ -241,6 +243,58 @@ impl DockerRuntime {
 }
 
 impl DockerRuntime {
+    /// Creates the named volumes `spec` mounts that do not exist yet, with their labels and
+    /// this runtime's cluster id; refuses one that exists and belongs to another cluster (or
+    /// to no orca cluster at all), so a name clash never shares data between clusters.
+    async fn ensure_volumes(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        for mount in &spec.mounts {
+            let MountSourceSpec::Volume { name, labels } = &mount.source else {
+                continue;
+            };
+            let op = || format!("use volume {name:?}");
+            match self.docker.inspect_volume(name).await {
+                Ok(existing) => {
+                    let existing: BTreeMap<String, String> = existing.labels.into_iter().collect();
+                    let managed = existing.get(LABEL_MANAGED).is_some_and(|v| v == "true");
+                    let ours = self.scope.as_ref().is_none_or(|s| s.owns(&existing));
+                    if !managed || !ours {
+                        let owner = existing
+                            .get(LABEL_CLUSTER_ID)
+                            .or(existing.get(LABEL_CLUSTER))
+                            .map_or("outside orca", String::as_str);
+                        return Err(RuntimeError::Engine {
+                            op: op(),
+                            reason: format!(
+                                "it belongs to another cluster ({owner}); remove it or rename the volume"
+                            ),
+                        });
+                    }
+                    continue;
+                }
+                Err(e) if status(&e) == Some(404) => {}
+                Err(e) => return Err(map_err(&op(), e)),
+            }
+            let mut labels: HashMap<String, String> =
+                labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
+            if let Some(scope) = &self.scope {
+                labels.insert(LABEL_CLUSTER_ID.to_string(), scope.id.clone());
+            }
+            let request = bollard::models::VolumeCreateRequest {
+                name: Some(name.clone()),
+                driver: Some("local".to_string()),
+                labels: Some(labels),
+                ..Default::default()
+            };
+            self.docker
+                .create_volume(request)
+                .await
+                .map_err(|e| map_err(&format!("create volume {name:?}"), e))?;
+            info!(volume = %name, "volume created");
+        }
+        Ok(())
+    }
+
     /// `ensure_network` for a bridge, or (on a swarm manager) an attachable overlay.
     async fn ensure_network_of(
         &self,
@@ -354,6 +408,7 @@ impl ContainerRuntime for DockerRuntime {
             });
         }
         self.ensure_image(&spec.image).await?;
+        self.ensure_volumes(spec).await?;
 
         let options = CreateContainerOptionsBuilder::new()
             .name(&spec.name)
@@ -456,6 +511,103 @@ impl ContainerRuntime for DockerRuntime {
                 Ok(())
             }
             Err(e) => Err(map_err("remove container", e)),
+        }
+    }
+
+    #[tracing::instrument(name = "orca.docker.list_volumes", skip(self))]
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
+        let listed = self
+            .docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::new().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| map_err("list volumes", e))?;
+        // Who mounts what: one listing of every managed container, any state.
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| map_err("list containers", e))?;
+        let mut users: HashMap<String, Vec<String>> = HashMap::new();
+        for c in containers {
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            for m in c.mounts.unwrap_or_default() {
+                if let Some(volume) = m.name {
+                    users.entry(volume).or_default().push(name.clone());
+                }
+            }
+        }
+        let mut out: Vec<VolumeInfo> = listed
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| {
+                let mut users = users.remove(&v.name).unwrap_or_default();
+                users.sort();
+                VolumeInfo {
+                    labels: v.labels.into_iter().collect(),
+                    created_at: v.created_at.map(|t| t.to_string()),
+                    users,
+                    name: v.name,
+                }
+            })
+            .filter(|v| self.scope.as_ref().is_none_or(|s| s.owns(&v.labels)))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    #[tracing::instrument(name = "orca.docker.remove_volume", skip(self))]
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        let op = || format!("remove volume {name:?}");
+        let existing = match self.docker.inspect_volume(name).await {
+            Ok(v) => v,
+            Err(e) if status(&e) == Some(404) => {
+                return Err(RuntimeError::NotFound {
+                    id: name.to_string(),
+                })
+            }
+            Err(e) => return Err(map_err(&op(), e)),
+        };
+        let labels: BTreeMap<String, String> = existing.labels.into_iter().collect();
+        let managed = labels.get(LABEL_MANAGED).is_some_and(|v| v == "true");
+        if !managed || self.scope.as_ref().is_some_and(|s| !s.owns(&labels)) {
+            return Err(RuntimeError::NotFound {
+                id: name.to_string(),
+            });
+        }
+        // Never forced: the engine refuses a volume any container (running or not) mounts.
+        match self
+            .docker
+            .remove_volume(
+                name,
+                Some(RemoveVolumeOptionsBuilder::new().force(false).build()),
+            )
+            .await
+        {
+            Ok(()) => {
+                info!(volume = name, "volume removed");
+                Ok(())
+            }
+            Err(e) if status(&e) == Some(404) => Err(RuntimeError::NotFound {
+                id: name.to_string(),
+            }),
+            Err(e) if status(&e) == Some(409) => Err(RuntimeError::Engine {
+                op: op(),
+                reason: format!("it is in use by a container: {}", reason(&e)),
+            }),
+            Err(e) => Err(map_err(&op(), e)),
         }
     }
 
@@ -785,6 +937,28 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         }),
         privileged: Some(false),
         publish_all_ports: Some(false),
+        mounts: (!spec.mounts.is_empty()).then(|| {
+            spec.mounts
+                .iter()
+                .map(|m| {
+                    let (typ, source) = match &m.source {
+                        MountSourceSpec::Volume { name, .. } => {
+                            (bollard::models::MountType::VOLUME, name.clone())
+                        }
+                        MountSourceSpec::HostPath(path) => {
+                            (bollard::models::MountType::BIND, path.clone())
+                        }
+                    };
+                    bollard::models::Mount {
+                        target: Some(m.target.clone()),
+                        source: Some(source),
+                        typ: Some(typ),
+                        read_only: Some(m.read_only),
+                        ..Default::default()
+                    }
+                })
+                .collect()
+        }),
         port_bindings: spec.publish.map(|p| {
             HashMap::from([(
                 format!("{}/tcp", p.container_port),

@@ -32,7 +32,7 @@ pub use docker::DockerRuntime;
 pub use error::RuntimeError;
 pub use model::{
     ClusterScope, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LogLine, LogStream,
-    NodeInfo, Publish, RuntimeEvent, SwarmInfo, SwarmInit, SwarmJoin, SwarmNode, LABEL_CLUSTER,
-    LABEL_CLUSTER_ID, LABEL_MANAGED,
+    MountSourceSpec, MountSpec, NodeInfo, Publish, RuntimeEvent, SwarmInfo, SwarmInit, SwarmJoin,
+    SwarmNode, VolumeInfo, LABEL_CLUSTER, LABEL_CLUSTER_ID, LABEL_MANAGED,
 };
 pub use runtime::ContainerRuntime;

@@ -67,6 +67,48 @@ pub struct ContainerSpec {
     /// master's proxy cannot reach a remote bridge), and never on an unspecified address.
     #[serde(default)]
     pub publish: Option<Publish>,
+    /// Named volumes (created with their labels if absent) and host paths to mount.
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+}
+
+/// One mount of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// What is mounted.
+    pub source: MountSourceSpec,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Where a mount's files live on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MountSourceSpec {
+    /// A named volume: created with `labels` (plus the runtime's cluster id) on first use,
+    /// never removed with the container. One of another cluster id is refused.
+    Volume {
+        /// Docker volume name.
+        name: String,
+        /// Labels for a volume created now.
+        labels: BTreeMap<String, String>,
+    },
+    /// A host path, bind-mounted (it must exist; the engine creates nothing).
+    HostPath(String),
+}
+
+/// A named volume as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// Docker volume name.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339 creation time, if the engine reports it.
+    pub created_at: Option<String>,
+    /// Names of the managed containers (any state) that mount it.
+    pub users: Vec<String>,
 }
 
 /// One published port: `host_ip:host_port` on the node forwards to `container_port`.

@@ -8,7 +8,7 @@ use futures::stream::BoxStream;
 
 use crate::model::{
     ContainerInfo, ContainerSpec, ContainerStats, LogLine, NodeInfo, RuntimeEvent, SwarmInfo,
-    SwarmInit, SwarmJoin, SwarmNode,
+    SwarmInit, SwarmJoin, SwarmNode, VolumeInfo,
 };
 use crate::RuntimeError;
 
@@ -112,6 +112,21 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         tag: &str,
         on_line: Box<dyn FnMut(&str) + Send>,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    /// The named volumes this runtime's cluster owns (labelled `orca.managed=true` and, when
+    /// scoped, its cluster id), each with the managed containers that mount it. A runtime
+    /// without volumes has none.
+    fn list_volumes(&self) -> impl Future<Output = Result<Vec<VolumeInfo>, RuntimeError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Removes a named volume this cluster owns. One still mounted by a container (of any
+    /// state) is refused ([`RuntimeError::Engine`] saying so); a missing one is
+    /// [`RuntimeError::NotFound`].
+    fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let name = name.to_string();
+        async move { Err(RuntimeError::NotFound { id: name }) }
+    }
 
     /// Creates the attachable overlay network `name` with `labels` unless it exists, on a
     /// swarm manager (workers attach to it when a container joins it). Idempotent.

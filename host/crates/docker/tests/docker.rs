@@ -514,3 +514,94 @@ async fn node_info_and_image_exists() {
     assert!(info.memory_bytes > 0, "{info:?}");
     assert!(!info.os.is_empty(), "{info:?}");
 }
+
+/// Removes a named volume even when the test panics.
+struct VolumeGuard(String);
+
+impl Drop for VolumeGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f", &self.0])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn a_named_volume_is_made_once_kept_by_stop_and_never_shared_with_another_cluster() {
+    // Dropped after `cleanup` (declared first), once no container uses the volume.
+    let volume = unique("vol");
+    let _guard = VolumeGuard(volume.clone());
+    let cleanup = Cleanup::default();
+    let scope = |id: &str| orca_docker::ClusterScope {
+        name: "volclash".into(),
+        id: id.into(),
+    };
+    let ours = runtime().await.scoped(scope("id-ours"));
+    let theirs = runtime().await.scoped(scope("id-theirs"));
+    let net = cleanup.network(&unique("vnet"));
+    ours.ensure_network(&net, &BTreeMap::new()).await.unwrap();
+    let mounted = |name: &str| {
+        let mut s = spec(&cleanup.container(&unique(name)), &net);
+        s.mounts = vec![orca_docker::MountSpec {
+            source: orca_docker::MountSourceSpec::Volume {
+                name: volume.clone(),
+                labels: BTreeMap::from([("orca.cluster".to_string(), "volclash".to_string())]),
+            },
+            target: "/data".into(),
+            read_only: false,
+        }];
+        s
+    };
+    let first = mounted("vol-a");
+    let info = ours.create_and_start(&first).await.unwrap();
+    let listed = ours.list_volumes().await.unwrap();
+    let v = listed
+        .iter()
+        .find(|v| v.name == volume)
+        .expect("made on first use");
+    assert_eq!(
+        v.labels.get(LABEL_MANAGED).map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        v.labels.get("orca.cluster.id").map(String::as_str),
+        Some("id-ours")
+    );
+    assert_eq!(v.users, vec![first.name.clone()]);
+    // Another cluster id never mounts, sees or removes it.
+    let err = theirs
+        .create_and_start(&mounted("vol-b"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("belongs to another cluster"),
+        "{err}"
+    );
+    assert!(theirs
+        .list_volumes()
+        .await
+        .unwrap()
+        .iter()
+        .all(|v| v.name != volume));
+    assert!(matches!(
+        theirs.remove_volume(&volume).await,
+        Err(RuntimeError::NotFound { .. })
+    ));
+    // In use: refused. The container's removal keeps it; then it can go.
+    let err = ours.remove_volume(&volume).await.unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    ours.stop_and_remove(&info.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(ours
+        .list_volumes()
+        .await
+        .unwrap()
+        .iter()
+        .any(|v| v.name == volume && v.users.is_empty()));
+    ours.remove_volume(&volume).await.unwrap();
+    assert!(matches!(
+        ours.remove_volume(&volume).await,
+        Err(RuntimeError::NotFound { .. })
+    ));
+}

@@ -1,5 +1,6 @@
 //! A well-behaved strategy: scales the candidate to the service's replicas, splits traffic
-//! 90/10, waits 1 s, and echoes the previous plugin state back with one byte appended.
+//! 90/10, waits 1 s, and echoes the previous plugin state back with one byte appended. Its
+//! parameter check refuses a `step` that is not a JSON integer.
 
 wit_bindgen::generate!({ world: "strategy", path: "../../../wit" });
 
@@ -8,6 +9,16 @@ use orca::plugin::types::{Action, Traffic};
 struct Echo;
 
 impl Guest for Echo {
+    fn check_params(service: Service) -> Result<(), ParamError> {
+        match service.params.iter().find(|p| p.key == "step") {
+            Some(p) if p.value.parse::<u64>().is_err() => Err(ParamError {
+                key: "step".into(),
+                message: format!("expected a non-negative integer, got {}", p.value),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn plan(state: RolloutState) -> Result<Step, String> {
         if state.rollback_requested {
             return Ok(Step {

@@ -9,6 +9,11 @@ use orca::plugin::types::{Action, Traffic};
 struct Malformed;
 
 impl Guest for Malformed {
+    // The fault is in `plan`; deploys of it pass the parameter check.
+    fn check_params(_service: Service) -> Result<(), ParamError> {
+        Ok(())
+    }
+
     fn plan(state: RolloutState) -> Result<Step, String> {
         let mode = state
             .service

@@ -6,6 +6,11 @@ wit_bindgen::generate!({ world: "strategy", path: "../../../wit" });
 struct Membomb;
 
 impl Guest for Membomb {
+    // The fault is in `plan`; deploys of it pass the parameter check.
+    fn check_params(_service: Service) -> Result<(), ParamError> {
+        Ok(())
+    }
+
     fn plan(_state: RolloutState) -> Result<Step, String> {
         let mut blocks: Vec<Vec<u8>> = Vec::new();
         loop {

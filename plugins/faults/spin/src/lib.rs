@@ -5,6 +5,11 @@ wit_bindgen::generate!({ world: "strategy", path: "../../../wit" });
 struct Spin;
 
 impl Guest for Spin {
+    // The fault is in `plan`; deploys of it pass the parameter check.
+    fn check_params(_service: Service) -> Result<(), ParamError> {
+        Ok(())
+    }
+
     fn plan(state: RolloutState) -> Result<Step, String> {
         // `black_box` keeps the optimiser from proving anything about the loop.
         let mut n = state.now_ms;

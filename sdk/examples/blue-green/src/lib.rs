@@ -20,8 +20,8 @@
 
 #![deny(missing_docs, unsafe_code)]
 
-use orca_plugin_sdk::strategy::Strategy;
-use orca_plugin_sdk::types::{Action, RolloutState, Step, Traffic};
+use orca_plugin_sdk::strategy::{InvalidParam, Strategy};
+use orca_plugin_sdk::types::{Action, RolloutState, Service, Step, Traffic};
 use orca_plugin_sdk::{log, Level};
 
 /// How long candidates get to become ready when `ready_timeout_ms` is not set.
@@ -32,6 +32,12 @@ pub const DEFAULT_READY_TIMEOUT_MS: u64 = 60_000;
 pub struct BlueGreen;
 
 impl Strategy for BlueGreen {
+    fn check_params(&self, service: &Service) -> Result<(), InvalidParam> {
+        // The same read as `plan`'s: a value `plan` would refuse is refused at deploy.
+        service.param_or("ready_timeout_ms", DEFAULT_READY_TIMEOUT_MS)?;
+        Ok(())
+    }
+
     fn plan(&self, state: &RolloutState) -> Result<Step, String> {
         let replicas = state.replicas();
         let timeout_ms = state
@@ -208,15 +214,16 @@ mod tests {
     }
 
     #[test]
-    fn bad_param_fails_the_plan_with_its_name() {
+    fn bad_param_is_refused_at_deploy_with_its_name() {
         let report = RolloutSim::new(BlueGreen)
             .param("ready_timeout_ms", "\"soon\"")
             .run_to_end();
         assert!(
-            matches!(&report.outcome, Outcome::PlanFailed { error } if error.contains("ready_timeout_ms")),
+            matches!(&report.outcome, Outcome::ParamsRefused { error } if error.key == "ready_timeout_ms"),
             "{:?}",
             report.outcome
         );
+        assert!(report.history.is_empty(), "plan is never called");
     }
 
     #[test]
