@@ -505,17 +505,24 @@ mod tests {
 
     #[test]
     fn inherited_descriptors_are_named_and_checked() {
-        let err = inherited("api=3,http=4").unwrap_err().to_string();
-        assert!(err.contains("ORCA_HANDOVER_FDS"), "{err}");
+        use std::os::fd::IntoRawFd;
+        // Only descriptors this test owns (and hands over) are named: adopting one closes it.
         let err = inherited("api=x").unwrap_err().to_string();
         assert!(err.contains("\"x\" is not a descriptor"), "{err}");
         let err = inherited("api=987654").unwrap_err().to_string();
         assert!(err.contains("descriptor 987654 is not open"), "{err}");
-        let file = std::fs::File::open("/dev/null").unwrap();
-        let err = inherited(&format!("api={}", file.as_raw_fd()))
+        let file = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        let err = inherited(&format!("api={file}")).unwrap_err().to_string();
+        assert!(err.contains("is not a socket"), "{err}");
+        let api = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .into_raw_fd();
+        let http = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .into_raw_fd();
+        let err = inherited(&format!("api={api},http={http}"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("is not a socket"), "{err}");
-        std::mem::forget(file); // now owned (and closed) by the failed adoption
+        assert!(err.contains("api, http and https are all needed"), "{err}");
     }
 }
