@@ -33,6 +33,12 @@ fn main() {
     let plugins = root.join("plugins");
     let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
 
+    // `orca update` picks the release index entry of the platform it was built for.
+    println!(
+        "cargo:rustc-env=ORCA_TARGET={}",
+        env::var("TARGET").expect("set by cargo")
+    );
+
     for dir in ["plugins", "sdk/src", "sdk/Cargo.toml", "wit"] {
         rerun_tree(&root.join(dir));
     }

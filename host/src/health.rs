@@ -89,6 +89,9 @@ pub struct Health {
     registry: Registry,
     /// Slots of [`PROBE_CONCURRENCY`].
     slots: Arc<tokio::sync::Semaphore>,
+    /// Instances a predecessor server judged ready (socket hand-over): they start ready
+    /// here too, until this server's own probes say otherwise.
+    seeded: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Health {
@@ -98,12 +101,21 @@ impl Health {
             inner: Arc::default(),
             registry,
             slots: Arc::new(tokio::sync::Semaphore::new(PROBE_CONCURRENCY)),
+            seeded: Arc::default(),
         }
+    }
+
+    /// Instances to take as ready when first watched (the predecessor's verdicts after a
+    /// hand-over), so the new server routes to them from its first pass; their probes run
+    /// as scheduled and flip them if they fail.
+    pub fn seed_ready(&self, ids: impl IntoIterator<Item = String>) {
+        self.seeded.lock().expect("health seed lock").extend(ids);
     }
 
     /// Replaces the watched set; verdicts of instances still present are kept.
     pub fn set_targets(&self, targets: Vec<Target>) {
         let now = Instant::now();
+        let mut seeded = self.seeded.lock().expect("health seed lock");
         let mut map = self.inner.lock().expect("health lock");
         let mut next: HashMap<String, Entry> = HashMap::with_capacity(targets.len());
         for t in targets {
@@ -121,7 +133,7 @@ impl Health {
                             Duration::from_secs(l.initial_delay_secs.max(l.interval_secs.max(1)))
                         })
                         .unwrap_or_default();
-                    let ready = t.addr.is_none();
+                    let ready = t.addr.is_none() || seeded.remove(&t.id);
                     next.insert(
                         t.id.clone(),
                         Entry {
@@ -142,14 +154,15 @@ impl Health {
         *map = next;
     }
 
-    /// The verdicts on one instance (not ready when unknown).
+    /// The verdicts on one instance (not ready when unknown, unless seeded ready).
     pub fn verdict(&self, id: &str) -> Verdict {
-        self.inner
-            .lock()
-            .expect("health lock")
-            .get(id)
-            .map(|e| e.verdict.clone())
-            .unwrap_or_default()
+        if let Some(e) = self.inner.lock().expect("health lock").get(id) {
+            return e.verdict.clone();
+        }
+        Verdict {
+            ready: self.seeded.lock().expect("health seed lock").contains(id),
+            ..Verdict::default()
+        }
     }
 
     /// Runs the checker until `shutdown` resolves; `changed` is notified on every verdict

@@ -3,6 +3,9 @@
 //! Module map (see ARCHITECTURE.md for the invariants):
 //! - [`cli`]: the `orca` command line; every command but `server` only calls the API.
 //! - [`server`]: wires everything into the `orca server` process.
+//! - [`handover`]: listening sockets passed to a successor server (SCM_RIGHTS, re-exec).
+//! - [`update`]: `orca update`: signed release index, verified download, atomic replace.
+//! - [`version`]: the version this binary reports (a stamp slot release pipelines rewrite).
 //! - [`api`]: the REST API (axum), RBAC, request limits; the only module that knows HTTP/JSON.
 //! - [`controller`]: observe → plan → publish → execute loop; Docker events; crash back-off.
 //! - [`reconciler`]: the pure planning function, table- and property-tested.
@@ -37,6 +40,7 @@ pub mod controller;
 pub mod deploy;
 pub mod doctor;
 pub mod events;
+pub mod handover;
 pub mod health;
 pub mod instance;
 pub mod mcp;
@@ -51,5 +55,7 @@ pub mod rollout;
 pub mod secrets;
 pub mod server;
 pub mod stats;
+pub mod update;
+pub mod version;
 pub mod volumes;
 pub mod webhooks;

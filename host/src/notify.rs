@@ -127,6 +127,7 @@ impl Notifier {
             tx,
             status: status.clone(),
         });
+        crate::process::crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(ATTEMPT_TIMEOUT)
             .user_agent(concat!("orca/", env!("CARGO_PKG_VERSION")))

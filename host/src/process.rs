@@ -1,6 +1,14 @@
 //! Process-wide settings owned by the binary: the file-descriptor limit, the file-creation
-//! mask of the server, and SIGPIPE for CLI commands. The only `unsafe` outside the plugin
-//! cache: each call is a plain libc call with no pointers kept.
+//! mask of the server, SIGPIPE for CLI commands, and the one TLS crypto provider. With the
+//! hand-over's adoption of inherited sockets, the only `unsafe` outside the plugin cache:
+//! each call is a plain libc call with no pointers kept.
+
+/// Installs ring as the process's rustls crypto provider (an error means one is installed
+/// already, which is as good). Every HTTP client and TLS user needs one: call before
+/// building any.
+pub fn crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, so the server's connection caps (not
 /// the default 1024 soft limit) decide how many sockets it holds. Returns the new soft limit.

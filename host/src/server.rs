@@ -1,5 +1,6 @@
 //! `orca server`: wires the store, the Docker runtime, the controller, the proxy and the API
-//! into one process, and shuts them down gracefully (containers keep running).
+//! into one process, and shuts them down gracefully (containers keep running); takes its
+//! listening sockets over from a running server of the same state dir (`handover`).
 
 use std::fs;
 use std::io::Write;
@@ -21,6 +22,7 @@ use tracing::{info, warn};
 use crate::api::{self, AppState};
 use crate::certs::CertManager;
 use crate::controller::Controller;
+use crate::handover;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::plugins::{PluginOrigin, PluginRuntime, RuntimeLimits};
@@ -52,8 +54,53 @@ pub fn credentials_path(home: &Path) -> PathBuf {
     home.join("credentials")
 }
 
-/// Runs the server until `shutdown` is cancelled.
-pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// How a server run ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// Stopped (a signal, or its sockets were handed over to a successor).
+    Stopped,
+    /// Asked to re-execute its (replaced) binary: call [`ReExec::exec`].
+    ReExec(ReExec),
+}
+
+/// A re-exec of the server binary in place, keeping the listening sockets.
+#[derive(Debug)]
+pub struct ReExec {
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    listeners: handover::Listeners,
+}
+
+impl ReExec {
+    /// Replaces this process with the server binary; returns only on failure.
+    pub fn exec(self) -> anyhow::Error {
+        let e = handover::reexec(&self.exe, &self.args, &self.listeners);
+        anyhow::anyhow!("re-executing {}: {e}", self.exe.display())
+    }
+}
+
+/// Binds a listening socket (address reuse, backlog 1024 as tokio's `bind`), for the
+/// hand-over as a std listener.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+fn tokio_listener(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
+/// Runs the server until `shutdown` is cancelled (or a hand-over request cancels it).
+pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<Exit> {
+    let exe = std::env::current_exe().context("locating the server binary")?;
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
     // One crypto provider for every TLS user in the process (proxy, ACME client). An error
     // means one is installed already, which is as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -76,6 +123,65 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     // The state dir may exist already (made by hand, or by an older orca): it is private.
     fs::set_permissions(&cfg.home, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("making state dir {} private (0700)", cfg.home.display()))?;
+
+    // What takes long and needs no store comes first: while a predecessor still serves,
+    // and before the sockets are taken over, so the gap in which nobody accepts is short.
+    let limits = RuntimeLimits {
+        call_deadline: Duration::from_millis(cluster.plugins.call_deadline_ms),
+        memory_bytes: (cluster.plugins.memory_limit_mib as usize) << 20,
+        build_deadline: Duration::from_secs(cluster.build.timeout_secs),
+        ..RuntimeLimits::default()
+    };
+    let plugin_runtime = PluginRuntime::new(limits, Some(crate::plugins::cache_dir(&cfg.home)))
+        .context("starting the plugin runtime")?;
+    let registry = Registry::new(plugin_runtime, &cfg.home);
+    // Load every built-in once at start: a broken embedded plugin fails here, not mid-rollout.
+    for name in crate::plugins::builtin_names() {
+        let bytes = crate::plugins::builtin(name).expect("listed built-ins exist");
+        registry
+            .runtime()
+            .load(bytes, PluginOrigin::Builtin(name.to_string()))
+            .with_context(|| format!("loading built-in plugin {name}"))?;
+    }
+
+    // Settings that can be refused are checked before a running server is asked to hand
+    // over: a successor that fails after taking the sockets leaves nobody serving.
+    let acme = match &cluster.acme {
+        Some(settings) => Some(crate::certs::AcmePolicy::from_settings(
+            settings,
+            &cfg.config_dir,
+        )?),
+        None => None,
+    };
+    crate::notify::check(&cluster.notify).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let git = crate::build::git::GitAccess::new(&cluster.build, &cfg.home)
+        .map_err(|e| anyhow::anyhow!("cluster.toml: {e}"))?;
+    let (listeners, origin) = handover::acquire(&cfg.home, || {
+        Ok(handover::Listeners {
+            api: bind_listener(cfg.api_addr)
+                .with_context(|| format!("binding the API to {}", cfg.api_addr))?,
+            http: bind_listener(cfg.http_addr)
+                .with_context(|| format!("binding the HTTP proxy to {}", cfg.http_addr))?,
+            https: bind_listener(cfg.https_addr)
+                .with_context(|| format!("binding the HTTPS proxy to {}", cfg.https_addr))?,
+        })
+    })?;
+    let kept = listeners
+        .try_clone()
+        .context("keeping the listening sockets for a hand-over")?;
+    let inherited = !matches!(origin, handover::Origin::Bound);
+    if let handover::Origin::Predecessor(predecessor) = origin {
+        let pid = predecessor.pid;
+        let waited = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || predecessor.wait_released())
+            .await
+            .context("waiting for the previous server")??;
+        info!(
+            pid,
+            waited_ms = waited.elapsed().as_millis() as u64,
+            "previous server exited; opening the store"
+        );
+    }
     let store = Store::open(&store_file)?;
     fs::set_permissions(&store_file, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making store {} private (0600)", store_file.display()))?;
@@ -127,48 +233,25 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         .await
         .context("reading Docker Engine info")?;
 
-    let api_listener = TcpListener::bind(cfg.api_addr)
-        .await
-        .with_context(|| format!("binding the API to {}", cfg.api_addr))?;
-    let http_listener = TcpListener::bind(cfg.http_addr)
-        .await
-        .with_context(|| format!("binding the HTTP proxy to {}", cfg.http_addr))?;
-    let https_listener = TcpListener::bind(cfg.https_addr)
-        .await
-        .with_context(|| format!("binding the HTTPS proxy to {}", cfg.https_addr))?;
+    let api_listener = tokio_listener(listeners.api)?;
+    let http_listener = tokio_listener(listeners.http)?;
+    let https_listener = tokio_listener(listeners.https)?;
     let api_addr = api_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let https_addr = https_listener.local_addr()?;
-    let acme = match &cluster.acme {
-        Some(settings) => Some(crate::certs::AcmePolicy::from_settings(
-            settings,
-            &cfg.config_dir,
-        )?),
-        None => None,
-    };
-
-    let limits = RuntimeLimits {
-        call_deadline: Duration::from_millis(cluster.plugins.call_deadline_ms),
-        memory_bytes: (cluster.plugins.memory_limit_mib as usize) << 20,
-        build_deadline: Duration::from_secs(cluster.build.timeout_secs),
-        ..RuntimeLimits::default()
-    };
-    let plugin_runtime = PluginRuntime::new(limits, Some(crate::plugins::cache_dir(&cfg.home)))
-        .context("starting the plugin runtime")?;
-    let registry = Registry::new(plugin_runtime, &cfg.home);
-    // Load every built-in once at start: a broken embedded plugin fails here, not mid-rollout.
-    for name in crate::plugins::builtin_names() {
-        let bytes = crate::plugins::builtin(name).expect("listed built-ins exist");
-        registry
-            .runtime()
-            .load(bytes, PluginOrigin::Builtin(name.to_string()))
-            .with_context(|| format!("loading built-in plugin {name}"))?;
-    }
 
     let routes = Routes::new();
     let proxy_metrics = ProxyMetrics::new();
     let metrics = Metrics::new(|r| proxy_metrics.register(r));
     let health = Health::new(registry.clone());
+    let left = handover::take_ready(&cfg.home, crate::controller::now_ms());
+    if inherited {
+        info!(
+            instances = left.len(),
+            "starting with the previous server's ready instances"
+        );
+        health.seed_ready(left);
+    }
     let proxy = Proxy::new(
         proxy_config(&cluster.proxy),
         routes.clone(),
@@ -179,7 +262,6 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     if let Some(policy) = &acme {
         info!(directory = %crate::certs::describe(policy), "ACME enabled");
     }
-    crate::notify::check(&cluster.notify).map_err(|e| anyhow::anyhow!("{e}"))?;
     let notifier =
         crate::notify::Notifier::start(cluster.notify.clone(), cluster.cluster.name.clone());
     let events = crate::events::Events::start(
@@ -254,6 +336,17 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         shutdown.clone(),
     ));
 
+    // Accept only once the first pass published a routing table: a connection taken
+    // before would find no route (the kernel's backlog holds it meanwhile).
+    let first_pass = std::time::Instant::now();
+    while handle.view().observed_at_ms == 0 && first_pass.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    info!(
+        waited_ms = first_pass.elapsed().as_millis() as u64,
+        "first controller pass published"
+    );
+    let last_view = handle.clone();
     let proxy_shutdown = shutdown.clone();
     let proxy_task = tokio::spawn(async move {
         proxy
@@ -263,8 +356,6 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             .await
     });
 
-    let git = crate::build::git::GitAccess::new(&cluster.build, &cfg.home)
-        .map_err(|e| anyhow::anyhow!("cluster.toml: {e}"))?;
     let builds = Arc::new(
         crate::build::Builds::new(
             runtime.clone(),
@@ -310,7 +401,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let tls: api::listener::TlsHandler = Arc::new(move |stream, peer| {
         Box::pin(nodes.clone().accept_tls(stream, peer, tls_app.clone()))
     });
+    let requests = handover::serve(&cfg.home, kept.try_clone()?, exe.clone(), shutdown.clone())
+        .context("serving the hand-over socket")?;
     info!(
+        version = crate::version::current(),
         api = %api_addr,
         http = %http_addr,
         https = %https_addr,
@@ -338,8 +432,23 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         Err(_) => warn!("proxy did not finish in-flight requests within 15 s"),
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), controller_task).await;
+    if requests.succeeded() {
+        handover::save_ready(
+            &cfg.home,
+            &last_view.view().ready,
+            crate::controller::now_ms(),
+        );
+    }
+    if requests.reexec() {
+        info!(exe = %exe.display(), "orca server stopped; re-executing; containers keep running");
+        return Ok(Exit::ReExec(ReExec {
+            exe,
+            args,
+            listeners: kept,
+        }));
+    }
     info!("orca server stopped; containers keep running");
-    Ok(())
+    Ok(Exit::Stopped)
 }
 
 /// A fresh random cluster id (64 bits, hex), stored at first start.

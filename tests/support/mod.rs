@@ -101,6 +101,8 @@ pub struct Server {
     pub cleanup: bool,
     /// A command the server is started under (e.g. `prlimit --nofile=256:256`).
     wrapper: Vec<String>,
+    /// The `orca` binary the server runs (default: the one cargo built).
+    binary: PathBuf,
 }
 
 impl Server {
@@ -164,6 +166,7 @@ impl Server {
         let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = root.path().join("server.log");
         Server {
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_orca")),
             cleanup: true,
             wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
             started_once: false,
@@ -177,6 +180,68 @@ impl Server {
             log,
             root,
         }
+    }
+
+    /// A server run from `binary` (a copy of the test build, e.g. for `orca update`, which
+    /// replaces the binary it runs from).
+    pub fn start_from(binary: &Path, extra: &str) -> Server {
+        let mut s = Server::unspawned(&unique("t"), extra, &[]);
+        s.binary = binary.to_path_buf();
+        s.spawn();
+        s
+    }
+
+    /// Restarts the server by socket hand-over: starts a second process of this state dir
+    /// beside the running one, which hands it the listening sockets and exits; waits for
+    /// the old process to exit and the new one to answer. Returns how long the old one
+    /// took to exit after the new one started.
+    pub fn restart_with_handover(&mut self) -> Duration {
+        let mut old = self.child.take().expect("the server runs");
+        let started = Instant::now();
+        self.child = Some(self.spawn_process());
+        let deadline = started + Duration::from_secs(60);
+        let exited = loop {
+            if let Some(status) = old.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "the old server exited with {status}:\n{}",
+                    self.log()
+                );
+                break started.elapsed();
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let _ = old.kill();
+                panic!("the new server exited with {status}:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = old.kill();
+                panic!(
+                    "the old server did not hand over within 60 s:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = old.wait();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(
+            http_raw(
+                "GET",
+                &format!("{}/api/v1/health", self.api),
+                None,
+                &[],
+                None
+            ),
+            Ok((200, _))
+        ) {
+            assert!(
+                Instant::now() < deadline,
+                "new server not healthy:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        exited
     }
 
     /// Like [`Server::start_named`], for a server expected not to come up: `Err` holds its log.
@@ -210,8 +275,8 @@ impl Server {
         }
     }
 
-    /// Like [`Server::spawn`]; `Err` holds the log of a server that exited.
-    pub fn try_spawn(&mut self) -> Result<(), String> {
+    /// Starts the server process (nothing waited for).
+    fn spawn_process(&self) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -220,13 +285,12 @@ impl Server {
         let mut cmd = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
-                cmd.args(args).arg(env!("CARGO_BIN_EXE_orca"));
+                cmd.args(args).arg(&self.binary);
                 cmd
             }
-            None => Command::new(env!("CARGO_BIN_EXE_orca")),
+            None => Command::new(&self.binary),
         };
-        let child = cmd
-            .arg("server")
+        cmd.arg("server")
             .env("ORCA_HOME", self.home())
             .env("ORCA_CONFIG_DIR", self.config_dir())
             .env(
@@ -239,8 +303,12 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawning orca server");
-        self.child = Some(child);
+            .expect("spawning orca server")
+    }
+
+    /// Like [`Server::spawn`]; `Err` holds the log of a server that exited.
+    pub fn try_spawn(&mut self) -> Result<(), String> {
+        self.child = Some(self.spawn_process());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {

@@ -56,6 +56,7 @@ impl Client {
             .unwrap_or_else(|| "http://127.0.0.1:6880".to_string())
             .trim_end_matches('/')
             .to_string();
+        crate::process::crypto_provider();
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))

@@ -5,6 +5,7 @@ mod doctor;
 mod events;
 mod nodes;
 mod tui;
+mod update;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -25,7 +26,7 @@ pub use client::{default_config_dir, default_home, Client};
 
 /// orca: a compact, WASM-pluggable container orchestrator.
 #[derive(Debug, Parser)]
-#[command(name = "orca", version, about)]
+#[command(name = "orca", version = crate::version::current(), about)]
 pub struct Cli {
     /// API address, e.g. http://127.0.0.1:6880 (default: credentials file, then that).
     #[arg(long, global = true, env = "ORCA_API")]
@@ -225,6 +226,9 @@ enum Command {
     /// Nodes: join tokens, removal.
     #[command(subcommand)]
     Node(nodes::NodeCmd),
+    /// Update this binary from the signed release index (ed25519/minisign, sha256), keeping
+    /// the previous one beside it; then the running server re-executes it, keeping its sockets.
+    Update(update::UpdateArgs),
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -404,7 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!("shutdown requested");
                 trigger.cancel();
             });
-            crate::server::run(
+            let exit = crate::server::run(
                 crate::server::ServerConfig {
                     home,
                     config_dir,
@@ -414,7 +418,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 shutdown,
             )
-            .await
+            .await?;
+            match exit {
+                crate::server::Exit::Stopped => Ok(()),
+                // Returns only if the exec failed.
+                crate::server::Exit::ReExec(reexec) => Err(reexec.exec()),
+            }
         }
         Command::Deploy {
             services,
@@ -908,6 +917,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             doctor::doctor(&client()?, &service, project.as_deref(), json_out).await
         }
         Command::Mcp => doctor::mcp(&client()?).await,
+        Command::Update(args) => update::run(args, &home, &config_dir, json_out).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "orca", &mut std::io::stdout());
             Ok(())

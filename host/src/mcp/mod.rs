@@ -355,6 +355,7 @@ pub fn http_service(
 pub async fn serve_stdio(base: String, token: String) -> anyhow::Result<()> {
     use anyhow::Context;
     use rmcp::ServiceExt;
+    crate::process::crypto_provider();
     let http = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(std::time::Duration::from_secs(5))

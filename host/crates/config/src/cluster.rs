@@ -99,6 +99,19 @@ pub struct ClusterConfig {
     /// The `[volumes]` table: which host paths services may bind-mount.
     #[serde(default)]
     pub volumes: VolumeSettings,
+    /// The `[update]` table: where `orca update` finds the release index.
+    #[serde(default)]
+    pub update: UpdateSettings,
+}
+
+/// `orca update` (`[update]` in cluster.toml).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSettings {
+    /// The signed release index (`http://` or `https://`; its signature is at `url` +
+    /// `.minisig`). Absent: the project's release location.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// Mounts (`[volumes]` in cluster.toml).
@@ -724,6 +737,14 @@ fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
                     format!("{key} must be an absolute path, got {path:?}"),
                 ));
             }
+        }
+    }
+    if let Some(url) = &config.update.url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Invalid::new(
+                FieldPath::key("update").k("url"),
+                format!("url {url:?} must start with http:// or https://"),
+            ));
         }
     }
     for (i, n) in config.notify.iter().enumerate() {

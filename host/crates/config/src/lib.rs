@@ -34,7 +34,7 @@ pub mod volumes;
 pub use cluster::{
     load_cluster_config, parse_cluster_file, AcmeSettings, ApiSettings, BuildSettings,
     ClusterConfig, ClusterSettings, NodesSettings, NotifyConfig, PluginSettings, ProxySettings,
-    Role, TokenConfig, VolumeSettings,
+    Role, TokenConfig, UpdateSettings, VolumeSettings,
 };
 pub use error::ConfigError;
 pub use load::{

@@ -61,7 +61,7 @@ pub use challenge::{Challenges, ACME_CHALLENGE_PREFIX};
 pub use config::ProxyConfig;
 pub use error::ProxyError;
 pub use metrics::ProxyMetrics;
-pub use server::{ConnectionLimits, Proxy, DEFAULT_SHUTDOWN_GRACE};
+pub use server::{ConnectionLimits, Proxy, DEFAULT_CLOSE_LINGER, DEFAULT_SHUTDOWN_GRACE};
 pub use stats::RouteStats;
 pub use table::{Backend, Route, RouteTable, Routes};
 pub use tls::{certified_key, Certificates, TlsError};

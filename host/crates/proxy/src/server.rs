@@ -59,6 +59,13 @@ macro_rules! drive_connection {
 /// How long in-flight requests (and upgraded connections) may run after shutdown begins.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long, after the listeners close, open HTTP/1.1 keep-alive connections are still
+/// served (each response then says `Connection: close`) before idle ones are closed.
+/// Closing an idle keep-alive connection races with a client sending on it (the client
+/// sees a reset, not an answer); a client that is sending gets its answer and reconnects
+/// instead, on the listening socket a successor (socket hand-over) now accepts on.
+pub const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 /// Caps on open client connections, checked when a connection is accepted; a connection
 /// over a cap is closed at once (before any byte is read), so one client (or one address)
 /// cannot take every connection and file descriptor of the process.
@@ -86,6 +93,7 @@ pub struct Proxy {
     http: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     grace: Duration,
+    linger: Duration,
     handshake_timeout: Duration,
     limits: ConnectionLimits,
     workers: usize,
@@ -117,6 +125,7 @@ impl Proxy {
             http,
             http2,
             grace: DEFAULT_SHUTDOWN_GRACE,
+            linger: DEFAULT_CLOSE_LINGER,
             handshake_timeout,
             limits: ConnectionLimits::default(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -151,6 +160,13 @@ impl Proxy {
     /// Sets how long in-flight requests may run after shutdown begins (default 10 s).
     pub fn with_shutdown_grace(mut self, grace: Duration) -> Proxy {
         self.grace = grace;
+        self
+    }
+
+    /// Sets how long keep-alive connections are still served, with `Connection: close`,
+    /// after the listeners close (default [`DEFAULT_CLOSE_LINGER`]).
+    pub fn with_close_linger(mut self, linger: Duration) -> Proxy {
+        self.linger = linger;
         self
     }
 
@@ -270,8 +286,13 @@ impl Proxy {
             }
         }
         shutdown.await;
+        info!(in_flight = self.drain.count(), "proxy closing");
+        // Workers stop accepting (and close their listener handles) on this phase; open
+        // keep-alive connections are served a while longer, each answer closing its
+        // connection, so no client sends on a connection closed under it.
+        self.drain.set(Phase::Closing);
+        let _ = tokio::time::timeout(self.linger, self.drain.idle()).await;
         info!(in_flight = self.drain.count(), "proxy draining");
-        // Workers stop accepting (and close their listener handles) on this phase.
         self.drain.set(Phase::Draining);
         if tokio::time::timeout(self.grace, self.drain.idle())
             .await
@@ -341,7 +362,7 @@ impl Worker {
         let mut phase = self.drain.subscribe();
         loop {
             tokio::select! {
-                () = phase_reached(&mut phase, Phase::Draining) => break,
+                () = phase_reached(&mut phase, Phase::Closing) => break,
                 accepted = plain.accept() => match accepted {
                     Ok((stream, peer)) => {
                         if let Some(admitted) = self.plain.admission.admit(peer) {
@@ -394,11 +415,14 @@ impl Worker {
         }
         let forwarder = self.forwarder.clone();
         let upstream = upstream.clone();
+        let drain = self.drain.clone();
         let service = service_fn(move |req| {
             let forwarder = forwarder.clone();
             let upstream = upstream.clone();
+            let drain = drain.clone();
             async move {
-                Ok::<_, Infallible>(forwarder.handle(&upstream, req, peer, Scheme::Http).await)
+                let response = forwarder.handle(&upstream, req, peer, Scheme::Http).await;
+                Ok::<_, Infallible>(drain.close_if_closing(response))
             }
         });
         let conn = self
@@ -432,6 +456,7 @@ impl Worker {
         let http1 = self.http.clone();
         let http2 = self.http2.clone();
         let handshake_timeout = self.handshake_timeout;
+        let drain = self.drain.clone();
         let task = self.drain.track();
         let mut phase = self.drain.subscribe();
         tokio::spawn(async move {
@@ -456,8 +481,15 @@ impl Worker {
             let service = service_fn(move |req| {
                 let forwarder = forwarder.clone();
                 let upstream = upstream.clone();
+                let drain = drain.clone();
                 async move {
-                    Ok::<_, Infallible>(forwarder.handle(&upstream, req, peer, Scheme::Https).await)
+                    let response = forwarder.handle(&upstream, req, peer, Scheme::Https).await;
+                    // HTTP/2 has no `Connection` header: its graceful close is GOAWAY.
+                    Ok::<_, Infallible>(if h2 {
+                        response
+                    } else {
+                        drain.close_if_closing(response)
+                    })
                 }
             });
             let io = TokioIo::new(stream);
@@ -618,6 +650,8 @@ const ENFILE: i32 = 23;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Phase {
     Running,
+    /// Listeners closed; open connections still served, HTTP/1.1 answers closing them.
+    Closing,
     /// Stop taking new requests; finish the ones in flight.
     Draining,
     /// The grace is over: drop everything.
@@ -680,6 +714,19 @@ impl Drain {
 
     fn set(&self, phase: Phase) {
         self.inner.phase.send_replace(phase);
+    }
+
+    /// Marks an HTTP/1.1 `response` as the connection's last once shutdown began (not a
+    /// protocol switch, whose `Connection: upgrade` must stand).
+    fn close_if_closing<B>(&self, mut response: hyper::Response<B>) -> hyper::Response<B> {
+        let closing = *self.inner.phase.borrow() >= Phase::Closing;
+        if closing && response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            response.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 
     fn count(&self) -> usize {

@@ -671,6 +671,66 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     );
 }
 
+/// Reads one HTTP/1.1 response (Content-Length body) from `stream`: (head, body).
+async fn read_response(stream: &mut TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "closed inside a head"
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    (head, String::from_utf8_lossy(&body).to_string())
+}
+
+#[tokio::test]
+async fn on_shutdown_keep_alive_connections_are_answered_with_connection_close_not_cut() {
+    let a = named_backend("a", Arc::default()).await;
+    let routes = Routes::new();
+    let mut table = RouteTable::new();
+    table.insert("a.test", route("demo/a", &[a]));
+    routes.swap(table);
+    let proxy = RunningProxy::start(routes, test_config(), ProxyMetrics::new()).await;
+    let addr = proxy.addr;
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    kept.write_all(request).await.unwrap();
+    let (head, body) = read_response(&mut kept).await;
+    assert!(!head.contains("connection: close"), "{head}");
+    assert_eq!(body, "a");
+
+    // Shutdown begins: the listener closes, but the open connection is still served
+    // (within the close linger), and its answer tells the client to reconnect.
+    let stopped = tokio::spawn(proxy.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+    kept.write_all(request).await.unwrap();
+    let (head, body) = read_response(&mut kept).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, "a");
+    let mut rest = Vec::new();
+    kept.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "the proxy closed after that answer");
+    tokio::time::timeout(Duration::from_secs(3), stopped)
+        .await
+        .expect("serve returns once the connection closed")
+        .unwrap();
+}
+
 fn metrics_text(metrics: &ProxyMetrics) -> String {
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
