@@ -297,7 +297,9 @@ const READY_MAX_AGE_MS: u64 = 120_000;
 
 /// Leaves the instances this server routed to for its successor, which starts them ready
 /// (until its own probes say otherwise), so it routes from its first pass.
-pub fn save_ready(home: &Path, ready: &std::collections::HashSet<String>, now_ms: u64) {
+pub fn save_ready<'a>(home: &Path, ready: impl IntoIterator<Item = &'a String>, now_ms: u64) {
+    let mut ready: Vec<&String> = ready.into_iter().collect();
+    ready.sort();
     let body = serde_json::json!({ "at_ms": now_ms, "ready": ready });
     if let Err(e) = std::fs::write(home.join(READY_FILE), body.to_string()) {
         warn!(error = %e, "could not leave the readiness verdicts for the next server");
