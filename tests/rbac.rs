@@ -164,6 +164,21 @@ impl<'a> Fixture<'a> {
                 "image": testapp_image(), "port": 8080, "replicas": 0,
                 "volumes": ["rbdata:/data"]}]})),
         );
+        // Its volume, as orca makes them (backups read only volumes that exist).
+        let p = &self.project;
+        let _ = std::process::Command::new("docker")
+            .args(["volume", "create"])
+            .args(["--label", "orca.managed=true"])
+            .args(["--label", &format!("orca.cluster={}", self.s.cluster)])
+            .args([
+                "--label",
+                &format!("orca.cluster.id={}", cluster_id(&self.s.cluster)),
+            ])
+            .args(["--label", &format!("orca.project={p}")])
+            .args(["--label", "orca.volume=rbdata"])
+            .arg(format!("orca-{}-{p}-rbdata", self.s.cluster))
+            .output()
+            .unwrap();
         let v = self.admin(
             "POST",
             "/api/v1/backups",

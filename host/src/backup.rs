@@ -126,6 +126,9 @@ pub struct Manifest {
     /// The store copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreEntry>,
+    /// Docker volumes covered but not backed up, with why (not on the master's engine).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 impl Manifest {
@@ -371,6 +374,7 @@ impl<R: ContainerRuntime> Backups<R> {
             scope: scope.describe(),
             archives: Vec::new(),
             store: None,
+            skipped: Vec::new(),
         };
         self.write_manifest(&m)?;
         Ok(m)
@@ -479,7 +483,25 @@ impl<R: ContainerRuntime> Backups<R> {
         progress: &Progress,
     ) -> Result<(), BackupError> {
         let dir = self.dir.join(&manifest.id);
+        let here: HashSet<String> = self
+            .runtime
+            .list_volumes()
+            .await
+            .map_err(|e| failed("listing volumes", e))?
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
         for (mut entry, stop) in plan {
+            // Never made here (the service never ran, or runs on an agent node): not backed
+            // up, and never created empty by a helper.
+            if !here.contains(&entry.docker_volume) {
+                manifest.skipped.push(format!(
+                    "{}: volume {:?} is not on the master's engine",
+                    entry.services.join(", "),
+                    entry.docker_volume
+                ));
+                continue;
+            }
             let held = if stop {
                 self.hold(&entry).await?
             } else {
