@@ -23,7 +23,7 @@ if [ -z "${ORCA_BIN:-}" ]; then
   cargo build --release -q -p orca
   ORCA_BIN=$root/target/release/orca
 fi
-orca=$ORCA_BIN
+orca=$(realpath "$ORCA_BIN")
 tests/build-testapp-image.sh orca-testapp:latest >/dev/null
 
 mkdir -p "$ORCA_CONFIG_DIR/services/p"
