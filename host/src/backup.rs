@@ -341,21 +341,27 @@ impl<R: ContainerRuntime> Backups<R> {
     ) -> Result<String, BackupError> {
         let id = new_id();
         let guard = self.claim(&id)?;
-        let plan = self.plan(&scope)?;
+        let started = self
+            .plan(&scope)
+            .and_then(|plan| Ok((plan, self.begin(&id, &scope, false)?)));
+        let (plan, manifest) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                *self.running.lock().expect("running lock") = None;
+                return Err(e);
+            }
+        };
         let progress = Progress::new("backup", 0);
         self.jobs
             .lock()
             .expect("jobs lock")
             .insert(id.clone(), progress.clone());
-        let manifest = self.begin(&id, &scope, false)?;
         let this = self.clone();
-        let id2 = id.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let r = this.run_backup(manifest, plan, verify, &progress).await;
             progress.finish(&r);
             *this.running.lock().expect("running lock") = None;
-            drop(id2);
         });
         Ok(id)
     }
@@ -967,8 +973,7 @@ impl<R: ContainerRuntime> Backups<R> {
             let scope = Scope::default();
             let r = async {
                 let plan = self.plan(&scope)?;
-                let mut m = self.begin(&id, &scope, true)?;
-                m.scheduled = true;
+                let m = self.begin(&id, &scope, true)?;
                 let progress = Progress::new("backup", 0);
                 self.jobs
                     .lock()

@@ -1484,15 +1484,26 @@ async fn backup_cmd(
 async fn follow_job(c: &client::Client, id: &str) -> anyhow::Result<Value> {
     let path = format!("/api/v1/backups/{}", enc(id));
     let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} {bytes}/{total_bytes} {bytes_per_sec}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let mut known_total = None;
     loop {
         let v = c.call(Method::GET, &path, None).await?;
         let job = &v["job"];
         bar.set_message(format!("{} {id}", job["op"].as_str().unwrap_or("backup")));
-        bar.set_length(job["total_bytes"].as_u64().unwrap_or(0));
+        let total = job["total_bytes"].as_u64().unwrap_or(0);
+        if known_total != Some(total > 0) {
+            // A backup's total is not known in advance: bytes done only.
+            let template = if total > 0 {
+                "{msg} {bytes}/{total_bytes} {wide_bar} {bytes_per_sec}"
+            } else {
+                "{msg} {bytes} {bytes_per_sec}"
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            known_total = Some(total > 0);
+        }
+        bar.set_length(total);
         bar.set_position(job["done_bytes"].as_u64().unwrap_or(0));
         match job["state"].as_str() {
             Some("running") => {}
