@@ -208,6 +208,16 @@ fn backup_all_then_restore_brings_the_files_back_and_a_tampered_archive_is_refus
         "{}",
         output(&out)
     );
+    let out = s.cli_in(ADMIN, None, &["backup", "nope", "--project", &project]);
+    assert!(
+        output(&out).contains("no service matches"),
+        "{}",
+        output(&out)
+    );
+    let (code, v) = api(&s, "POST", "/api/v1/backups", Some(r#"{"servise": "db"}"#));
+    assert_eq!(code, 400, "{v}");
+    assert!(v.to_string().contains("servise"), "{v}");
+    assert_eq!(backups(&s).len(), 1, "refused requests made no backup");
     // Admin only.
     let out = s.cli_in(DEPLOYER, None, &["backup", "list"]);
     assert!(!out.status.success(), "{}", output(&out));
