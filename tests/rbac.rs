@@ -136,6 +136,59 @@ impl<'a> Fixture<'a> {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
+    /// Waits until no backup or restore runs.
+    fn backups_idle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let list = self.admin("GET", "/api/v1/backups", None);
+            let running = list["backups"].as_array().into_iter().flatten().any(|b| {
+                let id = b["id"].as_str().unwrap_or("");
+                let one = self.admin("GET", &format!("/api/v1/backups/{id}"), None);
+                one["job"]["state"] == "running"
+            });
+            if !running {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "backups never idle");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// A finished backup of service `vol` (no instances, one named volume): its id.
+    fn backup_of_vol(&self) -> String {
+        self.backups_idle();
+        self.admin(
+            "POST",
+            "/api/v1/deploy",
+            Some(json!({"services": [{"name": "vol", "project": self.project,
+                "image": testapp_image(), "port": 8080, "replicas": 0,
+                "volumes": ["rbdata:/data"]}]})),
+        );
+        // Its volume, as orca makes them (backups read only volumes that exist).
+        let p = &self.project;
+        let _ = std::process::Command::new("docker")
+            .args(["volume", "create"])
+            .args(["--label", "orca.managed=true"])
+            .args(["--label", &format!("orca.cluster={}", self.s.cluster)])
+            .args([
+                "--label",
+                &format!("orca.cluster.id={}", cluster_id(&self.s.cluster)),
+            ])
+            .args(["--label", &format!("orca.project={p}")])
+            .args(["--label", "orca.volume=rbdata"])
+            .arg(format!("orca-{}-{p}-rbdata", self.s.cluster))
+            .output()
+            .unwrap();
+        let v = self.admin(
+            "POST",
+            "/api/v1/backups",
+            Some(json!({"project": self.project, "service": "vol"})),
+        );
+        let id = v["id"].as_str().unwrap().to_string();
+        self.backups_idle();
+        id
+    }
+
     fn web_rollout(&self) -> Value {
         self.s.service(&self.project, "web")["rollout"].clone()
     }
@@ -360,6 +413,29 @@ impl<'a> Fixture<'a> {
                     assert!(out.status.success(), "{out:?}");
                 }
                 Req::get(format!("/api/v1/volumes/{p}/rbvol{n}"))
+            }
+            ("GET", "/api/v1/backups") => Req::get(route),
+            ("POST", "/api/v1/backups") => {
+                if setup {
+                    self.backups_idle();
+                }
+                Req::json(route, json!({}), 202)
+            }
+            ("GET", "/api/v1/backups/{id}") => {
+                let id = if setup {
+                    self.backup_of_vol()
+                } else {
+                    "20260101T000000.000Z".to_string()
+                };
+                Req::get(format!("/api/v1/backups/{id}"))
+            }
+            ("POST", "/api/v1/backups/{id}/restore") => {
+                let id = if setup {
+                    self.backup_of_vol()
+                } else {
+                    "20260101T000000.000Z".to_string()
+                };
+                Req::json(format!("/api/v1/backups/{id}/restore"), json!({}), 202)
             }
             ("GET", "/api/v1/plugins") => Req::get(route),
             ("POST", "/api/v1/plugins") => Req {

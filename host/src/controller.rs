@@ -135,6 +135,9 @@ pub struct Controller<R: ContainerRuntime> {
     rebalancing: Arc<Mutex<rebalance::Rebalancing>>,
     /// One image shipment per (node, image) at a time.
     shipping: Mutex<HashMap<(String, String), ShipLock>>,
+    /// Services held stopped (`project/name`) while a backup or restore works on their
+    /// volumes: a pass treats them as stopped, their desired state untouched.
+    held: Arc<Mutex<HashSet<String>>>,
 }
 
 /// How long a pass waits for a remote node's listing before using its last one.
@@ -170,9 +173,26 @@ pub struct ControllerHandle {
     view: Arc<ArcSwap<View>>,
     health: Health,
     rebalancing: Arc<Mutex<rebalance::Rebalancing>>,
+    held: Arc<Mutex<HashSet<String>>>,
 }
 
 impl ControllerHandle {
+    /// Holds `service` (`project/name`) stopped: its instances are drained and removed as
+    /// by `orca stop`, but its desired state stays as it is, until [`release`](Self::release).
+    pub fn hold(&self, service: &str) {
+        self.held
+            .lock()
+            .expect("hold lock")
+            .insert(service.to_string());
+        self.wake.notify_one();
+    }
+
+    /// Ends a [`hold`](Self::hold): the service runs again as its desired state says.
+    pub fn release(&self, service: &str) {
+        self.held.lock().expect("hold lock").remove(service);
+        self.wake.notify_one();
+    }
+
     /// Starts rebalancing `service` (`project/name`) over its eligible nodes.
     pub fn rebalance(&self, service: String) {
         self.rebalancing
@@ -238,6 +258,7 @@ impl<R: ContainerRuntime> Controller<R> {
             host_paths: Vec::new(),
             rebalancing: Arc::default(),
             shipping: Mutex::new(HashMap::new()),
+            held: Arc::default(),
         }
     }
 
@@ -331,6 +352,7 @@ impl<R: ContainerRuntime> Controller<R> {
             view: self.view.clone(),
             health: self.health.clone(),
             rebalancing: self.rebalancing.clone(),
+            held: self.held.clone(),
         }
     }
 
@@ -404,7 +426,13 @@ impl<R: ContainerRuntime> Controller<R> {
 
     /// One observe → plan → publish → execute cycle.
     pub async fn pass(&self) -> anyhow::Result<()> {
-        let records = self.store.list_services()?;
+        let mut records = self.store.list_services()?;
+        {
+            let held = self.held.lock().expect("hold lock");
+            for rec in records.iter_mut().filter(|r| held.contains(&r.spec.key())) {
+                rec.state = DesiredState::Stopped;
+            }
+        }
         let mut rollouts: HashMap<String, RolloutRecord> = self
             .store
             .list_rollouts()?

@@ -112,6 +112,18 @@ pub enum Kind {
     /// A service was stopped.
     #[serde(rename = "service.stopped")]
     ServiceStopped,
+    /// A backup finished (and, if scheduled, was verified).
+    #[serde(rename = "backup.succeeded")]
+    BackupSucceeded,
+    /// A backup failed, or its verification did: it is marked failed.
+    #[serde(rename = "backup.failed")]
+    BackupFailed,
+    /// A restore put a backup's volumes back.
+    #[serde(rename = "restore.succeeded")]
+    RestoreSucceeded,
+    /// A restore was refused (a checksum did not match) or failed.
+    #[serde(rename = "restore.failed")]
+    RestoreFailed,
 }
 
 impl Kind {
@@ -152,6 +164,10 @@ impl Kind {
         (Kind::CertificateFailed, "certificate.failed"),
         (Kind::ServiceScaled, "service.scaled"),
         (Kind::ServiceStopped, "service.stopped"),
+        (Kind::BackupSucceeded, "backup.succeeded"),
+        (Kind::BackupFailed, "backup.failed"),
+        (Kind::RestoreSucceeded, "restore.succeeded"),
+        (Kind::RestoreFailed, "restore.failed"),
     ];
 
     /// How bad it is.
@@ -163,6 +179,8 @@ impl Kind {
             | Kind::BuildFailed
             | Kind::CertificateFailed
             | Kind::PlacementFailed
+            | Kind::BackupFailed
+            | Kind::RestoreFailed
             | Kind::StartFailed => "error",
             Kind::InstanceUnready | Kind::ReadinessFailed | Kind::LivenessRestart => "warning",
             _ => "info",
@@ -427,6 +445,25 @@ impl Events {
             .field("detail", &d.detail)
             .field("hooks", &d.hooks),
         );
+    }
+
+    /// A backup (`restore: false`) or restore of backup `id` ended; `error` if it failed.
+    pub fn backup(&self, id: &str, restore: bool, error: Option<&str>) {
+        let (kind, what) = match (restore, error) {
+            (false, None) => (Kind::BackupSucceeded, "backup"),
+            (false, Some(_)) => (Kind::BackupFailed, "backup"),
+            (true, None) => (Kind::RestoreSucceeded, "restore"),
+            (true, Some(_)) => (Kind::RestoreFailed, "restore"),
+        };
+        let message = match error {
+            Some(e) => format!("{what} of {id} failed: {e}"),
+            None => format!("{what} of {id} succeeded"),
+        };
+        let mut e = Event::new(kind, message).field("backup", id);
+        if let Some(err) = error {
+            e = e.field("error", err);
+        }
+        self.emit(e);
     }
 
     /// An image build started, succeeded or failed (from its record).

@@ -33,6 +33,7 @@
 //! `orca-contract` (typed REST bodies with JSON schemas).
 
 pub mod api;
+pub mod backup;
 pub mod build;
 pub mod certs;
 pub mod cli;

@@ -376,7 +376,18 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         )
         .with_events(events.clone()),
     );
+    let backups = Arc::new(crate::backup::Backups::new(
+        &cfg.home,
+        store.clone(),
+        runtime.clone(),
+        handle.clone(),
+        events.clone(),
+        cluster.cluster.name.clone(),
+        cluster.backup.clone(),
+    ));
+    tokio::spawn(backups.clone().run_schedule(shutdown.clone()));
     let state = AppState {
+        backups,
         store,
         secrets,
         registry,

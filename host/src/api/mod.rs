@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+mod backups;
 mod diagnosis;
 mod error;
 pub(crate) mod events;
@@ -74,6 +75,8 @@ pub struct AppState<R: ContainerRuntime> {
     pub nodes: Arc<crate::nodes::Nodes>,
     /// `[volumes] host_paths`: where bind mounts may come from.
     pub host_paths: Arc<Vec<std::path::PathBuf>>,
+    /// Backups and restores of the services' volumes.
+    pub backups: Arc<crate::backup::Backups<R>>,
 }
 
 impl<R: ContainerRuntime> Clone for AppState<R> {
@@ -97,6 +100,7 @@ impl<R: ContainerRuntime> Clone for AppState<R> {
             notifier: self.notifier.clone(),
             nodes: self.nodes.clone(),
             host_paths: self.host_paths.clone(),
+            backups: self.backups.clone(),
         }
     }
 }
@@ -196,6 +200,14 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
     (
         "DELETE",
         "/api/v1/volumes/{project}/{name}",
+        Some(Permission::Admin),
+    ),
+    ("GET", "/api/v1/backups", Some(Permission::Admin)),
+    ("POST", "/api/v1/backups", Some(Permission::Admin)),
+    ("GET", "/api/v1/backups/{id}", Some(Permission::Admin)),
+    (
+        "POST",
+        "/api/v1/backups/{id}/restore",
         Some(Permission::Admin),
     ),
     ("GET", "/api/v1/events", Some(Permission::Read)),
@@ -346,6 +358,18 @@ fn rest_app<R: ContainerRuntime>(state: AppState<R>) -> Router {
         .route(
             "/api/v1/volumes/{project}/{name}",
             guard(Admin, delete(volumes::remove::<R>)),
+        )
+        .route(
+            "/api/v1/backups",
+            guard(Admin, get(backups::list::<R>)).merge(guard(Admin, post(backups::create::<R>))),
+        )
+        .route(
+            "/api/v1/backups/{id}",
+            guard(Admin, get(backups::show::<R>)),
+        )
+        .route(
+            "/api/v1/backups/{id}/restore",
+            guard(Admin, post(backups::restore::<R>)),
         )
         .route("/api/v1/events", guard(Read, get(events::list::<R>)))
         .route(

@@ -179,6 +179,27 @@ enum Command {
     /// Named volumes: list them, remove one (its data is gone).
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Back up volumes (admin): `orca backup all`, `orca backup SERVICE [--project P]`;
+    /// `orca backup list` lists the backups.
+    Backup {
+        /// `all`, `list`, or a service name.
+        target: String,
+        /// The service's project (default: the current directory's name).
+        #[arg(long)]
+        project: Option<String>,
+        /// Verify the backup by restoring it into a scratch volume and comparing checksums.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Restore a backup's volumes (admin): checksums checked first, the services stopped
+    /// while their volumes are replaced, started again.
+    Restore {
+        /// The backup's id (`orca backup list`).
+        backup: String,
+        /// Only this service's volumes (`NAME` or `PROJECT/NAME`).
+        #[arg(long)]
+        service: Option<String>,
+    },
     /// Webhooks: pushes that redeploy (and build) services. Without a subcommand: list.
     Webhooks {
         #[command(subcommand)]
@@ -759,6 +780,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .call(Method::PUT, &path, Some(json!({ "value": value })))
                 .await?;
             println!("{project}: secret {key} set");
+            Ok(())
+        }
+        Command::Backup {
+            target,
+            project,
+            verify,
+        } => backup_cmd(&client()?, &target, project, verify, json_out).await,
+        Command::Restore { backup, service } => {
+            let c = client()?;
+            let path = format!("/api/v1/backups/{}/restore", enc(&backup));
+            c.call(Method::POST, &path, Some(json!({ "service": service })))
+                .await?;
+            let v = follow_job(&c, &backup).await?;
+            if json_out {
+                return print_json(&v);
+            }
+            println!(
+                "backup {backup} restored ({} bytes)",
+                v["job"]["done_bytes"].as_u64().unwrap_or(0)
+            );
             Ok(())
         }
         Command::Volume(VolumeCmd::Ls) => {
@@ -1364,6 +1405,134 @@ async fn wait_stopped(
                 timeout.as_secs(),
                 left.join(", ")
             );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `orca backup all|list|SERVICE`.
+async fn backup_cmd(
+    c: &client::Client,
+    target: &str,
+    project: Option<String>,
+    verify: bool,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    if target == "list" {
+        let v = c.call(Method::GET, "/api/v1/backups", None).await?;
+        if json_out {
+            return print_json(&v);
+        }
+        println!(
+            "{:<22} {:<8} {:<9} {:<9} {:>14}  SCOPE",
+            "ID", "STATUS", "VERIFIED", "SCHEDULED", "BYTES"
+        );
+        for b in v["backups"].as_array().into_iter().flatten() {
+            let bytes: u64 = b["archives"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["size"].as_u64())
+                .sum::<u64>()
+                + b["store"]["size"].as_u64().unwrap_or(0);
+            println!(
+                "{:<22} {:<8} {:<9} {:<9} {:>14}  {}{}",
+                b["id"].as_str().unwrap_or(""),
+                b["status"].as_str().unwrap_or(""),
+                match b["verified"].as_bool() {
+                    Some(true) => "yes",
+                    Some(false) => "FAILED",
+                    None => "-",
+                },
+                if b["scheduled"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                },
+                bytes,
+                b["scope"].as_str().unwrap_or(""),
+                b["error"]
+                    .as_str()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default(),
+            );
+        }
+        return Ok(());
+    }
+    let body = if target == "all" {
+        if project.is_some() {
+            anyhow::bail!(
+                "`orca backup all` takes no --project (use `orca backup SERVICE --project P`)"
+            );
+        }
+        json!({ "verify": verify })
+    } else {
+        json!({ "project": project_or_cwd(project)?, "service": target, "verify": verify })
+    };
+    let v = c.call(Method::POST, "/api/v1/backups", Some(body)).await?;
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    let v = follow_job(c, &id).await?;
+    if json_out {
+        return print_json(&v);
+    }
+    let b = &v["backup"];
+    println!(
+        "backup {id} {}: {} volume(s), {} bytes, in {}",
+        b["status"].as_str().unwrap_or(""),
+        b["archives"].as_array().map_or(0, Vec::len),
+        v["job"]["done_bytes"].as_u64().unwrap_or(0),
+        v["dir"].as_str().map_or_else(
+            || "the server's backups directory".to_string(),
+            str::to_string
+        ),
+    );
+    Ok(())
+}
+
+/// Polls backup `id` until its last backup/restore ends, with a progress bar on a terminal
+/// (bytes done / total); an error if it failed.
+async fn follow_job(c: &client::Client, id: &str) -> anyhow::Result<Value> {
+    let path = format!("/api/v1/backups/{}", enc(id));
+    let bar = indicatif::ProgressBar::new(0);
+    let mut known_total = None;
+    loop {
+        let v = c.call(Method::GET, &path, None).await?;
+        let job = &v["job"];
+        bar.set_message(format!("{} {id}", job["op"].as_str().unwrap_or("backup")));
+        let total = job["total_bytes"].as_u64().unwrap_or(0);
+        if known_total != Some(total > 0) {
+            // A backup's total is not known in advance: bytes done only.
+            let template = if total > 0 {
+                "{msg} {bytes}/{total_bytes} {wide_bar} {bytes_per_sec}"
+            } else {
+                "{msg} {bytes} {bytes_per_sec}"
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            known_total = Some(total > 0);
+        }
+        bar.set_length(total);
+        bar.set_position(job["done_bytes"].as_u64().unwrap_or(0));
+        match job["state"].as_str() {
+            Some("running") => {}
+            Some("failed") => {
+                bar.finish_and_clear();
+                anyhow::bail!(
+                    "{} of {id} failed: {}",
+                    job["op"].as_str().unwrap_or("backup"),
+                    job["error"].as_str().unwrap_or("unknown error")
+                );
+            }
+            _ => {
+                bar.finish_and_clear();
+                let mut v = v;
+                if let Ok(list) = c.call(Method::GET, "/api/v1/backups", None).await {
+                    v["dir"] = list["dir"].clone();
+                }
+                return Ok(v);
+            }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

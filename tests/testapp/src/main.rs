@@ -19,7 +19,7 @@
 //! | `/alloc/<MiB>` | allocates and touches that many MiB and keeps them (an instance with a lower memory limit is OOM-killed), then `200` |
 //! | `/headers` | the request headers, one `name: value` per line |
 //! | `/echo` | the request body |
-//! | `/file/PATH` | PUT/POST: write the body to `/PATH`; GET: its contents (404 if absent) |
+//! | `/file/PATH` | PUT/POST: write the body to `/PATH` (parent directories created); GET: its contents (404 if absent) |
 //! | any request with an `Upgrade` header | `101 Switching Protocols`, then echoes raw bytes until EOF |
 //!
 //! Environment: `PORT` (default 8080), `VERSION`, `GREETING`, `FAIL_HEALTH`, `READY_AFTER_MS`
@@ -338,7 +338,11 @@ fn route(req: &Request, config: &Config) -> Response {
         }
         let file = format!("/{file}");
         return match req.method.as_str() {
-            "PUT" | "POST" => match std::fs::write(&file, &req.body) {
+            "PUT" | "POST" => match std::path::Path::new(&file)
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&file, &req.body))
+            {
                 Ok(()) => {
                     Response::text(200, format!("wrote {} bytes to {file}\n", req.body.len()))
                 }

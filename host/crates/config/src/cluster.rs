@@ -102,6 +102,9 @@ pub struct ClusterConfig {
     /// The `[update]` table: where `orca update` finds the release index.
     #[serde(default)]
     pub update: UpdateSettings,
+    /// The `[backup]` table: scheduled, verified backups and their retention.
+    #[serde(default)]
+    pub backup: BackupSettings,
 }
 
 /// `orca update` (`[update]` in cluster.toml).
@@ -112,6 +115,69 @@ pub struct UpdateSettings {
     /// `.minisig`). Absent: the project's release location.
     #[serde(default)]
     pub url: Option<String>,
+}
+
+/// Backups (`[backup]` in cluster.toml).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSettings {
+    /// When a backup of everything runs by itself, as a cron pattern in UTC: five fields
+    /// (`"0 3 * * *"`, minute granularity) or six with seconds first (`"*/5 * * * * *"`).
+    /// Absent: no scheduled backups.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Retention: after a backup, only the `keep` newest backups are kept, older ones are
+    /// deleted (at least 1; absent: every backup is kept).
+    #[serde(default)]
+    pub keep: Option<u32>,
+    /// How long verifying one backup (restoring it into a scratch volume and reading it
+    /// back) may take, 1 to 86400 seconds (default 600).
+    #[serde(default = "default_verify_timeout")]
+    pub verify_timeout_secs: u64,
+}
+
+fn default_verify_timeout() -> u64 {
+    600
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        BackupSettings {
+            schedule: None,
+            keep: None,
+            verify_timeout_secs: default_verify_timeout(),
+        }
+    }
+}
+
+fn check_backup_settings(b: &BackupSettings) -> Result<(), Invalid> {
+    if let Some(schedule) = &b.schedule {
+        if let Err(e) = schedule.parse::<croner::Cron>() {
+            return Err(Invalid::new(
+                FieldPath::key("backup").k("schedule"),
+                format!(
+                    "schedule {schedule:?} is not a cron pattern ({e}): expected five fields (\"0 3 * * *\") or six with seconds first (\"*/5 * * * * *\")"
+                ),
+            ));
+        }
+    }
+    if b.keep == Some(0) {
+        return Err(Invalid::new(
+            FieldPath::key("backup").k("keep"),
+            "keep = 0 would delete every backup: expected at least 1, or leave it out to keep all"
+                .to_string(),
+        ));
+    }
+    if !(1..=86_400).contains(&b.verify_timeout_secs) {
+        return Err(Invalid::new(
+            FieldPath::key("backup").k("verify_timeout_secs"),
+            format!(
+                "verify_timeout_secs = {} is out of range: expected 1 to 86400",
+                b.verify_timeout_secs
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Mounts (`[volumes]` in cluster.toml).
@@ -694,6 +760,7 @@ fn check_cluster(config: &ClusterConfig) -> Result<(), Invalid> {
     check_api(&config.api)?;
     check_nodes(&config.nodes)?;
     check_volume_settings(&config.volumes)?;
+    check_backup_settings(&config.backup)?;
     if let Some(acme) = &config.acme {
         check_acme(acme)?;
     }

@@ -32,9 +32,9 @@ pub mod units;
 pub mod volumes;
 
 pub use cluster::{
-    load_cluster_config, parse_cluster_file, AcmeSettings, ApiSettings, BuildSettings,
-    ClusterConfig, ClusterSettings, NodesSettings, NotifyConfig, PluginSettings, ProxySettings,
-    Role, TokenConfig, UpdateSettings, VolumeSettings,
+    load_cluster_config, parse_cluster_file, AcmeSettings, ApiSettings, BackupSettings,
+    BuildSettings, ClusterConfig, ClusterSettings, NodesSettings, NotifyConfig, PluginSettings,
+    ProxySettings, Role, TokenConfig, UpdateSettings, VolumeSettings,
 };
 pub use error::ConfigError;
 pub use load::{
@@ -43,6 +43,6 @@ pub use load::{
 };
 pub use names::validate_name;
 pub use secrets::{secret_refs, substitute_secrets};
-pub use service::{Build, Deploy, Placement, Probe, Resources, ServiceSpec};
+pub use service::{BackupOptions, Build, Deploy, Placement, Probe, Resources, ServiceSpec};
 pub use units::Memory;
 pub use volumes::{parse_mount, Mount, MountSource};

@@ -688,6 +688,7 @@ mod tests {
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
             tls_cert: None,
             tls_key: None,
+            backup: None,
             volumes: Vec::new(),
             depends_on: Vec::new(),
         }

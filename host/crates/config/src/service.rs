@@ -101,6 +101,24 @@ pub struct ServiceSpec {
     /// Services of the same project that must have a ready instance before this one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// How backups treat this service's volumes (`[service.backup]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupOptions>,
+}
+
+/// A service's backup options (`[service.backup]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BackupOptions {
+    /// Drain and stop the service while its volumes are read (for databases whose files
+    /// are only consistent at rest), start it again after (default false).
+    #[serde(default)]
+    pub stop_during_backup: bool,
+    /// A path, relative to the volume's root, that must exist in a verified backup of each
+    /// of this service's volumes (e.g. `"PG_VERSION"`); verification fails without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_path: Option<String>,
 }
 
 /// Resource limits of one instance.
@@ -501,6 +519,7 @@ pub(crate) fn check_spec(spec: &ServiceSpec) -> Result<(), Invalid> {
         }
     }
     check_volumes(spec)?;
+    check_backup(spec)?;
     for (i, dep) in spec.depends_on.iter().enumerate() {
         let here = || at("depends_on").i(i);
         validate_name("service", dep).map_err(|e| Invalid::new(here(), e.message))?;
@@ -558,6 +577,25 @@ pub fn dependency_cycle<'a>(graph: &BTreeMap<&'a str, Vec<&'a str>>) -> Option<V
 
 /// Each mount parses, no container path is mounted twice, and a writable named volume that
 /// is not shared has at most one writer (`replicas` at most 1).
+fn check_backup(spec: &ServiceSpec) -> Result<(), Invalid> {
+    let Some(path) = spec.backup.as_ref().and_then(|b| b.verify_path.as_ref()) else {
+        return Ok(());
+    };
+    let p = std::path::Path::new(path);
+    let plain = !path.is_empty()
+        && p.is_relative()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if plain {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            FieldPath::key("backup").k("verify_path"),
+            format!("verify_path {path:?} is invalid: expected a path relative to the volume's root, without '.' or '..', e.g. \"PG_VERSION\" or \"db/current\""),
+        ))
+    }
+}
+
 fn check_volumes(spec: &ServiceSpec) -> Result<(), Invalid> {
     let at = FieldPath::key;
     let mut mounts: Vec<Mount> = Vec::with_capacity(spec.volumes.len());

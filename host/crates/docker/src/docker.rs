@@ -611,6 +611,105 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(
+        name = "orca.docker.create_volume_helper",
+        skip(self, volume_labels, labels)
+    )]
+    async fn create_volume_helper(
+        &self,
+        name: &str,
+        image: &str,
+        volume: &str,
+        volume_labels: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, RuntimeError> {
+        if !self.image_exists(image).await? {
+            return Err(RuntimeError::ImageNotFound {
+                image: image.to_string(),
+                reason: "a volume helper needs the service's image present on this node (nothing is pulled)".into(),
+            });
+        }
+        let spec = ContainerSpec {
+            mounts: vec![crate::model::MountSpec {
+                source: MountSourceSpec::Volume {
+                    name: volume.to_string(),
+                    labels: volume_labels.clone(),
+                },
+                target: crate::HELPER_MOUNT.to_string(),
+                read_only: false,
+            }],
+            ..Default::default()
+        };
+        self.ensure_volumes(&spec).await?;
+        let mut labels: HashMap<String, String> =
+            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if let Some(scope) = &self.scope {
+            labels.insert(LABEL_CLUSTER_ID.to_string(), scope.id.clone());
+        }
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            labels: Some(labels),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".to_string()),
+                privileged: Some(false),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                mounts: Some(vec![bollard::models::Mount {
+                    target: Some(crate::HELPER_MOUNT.to_string()),
+                    source: Some(volume.to_string()),
+                    typ: Some(bollard::models::MountType::VOLUME),
+                    read_only: Some(false),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        match self.docker.create_container(Some(options), body).await {
+            Ok(resp) => Ok(resp.id),
+            Err(e) if status(&e) == Some(409) => Err(RuntimeError::Conflict {
+                name: name.to_string(),
+            }),
+            Err(e) => Err(map_err("create volume helper", e)),
+        }
+    }
+
+    fn download_archive(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> BoxStream<'static, Result<bytes::Bytes, RuntimeError>> {
+        let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+            .path(path)
+            .build();
+        self.docker
+            .download_from_container(id, Some(options))
+            .map_err(|e| map_err("download archive", e))
+            .boxed()
+    }
+
+    async fn upload_archive(
+        &self,
+        id: &str,
+        path: &str,
+        tar: BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+    ) -> Result<(), RuntimeError> {
+        let options = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
+            .path(path)
+            .build();
+        // A large archive takes longer than the default request timeout.
+        self.docker
+            .clone()
+            .with_timeout(Duration::from_secs(3600))
+            .upload_to_container(id, Some(options), bollard::body_try_stream(tar))
+            .await
+            .map_err(|e| map_err("upload archive", e))
+    }
+
     #[tracing::instrument(name = "orca.docker.ensure_network", skip(self, labels))]
     async fn ensure_network(
         &self,

@@ -36,3 +36,6 @@ pub use model::{
     SwarmNode, VolumeInfo, LABEL_CLUSTER, LABEL_CLUSTER_ID, LABEL_MANAGED,
 };
 pub use runtime::ContainerRuntime;
+
+/// Where a volume helper (see [`ContainerRuntime::create_volume_helper`]) mounts its volume.
+pub const HELPER_MOUNT: &str = "/orca-volume";

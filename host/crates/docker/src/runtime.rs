@@ -128,6 +128,62 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         async move { Err(RuntimeError::NotFound { id: name }) }
     }
 
+    /// Creates a volume helper: a container of `image` that is created and never started
+    /// (nothing is executed in it), with the named volume `volume` mounted at
+    /// [`HELPER_MOUNT`](crate::HELPER_MOUNT). The volume is created with `volume_labels` (and
+    /// this runtime's cluster id) if it is missing; one of another cluster is refused. The
+    /// helper carries `labels` but not `orca.managed`, so no controller ever sees it. Returns
+    /// its id; remove it with [`stop_and_remove`](Self::stop_and_remove).
+    fn create_volume_helper(
+        &self,
+        name: &str,
+        image: &str,
+        volume: &str,
+        volume_labels: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send {
+        let _ = (name, image, volume_labels, labels);
+        let volume = volume.to_string();
+        async move {
+            Err(RuntimeError::Engine {
+                op: format!("read volume {volume:?}"),
+                reason: "this container runtime has no archive API".into(),
+            })
+        }
+    }
+
+    /// A tar stream of `path` in container `id` (the engine's archive API; works on a
+    /// container that never ran, its volumes mounted).
+    fn download_archive(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> BoxStream<'static, Result<bytes::Bytes, RuntimeError>> {
+        let _ = (id, path);
+        Box::pin(futures::stream::once(async {
+            Err(RuntimeError::Engine {
+                op: "download archive".into(),
+                reason: "this container runtime has no archive API".into(),
+            })
+        }))
+    }
+
+    /// Extracts the tar stream `tar` into directory `path` of container `id`.
+    fn upload_archive(
+        &self,
+        id: &str,
+        path: &str,
+        tar: BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = (id, path, tar);
+        async {
+            Err(RuntimeError::Engine {
+                op: "upload archive".into(),
+                reason: "this container runtime has no archive API".into(),
+            })
+        }
+    }
+
     /// Creates the attachable overlay network `name` with `labels` unless it exists, on a
     /// swarm manager (workers attach to it when a container joins it). Idempotent.
     fn ensure_overlay_network(

@@ -55,6 +55,7 @@ use std::sync::Arc;
 
 use redb::Database;
 
+pub mod backup;
 mod broken;
 pub mod builds;
 pub mod certs;
