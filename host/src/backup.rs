@@ -933,8 +933,13 @@ impl<R: ContainerRuntime> Backups<R> {
             if old.status == "running" {
                 continue;
             }
+            // Renamed out of sight first (a name that is no backup id), so a backup is either
+            // listed whole or gone: `list` never sees one half deleted.
             let path = self.dir.join(&old.id);
-            match std::fs::remove_dir_all(&path) {
+            let doomed = self.dir.join(format!(".deleting-{}", old.id));
+            let removed =
+                std::fs::rename(&path, &doomed).and_then(|()| std::fs::remove_dir_all(&doomed));
+            match removed {
                 Ok(()) => tracing::info!(backup = %old.id, keep, "old backup deleted (retention)"),
                 Err(e) => {
                     tracing::warn!(backup = %old.id, error = %e, "deleting an old backup failed")
