@@ -21,34 +21,6 @@ fn db_toml(image: &str, host: &str, extra: &str) -> String {
     )
 }
 
-fn put_file(s: &Server, host: &str, path: &str, body: &[u8]) {
-    let (code, text) = http_raw(
-        "PUT",
-        &format!("http://{}/file/{path}", s.http),
-        None,
-        &[("Host", host)],
-        Some(body),
-    )
-    .unwrap();
-    assert_eq!(code, 200, "{text}");
-}
-
-/// GETs the file through the proxy, retrying while the route settles.
-fn get_file(s: &Server, host: &str, path: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match s.proxy_get(host, &format!("/file/{path}")) {
-            Ok((200, body)) => return body,
-            other => assert!(
-                Instant::now() < deadline,
-                "GET /file/{path}: {other:?}\nlog:\n{}",
-                tail(&s.log(), 40)
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn sha(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
@@ -113,9 +85,9 @@ fn backup_all_then_restore_brings_the_files_back_and_a_tampered_archive_is_refus
     s.cli(&["deploy"]);
     s.wait_service(&project, "db", "ready", ready);
     let big = text_blob(6 * 1024 * 1024, 7);
-    put_file(&s, &host, "data/small.txt", b"the original small file");
-    put_file(&s, &host, "data/nested/deeper/n.txt", b"nested original");
-    put_file(&s, &host, "data/big.bin", &big);
+    s.put_file(&host, "data/small.txt", b"the original small file");
+    s.put_file(&host, "data/nested/deeper/n.txt", b"nested original");
+    s.put_file(&host, "data/big.bin", &big);
 
     // Backup: the service is stopped while its volume is read (stop_during_backup), verified.
     let out = s.cli(&["backup", "all", "--verify"]);
@@ -147,24 +119,21 @@ fn backup_all_then_restore_brings_the_files_back_and_a_tampered_archive_is_refus
     s.wait_service(&project, "db", "ready again", ready);
 
     // Change everything, then restore.
-    put_file(&s, &host, "data/small.txt", b"changed");
-    put_file(&s, &host, "data/big.bin", b"truncated");
-    put_file(&s, &host, "data/extra.txt", b"not in the backup");
+    s.put_file(&host, "data/small.txt", b"changed");
+    s.put_file(&host, "data/big.bin", b"truncated");
+    s.put_file(&host, "data/extra.txt", b"not in the backup");
     let out = s.cli(&["restore", &id]);
     assert!(out.contains("restored"), "{out}");
     s.wait_service(&project, "db", "ready after the restore", ready);
     assert_eq!(
-        get_file(&s, &host, "data/small.txt"),
+        s.get_file(&host, "data/small.txt"),
         "the original small file"
     );
     assert_eq!(
-        get_file(&s, &host, "data/nested/deeper/n.txt"),
+        s.get_file(&host, "data/nested/deeper/n.txt"),
         "nested original"
     );
-    assert_eq!(
-        sha(get_file(&s, &host, "data/big.bin").as_bytes()),
-        sha(&big)
-    );
+    assert_eq!(sha(s.get_file(&host, "data/big.bin").as_bytes()), sha(&big));
     let (code, _) = s
         .proxy_get(&host, "/file/data/extra.txt")
         .unwrap_or((0, String::new()));
@@ -176,7 +145,7 @@ fn backup_all_then_restore_brings_the_files_back_and_a_tampered_archive_is_refus
     );
 
     // Tamper: one byte flipped in the middle of the archive. Refused, nothing changed.
-    put_file(&s, &host, "data/small.txt", b"changed after the restore");
+    s.put_file(&host, "data/small.txt", b"changed after the restore");
     let before = s.service(&project, "db")["instances"][0]["id"].clone();
     let mut bytes = std::fs::read(&tar).unwrap();
     let mid = bytes.len() / 2;
@@ -187,7 +156,7 @@ fn backup_all_then_restore_brings_the_files_back_and_a_tampered_archive_is_refus
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("corrupt or was tampered with"), "{text}");
     assert_eq!(
-        get_file(&s, &host, "data/small.txt"),
+        s.get_file(&host, "data/small.txt"),
         "changed after the restore"
     );
     assert_eq!(
@@ -246,7 +215,7 @@ fn scheduled_backups_are_verified_kept_to_two_and_a_failed_verification_is_marke
     );
     s.cli(&["deploy"]);
     s.wait_service(&project, "db", "ready", ready);
-    put_file(&s, &host, "data/marker.txt", b"here");
+    s.put_file(&host, "data/marker.txt", b"here");
 
     // Verified backups come by themselves; never more than two are kept.
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -51,35 +51,6 @@ fn volume_labels(volume: &str) -> Option<Value> {
         .then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
-fn put_file(s: &Server, host: &str, path: &str, body: &[u8]) {
-    let (code, text) = http_raw(
-        "PUT",
-        &format!("http://{}/file/{path}", s.http),
-        None,
-        &[("Host", host)],
-        Some(body),
-    )
-    .unwrap();
-    assert_eq!(code, 200, "{text}");
-}
-
-/// GETs the file through the proxy, retrying while the route settles.
-fn get_file(s: &Server, host: &str, path: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match s.proxy_get(host, &format!("/file/{path}")) {
-            Ok((200, body)) => return body,
-            other => assert!(
-                Instant::now() < deadline,
-                "GET /file/{path}: {other:?}\nstatus: {:#}\nlog:\n{}",
-                s.status(),
-                tail(&s.log(), 40)
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn ready(v: &Value) -> bool {
     v["ready_replicas"] == 1 && v["status"] == "running"
 }
@@ -121,7 +92,7 @@ fn a_named_volume_keeps_its_file_through_a_rollout_a_crash_a_stop_and_a_kill() {
     assert_eq!(labels["orca.cluster"], s.cluster.as_str());
     assert_eq!(labels["orca.project"], project.as_str());
     assert_eq!(labels["orca.volume"], "data");
-    put_file(&s, &host, "data/kept.txt", b"written before everything");
+    s.put_file(&host, "data/kept.txt", b"written before everything");
 
     // 1. A rolling deploy of a new image (the same bytes under another tag), polled: never
     // more than one running container on the volume, and status says why there is a gap.
@@ -190,7 +161,7 @@ fn a_named_volume_keeps_its_file_through_a_rollout_a_crash_a_stop_and_a_kill() {
     }
     assert_eq!(v["revision"], 2);
     assert_eq!(
-        get_file(&s, &host, "data/kept.txt"),
+        s.get_file(&host, "data/kept.txt"),
         "written before everything"
     );
 
@@ -199,7 +170,7 @@ fn a_named_volume_keeps_its_file_through_a_rollout_a_crash_a_stop_and_a_kill() {
     s.spawn();
     s.wait_service(&project, "db", "ready after restart", ready);
     assert_eq!(
-        get_file(&s, &host, "data/kept.txt"),
+        s.get_file(&host, "data/kept.txt"),
         "written before everything"
     );
 
@@ -210,7 +181,7 @@ fn a_named_volume_keeps_its_file_through_a_rollout_a_crash_a_stop_and_a_kill() {
     s.cli(&["deploy"]);
     s.wait_service(&project, "db", "ready after stop + deploy", ready);
     assert_eq!(
-        get_file(&s, &host, "data/kept.txt"),
+        s.get_file(&host, "data/kept.txt"),
         "written before everything"
     );
 
@@ -224,7 +195,7 @@ fn a_named_volume_keeps_its_file_through_a_rollout_a_crash_a_stop_and_a_kill() {
         ready(v) && instance_ids(v) != old
     });
     assert_eq!(
-        get_file(&s, &host, "data/kept.txt"),
+        s.get_file(&host, "data/kept.txt"),
         "written before everything"
     );
 
@@ -275,7 +246,7 @@ fn bad_mounts_and_too_many_writers_are_refused_and_nothing_changes() {
     );
     s.cli(&["deploy"]);
     s.wait_service(&project, "db", "ready", ready);
-    assert_eq!(get_file(&s, &host, "site/index.txt"), "from the host");
+    assert_eq!(s.get_file(&host, "site/index.txt"), "from the host");
     let before = s.service(&project, "db");
 
     for (volumes, replicas, want) in [

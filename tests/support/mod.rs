@@ -467,6 +467,36 @@ impl Server {
     }
 
     /// GET through the proxy with a Host header.
+    /// PUTs `body` as the test app's file `path` (on its volume) through the proxy.
+    pub fn put_file(&self, host: &str, path: &str, body: &[u8]) {
+        let (code, text) = http_raw(
+            "PUT",
+            &format!("http://{}/file/{path}", self.http),
+            None,
+            &[("Host", host)],
+            Some(body),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{text}");
+    }
+
+    /// GETs the test app's file `path` through the proxy, retrying while the route settles.
+    pub fn get_file(&self, host: &str, path: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.proxy_get(host, &format!("/file/{path}")) {
+                Ok((200, body)) => return body,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "GET /file/{path}: {other:?}\nstatus: {:#}\nlog:\n{}",
+                    self.status(),
+                    tail(&self.log(), 40)
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn proxy_get(&self, host: &str, path: &str) -> Result<(u16, String), String> {
         http_raw(
             "GET",
