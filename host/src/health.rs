@@ -4,10 +4,12 @@
 //! The controller publishes the set of instances to watch (`set_targets`); one task probes
 //! them and keeps verdicts per instance. A change wakes the controller so the routing table
 //! follows within milliseconds.
-//! - **Readiness**: an instance not yet ready is probed every 200 ms (after
-//!   `initial_delay_secs`) so a new replica joins the routes quickly; a ready one at its
-//!   `interval_secs`; it leaves the routes after `failure_threshold` consecutive failures and
-//!   comes back on the next success.
+//! - **Readiness**: an instance not yet ready is probed at once (after `initial_delay_secs`),
+//!   then again after 10 ms, doubling to every 200 ms, so a new replica joins the routes
+//!   within milliseconds of listening; a ready one at its `interval_secs`; it leaves the routes
+//!   after `failure_threshold` consecutive failures and comes back on the next success.
+//! - Probes run when they are due, not on a tick: the checker sleeps until the earliest due
+//!   probe and is woken early by a new watched set or a finished probe.
 //! - **Liveness** (only when the service has `[service.liveness]`): probed every
 //!   `interval_secs` after `initial_delay_secs`; `failure_threshold` consecutive failures
 //!   mark the instance for restart, which the controller carries out.
@@ -29,8 +31,17 @@ use tokio::sync::Notify;
 use crate::plugins::{ProbeSettings, TcpEndpoint, World};
 use crate::registry::Registry;
 
-/// How often a not-yet-ready instance is probed.
+/// How often a not-yet-ready instance is probed once it has failed a few times; the first
+/// retries come sooner ([`starting_interval`]).
 const STARTING_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The first retry of a not-yet-ready instance; each further failure doubles it, up to
+/// [`STARTING_INTERVAL`].
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+
+/// The longest the checker sleeps without looking at its table (a safety net: every change
+/// to the table wakes it).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
 
 /// Probes running at the same time; the others wait for a slot. Below the plugin runtime's
 /// concurrent-call cap (64 by default), so probes never crowd out placement and strategy
@@ -92,6 +103,8 @@ pub struct Health {
     /// Instances a predecessor server judged ready (socket hand-over): they start ready
     /// here too, until this server's own probes say otherwise.
     seeded: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Wakes the checker when the table changed (new targets, a probe finished).
+    kick: Arc<Notify>,
 }
 
 impl Health {
@@ -102,6 +115,7 @@ impl Health {
             registry,
             slots: Arc::new(tokio::sync::Semaphore::new(PROBE_CONCURRENCY)),
             seeded: Arc::default(),
+            kick: Arc::default(),
         }
     }
 
@@ -152,6 +166,7 @@ impl Health {
             }
         }
         *map = next;
+        self.kick.notify_one();
     }
 
     /// The verdicts on one instance (not ready when unknown, unless seeded ready).
@@ -168,14 +183,9 @@ impl Health {
     /// Runs the checker until `shutdown` resolves; `changed` is notified on every verdict
     /// flip and every restart request.
     pub async fn run(self, changed: Arc<Notify>, shutdown: tokio_util::sync::CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            for (target, kind) in self.take_due(Instant::now()) {
+            let (due, next) = self.take_due(Instant::now());
+            for (target, kind) in due {
                 let this = self.clone();
                 let changed = changed.clone();
                 tokio::spawn(async move {
@@ -198,30 +208,43 @@ impl Health {
                     }
                 });
             }
+            let wake = next.unwrap_or_else(|| Instant::now() + IDLE_WAKE);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = self.kick.notified() => {}
+            }
         }
     }
 
-    fn take_due(&self, now: Instant) -> Vec<(Target, Kind)> {
+    /// The probes due at `now` (marked in flight), and when the next one not yet due is.
+    fn take_due(&self, now: Instant) -> (Vec<(Target, Kind)>, Option<Instant>) {
         let mut map = self.inner.lock().expect("health lock");
         let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut later = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         for e in map.values_mut() {
             if e.target.addr.is_none() {
                 continue;
             }
-            if !e.in_flight && e.next_due <= now {
-                e.in_flight = true;
-                due.push((e.target.clone(), Kind::Readiness));
+            if !e.in_flight {
+                if e.next_due <= now {
+                    e.in_flight = true;
+                    due.push((e.target.clone(), Kind::Readiness));
+                } else {
+                    later(e.next_due);
+                }
             }
-            if e.target.liveness.is_some()
-                && e.verdict.restart.is_none()
-                && !e.live_in_flight
-                && e.live_next_due <= now
-            {
-                e.live_in_flight = true;
-                due.push((e.target.clone(), Kind::Liveness));
+            if e.target.liveness.is_some() && e.verdict.restart.is_none() && !e.live_in_flight {
+                if e.live_next_due <= now {
+                    e.live_in_flight = true;
+                    due.push((e.target.clone(), Kind::Liveness));
+                } else {
+                    later(e.live_next_due);
+                }
             }
         }
-        due
+        (due, next)
     }
 
     /// Records one probe result; returns true when the controller should look again.
@@ -251,9 +274,13 @@ impl Health {
                 let interval = if e.verdict.ready {
                     Duration::from_secs(e.target.probe.interval_secs.max(1))
                 } else {
-                    STARTING_INTERVAL
+                    starting_interval(e.verdict.failures)
                 };
                 e.next_due = Instant::now() + interval;
+                // The checker looks again within IDLE_WAKE anyway: wake it only for sooner.
+                if interval < IDLE_WAKE {
+                    self.kick.notify_one();
+                }
                 before != e.verdict.ready
             }
             Kind::Liveness => {
@@ -285,6 +312,13 @@ impl Health {
     }
 }
 
+/// When a not-yet-ready instance that failed `failures` probes in a row is probed again:
+/// 10 ms after the first failure, doubling, at most [`STARTING_INTERVAL`].
+fn starting_interval(failures: u32) -> Duration {
+    let doubled = FIRST_RETRY.saturating_mul(1u32 << failures.saturating_sub(1).min(8));
+    doubled.min(STARTING_INTERVAL)
+}
+
 /// Runs the probe plugin for one address.
 fn check(registry: &Registry, addr: Option<SocketAddr>, probe: &Probe) -> Result<(), String> {
     let Some(addr) = addr else {
@@ -306,5 +340,19 @@ fn check(registry: &Registry, addr: Option<SocketAddr>, probe: &Probe) -> Result
     match plugin.check(&settings, Arc::new(TcpEndpoint::new(addr))) {
         Ok(verdict) => verdict,
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_starting_instance_is_retried_after_10_ms_doubling_to_200() {
+        let ms = |f| starting_interval(f).as_millis();
+        assert_eq!(
+            [ms(0), ms(1), ms(2), ms(3), ms(4), ms(5), ms(6), ms(40)],
+            [10, 10, 20, 40, 80, 160, 200, 200]
+        );
     }
 }

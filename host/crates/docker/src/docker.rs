@@ -2,14 +2,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
-    EventMessage, HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
+    ContainerSummaryStateEnum, EndpointSettings, EventMessage, HostConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -54,6 +54,12 @@ pub struct DockerRuntime {
     /// The cluster this runtime works for, if scoped: it sees only that cluster's
     /// containers and labels what it creates with the cluster id.
     scope: Option<ClusterScope>,
+    /// What the last inspect said of each container that was running, by id. `list` takes a
+    /// container the engine still lists as running from here (its addresses from the
+    /// listing) instead of inspecting it again, so listing N running containers is one
+    /// engine call, not N + 1; anything not running is inspected for its exit code and OOM
+    /// verdict. Entries of containers no longer listed are dropped.
+    running: Arc<Mutex<HashMap<String, ContainerInfo>>>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -87,6 +93,7 @@ impl DockerRuntime {
             pull_timeout: DEFAULT_PULL_TIMEOUT,
             network_lock: Arc::new(tokio::sync::Mutex::new(())),
             scope: None,
+            running: Arc::default(),
         })
     }
 
@@ -369,16 +376,46 @@ impl ContainerRuntime for DockerRuntime {
             .list_containers(Some(options))
             .await
             .map_err(|e| map_err("list containers", e))?;
-        let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
-        let inspected: Vec<Result<ContainerInfo, RuntimeError>> = stream::iter(ids)
+        let listed: std::collections::HashSet<String> =
+            summaries.iter().filter_map(|s| s.id.clone()).collect();
+        // Still running since its last inspect: known, with the listing's addresses.
+        let mut known = Vec::new();
+        let mut to_inspect = Vec::new();
+        {
+            let mut running = self.running.lock().expect("docker running cache lock");
+            running.retain(|id, _| listed.contains(id));
+            for s in summaries {
+                let Some(id) = s.id else { continue };
+                match running.get(&id) {
+                    Some(info) if s.state == Some(ContainerSummaryStateEnum::RUNNING) => {
+                        let mut info = info.clone();
+                        if let Some(ips) = summary_ips(s.network_settings) {
+                            info.ips = ips;
+                        }
+                        known.push(info);
+                    }
+                    _ => {
+                        running.remove(&id);
+                        to_inspect.push(id);
+                    }
+                }
+            }
+        }
+        let inspected: Vec<Result<ContainerInfo, RuntimeError>> = stream::iter(to_inspect)
             .map(|id| async move { self.inspect(&id).await })
             .buffer_unordered(INSPECT_CONCURRENCY)
             .collect()
             .await;
-        let mut out = Vec::with_capacity(inspected.len());
+        let mut out = Vec::with_capacity(known.len() + inspected.len());
         for info in inspected {
             match info {
                 Ok(info) if self.scope.as_ref().is_none_or(|s| s.owns(&info.labels)) => {
+                    if info.state == ContainerState::Running {
+                        self.running
+                            .lock()
+                            .expect("docker running cache lock")
+                            .insert(info.id.clone(), info.clone());
+                    }
                     out.push(info)
                 }
                 // Another cluster's container: never seen, so never touched.
@@ -388,6 +425,7 @@ impl ContainerRuntime for DockerRuntime {
                 Err(e) => return Err(e),
             }
         }
+        out.extend(known);
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -1090,6 +1128,22 @@ fn endpoint(spec: &ContainerSpec) -> EndpointSettings {
         aliases: (!spec.aliases.is_empty()).then(|| spec.aliases.clone()),
         ..Default::default()
     }
+}
+
+/// The addresses of a listed container by network name (`None`: the listing had none).
+fn summary_ips(
+    settings: Option<bollard::models::ContainerSummaryNetworkSettings>,
+) -> Option<BTreeMap<String, IpAddr>> {
+    let networks = settings?.networks?;
+    Some(
+        networks
+            .into_iter()
+            .filter_map(|(network, endpoint)| {
+                let ip: IpAddr = endpoint.ip_address.as_deref()?.parse().ok()?;
+                Some((network, ip))
+            })
+            .collect(),
+    )
 }
 
 fn container_info(resp: ContainerInspectResponse) -> ContainerInfo {

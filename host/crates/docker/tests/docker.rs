@@ -360,6 +360,13 @@ async fn events_report_a_killed_container() {
 
     let mut events = rt.events();
     let info = rt.create_and_start(&spec(&name, &net)).await.unwrap();
+    // Listed while running (inspected once), then again (taken from what `list` knows of a
+    // still-running container): the same facts; once killed it must be inspected again.
+    let first = rt.list().await.unwrap();
+    let second = rt.list().await.unwrap();
+    let mine = |l: &[orca_docker::ContainerInfo]| l.iter().find(|c| c.id == info.id).cloned();
+    assert_eq!(mine(&first).map(|c| c.state), Some(ContainerState::Running));
+    assert_eq!(mine(&first), mine(&second));
     bollard()
         .await
         .kill_container(
