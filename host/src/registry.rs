@@ -4,7 +4,11 @@
 //! - a built-in name (`rolling`, `canary`, `spread`, `http-probe`, ...), embedded in `orca`;
 //! - an installed name (`orca plugin install FILE --name N` → `$ORCA_HOME/plugins/N.wasm`);
 //! - `sha256:<hex>`, a component uploaded by `orca deploy` for a `./path.wasm` reference
-//!   (`$ORCA_HOME/plugins/sha256/<hex>.wasm`).
+//!   (`$ORCA_HOME/plugins/sha256/<hex>.wasm`; the path as the service file wrote it, sent
+//!   with the upload, is kept beside it in `<hex>.name`).
+//!
+//! [`Registry::describe`] names a plugin as the user wrote it (`./ramp.wasm`, `canary`, an
+//! installed name) with the digest as detail: errors, status and logs use it.
 //!
 //! A path is resolved by the CLI on the operator's machine, never by the server: the server
 //! reads no file a request names.
@@ -20,6 +24,12 @@ use crate::plugins::{builtin, builtin_names, Plugin, PluginOrigin, PluginRuntime
 
 /// Largest component accepted for upload or install.
 pub const MAX_PLUGIN_BYTES: usize = 16 << 20;
+
+/// Longest name an upload may carry as written (a path in a service file).
+pub const MAX_WRITTEN_NAME: usize = 512;
+
+/// How many hex digits of a digest [`Registry::describe`] shows.
+const SHORT_DIGEST: usize = 12;
 
 /// Why a reference does not resolve.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +82,8 @@ pub struct Registry {
     /// again on every call (a probe or placement resolves its plugin each time; 10,000
     /// instances are 1,000 probes a second).
     builtins: Arc<Mutex<HashMap<String, Plugin>>>,
+    /// Uploaded digests (`sha256:<hex>`) → the name they were written as, once read.
+    written: Arc<Mutex<HashMap<String, Option<String>>>>,
 }
 
 impl Registry {
@@ -81,7 +93,48 @@ impl Registry {
             runtime,
             dir: home.join("plugins"),
             builtins: Arc::default(),
+            written: Arc::default(),
         }
+    }
+
+    /// The plugin `reference` names, as the user wrote it: an uploaded component as the path
+    /// its service file wrote (`./ramp.wasm (sha256:0123456789ab)`), a built-in or installed
+    /// name as it is. A digest uploaded without a name is shown as the digest.
+    pub fn describe(&self, reference: &str) -> String {
+        let Some(hex) = reference.strip_prefix("sha256:") else {
+            return reference.to_string();
+        };
+        let short = &hex[..hex.len().min(SHORT_DIGEST)];
+        match self.written_name(reference, hex) {
+            Some(name) => format!("{name} (sha256:{short})"),
+            None => reference.to_string(),
+        }
+    }
+
+    /// Every reference in `text` replaced by [`Registry::describe`] of it (for messages made
+    /// where only the reference was known).
+    pub fn describe_in(&self, text: &str, reference: &str) -> String {
+        if reference.starts_with("sha256:") && text.contains(reference) {
+            text.replace(reference, &self.describe(reference))
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn written_name(&self, reference: &str, hex: &str) -> Option<String> {
+        let mut cache = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = cache.get(reference) {
+            return known.clone();
+        }
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let name = fs::read_to_string(self.dir.join("sha256").join(format!("{hex}.name")))
+            .ok()
+            .map(|n| n.trim().to_string())
+            .filter(|n| valid_written_name(n).is_ok());
+        cache.insert(reference.to_string(), name.clone());
+        name
     }
 
     /// The runtime.
@@ -161,11 +214,31 @@ impl Registry {
     }
 
     /// Validates and stores an uploaded component by content; returns `sha256:<hex>`.
-    pub fn upload(&self, bytes: &[u8]) -> Result<(String, Plugin), RegistryError> {
+    /// `written`: the name its service file wrote (`./ramp.wasm`), kept for
+    /// [`Registry::describe`] (the latest upload's name wins).
+    pub fn upload(
+        &self,
+        bytes: &[u8],
+        written: Option<&str>,
+    ) -> Result<(String, Plugin), RegistryError> {
         let hex = hex::encode(Sha256::digest(bytes));
         let reference = format!("sha256:{hex}");
+        if let Some(name) = written {
+            valid_written_name(name).map_err(|reason| RegistryError::Load {
+                reference: reference.clone(),
+                reason,
+            })?;
+        }
         let path = self.dir.join("sha256").join(format!("{hex}.wasm"));
         let plugin = self.store(bytes, &path, &reference)?;
+        if let Some(name) = written {
+            let sidecar = self.dir.join("sha256").join(format!("{hex}.name"));
+            write_atomically(&sidecar, name.as_bytes())?;
+            self.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(reference.clone(), Some(name.to_string()));
+        }
         Ok((reference, plugin))
     }
 
@@ -194,18 +267,7 @@ impl Registry {
                 reference: reference.to_string(),
                 reason: e.to_string(),
             })?;
-        let io = |e: std::io::Error| RegistryError::Io {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
-        let parent = path.parent().expect("plugin paths have a parent");
-        fs::create_dir_all(parent).map_err(io)?;
-        // Unique per upload: two concurrent uploads must not share a temp file.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = parent.join(format!(".upload-{}-{n}", std::process::id()));
-        fs::write(&tmp, bytes).map_err(io)?;
-        fs::rename(&tmp, path).map_err(io)?;
+        write_atomically(path, bytes)?;
         Ok(plugin)
     }
 
@@ -223,5 +285,86 @@ impl Registry {
             .collect();
         out.sort();
         out
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed over it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
+    let io = |e: std::io::Error| RegistryError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let parent = path.parent().expect("plugin paths have a parent");
+    fs::create_dir_all(parent).map_err(io)?;
+    // Unique per write: two concurrent uploads must not share a temp file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = parent.join(format!(".upload-{}-{n}", std::process::id()));
+    fs::write(&tmp, bytes).map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+/// A name an upload may carry: what a service file wrote, printable, at most
+/// [`MAX_WRITTEN_NAME`] bytes.
+pub fn valid_written_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_WRITTEN_NAME {
+        return Err(format!(
+            "the name an upload is written as must be 1 to {MAX_WRITTEN_NAME} bytes, not {}",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the name an upload is written as must not contain control characters".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::RuntimeLimits;
+
+    fn registry(home: &Path) -> Registry {
+        Registry::new(
+            PluginRuntime::new(RuntimeLimits::default(), None).unwrap(),
+            home,
+        )
+    }
+
+    #[test]
+    fn an_upload_is_described_as_written_also_after_a_restart() {
+        let home = tempfile::tempdir().unwrap();
+        let bytes = builtin("rolling").unwrap();
+        let r = registry(home.path());
+        let (reference, _) = r.upload(bytes, Some("./ramp.wasm")).unwrap();
+        let hex = reference.strip_prefix("sha256:").unwrap();
+        let want = format!("./ramp.wasm (sha256:{})", &hex[..12]);
+        assert_eq!(r.describe(&reference), want);
+        assert_eq!(
+            r.describe_in(&format!("strategy {reference} failed: trap"), &reference),
+            format!("strategy {want} failed: trap")
+        );
+        // A new server over the same state dir reads the name back.
+        assert_eq!(registry(home.path()).describe(&reference), want);
+        // Built-in and installed names are shown as they are.
+        assert_eq!(r.describe("canary"), "canary");
+    }
+
+    #[test]
+    fn an_upload_without_a_name_is_its_digest_and_a_bad_name_is_refused() {
+        let home = tempfile::tempdir().unwrap();
+        let bytes = builtin("rolling").unwrap();
+        let r = registry(home.path());
+        let (reference, _) = r.upload(bytes, None).unwrap();
+        assert_eq!(r.describe(&reference), reference);
+        let err = r
+            .upload(bytes, Some("./a\nb.wasm"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("control characters"), "{err}");
+        let long = "x".repeat(MAX_WRITTEN_NAME + 1);
+        let err = r.upload(bytes, Some(&long)).unwrap_err().to_string();
+        assert!(err.contains("1 to 512 bytes"), "{err}");
+        assert_eq!(r.describe(&reference), reference, "nothing written");
     }
 }

@@ -396,7 +396,7 @@ pub const OPERATIONS: &[Operation] = &[
         "POST",
         "/api/v1/plugins",
         "Upload a plugin component (inspected, not installed)",
-        None,
+        Some(s::<c::UploadQuery>),
         Raw("application/wasm"),
         J(object),
     ),

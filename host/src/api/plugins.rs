@@ -1,7 +1,7 @@
 //! Plugin endpoints: list, install (admin) and upload by content (deployers, for `./x.wasm`
 //! strategy references resolved by `orca deploy`).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -75,13 +75,15 @@ pub async fn install<R: ContainerRuntime>(
 /// `sha256:<hex>` reference.
 pub async fn upload<R: ContainerRuntime>(
     State(s): State<AppState<R>>,
+    Query(q): Query<orca_contract::api::UploadQuery>,
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     let registry = s.registry.clone();
-    let (reference, plugin) = tokio::task::spawn_blocking(move || registry.upload(&body))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(registry_error)?;
+    let (reference, plugin) =
+        tokio::task::spawn_blocking(move || registry.upload(&body, q.name.as_deref()))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(registry_error)?;
     Ok(Json(
         json!({"reference": reference, "world": plugin.world().name()}),
     ))

@@ -61,14 +61,16 @@ async fn check_strategy<R: ContainerRuntime>(
     let checked = tokio::task::spawn_blocking(move || plugin.check_params(&service))
         .await
         .map_err(|e| ApiError::internal(format!("strategy parameter check panicked: {e}")))?;
+    let written = s.registry.describe(&reference);
     match checked {
         Ok(None) => Ok(()),
         Ok(Some(refused)) => Err(ApiError::bad_request(format!(
-            "service \"{name}\": strategy {reference} refuses parameter \"{}\": {}",
+            "service \"{name}\": strategy {written} refuses parameter \"{}\": {}",
             refused.key, refused.message
         ))),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "service \"{name}\": strategy {reference} could not check its parameters: {e}"
+        Err(e) => Err(ApiError::bad_request(s.registry.describe_in(
+            &format!("service \"{name}\": strategy {written} could not check its parameters: {e}"),
+            &reference,
         ))),
     }
 }
@@ -352,8 +354,10 @@ pub async fn status<R: ContainerRuntime>(
             RolloutPhase::RolledBack { reason } | RolloutPhase::Failed { reason }
                 if r.candidate_revision == rec.revision =>
             {
-                r.stable_revision
-                    .map(|stable| (stable, r.candidate_revision, reason.clone()))
+                r.stable_revision.map(|stable| {
+                    let reason = s.registry.describe_in(reason, &r.strategy);
+                    (stable, r.candidate_revision, reason)
+                })
             }
             _ => None,
         });
@@ -363,8 +367,8 @@ pub async fn status<R: ContainerRuntime>(
             .map(|r| {
                 let (phase, reason) = match &r.phase {
                     RolloutPhase::Progressing => ("progressing", None),
-                    RolloutPhase::RolledBack { reason } => ("rolled-back", Some(reason.clone())),
-                    RolloutPhase::Failed { reason } => ("failed", Some(reason.clone())),
+                    RolloutPhase::RolledBack { reason } => ("rolled-back", Some(s.registry.describe_in(reason, &r.strategy))),
+                    RolloutPhase::Failed { reason } => ("failed", Some(s.registry.describe_in(reason, &r.strategy))),
                     RolloutPhase::Finished => ("finished", None),
                 };
                 json!({
@@ -374,6 +378,8 @@ pub async fn status<R: ContainerRuntime>(
                     // a short gap: the old instance stops before the new one starts.
                     "stop_first": rec.spec.exclusive_volume().and_then(|m| m.volume().map(|v| format!("stop-first: volume {v} is not shared"))),
                     "strategy": r.strategy,
+                    // The strategy as the service file wrote it (`./ramp.wasm (sha256:…)`).
+                    "strategy_as_written": s.registry.describe(&r.strategy),
                     "stable_revision": r.stable_revision,
                     "candidate_revision": r.candidate_revision,
                     "stable_count": r.stable_count,

@@ -454,15 +454,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (mut specs, dirs) = load_specs(&config_dir, &services)?;
             let tls = read_certificates(&specs, &dirs)?;
             let c = client()?;
-            let uploaded = upload_plugin_paths(&c, &mut specs, &dirs).await?;
+            upload_plugin_paths(&c, &mut specs, &dirs).await?;
             let answer = c
                 .call(
                     Method::POST,
                     "/api/v1/deploy",
                     Some(json!({ "services": specs, "tls": tls })),
                 )
-                .await
-                .map_err(|e| as_written(e, &uploaded))?;
+                .await?;
             for s in answer["services"].as_array().into_iter().flatten() {
                 println!(
                     "{}/{}: revision {} ({})",
@@ -1198,32 +1197,14 @@ fn read_certificates(
     Ok(uploads)
 }
 
-/// The server's error with each uploaded plugin's `sha256:<hex>` replaced by the path the
-/// service file wrote (`./ramp.wasm (sha256:1a2b3c4d…)`).
-fn as_written(e: anyhow::Error, uploaded: &[(String, String)]) -> anyhow::Error {
-    let mut message = format!("{e:#}");
-    if !uploaded
-        .iter()
-        .any(|(reference, _)| message.contains(reference.as_str()))
-    {
-        return e;
-    }
-    for (reference, written) in uploaded {
-        let short: String = reference.chars().take("sha256:".len() + 8).collect();
-        message = message.replace(reference.as_str(), &format!("{written} ({short}…)"));
-    }
-    anyhow::anyhow!(message)
-}
-
-/// Uploads every `./path.wasm` strategy (relative to its project directory) and rewrites the
-/// reference to the uploaded component's `sha256:<hex>`; returns each reference with the path
-/// as written, for messages.
+/// Uploads every `./path.wasm` strategy (relative to its project directory), with the path
+/// as written so the server names it that way, and rewrites the reference to the uploaded
+/// component's `sha256:<hex>`.
 async fn upload_plugin_paths(
     c: &Client,
     specs: &mut [ServiceSpec],
     dirs: &BTreeMap<String, PathBuf>,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let mut uploaded = Vec::new();
+) -> anyhow::Result<()> {
     for spec in specs.iter_mut() {
         let project = spec.project().to_string();
         let Some(deploy) = spec.deploy.as_mut() else {
@@ -1246,8 +1227,13 @@ async fn upload_plugin_paths(
                 path.display()
             )
         })?;
+        // The server names the component as the service file wrote it.
         let v = c
-            .send_bytes(Method::POST, "/api/v1/plugins", bytes)
+            .send_bytes(
+                Method::POST,
+                &format!("/api/v1/plugins?name={}", client::enc(strategy)),
+                bytes,
+            )
             .await
             .with_context(|| {
                 format!(
@@ -1259,10 +1245,9 @@ async fn upload_plugin_paths(
         let reference = v["reference"]
             .as_str()
             .context("upload answered no reference")?;
-        uploaded.push((reference.to_string(), strategy.clone()));
         *strategy = reference.to_string();
     }
-    Ok(uploaded)
+    Ok(())
 }
 
 /// Waits until every deployed service runs its new revision on all replicas, or its rollout
@@ -1663,7 +1648,10 @@ fn print_status(v: &Value) {
                 "  rollout {} → {} ({}, {}): {} stable + {} candidate{traffic}{}",
                 r["stable_revision"],
                 r["candidate_revision"],
-                r["strategy"].as_str().unwrap_or(""),
+                r["strategy_as_written"]
+                    .as_str()
+                    .or(r["strategy"].as_str())
+                    .unwrap_or(""),
                 r["phase"].as_str().unwrap_or(""),
                 r["stable_count"],
                 r["candidate_count"],

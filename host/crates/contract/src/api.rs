@@ -62,6 +62,16 @@ pub struct ProjectQuery {
     pub project: Option<String>,
 }
 
+/// `POST /api/v1/plugins?name=`: the name the uploaded component is written as in its
+/// service file (`./ramp.wasm`), so errors, status and logs name it that way.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// The reference as written (at most 512 bytes, no control characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 /// `POST /api/v1/services/{name}/scale` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
