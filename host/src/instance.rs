@@ -113,18 +113,27 @@ pub fn unused_networks(
 /// The networks of this cluster that `instances` are attached to (learned after a restart,
 /// so `unused_networks` also sees networks made by an earlier run).
 pub fn attached_networks(cluster: &str, instances: &[Instance]) -> BTreeSet<String> {
+    // Matched by their parts, not by formatting six candidate names per instance: this runs
+    // once per pass over every instance.
+    let shared = [
+        internal_network(cluster),
+        internal_overlay(cluster),
+        LEGACY_INTERNAL_NETWORK.to_string(),
+    ];
+    let bridge = format!("orca-{cluster}.");
+    let overlay = format!("orca-{cluster}_ov_");
     let mut out = BTreeSet::new();
     for i in instances {
-        for candidate in [
-            project_network(cluster, &i.project),
-            project_overlay(cluster, &i.project),
-            legacy_project_network(&i.project),
-            internal_network(cluster),
-            internal_overlay(cluster),
-            LEGACY_INTERNAL_NETWORK.to_string(),
-        ] {
-            if i.info.ips.contains_key(&candidate) {
-                out.insert(candidate);
+        for net in i.info.ips.keys() {
+            if out.contains(net) {
+                continue;
+            }
+            let project = i.project.as_str();
+            let own = net.strip_prefix(&bridge) == Some(project)
+                || net.strip_prefix(&overlay) == Some(project)
+                || net.strip_prefix("orca-") == Some(project);
+            if own || shared.contains(net) {
+                out.insert(net.clone());
             }
         }
     }
