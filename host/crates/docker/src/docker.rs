@@ -389,8 +389,8 @@ impl ContainerRuntime for DockerRuntime {
                 match running.get(&id) {
                     Some(info) if s.state == Some(ContainerSummaryStateEnum::RUNNING) => {
                         let mut info = info.clone();
-                        if let Some(ips) = summary_ips(s.network_settings) {
-                            info.ips = ips;
+                        if let Some(networks) = s.network_settings.and_then(|n| n.networks) {
+                            info.ips = endpoint_ips(networks);
                         }
                         known.push(info);
                     }
@@ -1130,20 +1130,15 @@ fn endpoint(spec: &ContainerSpec) -> EndpointSettings {
     }
 }
 
-/// The addresses of a listed container by network name (`None`: the listing had none).
-fn summary_ips(
-    settings: Option<bollard::models::ContainerSummaryNetworkSettings>,
-) -> Option<BTreeMap<String, IpAddr>> {
-    let networks = settings?.networks?;
-    Some(
-        networks
-            .into_iter()
-            .filter_map(|(network, endpoint)| {
-                let ip: IpAddr = endpoint.ip_address.as_deref()?.parse().ok()?;
-                Some((network, ip))
-            })
-            .collect(),
-    )
+/// The addresses of a container by network name; networks without an address are left out.
+fn endpoint_ips(networks: HashMap<String, EndpointSettings>) -> BTreeMap<String, IpAddr> {
+    networks
+        .into_iter()
+        .filter_map(|(network, endpoint)| {
+            let ip: IpAddr = endpoint.ip_address.as_deref()?.parse().ok()?;
+            Some((network, ip))
+        })
+        .collect()
 }
 
 fn container_info(resp: ContainerInspectResponse) -> ContainerInfo {
@@ -1161,16 +1156,11 @@ fn container_info(resp: ContainerInspectResponse) -> ContainerInfo {
         Some(ContainerStateStatusEnum::STOPPING) => ContainerState::Running,
         Some(ContainerStateStatusEnum::EMPTY) | None => ContainerState::Unknown,
     };
-    let ips = resp
-        .network_settings
-        .and_then(|n| n.networks)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(network, endpoint)| {
-            let ip: IpAddr = endpoint.ip_address.as_deref()?.parse().ok()?;
-            Some((network, ip))
-        })
-        .collect();
+    let ips = endpoint_ips(
+        resp.network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default(),
+    );
     ContainerInfo {
         id: resp.id.unwrap_or_default(),
         name: resp
