@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
@@ -27,6 +27,7 @@ use crate::model::{
     MountSourceSpec, NodeInfo, RuntimeEvent, VolumeInfo, LABEL_CLUSTER, LABEL_CLUSTER_ID,
     LABEL_MANAGED,
 };
+use crate::running::RunningCache;
 use crate::runtime::ContainerRuntime;
 use crate::time::rfc3339_to_unix;
 use crate::RuntimeError;
@@ -54,12 +55,12 @@ pub struct DockerRuntime {
     /// The cluster this runtime works for, if scoped: it sees only that cluster's
     /// containers and labels what it creates with the cluster id.
     scope: Option<ClusterScope>,
-    /// What the last inspect said of each container that was running, by id. `list` takes a
-    /// container the engine still lists as running from here (its addresses from the
-    /// listing) instead of inspecting it again, so listing N running containers is one
-    /// engine call, not N + 1; anything not running is inspected for its exit code and OOM
-    /// verdict. Entries of containers no longer listed are dropped.
-    running: Arc<Mutex<HashMap<String, ContainerInfo>>>,
+    /// What the last inspect said of each container that was running: `list` takes a
+    /// container the engine lists as running from here (its addresses from the listing)
+    /// instead of inspecting it again, so listing N running containers is one engine call,
+    /// not N + 1 — trusted only while an event subscription keeps it current
+    /// ([`crate::running`]).
+    running: RunningCache,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -93,7 +94,7 @@ impl DockerRuntime {
             pull_timeout: DEFAULT_PULL_TIMEOUT,
             network_lock: Arc::new(tokio::sync::Mutex::new(())),
             scope: None,
-            running: Arc::default(),
+            running: RunningCache::default(),
         })
     }
 
@@ -376,45 +377,42 @@ impl ContainerRuntime for DockerRuntime {
             .list_containers(Some(options))
             .await
             .map_err(|e| map_err("list containers", e))?;
-        let listed: std::collections::HashSet<String> =
-            summaries.iter().filter_map(|s| s.id.clone()).collect();
-        // Still running since its last inspect: known, with the listing's addresses.
-        let mut known = Vec::new();
-        let mut to_inspect = Vec::new();
-        {
-            let mut running = self.running.lock().expect("docker running cache lock");
-            running.retain(|id, _| listed.contains(id));
-            for s in summaries {
-                let Some(id) = s.id else { continue };
-                match running.get(&id) {
-                    Some(info) if s.state == Some(ContainerSummaryStateEnum::RUNNING) => {
-                        let mut info = info.clone();
-                        if let Some(networks) = s.network_settings.and_then(|n| n.networks) {
-                            info.ips = endpoint_ips(networks);
-                        }
-                        known.push(info);
-                    }
-                    _ => {
-                        running.remove(&id);
-                        to_inspect.push(id);
-                    }
+        let listing: Vec<(String, bool)> = summaries
+            .iter()
+            .filter_map(|s| {
+                let running = s.state == Some(ContainerSummaryStateEnum::RUNNING);
+                s.id.clone().map(|id| (id, running))
+            })
+            .collect();
+        let lookup = self.running.lookup(&listing);
+        let mut networks: HashMap<String, _> = summaries
+            .into_iter()
+            .filter_map(|s| Some((s.id?, s.network_settings.and_then(|n| n.networks)?)))
+            .collect();
+        // Known running: the cached inspect, with the listing's addresses.
+        let known: Vec<ContainerInfo> = lookup
+            .known
+            .into_iter()
+            .map(|(id, mut info)| {
+                if let Some(n) = networks.remove(&id) {
+                    info.ips = endpoint_ips(n);
                 }
-            }
-        }
+                info
+            })
+            .collect();
+        let to_inspect = lookup.to_inspect;
         let inspected: Vec<Result<ContainerInfo, RuntimeError>> = stream::iter(to_inspect)
             .map(|id| async move { self.inspect(&id).await })
             .buffer_unordered(INSPECT_CONCURRENCY)
             .collect()
             .await;
         let mut out = Vec::with_capacity(known.len() + inspected.len());
+        let mut now_running = Vec::new();
         for info in inspected {
             match info {
                 Ok(info) if self.scope.as_ref().is_none_or(|s| s.owns(&info.labels)) => {
                     if info.state == ContainerState::Running {
-                        self.running
-                            .lock()
-                            .expect("docker running cache lock")
-                            .insert(info.id.clone(), info.clone());
+                        now_running.push(info.clone());
                     }
                     out.push(info)
                 }
@@ -425,6 +423,7 @@ impl ContainerRuntime for DockerRuntime {
                 Err(e) => return Err(e),
             }
         }
+        self.running.remember(lookup.generation, now_running);
         out.extend(known);
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -514,6 +513,7 @@ impl ContainerRuntime for DockerRuntime {
 
     #[tracing::instrument(name = "orca.docker.stop_and_remove", skip(self))]
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        self.running.forget(id);
         let grace_secs = i32::try_from(grace.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX);
         // The engine answers a stop only after the grace period; make sure the client waits.
         let docker = if u64::try_from(grace_secs).unwrap_or(u64::MAX) + 30 > REQUEST_TIMEOUT_SECS {
@@ -861,15 +861,22 @@ impl ContainerRuntime for DockerRuntime {
             .filters(&filters)
             .since(&format!("{}.{:09}", since.as_secs(), since.subsec_nanos()))
             .build();
-        let events = self
-            .docker
-            .events(Some(options))
-            .filter_map(|msg| async move {
-                match msg {
-                    Ok(msg) => runtime_event(msg).map(Ok),
-                    Err(e) => Some(Err(map_err("watch events", e))),
-                }
-            });
+        // Counted from now (events since now are replayed when the request goes out); every
+        // event drops its container's cached inspect before the subscriber sees it.
+        let subscription = self.running.subscribe();
+        let cache = self.running.clone();
+        let events = self.docker.events(Some(options)).filter_map(move |msg| {
+            let item = match msg {
+                Ok(msg) => runtime_event(msg).map(Ok),
+                Err(e) => Some(Err(map_err("watch events", e))),
+            };
+            match &item {
+                Some(Ok(ev)) => cache.forget(&ev.id),
+                Some(Err(_)) => cache.forget_all(),
+                None => {}
+            }
+            async move { item }
+        });
         // The engine never ends an event stream on its own; if it ends, the connection broke
         // (daemon restart). Say so, so the caller resubscribes instead of waiting forever.
         let ended = stream::once(async {
@@ -879,7 +886,8 @@ impl ContainerRuntime for DockerRuntime {
         });
         events
             .chain(ended)
-            .scan(false, |failed, item| {
+            .scan(false, move |failed, item| {
+                let _live = &subscription;
                 // End the stream after its first error.
                 let done = *failed;
                 *failed |= item.is_err();

@@ -26,6 +26,7 @@ pub mod model;
 pub mod runtime;
 pub mod swarm;
 
+mod running;
 mod time;
 
 pub use docker::DockerRuntime;

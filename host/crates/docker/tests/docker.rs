@@ -407,6 +407,67 @@ async fn events_report_a_killed_container() {
     assert!(dead.ips.is_empty(), "{:?}", dead.ips);
 }
 
+/// Regression (CI, 2026-12-03: `restart_adopts_containers_and_killed_replica_is_replaced`):
+/// the engine's listing lags its event stream — right after `die` it still lists the
+/// container as running — and `list` took the cached inspect of a container listed running,
+/// so the pass the `die` woke saw the killed replica running and nothing replaced it until
+/// the watchdog. Every container killed here is listed at once when its `die` arrives, and
+/// must be `exited` there.
+#[tokio::test]
+async fn regression_a_container_listed_at_its_die_event_is_exited_though_the_listing_lags() {
+    let cleanup = Cleanup::default();
+    let rt = runtime().await;
+    let net = cleanup.network(&unique("net"));
+    rt.ensure_network(&net, &BTreeMap::new()).await.unwrap();
+    let mut events = rt.events();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let name = cleanup.container(&unique(&format!("lag{i}")));
+        ids.push(rt.create_and_start(&spec(&name, &net)).await.unwrap().id);
+    }
+    // Listed running twice: the second listing takes what `list` knows.
+    for _ in 0..2 {
+        let listed = rt.list().await.unwrap();
+        for id in &ids {
+            let c = listed.iter().find(|c| &c.id == id).expect("listed");
+            assert_eq!(c.state, ContainerState::Running);
+        }
+    }
+    let docker = bollard().await;
+    for id in &ids {
+        let docker = docker.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let _ = docker
+                .kill_container(
+                    &id,
+                    Some(KillContainerOptionsBuilder::new().signal("SIGKILL").build()),
+                )
+                .await;
+        });
+    }
+    let mut dead = std::collections::HashSet::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while dead.len() < ids.len() {
+            let ev = events.next().await.expect("event stream ended").unwrap();
+            if ev.action != "die" || !ids.contains(&ev.id) {
+                continue;
+            }
+            let listed = rt.list().await.unwrap();
+            let c = listed.iter().find(|c| c.id == ev.id).expect("still listed");
+            assert_eq!(
+                c.state,
+                ContainerState::Exited,
+                "listed at its die event: {c:?}"
+            );
+            assert_eq!(c.exit_code, Some(137));
+            dead.insert(ev.id);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("die events of {} of {} containers", dead.len(), ids.len()));
+}
+
 #[tokio::test]
 async fn logs_return_stdout_and_stderr_lines() {
     let cleanup = Cleanup::default();
