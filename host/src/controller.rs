@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::deploy;
-use crate::health::{Health, Target};
+use crate::health::{Health, Target, Verdicts};
 use crate::instance::{self, Instance};
 use crate::metrics::Metrics;
 use crate::nodes::{NodeRuntime, Nodes};
@@ -53,8 +53,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// What the last pass saw: the basis of `status`, `logs` and `cluster/info`.
 #[derive(Debug, Clone, Default)]
 pub struct View {
-    /// Containers of this cluster.
-    pub instances: Vec<Instance>,
+    /// Containers of this cluster (shared with the pass that observed them).
+    pub instances: Arc<Vec<Instance>>,
     /// Last error per service key (start failure, unresolved secret, unplaceable...).
     pub errors: BTreeMap<String, String>,
     /// Services in crash back-off, with the time (ms since epoch) they may start again.
@@ -426,21 +426,23 @@ impl<R: ContainerRuntime> Controller<R> {
 
     /// One observe → plan → publish → execute cycle.
     pub async fn pass(&self) -> anyhow::Result<()> {
-        let mut records = self.store.list_services()?;
+        // The store as of one moment: services, their current revisions, rollouts, requests.
+        let read = self.store.read_for_pass()?;
+        let mut current_of = read.current;
+        let mut records = read.services;
         {
             let held = self.held.lock().expect("hold lock");
             for rec in records.iter_mut().filter(|r| held.contains(&r.spec.key())) {
                 rec.state = DesiredState::Stopped;
             }
         }
-        let mut rollouts: HashMap<String, RolloutRecord> = self
-            .store
-            .list_rollouts()?
+        let mut rollouts: HashMap<String, RolloutRecord> = read
+            .rollouts
             .into_iter()
             .map(|((p, n), r)| (format!("{p}/{n}"), r))
             .collect();
         let mut requests: HashMap<String, Vec<OperatorRequest>> = HashMap::new();
-        for ((p, n), q) in self.store.pending_requests()? {
+        for ((p, n), q) in read.requests {
             requests.entry(format!("{p}/{n}")).or_default().push(q);
         }
         // Instances being drained and stopped are on their way out: decisions ignore them
@@ -529,22 +531,38 @@ impl<R: ContainerRuntime> Controller<R> {
             }
         }
         let lost_hold_until = self.keep_lost(&records, &pass_nodes, &unsure, now, &mut instances);
-        let active: Vec<Instance> = instances
+        // Shared with the status view at publish, without a copy.
+        let instances: Arc<Vec<Instance>> = Arc::new(instances);
+        let active: Vec<&Instance> = instances
             .iter()
             .filter(|i| !draining.contains(&i.info.id))
-            .cloned()
             .collect();
+        // Each service's instances, indexed once: the per-service work below touches only
+        // its own (O(instances) per pass, not O(services × instances)).
+        let mut of_service: orca_core::FastMap<&str, Vec<&Instance>> =
+            orca_core::FastMap::with_capacity_and_hasher(records.len(), Default::default());
+        for i in &active {
+            of_service.entry(i.service.as_str()).or_default().push(i);
+        }
+        // Readiness and liveness as of now, read once for the whole pass.
+        let verdicts = self
+            .health
+            .verdicts(instances.iter().map(|i| i.info.id.as_str()));
         {
             let mut mem = self.memory.lock().expect("controller memory lock");
-            self.account_failures(&mut mem, &records, &active);
+            self.account_failures(&mut mem, &records, &active, &verdicts);
         }
-        self.events.observe_instances(&active, &self.health);
+        self.events.observe_instances(&active, &verdicts);
 
         let mut revisions: HashMap<String, RevisionRecord> = HashMap::new();
         let mut splits: HashMap<String, Split> = HashMap::new();
         let mut desired = Vec::with_capacity(records.len());
         for rec in &records {
             let key = rec.spec.key();
+            let mine = of_service
+                .get(key.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             let running = rec.state == DesiredState::Running;
             let not_before = self
                 .memory
@@ -555,15 +573,12 @@ impl<R: ContainerRuntime> Controller<R> {
                 .copied();
             // A record that cannot be decoded affects only its own service: it is named in
             // its status and its running instances are kept.
-            let current = match self
-                .store
-                .current_revision(rec.spec.project(), &rec.spec.name)
-            {
+            let current = match current_of.remove(&key).unwrap_or(Ok(None)) {
                 Ok(current) => current,
                 Err(e) => {
-                    self.set_error(&key, e.to_string());
+                    self.set_error(&key, e);
                     desired.push(ServiceState {
-                        groups: keep_running(&active, &key),
+                        groups: keep_running(mine),
                         domain: rec.spec.domain.clone(),
                         traffic: None,
                         key,
@@ -579,7 +594,7 @@ impl<R: ContainerRuntime> Controller<R> {
             let groups = match current {
                 None => {
                     self.set_error(&key, "no revision record: deploy the service again".into());
-                    keep_running(&active, &key)
+                    keep_running(mine)
                 }
                 Some(cur) if !running => {
                     // A stopped service ends its rollout and the requests made against it.
@@ -597,7 +612,8 @@ impl<R: ContainerRuntime> Controller<R> {
                             &cur,
                             rollouts.remove(&key),
                             requests.get(&key).map(Vec::as_slice).unwrap_or_default(),
-                            &active,
+                            mine,
+                            &verdicts,
                             now,
                             &mut revisions,
                             &mut splits,
@@ -607,7 +623,7 @@ impl<R: ContainerRuntime> Controller<R> {
                         Ok(groups) => groups,
                         Err(e) => {
                             self.set_error(&key, format!("{e:#}"));
-                            keep_running(&active, &key)
+                            keep_running(mine)
                         }
                     };
                     revisions.insert(cur.fingerprint.clone(), cur);
@@ -644,7 +660,7 @@ impl<R: ContainerRuntime> Controller<R> {
         // each fingerprint not yet known (instances of older revisions, still running).
         let by_key: HashMap<String, &ServiceRecord> =
             records.iter().map(|r| (r.spec.key(), r)).collect();
-        for i in &instances {
+        for i in instances.iter() {
             if revisions.contains_key(&i.fingerprint) {
                 continue;
             }
@@ -666,7 +682,7 @@ impl<R: ContainerRuntime> Controller<R> {
             .iter()
             .map(|(fp, rev)| (fp.clone(), RevisionFacts::of(&rev.spec)))
             .collect();
-        for i in &instances {
+        for i in instances.iter() {
             if let (false, Some(rec)) = (facts.contains_key(&i.fingerprint), by_key.get(&i.service))
             {
                 facts.insert(i.fingerprint.clone(), RevisionFacts::of(&rec.spec));
@@ -684,17 +700,12 @@ impl<R: ContainerRuntime> Controller<R> {
                 )
             })
             .collect();
-        let ready_ids: HashSet<String> = instances
-            .iter()
-            .filter(|i| self.health.verdict(&i.info.id).ready)
-            .map(|i| i.info.id.clone())
-            .collect();
         let specs: BTreeMap<String, &ServiceSpec> = records
             .iter()
             .filter(|r| r.state == DesiredState::Running)
             .map(|r| (r.spec.key(), &r.spec))
             .collect();
-        let moved = self.rebalance_evictions(&specs, &active, &pass_nodes, &ready_ids);
+        let moved = self.rebalance_evictions(&specs, &active, &pass_nodes, &verdicts);
         let snapshot = Snapshot {
             now_ms: now,
             services: desired,
@@ -703,7 +714,7 @@ impl<R: ContainerRuntime> Controller<R> {
             instances: instances
                 .iter()
                 .map(|i| {
-                    let verdict = self.health.verdict(&i.info.id);
+                    let verdict = verdicts.get(&i.info.id);
                     InstanceState {
                         id: i.info.id.clone(),
                         service: i.service.clone(),
@@ -747,7 +758,14 @@ impl<R: ContainerRuntime> Controller<R> {
             debug!(nodes = ?unsure, held = decision.starts.len(), "starts held until every node's state is known");
             decision.starts.clear();
         }
-        self.publish(&records, &instances, &decision, next_wake, now);
+        self.publish(
+            &records,
+            &instances,
+            &verdicts,
+            &mut decision,
+            next_wake,
+            now,
+        );
         self.prune_networks(&records, &instances).await;
 
         if decision.is_idle() {
@@ -774,12 +792,16 @@ impl<R: ContainerRuntime> Controller<R> {
         &self,
         mem: &mut Memory,
         records: &[ServiceRecord],
-        instances: &[Instance],
+        instances: &[&Instance],
+        verdicts: &Verdicts,
     ) {
-        let live_ids: HashSet<&str> = instances.iter().map(|i| i.info.id.as_str()).collect();
-        mem.counted.retain(|id| live_ids.contains(id.as_str()));
+        if !mem.counted.is_empty() {
+            let live_ids: orca_core::FastSet<&str> =
+                instances.iter().map(|i| i.info.id.as_str()).collect();
+            mem.counted.retain(|id| live_ids.contains(id.as_str()));
+        }
         for i in instances {
-            if let Some(reason) = self.health.verdict(&i.info.id).restart {
+            if let Some(reason) = &verdicts.get(&i.info.id).restart {
                 if mem.counted.insert(i.info.id.clone()) {
                     let n = mem.failures.entry(i.service.clone()).or_default();
                     *n += 1;
@@ -810,7 +832,7 @@ impl<R: ContainerRuntime> Controller<R> {
         }
         // A ready instance ends a crash loop.
         for i in instances {
-            if i.is_running() && self.health.verdict(&i.info.id).ready {
+            if i.is_running() && verdicts.ready(&i.info.id) {
                 mem.failures.remove(&i.service);
                 mem.not_before.remove(&i.service);
                 mem.errors.remove(&i.service);
@@ -841,7 +863,8 @@ impl<R: ContainerRuntime> Controller<R> {
         cur: &RevisionRecord,
         rollout: Option<RolloutRecord>,
         requests: &[OperatorRequest],
-        instances: &[Instance],
+        instances: &[&Instance],
+        verdicts: &Verdicts<'_>,
         now: u64,
         revisions: &mut HashMap<String, RevisionRecord>,
         splits: &mut HashMap<String, Split>,
@@ -852,9 +875,11 @@ impl<R: ContainerRuntime> Controller<R> {
             fingerprint: cur.fingerprint.clone(),
             count: rec.spec.replicas,
         }];
+        // `instances` are this service's only.
         let live: Vec<&Instance> = instances
             .iter()
-            .filter(|i| i.service == key && !i.is_failed())
+            .copied()
+            .filter(|i| !i.is_failed())
             .collect();
         let seen: Vec<u64> = requests.iter().map(|q| q.seq).collect();
 
@@ -936,7 +961,15 @@ impl<R: ContainerRuntime> Controller<R> {
             }
             // Every request reaches the strategy, a rollback too (`rollback-requested`): it
             // decides how to return; the host overrules one that does not roll back.
-            let state = self.rollout_state(rec, cur, &asked, stable_fp.as_deref(), instances, now);
+            let state = self.rollout_state(
+                rec,
+                cur,
+                &asked,
+                stable_fp.as_deref(),
+                instances,
+                verdicts,
+                now,
+            );
             let registry = self.registry.clone();
             let strategy = asked.strategy.clone();
             let result = tokio::task::spawn_blocking(move || {
@@ -1041,27 +1074,29 @@ impl<R: ContainerRuntime> Controller<R> {
         Ok(stored)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn rollout_state(
         &self,
         rec: &ServiceRecord,
         cur: &RevisionRecord,
         r: &RolloutRecord,
         stable_fp: Option<&str>,
-        instances: &[Instance],
+        instances: &[&Instance],
+        verdicts: &Verdicts<'_>,
         now: u64,
     ) -> RolloutState {
-        let key = rec.spec.key();
+        // `instances` are this service's only.
         let view = |fp: Option<&str>| -> Vec<types::Instance> {
             instances
                 .iter()
-                .filter(|i| i.service == key && Some(i.fingerprint.as_str()) == fp)
+                .filter(|i| Some(i.fingerprint.as_str()) == fp)
                 .map(|i| types::Instance {
                     id: i.info.id.clone(),
                     node: self.node.hostname.clone(),
                     revision: i.revision,
                     readiness: if i.is_failed() {
                         Readiness::Failed
-                    } else if i.is_running() && self.health.verdict(&i.info.id).ready {
+                    } else if i.is_running() && verdicts.ready(&i.info.id) {
                         Readiness::Ready
                     } else {
                         Readiness::Starting
@@ -1112,33 +1147,36 @@ impl<R: ContainerRuntime> Controller<R> {
     fn publish(
         &self,
         records: &[ServiceRecord],
-        instances: &[Instance],
-        d: &Decision,
+        instances: &Arc<Vec<Instance>>,
+        verdicts: &Verdicts<'_>,
+        d: &mut Decision,
         next_wake_ms: Option<u64>,
         now: u64,
     ) {
+        // What is published is moved out of the decision (execution needs only its
+        // removes and starts).
         self.health.set_targets(
-            d.probes
-                .iter()
+            std::mem::take(&mut d.probes)
+                .into_iter()
                 .map(|p| Target {
-                    id: p.id.clone(),
+                    id: p.id,
                     addr: p.addr,
-                    probe: p.readiness.clone(),
-                    liveness: p.liveness.clone(),
+                    probe: p.readiness,
+                    liveness: p.liveness,
                 })
                 .collect(),
         );
         let mut table = RouteTable::new();
-        for r in &d.routes {
+        for r in std::mem::take(&mut d.routes) {
             table.insert(
                 &r.domain,
                 Route {
-                    service: r.service.clone(),
+                    service: r.service,
                     backends: r
                         .backends
-                        .iter()
+                        .into_iter()
                         .map(|b| Backend {
-                            id: b.id.clone(),
+                            id: b.id,
                             addr: b.addr,
                             weight: b.weight,
                         })
@@ -1154,7 +1192,7 @@ impl<R: ContainerRuntime> Controller<R> {
             .expect("controller memory lock")
             .errors
             .clone();
-        self.metrics.observe_state(records, instances, &self.health);
+        self.metrics.observe_state(records, instances, verdicts);
         let mut states = vec!["ready"];
         if let Some(nodes) = &self.nodes {
             for (r, state) in nodes.list() {
@@ -1166,13 +1204,13 @@ impl<R: ContainerRuntime> Controller<R> {
         }
         self.metrics.observe_nodes(&states);
         self.view.store(Arc::new(View {
-            instances: instances.to_vec(),
+            instances: instances.clone(),
             errors,
-            backing_off: d.backing_off.clone(),
-            waiting: d.waiting.clone(),
+            backing_off: std::mem::take(&mut d.backing_off),
+            waiting: std::mem::take(&mut d.waiting),
             next_wake_ms,
-            ready: d.ready.clone(),
-            addresses: d.addresses.clone(),
+            ready: std::mem::take(&mut d.ready),
+            addresses: std::mem::take(&mut d.addresses),
             observed_at_ms: now,
         }));
     }
@@ -1890,12 +1928,10 @@ fn has_named_volume(rec: &ServiceRecord) -> bool {
     rec.state == DesiredState::Running && rec.spec.mounts().iter().any(|m| m.volume().is_some())
 }
 
-fn keep_running(instances: &[Instance], key: &str) -> Vec<DesiredGroup> {
+/// The groups that keep a service's `instances` (its own only) running as they are.
+fn keep_running(instances: &[&Instance]) -> Vec<DesiredGroup> {
     let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
-    for i in instances
-        .iter()
-        .filter(|i| i.service == key && !i.is_failed())
-    {
+    for i in instances.iter().filter(|i| !i.is_failed()) {
         *counts.entry(i.fingerprint.as_str()).or_default() += 1;
     }
     counts

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::health::Health;
+use crate::health::Verdicts;
 use crate::instance::Instance;
 
 /// Events queued between emitters and the writer: a pass that starts 10,000 instances
@@ -348,9 +348,9 @@ impl Events {
     }
 
     /// One controller pass's instances (those not being removed): see [`InstanceWatch`].
-    pub fn observe_instances(&self, instances: &[Instance], health: &Health) {
+    pub fn observe_instances(&self, instances: &[&Instance], verdicts: &Verdicts<'_>) {
         if self.tx.is_some() {
-            self.watch.observe(self, instances, health);
+            self.watch.observe(self, instances, verdicts);
         }
     }
 
@@ -696,13 +696,13 @@ pub struct InstanceWatch {
 
 impl InstanceWatch {
     /// Compares this pass's instances (those not being removed) with the last pass's.
-    pub fn observe(&self, events: &Events, instances: &[Instance], health: &Health) {
+    pub fn observe(&self, events: &Events, instances: &[&Instance], verdicts: &Verdicts<'_>) {
         let mut guard = self.seen.lock().expect("instance watch lock");
         let first = guard.is_none();
         let seen = guard.get_or_insert_with(HashMap::new);
         let mut next = HashMap::with_capacity(instances.len());
         for i in instances {
-            let v = health.verdict(&i.info.id);
+            let v = verdicts.get(&i.info.id);
             let now = Seen {
                 ready: i.is_running() && v.ready,
                 failed: i.is_failed(),
@@ -711,7 +711,7 @@ impl InstanceWatch {
             };
             let before = seen.get(&i.info.id);
             if !first {
-                for e in transitions(i, before, &now, &v) {
+                for e in transitions(i, before, &now, v) {
                     events.emit(e);
                 }
             }

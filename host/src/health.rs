@@ -20,7 +20,6 @@
 //! has a path, `tcp-probe` otherwise. Each gets an endpoint capability bound to the one
 //! instance it probes and nothing else. A plugin failure counts as a failed probe.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,6 +76,33 @@ pub struct Verdict {
     pub restart: Option<String>,
 }
 
+/// The verdicts of one moment ([`Health::verdicts`]); an id it does not hold is not ready.
+#[derive(Debug, Default)]
+pub struct Verdicts<'a> {
+    by_id: orca_core::FastMap<&'a str, Verdict>,
+}
+
+/// What an instance the checker does not watch (yet) gets: not ready, no restart.
+static UNKNOWN: Verdict = Verdict {
+    ready: false,
+    failures: 0,
+    last_error: None,
+    live_failures: 0,
+    restart: None,
+};
+
+impl Verdicts<'_> {
+    /// The verdict on `id`.
+    pub fn get(&self, id: &str) -> &Verdict {
+        self.by_id.get(id).unwrap_or(&UNKNOWN)
+    }
+
+    /// Whether `id` passes readiness.
+    pub fn ready(&self, id: &str) -> bool {
+        self.get(id).ready
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Readiness,
@@ -91,12 +117,14 @@ struct Entry {
     in_flight: bool,
     live_next_due: Instant,
     live_in_flight: bool,
+    /// Set by each `set_targets` for the entries it names; the others are dropped.
+    listed: bool,
 }
 
 /// Verdicts by container id, shared by the checker task, the controller and the API.
 #[derive(Clone)]
 pub struct Health {
-    inner: Arc<Mutex<HashMap<String, Entry>>>,
+    inner: Arc<Mutex<orca_core::FastMap<String, Entry>>>,
     registry: Registry,
     /// Slots of [`PROBE_CONCURRENCY`].
     slots: Arc<tokio::sync::Semaphore>,
@@ -126,47 +154,52 @@ impl Health {
         self.seeded.lock().expect("health seed lock").extend(ids);
     }
 
-    /// Replaces the watched set; verdicts of instances still present are kept.
+    /// Replaces the watched set; verdicts of instances still present are kept. Updated in
+    /// place (a pass that changes nothing allocates nothing here), and the checker is woken
+    /// only when an instance is new or its probe settings changed.
     pub fn set_targets(&self, targets: Vec<Target>) {
         let now = Instant::now();
         let mut seeded = self.seeded.lock().expect("health seed lock");
         let mut map = self.inner.lock().expect("health lock");
-        let mut next: HashMap<String, Entry> = HashMap::with_capacity(targets.len());
+        let mut changed = false;
         for t in targets {
-            match map.remove(&t.id) {
-                Some(mut e) => {
+            if let Some(e) = map.get_mut(&t.id) {
+                e.listed = true;
+                if e.target != t {
                     e.target = t;
-                    next.insert(e.target.id.clone(), e);
+                    changed = true;
                 }
-                None => {
-                    let delay = Duration::from_secs(t.probe.initial_delay_secs);
-                    let live_delay = t
-                        .liveness
-                        .as_ref()
-                        .map(|l| {
-                            Duration::from_secs(l.initial_delay_secs.max(l.interval_secs.max(1)))
-                        })
-                        .unwrap_or_default();
-                    let ready = t.addr.is_none() || seeded.remove(&t.id);
-                    next.insert(
-                        t.id.clone(),
-                        Entry {
-                            target: t,
-                            verdict: Verdict {
-                                ready,
-                                ..Verdict::default()
-                            },
-                            next_due: now + delay,
-                            in_flight: false,
-                            live_next_due: now + live_delay,
-                            live_in_flight: false,
-                        },
-                    );
-                }
+                continue;
             }
+            changed = true;
+            let delay = Duration::from_secs(t.probe.initial_delay_secs);
+            let live_delay = t
+                .liveness
+                .as_ref()
+                .map(|l| Duration::from_secs(l.initial_delay_secs.max(l.interval_secs.max(1))))
+                .unwrap_or_default();
+            let ready = t.addr.is_none() || seeded.remove(&t.id);
+            map.insert(
+                t.id.clone(),
+                Entry {
+                    target: t,
+                    verdict: Verdict {
+                        ready,
+                        ..Verdict::default()
+                    },
+                    next_due: now + delay,
+                    in_flight: false,
+                    live_next_due: now + live_delay,
+                    live_in_flight: false,
+                    listed: true,
+                },
+            );
         }
-        *map = next;
-        self.kick.notify_one();
+        // Not in this set: no longer watched. The mark is reset for the next call.
+        map.retain(|_, e| std::mem::take(&mut e.listed));
+        if changed {
+            self.kick.notify_one();
+        }
     }
 
     /// The verdicts on one instance (not ready when unknown, unless seeded ready).
@@ -178,6 +211,28 @@ impl Health {
             ready: self.seeded.lock().expect("health seed lock").contains(id),
             ..Verdict::default()
         }
+    }
+
+    /// The verdicts on `ids` at one moment, under one lock: a pass reads readiness and
+    /// liveness once and decides with that, instead of asking per instance and per use.
+    pub fn verdicts<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Verdicts<'a> {
+        let map = self.inner.lock().expect("health lock");
+        let seeded = self.seeded.lock().expect("health seed lock");
+        let ids = ids.into_iter();
+        let mut by_id =
+            orca_core::FastMap::with_capacity_and_hasher(ids.size_hint().0, Default::default());
+        for id in ids {
+            let v = match map.get(id) {
+                Some(e) => e.verdict.clone(),
+                None if seeded.contains(id) => Verdict {
+                    ready: true,
+                    ..Verdict::default()
+                },
+                None => continue,
+            };
+            by_id.insert(id, v);
+        }
+        Verdicts { by_id }
     }
 
     /// Runs the checker until `shutdown` resolves; `changed` is notified on every verdict

@@ -15,7 +15,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::health::Health;
 use crate::instance::Instance;
 
 /// Labels of `orca_nodes_total`.
@@ -193,7 +192,7 @@ impl Metrics {
         &self,
         records: &[ServiceRecord],
         instances: &[Instance],
-        health: &Health,
+        verdicts: &crate::health::Verdicts<'_>,
     ) {
         let running = records
             .iter()
@@ -201,12 +200,13 @@ impl Metrics {
             .count() as i64;
         self.services.set(running);
         self.services_total.set(running);
-        self.instances.clear();
-        self.instances_total.clear();
+        // Counted first, so each label set is made once per service and status.
+        let mut counts: std::collections::HashMap<(&str, &str, &'static str), i64> =
+            std::collections::HashMap::new();
         for i in instances {
             let status = if i.is_failed() {
                 "failed"
-            } else if i.is_running() && health.verdict(&i.info.id).ready {
+            } else if i.is_running() && verdicts.ready(&i.info.id) {
                 "ready"
             } else {
                 "starting"
@@ -216,13 +216,20 @@ impl Metrics {
                 .split_once('/')
                 .map(|(_, n)| n)
                 .unwrap_or(&i.service);
+            *counts
+                .entry((name, i.project.as_str(), status))
+                .or_default() += 1;
+        }
+        self.instances.clear();
+        self.instances_total.clear();
+        for ((service, project, status), n) in counts {
             let labels = InstanceLabels {
-                service: name.to_string(),
-                project: i.project.clone(),
+                service: service.to_string(),
+                project: project.to_string(),
                 status: status.to_string(),
             };
-            self.instances.get_or_create(&labels).inc();
-            self.instances_total.get_or_create(&labels).inc();
+            self.instances.get_or_create(&labels).set(n);
+            self.instances_total.get_or_create(&labels).set(n);
         }
     }
 }

@@ -86,13 +86,16 @@ impl<R: ContainerRuntime> Controller<R> {
     pub(super) fn rebalance_evictions(
         &self,
         specs: &BTreeMap<String, &ServiceSpec>,
-        instances: &[Instance],
+        instances: &[&Instance],
         nodes: &[PassNode<R>],
-        ready: &HashSet<String>,
+        verdicts: &crate::health::Verdicts<'_>,
     ) -> HashSet<String> {
         let mut r = self.rebalancing.lock().expect("rebalance lock");
-        let present: HashSet<&str> = instances.iter().map(|i| i.info.id.as_str()).collect();
-        r.evicted.retain(|id, _| present.contains(id.as_str()));
+        if !r.evicted.is_empty() {
+            let present: orca_core::FastSet<&str> =
+                instances.iter().map(|i| i.info.id.as_str()).collect();
+            r.evicted.retain(|id, _| present.contains(id.as_str()));
+        }
         let wanted: Vec<String> = r.wanted.iter().cloned().collect();
         for key in wanted {
             let Some(spec) = specs.get(&key) else {
@@ -117,7 +120,7 @@ impl<R: ContainerRuntime> Controller<R> {
                         i.info.id.as_str(),
                         i.node.as_str(),
                         i.slot,
-                        ready.contains(&i.info.id),
+                        verdicts.ready(&i.info.id),
                     )
                 })
                 .collect();

@@ -63,6 +63,7 @@ pub mod error;
 pub mod events;
 pub mod meta;
 pub mod nodes;
+pub mod pass;
 mod record;
 pub mod requests;
 pub mod revisions;
@@ -78,6 +79,7 @@ pub use certs::{AcmeOrderRecord, CertSource, CertificateRecord, ACME_SEAL_SCOPE,
 pub use error::StoreError;
 pub use events::{EventQuery, EventRecord, EVENTS_KEPT, EVENTS_PER_SERVICE_KEPT};
 pub use nodes::{CaRecord, JoinRefusal, JoinTokenRecord, NodeRecord};
+pub use pass::PassRead;
 pub use requests::{OperatorRequest, RequestKind};
 pub use revisions::{RevisionRecord, REVISIONS_KEPT};
 pub use rollouts::{RolloutPhase, RolloutRecord, PLUGIN_STATE_MAX};

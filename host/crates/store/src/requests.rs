@@ -8,7 +8,7 @@
 //! pending request of its service is refused, so a request that arrives while the strategy
 //! is being called is never lost or undone: the controller plans again with it.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::record::{check_name, decode, encode, scoped_key};
@@ -159,13 +159,7 @@ impl Store {
     )]
     pub fn pending_requests(&self) -> Result<Vec<((String, String), OperatorRequest)>, StoreError> {
         let txn = self.db().begin_read()?;
-        let table = txn.open_table(REQUESTS)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            out.push(decode_key(k.value(), v.value())?);
-        }
-        Ok(out)
+        pending_in(&txn)
     }
 
     /// One rollout step, in one transaction: stores `record` (or deletes the rollout when
@@ -203,6 +197,23 @@ impl Store {
         txn.commit()?;
         Ok(true)
     }
+}
+
+/// Every pending operator request in `txn`, by service and order.
+#[expect(
+    clippy::type_complexity,
+    reason = "the pair-of-names key matches `list_rollouts`"
+)]
+pub(crate) fn pending_in(
+    txn: &ReadTransaction,
+) -> Result<Vec<((String, String), OperatorRequest)>, StoreError> {
+    let table = txn.open_table(REQUESTS)?;
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        out.push(decode_key(k.value(), v.value())?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

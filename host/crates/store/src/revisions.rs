@@ -172,6 +172,27 @@ fn read_one(
     }
 }
 
+/// Revision `number` of `project/name`, read inside a read transaction; a record read
+/// again is noted healed, one that cannot be decoded broken.
+pub(crate) fn read_in(
+    store: &Store,
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    project: &str,
+    name: &str,
+    number: u64,
+) -> Result<Option<RevisionRecord>, StoreError> {
+    let found = read_one(table, project, name, number).map_err(|e| store.note(e))?;
+    store.healed(TABLE_NAME, &revision_key(project, name, number));
+    Ok(found)
+}
+
+/// Opens the revisions table of a read transaction.
+pub(crate) fn open_in(
+    txn: &ReadTransaction,
+) -> Result<redb::ReadOnlyTable<&'static str, &'static [u8]>, StoreError> {
+    Ok(txn.open_table(REVISIONS)?)
+}
+
 /// Revision `number` of `project/name`, read inside a write transaction.
 pub(crate) fn get_in(
     txn: &WriteTransaction,

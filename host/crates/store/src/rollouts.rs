@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::record::{check_name, decode, encode, scoped_key};
@@ -325,26 +325,38 @@ impl Store {
     )]
     pub fn list_rollouts(&self) -> Result<Vec<((String, String), RolloutRecord)>, StoreError> {
         let txn = self.db().begin_read()?;
-        let table = txn.open_table(ROLLOUTS)?;
-        let mut out = Vec::new();
-        let mut broken = Vec::new();
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            let key = k.value();
-            let Some((project, name)) = key.split_once('/') else {
-                broken.push((key.to_owned(), "key is not `project/name`".to_string()));
-                continue;
-            };
-            // An undecodable rollout is left out: its service is driven as if none ran.
-            match decode_row(key, v.value()) {
-                Ok(record) => out.push(((project.to_owned(), name.to_owned()), record)),
-                Err(StoreError::Corrupt { key, reason, .. }) => broken.push((key, reason)),
-                Err(e) => return Err(e),
-            }
-        }
-        self.scanned(TABLE_NAME, broken);
-        Ok(out)
+        list_in(self, &txn)
     }
+}
+
+/// Every rollout record in `txn` as `((project, name), record)`; undecodable ones are noted
+/// as broken and left out (their service is driven as if none ran).
+#[expect(
+    clippy::type_complexity,
+    reason = "the pair-of-names key reads plainly and matches `set_state`'s keys"
+)]
+pub(crate) fn list_in(
+    store: &Store,
+    txn: &ReadTransaction,
+) -> Result<Vec<((String, String), RolloutRecord)>, StoreError> {
+    let table = txn.open_table(ROLLOUTS)?;
+    let mut out = Vec::new();
+    let mut broken = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let key = k.value();
+        let Some((project, name)) = key.split_once('/') else {
+            broken.push((key.to_owned(), "key is not `project/name`".to_string()));
+            continue;
+        };
+        match decode_row(key, v.value()) {
+            Ok(record) => out.push(((project.to_owned(), name.to_owned()), record)),
+            Err(StoreError::Corrupt { key, reason, .. }) => broken.push((key, reason)),
+            Err(e) => return Err(e),
+        }
+    }
+    store.scanned(TABLE_NAME, broken);
+    Ok(out)
 }
 
 #[cfg(test)]

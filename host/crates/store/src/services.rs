@@ -178,6 +178,27 @@ fn write_row(
 
 /// The record of `project/name`, read inside the caller's read transaction (for modules that
 /// need a service record consistent with their own table).
+/// Every decodable service record in `txn`, sorted by key; undecodable ones are noted as
+/// broken (a full scan of the table).
+pub(crate) fn list_in(
+    store: &Store,
+    txn: &ReadTransaction,
+) -> Result<Vec<ServiceRecord>, StoreError> {
+    let table = txn.open_table(SERVICES)?;
+    let mut out = Vec::new();
+    let mut broken = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        match decode_row(k.value(), v.value()) {
+            Ok(record) => out.push(record),
+            Err(StoreError::Corrupt { key, reason, .. }) => broken.push((key, reason)),
+            Err(e) => return Err(e),
+        }
+    }
+    store.scanned(TABLE_NAME, broken);
+    Ok(out)
+}
+
 pub(crate) fn get_in(
     txn: &ReadTransaction,
     project: &str,
@@ -450,19 +471,7 @@ impl Store {
     /// out (and reported by [`Store::broken_records`]): it never hides the others.
     pub fn list_services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
         let txn = self.db().begin_read()?;
-        let table = txn.open_table(SERVICES)?;
-        let mut out = Vec::new();
-        let mut broken = Vec::new();
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            match decode_row(k.value(), v.value()) {
-                Ok(record) => out.push(record),
-                Err(StoreError::Corrupt { key, reason, .. }) => broken.push((key, reason)),
-                Err(e) => return Err(e),
-            }
-        }
-        self.scanned(TABLE_NAME, broken);
-        Ok(out)
+        list_in(self, &txn)
     }
 
     /// Every service called `name`, in any project, sorted by project.
