@@ -5,6 +5,10 @@
 # of the same FROM-scratch image, which waits for convergence).
 #
 #   bench/deploy.sh [RUNS]        (default 5; prints a Markdown table for BENCHMARKS.md)
+#   BENCH_NO_SWARM=1 bench/deploy.sh   (orca only)
+#
+# ORCA_LOG=info,orca=debug bench/deploy.sh keeps a timeline: the server's log is copied to
+# target/bench-deploy/server.log (and every run's per-phase times are printed).
 #
 # Loopback only. Leaves no container, network or swarm behind.
 set -euo pipefail
@@ -23,10 +27,11 @@ tests/build-testapp-image.sh orca-testapp:latest >/dev/null
 mkdir -p "$ORCA_CONFIG_DIR"
 printf '[cluster]\nname = "%s"\n\n[[token]]\nname = "bench"\nvalue = "bench-token-0123456789"\nrole = "admin"\n' "$cluster" >"$ORCA_CONFIG_DIR/cluster.toml"
 export ORCA_TOKEN=bench-token-0123456789
-ORCA_API_ADDR=127.0.0.1:$api_port ORCA_HTTP_ADDR=127.0.0.1:$http_port ORCA_HTTPS_ADDR=127.0.0.1:0 ORCA_LOG=warn "$orca" server 2>"$work/server.log" &
+ORCA_API_ADDR=127.0.0.1:$api_port ORCA_HTTP_ADDR=127.0.0.1:$http_port ORCA_HTTPS_ADDR=127.0.0.1:0 ORCA_LOG=${ORCA_LOG:-warn} "$orca" server 2>"$work/server.log" &
 server=$!
 cleanup() {
   kill "$server" 2>/dev/null || true
+  mkdir -p "$root/target/bench-deploy" && cp "$work/server.log" "$root/target/bench-deploy/server.log" 2>/dev/null || true
   ids=$(docker ps -aq --filter "label=orca.cluster=$cluster"); [ -n "$ids" ] && docker rm -f $ids >/dev/null
   for n in $(docker network ls -q --filter "label=orca.cluster=$cluster"); do docker network rm "$n" >/dev/null || true; done
   docker service rm benchswarm >/dev/null 2>&1 || true
@@ -56,11 +61,14 @@ for i in $(seq 1 "$runs"); do
   docker kill "$victim" >/dev/null
   until [ "$(ready_count "$p")" = 3 ] && ! docker ps -q --no-trunc | grep -q "^$victim"; do sleep 0.01; done
   heal+=("$(ms "$t1")")
+  echo "run $i: first 200 ${first[-1]} ms, 3 ready ${conv[-1]} ms, heal ${heal[-1]} ms" >&2
   "$orca" stop --project "$p" >/dev/null
 done
 
 swarm=()
-if docker swarm init --advertise-addr 127.0.0.1 >/dev/null 2>&1; then
+# BENCH_NO_SWARM=1 skips the peer (a swarm on the shared engine would disturb other users of
+# it, such as tests/nodes.rs, whose master engine is a swarm manager).
+if [ "${BENCH_NO_SWARM:-0}" != 1 ] && docker swarm init --advertise-addr 127.0.0.1 >/dev/null 2>&1; then
   swarm_started=1
   for i in $(seq 1 "$runs"); do
     t0=$(date +%s%N)
