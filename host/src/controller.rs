@@ -766,9 +766,10 @@ impl<R: ContainerRuntime> Controller<R> {
             next_wake,
             now,
         );
-        self.prune_networks(&records, &instances).await;
+        let unused_networks = self.unused_networks(&records, &instances);
 
         if decision.is_idle() {
+            self.remove_networks(unused_networks).await;
             return Ok(());
         }
         info!(
@@ -776,10 +777,11 @@ impl<R: ContainerRuntime> Controller<R> {
             starts = decision.starts.len(),
             "executing decision"
         );
-        if self
+        let acted = self
             .execute(decision, &records, &revisions, &instances, &pass_nodes)
-            .await
-        {
+            .await;
+        self.remove_networks(unused_networks).await;
+        if acted {
             // Observe the result right away. (When nothing could be done, such as a start
             // blocked by a container still draining under the same name, the drain's end
             // wakes the loop instead.)

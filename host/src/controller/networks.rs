@@ -27,15 +27,21 @@ impl<R: ContainerRuntime> Controller<R> {
             .collect()
     }
 
-    /// Removes this cluster's networks that nothing needs any more
-    /// (`instance::unused_networks`), and notes the legacy networks new instances join.
-    pub(super) async fn prune_networks(&self, records: &[ServiceRecord], instances: &[Instance]) {
+    /// Notes the networks this pass sees (and each running project's legacy networks, which
+    /// starts join) and returns the cluster's networks nothing uses any more, for
+    /// [`Self::remove_networks`] — after the pass's starts, so a removal (tens of ms on the
+    /// engine) never delays a deploy.
+    pub(super) fn unused_networks(
+        &self,
+        records: &[ServiceRecord],
+        instances: &[Instance],
+    ) -> Vec<String> {
         let running: Vec<(&str, bool)> = records
             .iter()
             .filter(|r| r.state == DesiredState::Running)
             .map(|r| (r.spec.project(), r.spec.internal))
             .collect();
-        let unused = {
+        {
             let mut mem = self.memory.lock().expect("controller memory lock");
             // Once per pass: with many services and instances, once per service was a third
             // of a pass's CPU (100 services × 10,000 instances, bench/agents.sh).
@@ -49,7 +55,11 @@ impl<R: ContainerRuntime> Controller<R> {
                 .collect();
             mem.networks.extend(attached);
             instance::unused_networks(&self.cluster, &mem.networks, &running, instances)
-        };
+        }
+    }
+
+    /// Removes the networks [`Self::unused_networks`] found.
+    pub(super) async fn remove_networks(&self, unused: Vec<String>) {
         for network in unused {
             match self.runtime.remove_network(&network).await {
                 Ok(()) => {
