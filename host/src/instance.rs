@@ -336,7 +336,7 @@ mod tests {
             id: format!("id-{project}-{}", nets.len()),
             name: "c".into(),
             image: "i".into(),
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             state: ContainerState::Running,
             ips: nets
                 .iter()

@@ -89,7 +89,7 @@ impl SimRuntime {
     }
 
     fn emit(&self, info: &ContainerInfo, action: &str, extra: &[(&str, String)]) {
-        let mut labels = info.labels.clone();
+        let mut labels = (*info.labels).clone();
         labels.insert("name".into(), info.name.clone());
         labels.insert("image".into(), info.image.clone());
         for (k, v) in extra {
@@ -248,7 +248,7 @@ impl ContainerRuntime for SimRuntime {
             id: container_id(&self.node.hostname, &spec.name, n),
             name: spec.name.clone(),
             image: spec.image.clone(),
-            labels,
+            labels: std::sync::Arc::new(labels),
             state: ContainerState::Running,
             ips: std::iter::once(spec.network.clone())
                 .chain(spec.extra_networks.iter().cloned())

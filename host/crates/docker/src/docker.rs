@@ -1178,7 +1178,7 @@ fn container_info(resp: ContainerInspectResponse) -> ContainerInfo {
         // The reference the container was created from (`orca-testapp:latest`), not the
         // image id the engine resolved it to.
         image: config.image.or(resp.image).unwrap_or_default(),
-        labels: config.labels.unwrap_or_default().into_iter().collect(),
+        labels: Arc::new(config.labels.unwrap_or_default().into_iter().collect()),
         state: status,
         ips,
         exit_code: matches!(status, ContainerState::Exited | ContainerState::Dead)

@@ -129,7 +129,9 @@ pub struct ContainerInfo {
     pub name: String,
     /// The image reference the container was created from.
     pub image: String,
-    pub labels: BTreeMap<String, String>,
+    /// Shared: a listing hands out the labels of a container it already knows without
+    /// copying them (a container's labels never change).
+    pub labels: std::sync::Arc<BTreeMap<String, String>>,
     pub state: ContainerState,
     /// IP address per network name; networks without an address are left out.
     pub ips: BTreeMap<String, IpAddr>,
