@@ -13,9 +13,10 @@
 //!   functions over `HeaderMap`.
 //! - `error` — [`ProxyError`]: every response the proxy makes itself (404, 502, 504, ...),
 //!   marked with `x-orca-error: 1`.
-//! - `forward` — the request path: `(table, request) -> response`, using the worker's
-//!   pooled upstream client; retries bodiless idempotent requests on another backend when the first gave
+//! - `forward` — the request path: `(table, request) -> response`; retries bodiless idempotent requests on another backend when the first gave
 //!   no response head; also splices upgraded (WebSocket) connections.
+//! - `upstream` — the upstream side of one client connection: HTTP/1.1 connections owned
+//!   by (and driven in) the client connection's task, the worker's shared pool as fallback.
 //! - `server` — [`Proxy`]: worker threads (one current-thread runtime each) accepting on
 //!   shared listeners (plain HTTP/1.1, and TLS with HTTP/2 or HTTP/1.1 by ALPN),
 //!   per-connection tasks, [`ConnectionLimits`], the `EMFILE` fd reserve, graceful drain.
@@ -55,6 +56,7 @@ mod server;
 mod stats;
 pub mod table;
 pub mod tls;
+mod upstream;
 
 pub use balance::InFlightView;
 pub use challenge::{Challenges, ACME_CHALLENGE_PREFIX};

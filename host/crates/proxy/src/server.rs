@@ -22,17 +22,33 @@ use tracing::{debug, info, warn};
 use crate::balance::InFlightView;
 use crate::challenge::Challenges;
 use crate::config::ProxyConfig;
-use crate::forward::{Forwarder, Scheme, UpstreamClient};
+use crate::forward::{Forwarder, Scheme};
 use crate::metrics::ProxyMetrics;
 use crate::stats::RouteStats;
 use crate::table::Routes;
 use crate::tls::{self, Certificates, ALPN_H2};
+use crate::upstream::Pool;
 
 /// Drives one served connection until it ends, starting a graceful shutdown (finish the
 /// request in progress, then close; idle connections close at once) when the drain phase
-/// begins, and cutting it off when the shutdown grace expires. A macro, not a function:
-/// hyper's HTTP/1 (upgradeable) and HTTP/2 connections share no trait for this.
+/// begins, and cutting it off when the shutdown grace expires. `$driver` (the client
+/// connection's owned upstream connections, see `upstream`) is polled in the same task
+/// until then, and dropped with it. A macro, not a function: hyper's HTTP/1 (upgradeable)
+/// and HTTP/2 connections share no trait for this.
 macro_rules! drive_connection {
+    ($conn:expr, $driver:expr, $phase:expr, $peer:expr) => {{
+        let driver = $driver;
+        tokio::pin!(driver);
+        tokio::select! {
+            biased;
+            () = driver.as_mut() => {}
+            () = async { drive_served!($conn, $phase, $peer) } => {}
+        }
+    }};
+}
+
+/// The served half of [`drive_connection`].
+macro_rules! drive_served {
     ($conn:expr, $phase:expr, $peer:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
@@ -339,7 +355,7 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
-        let upstream = self.forwarder.upstream_client();
+        let upstream = self.forwarder.upstream_pool();
         let plain = match self.plain.listener.take().map(TcpListener::from_std) {
             Some(Ok(listener)) => listener,
             Some(Err(e)) => {
@@ -405,7 +421,7 @@ impl Worker {
 
     fn spawn_connection(
         &self,
-        upstream: &UpstreamClient,
+        upstream: &Pool,
         stream: TcpStream,
         peer: SocketAddr,
         admitted: Admitted,
@@ -414,7 +430,8 @@ impl Worker {
             debug!(%peer, error = %e, "set_nodelay failed");
         }
         let forwarder = self.forwarder.clone();
-        let upstream = upstream.clone();
+        let upstream = Arc::new(self.forwarder.upstreams(upstream));
+        let driver = upstream.driver();
         let drain = self.drain.clone();
         let service = service_fn(move |req| {
             let forwarder = forwarder.clone();
@@ -434,7 +451,7 @@ impl Worker {
         tokio::spawn(async move {
             let _task = task;
             let _admitted = admitted;
-            drive_connection!(conn, phase, peer);
+            drive_connection!(conn, driver, phase, peer);
         });
     }
 
@@ -442,7 +459,7 @@ impl Worker {
     /// HTTP/2 if the client chose `h2` by ALPN, else HTTP/1.1 with upgrades (WebSocket).
     fn spawn_tls_connection(
         &self,
-        upstream: &UpstreamClient,
+        upstream: &Pool,
         acceptor: TlsAcceptor,
         stream: TcpStream,
         peer: SocketAddr,
@@ -452,7 +469,7 @@ impl Worker {
             debug!(%peer, error = %e, "set_nodelay failed");
         }
         let forwarder = self.forwarder.clone();
-        let upstream = upstream.clone();
+        let upstream = Arc::new(self.forwarder.upstreams(upstream));
         let http1 = self.http.clone();
         let http2 = self.http2.clone();
         let handshake_timeout = self.handshake_timeout;
@@ -478,6 +495,7 @@ impl Worker {
                 }
             };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+            let driver = upstream.driver();
             let service = service_fn(move |req| {
                 let forwarder = forwarder.clone();
                 let upstream = upstream.clone();
@@ -494,10 +512,11 @@ impl Worker {
             });
             let io = TokioIo::new(stream);
             if h2 {
-                drive_connection!(http2.serve_connection(io, service), phase, peer);
+                drive_connection!(http2.serve_connection(io, service), driver, phase, peer);
             } else {
                 drive_connection!(
                     http1.serve_connection(io, service).with_upgrades(),
+                    driver,
                     phase,
                     peer
                 );
