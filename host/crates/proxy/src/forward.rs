@@ -34,7 +34,7 @@ use crate::server::{phase_reached, Drain, Phase};
 use crate::stats::RouteStats;
 use crate::table::{normalize_host, Backend, Route, RouteTable, Routes};
 use crate::tls::Certificates;
-use crate::upstream::{self, ConnectError, Pool, Upstreams};
+use crate::upstream::{self, ConnectError, Pool, UpstreamConnections, Upstreams};
 
 /// A boxed error, as bodies and the upstream client produce them.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -155,8 +155,8 @@ impl Forwarder {
 
     /// The upstream side of a new client connection: its owned connections, falling back
     /// to the worker's `pool`.
-    pub(crate) fn upstreams(&self, pool: &Pool) -> Upstreams {
-        Upstreams::new(pool.clone(), self.metrics.clone())
+    pub(crate) fn upstreams(&self, pool: &Pool, mode: UpstreamConnections) -> Upstreams {
+        Upstreams::new(mode, pool.clone(), self.metrics.clone())
     }
 
     /// The certificate set the HTTPS listener serves.

@@ -67,3 +67,4 @@ pub use server::{ConnectionLimits, Proxy, DEFAULT_CLOSE_LINGER, DEFAULT_SHUTDOWN
 pub use stats::RouteStats;
 pub use table::{Backend, Route, RouteTable, Routes};
 pub use tls::{certified_key, Certificates, TlsError};
+pub use upstream::UpstreamConnections;

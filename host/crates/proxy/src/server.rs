@@ -27,7 +27,7 @@ use crate::metrics::ProxyMetrics;
 use crate::stats::RouteStats;
 use crate::table::Routes;
 use crate::tls::{self, Certificates, ALPN_H2};
-use crate::upstream::Pool;
+use crate::upstream::{Pool, UpstreamConnections};
 
 /// Drives one served connection until it ends, starting a graceful shutdown (finish the
 /// request in progress, then close; idle connections close at once) when the drain phase
@@ -113,6 +113,7 @@ pub struct Proxy {
     handshake_timeout: Duration,
     limits: ConnectionLimits,
     workers: usize,
+    upstreams: UpstreamConnections,
 }
 
 impl Proxy {
@@ -145,6 +146,7 @@ impl Proxy {
             handshake_timeout,
             limits: ConnectionLimits::default(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            upstreams: UpstreamConnections::default(),
         }
     }
 
@@ -196,6 +198,13 @@ impl Proxy {
     /// at least 1).
     pub fn with_workers(mut self, workers: usize) -> Proxy {
         self.workers = workers.max(1);
+        self
+    }
+
+    /// Sets which upstream connections requests use (default
+    /// [`UpstreamConnections::PerClient`]); the others are for comparisons.
+    pub fn with_upstream_connections(mut self, upstreams: UpstreamConnections) -> Proxy {
+        self.upstreams = upstreams;
         self
     }
 
@@ -268,6 +277,7 @@ impl Proxy {
                 http: self.http.clone(),
                 http2: self.http2.clone(),
                 handshake_timeout: self.handshake_timeout,
+                upstreams: self.upstreams,
                 plain: WorkerListener {
                     listener: Some(plain.try_clone()?),
                     admission: plain_admission.clone(),
@@ -349,6 +359,7 @@ struct Worker {
     http: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    upstreams: UpstreamConnections,
     plain: WorkerListener,
     tls: Option<WorkerListener>,
 }
@@ -430,7 +441,7 @@ impl Worker {
             debug!(%peer, error = %e, "set_nodelay failed");
         }
         let forwarder = self.forwarder.clone();
-        let upstream = Arc::new(self.forwarder.upstreams(upstream));
+        let upstream = Arc::new(self.forwarder.upstreams(upstream, self.upstreams));
         let driver = upstream.driver();
         let drain = self.drain.clone();
         let service = service_fn(move |req| {
@@ -469,7 +480,7 @@ impl Worker {
             debug!(%peer, error = %e, "set_nodelay failed");
         }
         let forwarder = self.forwarder.clone();
-        let upstream = Arc::new(self.forwarder.upstreams(upstream));
+        let upstream = Arc::new(self.forwarder.upstreams(upstream, self.upstreams));
         let http1 = self.http.clone();
         let http2 = self.http2.clone();
         let handshake_timeout = self.handshake_timeout;

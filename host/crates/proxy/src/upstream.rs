@@ -59,6 +59,20 @@ type Conn = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 /// How many backends one client connection keeps an owned connection to.
 pub(crate) const MAX_OWNED: usize = 4;
 
+/// Which upstream connections the requests of a client connection use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpstreamConnections {
+    /// Owned connections driven in the client connection's own task, the worker's pool as
+    /// the fallback (the default; see the `upstream` module).
+    #[default]
+    PerClient,
+    /// Owned connections as with `PerClient`, but each driven in a task of its own on the
+    /// worker: one hand-off per direction again. For comparison only.
+    PerClientSpawned,
+    /// The worker's shared pool only (what the proxy did before owned connections).
+    PoolOnly,
+}
+
 /// Connecting to a backend for an owned connection failed or timed out; nothing of the
 /// request was sent.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +102,7 @@ pub(crate) struct Target<'a> {
 /// and the worker's pool. Cloned into each request of the connection.
 #[derive(Clone)]
 pub(crate) struct Upstreams {
+    mode: UpstreamConnections,
     pool: Pool,
     owned: Arc<Mutex<Owned>>,
     metrics: ProxyMetrics,
@@ -112,7 +127,8 @@ struct Entry {
     addr: SocketAddr,
     domain: String,
     sender: http1::SendRequest<UpstreamBody>,
-    conn: Conn,
+    /// `None` when the connection runs in its own task (`PerClientSpawned`).
+    conn: Option<Conn>,
 }
 
 /// A request queued on an owned connection: its response, or the request handed back
@@ -137,8 +153,9 @@ enum Plan {
 
 impl Upstreams {
     /// The upstream side of a new client connection, falling back to `pool`.
-    pub(crate) fn new(pool: Pool, metrics: ProxyMetrics) -> Self {
+    pub(crate) fn new(mode: UpstreamConnections, pool: Pool, metrics: ProxyMetrics) -> Self {
         Upstreams {
+            mode,
             pool,
             owned: Arc::default(),
             metrics,
@@ -206,7 +223,7 @@ impl Upstreams {
             owned.table = table;
             owned.prune(target.table);
         }
-        if !target.ownable || owned.closed {
+        if !target.ownable || owned.closed || self.mode == UpstreamConnections::PoolOnly {
             return Plan::Pool(req);
         }
         match owned.entries.iter().position(|e| e.addr == target.addr) {
@@ -247,6 +264,13 @@ impl Upstreams {
         }
         // A fresh connection takes its first request before it is first polled.
         let send: OwnedSend = Box::pin(sender.try_send_request(req));
+        let conn = match self.mode {
+            UpstreamConnections::PerClientSpawned => {
+                tokio::spawn(conn);
+                None
+            }
+            _ => Some(conn),
+        };
         owned.entries.push(Entry {
             addr: target.addr,
             domain: target.domain.to_string(),
@@ -289,9 +313,9 @@ impl Future for Driver {
             Some(waker) if waker.will_wake(cx.waker()) => {}
             _ => owned.waker = Some(cx.waker().clone()),
         }
-        owned
-            .entries
-            .retain_mut(|e| match Pin::new(&mut e.conn).poll(cx) {
+        owned.entries.retain_mut(|e| match &mut e.conn {
+            None => !e.sender.is_closed(),
+            Some(conn) => match Pin::new(conn).poll(cx) {
                 Poll::Pending => true,
                 Poll::Ready(result) => {
                     if let Err(error) = result {
@@ -299,7 +323,8 @@ impl Future for Driver {
                     }
                     false
                 }
-            });
+            },
+        });
         Poll::Pending
     }
 }

@@ -15,7 +15,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use orca_proxy::{Backend, Proxy, ProxyConfig, ProxyMetrics, Route, RouteTable, Routes};
+use orca_proxy::{
+    Backend, Proxy, ProxyConfig, ProxyMetrics, Route, RouteTable, Routes, UpstreamConnections,
+};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -95,10 +97,20 @@ fn table(domain: &str, addrs: &[SocketAddr]) -> RouteTable {
 
 /// A proxy with one worker (so every client connection shares one pool) on 127.0.0.1:0.
 async fn start(routes: Routes, metrics: ProxyMetrics) -> (SocketAddr, oneshot::Sender<()>) {
+    start_with(routes, metrics, UpstreamConnections::default()).await
+}
+
+async fn start_with(
+    routes: Routes,
+    metrics: ProxyMetrics,
+    upstreams: UpstreamConnections,
+) -> (SocketAddr, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let proxy = Proxy::new(config(), routes, metrics).with_workers(1);
+    let proxy = Proxy::new(config(), routes, metrics)
+        .with_workers(1)
+        .with_upstream_connections(upstreams);
     tokio::spawn(proxy.serve(listener, async move {
         let _ = rx.await;
     }));
@@ -154,11 +166,35 @@ fn sends(metrics: &ProxyMetrics, path: &str) -> u64 {
 
 #[tokio::test]
 async fn sequential_requests_of_a_client_connection_reuse_its_own_upstream_connection() {
+    reuse(UpstreamConnections::PerClient).await;
+}
+
+#[tokio::test]
+async fn owned_connections_in_their_own_tasks_are_reused_too() {
+    reuse(UpstreamConnections::PerClientSpawned).await;
+}
+
+#[tokio::test]
+async fn pool_only_opens_no_owned_connection() {
     let backend = port_backend("b", None, Duration::ZERO).await;
     let routes = Routes::new();
     routes.swap(table("app.test", &[backend.addr]));
     let metrics = ProxyMetrics::new();
-    let (proxy, _stop) = start(routes, metrics.clone()).await;
+    let (proxy, _stop) = start_with(routes, metrics.clone(), UpstreamConnections::PoolOnly).await;
+    let mut client = connection(proxy).await;
+    for _ in 0..4 {
+        assert_eq!(call(&mut client, "GET", "").await.0, StatusCode::OK);
+    }
+    assert_eq!(sends(&metrics, "pooled"), 4);
+    assert_eq!(sends(&metrics, "owned_new") + sends(&metrics, "owned"), 0);
+}
+
+async fn reuse(upstreams: UpstreamConnections) {
+    let backend = port_backend("b", None, Duration::ZERO).await;
+    let routes = Routes::new();
+    routes.swap(table("app.test", &[backend.addr]));
+    let metrics = ProxyMetrics::new();
+    let (proxy, _stop) = start_with(routes, metrics.clone(), upstreams).await;
 
     // Two client connections, their requests interleaved: through a shared pool alone both
     // would take turns on one idle upstream connection.
