@@ -31,7 +31,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -116,8 +116,10 @@ struct Owned {
     waker: Option<Waker>,
     /// Requests sent upstream so far on this client connection.
     sent: u64,
-    /// The table snapshot last seen (its address), to prune on a change.
-    table: usize,
+    /// The table snapshot last seen, to prune on a change. Weak: an idle client connection
+    /// does not keep old tables alive, and the allocation is not reused while this points
+    /// at it (so a new snapshot never looks like the old one).
+    table: Weak<RouteTable>,
     /// The driver is gone (the client connection's task ended): nothing would poll a new
     /// connection, so none is opened.
     closed: bool,
@@ -218,9 +220,8 @@ impl Upstreams {
         let mut owned = self.lock();
         owned.sent += 1;
         let first = owned.sent == 1;
-        let table = Arc::as_ptr(target.table) as usize;
-        if owned.table != table {
-            owned.table = table;
+        if !std::ptr::eq(owned.table.as_ptr(), Arc::as_ptr(target.table)) {
+            owned.table = Arc::downgrade(target.table);
             owned.prune(target.table);
         }
         if !target.ownable || owned.closed || self.mode == UpstreamConnections::PoolOnly {
