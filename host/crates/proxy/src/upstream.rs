@@ -201,9 +201,11 @@ impl Upstreams {
         match fut.await {
             Ok(response) => Ok(response),
             Err(mut e) => match e.take_message() {
-                // Handed back unsent (the connection closed first): the pool sends it.
-                Some(req) => {
+                // Handed back unsent (the connection closed first): the pool sends it, to
+                // the absolute URI it connects by.
+                Some(mut req) => {
                     debug!(error = %e.error(), "owned upstream connection closed before the request; using the pool");
+                    *req.uri_mut() = absolute_form(target.addr, req.uri());
                     self.pooled(req).await
                 }
                 None => Err(e.into_error().into()),
@@ -229,6 +231,7 @@ impl Upstreams {
         }
         match owned.entries.iter().position(|e| e.addr == target.addr) {
             Some(i) if owned.entries[i].sender.is_ready() => {
+                let req = origin_form(req);
                 Plan::Owned(Box::pin(owned.entries[i].sender.try_send_request(req)))
             }
             Some(i) if owned.entries[i].sender.is_closed() => {
@@ -264,7 +267,7 @@ impl Upstreams {
             return Ok(Err(req));
         }
         // A fresh connection takes its first request before it is first polled.
-        let send: OwnedSend = Box::pin(sender.try_send_request(req));
+        let send: OwnedSend = Box::pin(sender.try_send_request(origin_form(req)));
         let conn = match self.mode {
             UpstreamConnections::PerClientSpawned => {
                 tokio::spawn(conn);
@@ -283,6 +286,27 @@ impl Upstreams {
         }
         Ok(Ok(send))
     }
+}
+
+/// `req` with its request target in origin form (`/path?query`), as an origin server
+/// expects it: a `client::conn` connection writes the URI as it is, where the pool rewrites
+/// the absolute URI it connects by (`http://addr/path`).
+fn origin_form(mut req: Request<UpstreamBody>) -> Request<UpstreamBody> {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = req.uri().path_and_query().cloned();
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    req
+}
+
+/// The absolute URI of `uri`'s path on `addr`, for the pool.
+fn absolute_form(addr: SocketAddr, uri: &http::Uri) -> http::Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = http::uri::Authority::try_from(addr.to_string()).ok();
+    parts.path_and_query = uri.path_and_query().cloned();
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 impl Owned {

@@ -57,6 +57,17 @@ async fn port_backend(
             open.lock().unwrap().insert(peer.port());
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| async move {
+                    // A request target in absolute form (`GET http://addr/ HTTP/1.1`) is
+                    // what a proxy sends to another proxy, not to an origin server; many
+                    // applications refuse it.
+                    if req.uri().authority().is_some() {
+                        let mut refused = Response::new(Full::new(Bytes::from(format!(
+                            "absolute-form request target {}",
+                            req.uri()
+                        ))));
+                        *refused.status_mut() = StatusCode::BAD_REQUEST;
+                        return Ok::<_, Infallible>(refused);
+                    }
                     let _ = req.into_body().collect().await;
                     tokio::time::sleep(delay).await;
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
