@@ -28,8 +28,10 @@
 //!
 //! # Invariants
 //!
-//! - A client connection, its requests and the upstream connections they use run on the
-//!   worker thread that accepted it: no request crosses threads.
+//! - A client connection, its requests and the upstream connections they use run on one
+//!   worker thread (the one that accepted it, or the one it handed the new connection to
+//!   before reading a byte, to even out the workers' connections): no request crosses
+//!   threads.
 //! - A request is routed and forwarded by one authority: an absolute-form URI's authority
 //!   wins over `Host` and replaces it upstream; two `Host` headers are a 400.
 //! - A request reads one snapshot of the routing table: a swap never changes the route of a

@@ -1,6 +1,7 @@
 //! The accept loops: worker threads (one current-thread runtime each, by default one per
-//! core) sharing the listening sockets, one task per client connection on the worker that
-//! accepted it, connection limits, an fd reserve for `EMFILE`, and a graceful drain.
+//! core) sharing the listening sockets, new connections spread evenly over them, one task
+//! per client connection on its worker, connection limits, an fd reserve for `EMFILE`, and
+//! a graceful drain.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,7 +16,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -259,8 +260,15 @@ impl Proxy {
         let plain_admission = Arc::new(Admission::new(self.limits));
         let tls_admission = Arc::new(Admission::new(self.limits));
         // Every worker accepts on its own handle of the same sockets (each registered with
-        // its own runtime): whichever is free takes the next connection.
+        // its own runtime): whichever is free takes the next connection, and hands it to
+        // another worker when that one has fewer open (`Spread`).
         let mut workers = Vec::with_capacity(self.workers);
+        let (inboxes, mut receivers): (Vec<_>, Vec<_>) =
+            (0..self.workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let spread = Arc::new(Spread {
+            open: (0..self.workers).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes,
+        });
         for index in 0..self.workers {
             let tls = match &tls {
                 Some((listener, acceptor)) => Some(WorkerListener {
@@ -272,6 +280,8 @@ impl Proxy {
             };
             workers.push(Worker {
                 index,
+                spread: spread.clone(),
+                inbox: receivers.remove(0),
                 forwarder: self.forwarder.clone(),
                 drain: self.drain.clone(),
                 http: self.http.clone(),
@@ -349,11 +359,14 @@ struct WorkerListener {
 }
 
 /// One worker thread's share of the proxy: it accepts on every listener, and serves the
-/// connections it accepted on its own current-thread runtime with its own upstream pool,
-/// so a proxied request (client task, upstream connection task, response) never crosses
-/// threads.
+/// connections it accepted (or was handed by another worker, see [`Spread`]) on its own
+/// current-thread runtime with its own upstream pool, so a proxied request (client task,
+/// upstream connection, response) never crosses threads.
 struct Worker {
     index: usize,
+    spread: Arc<Spread>,
+    /// New connections other workers accepted and handed to this one.
+    inbox: mpsc::UnboundedReceiver<Handoff>,
     forwarder: Arc<Forwarder>,
     drain: Drain,
     http: http1::Builder,
@@ -390,26 +403,19 @@ impl Worker {
         loop {
             tokio::select! {
                 () = phase_reached(&mut phase, Phase::Closing) => break,
+                Some(handoff) = self.inbox.recv() => self.serve_handoff(&upstream, handoff),
                 accepted = plain.accept() => match accepted {
                     Ok((stream, peer)) => {
                         if let Some(admitted) = self.plain.admission.admit(peer) {
-                            self.spawn_connection(&upstream, stream, peer, admitted);
+                            self.dispatch(&upstream, stream, peer, admitted, false);
                         }
                     }
                     Err(e) => reserve.accept_failed(&plain, e).await,
                 },
                 accepted = accept_tls(tls.as_ref()) => match (accepted, &self.tls) {
                     (Ok((stream, peer)), Some(listener)) => {
-                        if let (Some(admitted), Some(acceptor)) =
-                            (listener.admission.admit(peer), &listener.acceptor)
-                        {
-                            self.spawn_tls_connection(
-                                &upstream,
-                                acceptor.clone(),
-                                stream,
-                                peer,
-                                admitted,
-                            );
+                        if let Some(admitted) = listener.admission.admit(peer) {
+                            self.dispatch(&upstream, stream, peer, admitted, true);
                         }
                     }
                     (Ok(_), None) => {}
@@ -423,10 +429,80 @@ impl Worker {
         }
         drop(plain);
         drop(tls);
-        // Keep driving this worker's connections until the drain is over.
-        tokio::select! {
-            () = self.drain.idle() => {}
-            () = phase_reached(&mut phase, Phase::Abort) => {}
+        // Keep driving this worker's connections until the drain is over (and serve what
+        // another worker handed over just before it stopped accepting).
+        loop {
+            tokio::select! {
+                () = self.drain.idle() => break,
+                () = phase_reached(&mut phase, Phase::Abort) => break,
+                Some(handoff) = self.inbox.recv() => self.serve_handoff(&upstream, handoff),
+            }
+        }
+    }
+
+    /// Serves a connection this worker accepted, or hands it to a worker with fewer open
+    /// connections (see [`Spread`]).
+    fn dispatch(
+        &self,
+        upstream: &Pool,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+        tls: bool,
+    ) {
+        let (target, open) = self.spread.claim(self.index);
+        if target == self.index {
+            return self.serve(upstream, stream, peer, (admitted, open), tls);
+        }
+        // Deregistered from this worker's reactor; the target registers it with its own.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                debug!(%peer, error = %e, "cannot hand over a connection");
+                return;
+            }
+        };
+        let handoff = Handoff {
+            stream,
+            peer,
+            admitted,
+            open,
+            tls,
+        };
+        if let Err(returned) = self.spread.inboxes[target].send(handoff) {
+            // That worker is gone (shutting down): serve it here.
+            self.serve_handoff(upstream, returned.0);
+        }
+    }
+
+    /// Serves a connection another worker accepted and handed over.
+    fn serve_handoff(&self, upstream: &Pool, handoff: Handoff) {
+        let Handoff {
+            stream,
+            peer,
+            admitted,
+            open,
+            tls,
+        } = handoff;
+        match TcpStream::from_std(stream) {
+            Ok(stream) => self.serve(upstream, stream, peer, (admitted, open), tls),
+            Err(e) => debug!(%peer, error = %e, "cannot take over a connection"),
+        }
+    }
+
+    fn serve(
+        &self,
+        upstream: &Pool,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: (Admitted, Open),
+        tls: bool,
+    ) {
+        if !tls {
+            return self.spawn_connection(upstream, stream, peer, admitted);
+        }
+        if let Some(acceptor) = self.tls.as_ref().and_then(|l| l.acceptor.clone()) {
+            self.spawn_tls_connection(upstream, acceptor, stream, peer, admitted);
         }
     }
 
@@ -435,7 +511,7 @@ impl Worker {
         upstream: &Pool,
         stream: TcpStream,
         peer: SocketAddr,
-        admitted: Admitted,
+        admitted: (Admitted, Open),
     ) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "set_nodelay failed");
@@ -474,7 +550,7 @@ impl Worker {
         acceptor: TlsAcceptor,
         stream: TcpStream,
         peer: SocketAddr,
-        admitted: Admitted,
+        admitted: (Admitted, Open),
     ) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "set_nodelay failed");
@@ -542,6 +618,70 @@ async fn accept_tls(listener: Option<&TcpListener>) -> std::io::Result<(TcpStrea
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
     }
+}
+
+/// Spreads client connections evenly over the workers. Every worker accepts on the same
+/// sockets, and whichever the kernel wakes first takes every connection waiting: a burst
+/// (a client opening 64 connections at once) could land on one worker while the other
+/// cores idle (measured: one worker of two served all 64 connections of a wrk run). So
+/// each worker counts its open connections, and one that accepted a connection while
+/// another has at least [`SPREAD_SLACK`] fewer hands it over (once per connection, before
+/// any byte is read; its requests then never cross threads).
+struct Spread {
+    open: Vec<AtomicUsize>,
+    inboxes: Vec<mpsc::UnboundedSender<Handoff>>,
+}
+
+/// How many more open connections a worker keeps before it hands new ones over.
+const SPREAD_SLACK: usize = 2;
+
+impl Spread {
+    /// The worker that serves a connection worker `index` accepted, counted against it at
+    /// once (so a burst spreads before the first hand-over is even received).
+    fn claim(self: &Arc<Self>, index: usize) -> (usize, Open) {
+        let mine = self.open[index].load(Ordering::Relaxed);
+        let (least, fewest) = self
+            .open
+            .iter()
+            .map(|open| open.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, open)| open)
+            .unwrap_or((index, mine));
+        let target = if fewest + SPREAD_SLACK <= mine {
+            least
+        } else {
+            index
+        };
+        self.open[target].fetch_add(1, Ordering::Relaxed);
+        (
+            target,
+            Open {
+                spread: self.clone(),
+                worker: target,
+            },
+        )
+    }
+}
+
+/// One open connection counted against a worker until dropped.
+struct Open {
+    spread: Arc<Spread>,
+    worker: usize,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.spread.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A new connection handed from the worker that accepted it to the one that serves it.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+    open: Open,
+    tls: bool,
 }
 
 /// Open connections of one listener, in total and by source address.
@@ -775,5 +915,56 @@ impl Drain {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spread(workers: usize) -> Arc<Spread> {
+        let (inboxes, _receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        Arc::new(Spread {
+            open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes,
+        })
+    }
+
+    fn counts(spread: &Spread) -> Vec<usize> {
+        spread
+            .open
+            .iter()
+            .map(|o| o.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    #[test]
+    fn a_burst_accepted_by_one_worker_is_spread_over_all() {
+        let spread = spread(2);
+        // Worker 0 wins every accept of a burst of 64, as a kernel wake-up can make it.
+        let held: Vec<_> = (0..64).map(|_| spread.claim(0)).collect();
+        let open = counts(&spread);
+        assert!(open[0].abs_diff(open[1]) <= SPREAD_SLACK, "{open:?}");
+        assert_eq!(open.iter().sum::<usize>(), 64);
+        assert!(held.iter().any(|(target, _)| *target == 1));
+        drop(held);
+        assert_eq!(
+            counts(&spread),
+            vec![0, 0],
+            "closed connections are uncounted"
+        );
+    }
+
+    #[test]
+    fn a_worker_keeps_what_it_accepts_while_the_load_is_even() {
+        let spread = spread(3);
+        let (a, _a) = spread.claim(1);
+        let (b, _b) = spread.claim(1);
+        assert_eq!((a, b), (1, 1), "within the slack, no hand-over");
+        let (c, _c) = spread.claim(1);
+        assert_ne!(c, 1, "the third goes to a worker with none");
+        let single = self::spread(1);
+        assert!((0..10).map(|_| single.claim(0)).all(|(t, _)| t == 0));
     }
 }

@@ -50,7 +50,7 @@ use crate::table::RouteTable;
 
 /// The pooled HTTP/1.1 client to backends. Each proxy worker thread has its own (see
 /// `server`), so a request, its upstream connection task and its response never leave the
-/// worker thread that accepted the client connection.
+/// worker thread that serves the client connection.
 pub(crate) type Pool = Client<HttpConnector, UpstreamBody>;
 
 /// An owned connection's I/O future.
