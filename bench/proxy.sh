@@ -49,10 +49,13 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 # ORCA_BENCH_PROXY=edge: measure orca's proxy as the crate's `edge` example (the same `Proxy`
 # with its defaults, a fixed routing table), release-built alone, while a debug `orca server`
 # only deploys the backends; for when a release build of the whole server is out of reach.
+# ORCA_BENCH_EDGE_BIN=PATH (with ORCA_BENCH_PROXY=edge): use that prebuilt `edge` binary, e.g.
+# one built from another commit, for a before/after comparison in the same conditions.
 mode=${ORCA_BENCH_PROXY:-server}
+edge_bin=${ORCA_BENCH_EDGE_BIN:-$root/target/release/examples/edge}
 if [ "$mode" = edge ]; then
   cargo build -q -p orca
-  cargo build --release -q -p orca-proxy --example edge
+  [ -n "${ORCA_BENCH_EDGE_BIN:-}" ] || cargo build --release -q -p orca-proxy --example edge
   orca=$root/target/debug/orca
 else
   cargo build --release -q -p orca
@@ -112,7 +115,7 @@ address() { "$orca" status -o json | python3 -c "import json,sys; print([s for s
 plain_backend=$(address plain)
 tls_backend=$(address tls)
 if [ "$mode" = edge ]; then
-  "$root/target/release/examples/edge" "127.0.0.1:${http_port[orca]}" "127.0.0.1:${https_port[orca]}" \
+  "$edge_bin" "127.0.0.1:${http_port[orca]}" "127.0.0.1:${https_port[orca]}" \
     "$work/cert.pem" "$work/key.pem" "$tls_host" "$plain_host=$plain_backend" "$tls_host=$tls_backend" \
     2>"$work/edge.log" &
   pids+=($!)

@@ -414,6 +414,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     });
     let requests = handover::serve(&cfg.home, kept.try_clone()?, exe.clone(), shutdown.clone())
         .context("serving the hand-over socket")?;
+    // Start-up's transient allocations (compiling the built-ins on a first start, the
+    // first pass) are freed by now; give their pages back instead of keeping them resident.
+    crate::process::release_free_heap();
     info!(
         version = crate::version::current(),
         api = %api_addr,

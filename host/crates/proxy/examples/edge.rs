@@ -6,12 +6,16 @@
 //!   edge HTTP_ADDR HTTPS_ADDR CERT_PEM KEY_PEM TLS_DOMAIN DOMAIN=BACKEND...
 //!
 //! `TLS_DOMAIN` is served with the certificate; each `DOMAIN=BACKEND` routes one domain to
-//! one backend address. Runs until killed.
+//! one backend address. Runs until killed. `ORCA_EDGE_UPSTREAM=spawned` or `=pool` picks
+//! [`UpstreamConnections::PerClientSpawned`] or [`UpstreamConnections::PoolOnly`] instead of
+//! the default, for comparisons.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use orca_proxy::{Backend, Proxy, ProxyConfig, ProxyMetrics, Route, RouteTable, Routes};
+use orca_proxy::{
+    Backend, Proxy, ProxyConfig, ProxyMetrics, Route, RouteTable, Routes, UpstreamConnections,
+};
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -39,7 +43,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     routes.swap(table);
-    let proxy = Proxy::new(ProxyConfig::default(), routes, ProxyMetrics::new());
+    let upstreams = match std::env::var("ORCA_EDGE_UPSTREAM").as_deref() {
+        Ok("spawned") => UpstreamConnections::PerClientSpawned,
+        Ok("pool") => UpstreamConnections::PoolOnly,
+        _ => UpstreamConnections::PerClient,
+    };
+    let proxy = Proxy::new(ProxyConfig::default(), routes, ProxyMetrics::new())
+        .with_upstream_connections(upstreams);
     let key = orca_proxy::certified_key(
         &std::fs::read_to_string(&args[2])?,
         &std::fs::read_to_string(&args[3])?,

@@ -95,13 +95,40 @@ impl Balancer {
         exclude: &[SocketAddr],
     ) -> Option<(&'b Backend, InFlight)> {
         let any_weight = backends.iter().any(|b| b.weight > 0);
-        let candidates: Vec<&'b Backend> = backends
-            .iter()
-            .filter(|b| !exclude.contains(&b.addr) && (b.weight > 0 || !any_weight))
-            .collect();
+        let eligible = |b: &Backend| !exclude.contains(&b.addr) && (b.weight > 0 || !any_weight);
+        // The candidates' indices, on the stack for the usual handful of replicas: this
+        // runs for every request.
+        let mut inline = [0usize; INLINE_CANDIDATES];
+        let mut spilled = Vec::new();
+        let mut count = 0;
+        for (i, b) in backends.iter().enumerate() {
+            if eligible(b) {
+                if count < INLINE_CANDIDATES {
+                    inline[count] = i;
+                } else {
+                    if spilled.is_empty() {
+                        spilled.extend_from_slice(&inline);
+                    }
+                    spilled.push(i);
+                }
+                count += 1;
+            }
+        }
+        let candidates: &[usize] = if count <= INLINE_CANDIDATES {
+            &inline[..count]
+        } else {
+            &spilled
+        };
         if candidates.is_empty() {
             return None;
         }
+        let weight = |i: usize| backends[candidates[i]].weight;
+        let (a, b) = draw_two(
+            candidates.len(),
+            weight,
+            self.next_random(),
+            self.next_random(),
+        );
         let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
         if loads.len() > PRUNE_ABOVE {
             // Only counters nobody holds are dropped: a held counter is an in-flight
@@ -109,17 +136,34 @@ impl Balancer {
             // forgetting an address never changes what `InFlightView::get` answers.
             loads.retain(|_, count| Arc::strong_count(count) > 1);
         }
-        let counters: Vec<Arc<AtomicUsize>> = candidates
-            .iter()
-            .map(|b| loads.entry(b.addr).or_default().clone())
-            .collect();
+        let mut counter_of = |i: usize| {
+            loads
+                .entry(backends[candidates[i]].addr)
+                .or_default()
+                .clone()
+        };
+        let counter_a = counter_of(a);
+        let (index, counter) = if a == b {
+            (a, counter_a)
+        } else {
+            let counter_b = counter_of(b);
+            let current = [
+                counter_a.load(Ordering::Relaxed),
+                counter_b.load(Ordering::Relaxed),
+            ];
+            if less_loaded(
+                current,
+                [weight(a), weight(b)],
+                all_zero(backends, candidates),
+            ) {
+                (b, counter_b)
+            } else {
+                (a, counter_a)
+            }
+        };
         drop(loads);
-        let weights: Vec<u32> = candidates.iter().map(|b| b.weight).collect();
-        let current: Vec<usize> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        let index = choose(&weights, &current, self.next_random(), self.next_random());
-        let counter = counters[index].clone();
         counter.fetch_add(1, Ordering::Relaxed);
-        Some((candidates[index], InFlight(counter)))
+        Some((&backends[candidates[index]], InFlight(counter)))
     }
 
     /// splitmix64 over an atomic counter: lock-free and well spread.
@@ -134,33 +178,28 @@ impl Balancer {
     }
 }
 
-/// The pure choice among candidates with `weights`: draws two candidates with `r1` and
-/// `r2` in proportion to weight and returns the index of the one with fewer in-flight
-/// requests per unit of weight (the first on a tie). If every weight is 0 the candidates
-/// are treated as equally weighted.
-pub(crate) fn choose(weights: &[u32], in_flight: &[usize], r1: u64, r2: u64) -> usize {
-    debug_assert!(!weights.is_empty());
-    debug_assert_eq!(weights.len(), in_flight.len());
-    if weights.len() == 1 {
-        return 0;
+/// Up to this many candidates are gathered on the stack.
+const INLINE_CANDIDATES: usize = 16;
+
+/// Whether every candidate has weight 0 (they are then treated as equally weighted).
+fn all_zero(backends: &[Backend], candidates: &[usize]) -> bool {
+    candidates.iter().all(|&i| backends[i].weight == 0)
+}
+
+/// Draws two of `n` candidates with `r1` and `r2` in proportion to `weight` (equal shares
+/// if every weight is 0).
+fn draw_two(n: usize, weight: impl Fn(usize) -> u32, r1: u64, r2: u64) -> (usize, usize) {
+    debug_assert!(n > 0);
+    if n == 1 {
+        return (0, 0);
     }
-    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-    let weight = |i: usize| {
-        if total == 0 {
-            1
-        } else {
-            u64::from(weights[i])
-        }
-    };
-    let total = if total == 0 {
-        weights.len() as u64
-    } else {
-        total
-    };
+    let total: u64 = (0..n).map(|i| u64::from(weight(i))).sum();
+    let share = |i: usize| if total == 0 { 1 } else { u64::from(weight(i)) };
+    let total = if total == 0 { n as u64 } else { total };
     let draw = |r: u64| {
         let mut point = r % total;
-        for i in 0..weights.len() {
-            let w = weight(i);
+        for i in 0..n {
+            let w = share(i);
             if point < w {
                 return i;
             }
@@ -168,11 +207,35 @@ pub(crate) fn choose(weights: &[u32], in_flight: &[usize], r1: u64, r2: u64) -> 
         }
         unreachable!("point < total weight")
     };
-    let (a, b) = (draw(r1), draw(r2));
-    // Compare in_flight[a] / weight(a) with in_flight[b] / weight(b) without dividing.
-    let load_a = in_flight[a] as u128 * u128::from(weight(b));
-    let load_b = in_flight[b] as u128 * u128::from(weight(a));
-    if load_b < load_a {
+    (draw(r1), draw(r2))
+}
+
+/// Whether the second of two candidates has fewer in-flight requests per unit of weight
+/// than the first (a tie keeps the first). `equal` treats the weights as equal (all 0).
+fn less_loaded(in_flight: [usize; 2], weights: [u32; 2], equal: bool) -> bool {
+    let w = |i: usize| if equal { 1 } else { u128::from(weights[i]) };
+    // Compare in_flight[0] / w(0) with in_flight[1] / w(1) without dividing.
+    let load_a = in_flight[0] as u128 * w(1);
+    let load_b = in_flight[1] as u128 * w(0);
+    load_b < load_a
+}
+
+/// The pure choice among candidates with `weights`: draws two candidates with `r1` and
+/// `r2` in proportion to weight and returns the index of the one with fewer in-flight
+/// requests per unit of weight (the first on a tie). If every weight is 0 the candidates
+/// are treated as equally weighted.
+#[cfg(test)]
+pub(crate) fn choose(weights: &[u32], in_flight: &[usize], r1: u64, r2: u64) -> usize {
+    debug_assert_eq!(weights.len(), in_flight.len());
+    let (a, b) = draw_two(weights.len(), |i| weights[i], r1, r2);
+    let equal = weights.iter().all(|&w| w == 0);
+    if a != b
+        && less_loaded(
+            [in_flight[a], in_flight[b]],
+            [weights[a], weights[b]],
+            equal,
+        )
+    {
         b
     } else {
         a

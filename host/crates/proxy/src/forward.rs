@@ -1,6 +1,6 @@
 //! The request path: resolve the route from one table snapshot, pick a backend, rewrite
-//! headers, send the request through the pooled upstream client within `request_timeout`,
-//! and return the response (or splice both connections after a `101 Switching Protocols`).
+//! headers, send the request upstream (the client connection's own upstream connection or
+//! the worker's pool, see `upstream`) within `request_timeout`, and return the response (or splice both connections after a `101 Switching Protocols`).
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -34,6 +34,7 @@ use crate::server::{phase_reached, Drain, Phase};
 use crate::stats::RouteStats;
 use crate::table::{normalize_host, Backend, Route, RouteTable, Routes};
 use crate::tls::Certificates;
+use crate::upstream::{self, ConnectError, Pool, UpstreamConnections, Upstreams};
 
 /// A boxed error, as bodies and the upstream client produce them.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -43,12 +44,7 @@ pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The body sent upstream: the client's body behind the `max_request_body` limit. Boxed so
 /// that later features (buffered bodies for retries) can swap what is inside.
-type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// The pooled HTTP/1.1 client to backends. Each proxy worker thread has its own (see
-/// `server`), so a request, its upstream connection task and its response never leave the
-/// worker thread that accepted the client connection.
-pub(crate) type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+pub(crate) type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Everything a request needs, shared by all connections and worker threads.
 pub(crate) struct Forwarder {
@@ -147,7 +143,7 @@ impl Forwarder {
 
     /// A new upstream client (with its own connection pool) for the calling worker: its
     /// connection tasks are spawned on the runtime that first uses them.
-    pub(crate) fn upstream_client(&self) -> UpstreamClient {
+    pub(crate) fn upstream_pool(&self) -> Pool {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(self.config.connect_timeout));
         connector.set_nodelay(true);
@@ -155,6 +151,12 @@ impl Forwarder {
             .pool_idle_timeout(self.config.idle_timeout)
             .pool_timer(TokioTimer::new())
             .build(connector)
+    }
+
+    /// The upstream side of a new client connection: its owned connections, falling back
+    /// to the worker's `pool`.
+    pub(crate) fn upstreams(&self, pool: &Pool, mode: UpstreamConnections) -> Upstreams {
+        Upstreams::new(mode, pool.clone(), self.metrics.clone())
     }
 
     /// The certificate set the HTTPS listener serves.
@@ -189,7 +191,7 @@ impl Forwarder {
     /// certificate is redirected to HTTPS (308); everything else is routed.
     pub(crate) async fn handle(
         &self,
-        upstream: &UpstreamClient,
+        upstream: &Upstreams,
         req: Request<Incoming>,
         client: SocketAddr,
         scheme: Scheme,
@@ -234,7 +236,7 @@ impl Forwarder {
                     span.record("service", target.route.service.as_str());
                     let route = target.route;
                     let result = self
-                        .forward(upstream, route, &target.authority, req, client, scheme)
+                        .forward(upstream, &table, &target, req, client, scheme)
                         .await;
                     (route.service.as_str(), true, result)
                 }
@@ -333,13 +335,14 @@ impl Forwarder {
 
     async fn forward(
         &self,
-        upstream: &UpstreamClient,
-        route: &Route,
-        authority: &str,
+        upstream: &Upstreams,
+        table: &Arc<RouteTable>,
+        target: &Target<'_>,
         mut req: Request<Incoming>,
         client: SocketAddr,
         scheme: Scheme,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (route, authority) = (target.route, target.authority.as_str());
         if route.backends.is_empty() {
             return Err(ProxyError::NoReadyReplica {
                 service: route.service.clone(),
@@ -380,20 +383,25 @@ impl Forwarder {
 
         let response = loop {
             Span::current().record("upstream", field::display(backend.addr));
-            let error = match tokio::time::timeout(
-                self.config.request_timeout,
-                upstream.request(upstream_req),
-            )
-            .await
-            {
+            let send = upstream.send(
+                upstream_req,
+                upstream::Target {
+                    addr: backend.addr,
+                    domain: authority,
+                    table,
+                    ownable: !is_upgrade,
+                    connect_timeout: self.config.connect_timeout,
+                },
+            );
+            let error = match tokio::time::timeout(self.config.request_timeout, send).await {
                 Ok(Ok(response)) => {
                     self.stats.record_instance(&backend.id, response.status());
                     break response;
                 }
-                Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
+                Ok(Err(e)) if caused_by::<LengthLimitError>(&*e) => {
                     return Err(ProxyError::BodyTooLarge { limit });
                 }
-                Ok(Err(e)) if caused_by::<BodyReadTimeout>(&e) => {
+                Ok(Err(e)) if caused_by::<BodyReadTimeout>(&*e) => {
                     return Err(ProxyError::ClientBodyTimeout {
                         timeout: self.config.body_read_timeout,
                     });
@@ -421,7 +429,7 @@ impl Forwarder {
             let failure = ProxyError::UpstreamFailed {
                 addr: backend.addr,
                 service: route.service.clone(),
-                reason: error_chain(&error),
+                reason: error_chain(&*error),
             };
             let Some(replay) = replay.as_ref() else {
                 self.stats
@@ -443,7 +451,7 @@ impl Forwarder {
             let Some((next, guard)) = self.balancer.pick(&route.backends, &failed) else {
                 return Err(failure);
             };
-            debug!(error = %failure, retry_on = %next.addr, sent = !not_sent(&error), "upstream gave no answer; retrying");
+            debug!(error = %failure, retry_on = %next.addr, sent = !not_sent(&*error), "upstream gave no answer; retrying");
             self.metrics.retry(&route.service);
             (backend, in_flight) = (next, guard);
             upstream_req = replay.request(backend, route)?;
@@ -549,18 +557,24 @@ fn replayable<B>(req: &Request<B>) -> bool {
     idempotent && bodiless
 }
 
-/// Whether the upstream client failed before any byte of the request reached the backend:
-/// the connection could not be made (refused, reset, connect timeout), or the pooled
-/// connection closed before the request was written (hyper hands the request back, which
-/// hyper-util reports as `Canceled` with hyper's canceled error as the source; a reused
-/// connection is already retried inside hyper-util, a fresh one surfaces here). Anything
-/// else may have reached the backend and is never retried.
-fn not_sent(error: &hyper_util::client::legacy::Error) -> bool {
-    error.is_connect()
+/// Whether the upstream send failed before any byte of the request reached the backend:
+/// the connection could not be made (refused, reset, connect timeout: the pool's connect
+/// error or an owned connection's [`ConnectError`]), or the pooled connection closed before
+/// the request was written (hyper hands the request back, which hyper-util reports as
+/// `Canceled` with hyper's canceled error as the source; a reused connection is already
+/// retried inside hyper-util, a fresh one surfaces here; an owned connection's unsent
+/// request goes to the pool instead). For the debug log only: retries are decided by
+/// `Replay`, not by this.
+fn not_sent(error: &(dyn StdError + 'static)) -> bool {
+    caused_by::<ConnectError>(error)
         || error
-            .source()
-            .and_then(|source| source.downcast_ref::<hyper::Error>())
-            .is_some_and(hyper::Error::is_canceled)
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|e| {
+                e.is_connect()
+                    || e.source()
+                        .and_then(|source| source.downcast_ref::<hyper::Error>())
+                        .is_some_and(hyper::Error::is_canceled)
+            })
 }
 
 /// A bodiless request as sent upstream, to send again to another backend.

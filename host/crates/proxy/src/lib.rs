@@ -13,9 +13,10 @@
 //!   functions over `HeaderMap`.
 //! - `error` — [`ProxyError`]: every response the proxy makes itself (404, 502, 504, ...),
 //!   marked with `x-orca-error: 1`.
-//! - `forward` — the request path: `(table, request) -> response`, using the worker's
-//!   pooled upstream client; retries bodiless idempotent requests on another backend when the first gave
+//! - `forward` — the request path: `(table, request) -> response`; retries bodiless idempotent requests on another backend when the first gave
 //!   no response head; also splices upgraded (WebSocket) connections.
+//! - `upstream` — the upstream side of one client connection: HTTP/1.1 connections owned
+//!   by (and driven in) the client connection's task, the worker's shared pool as fallback.
 //! - `server` — [`Proxy`]: worker threads (one current-thread runtime each) accepting on
 //!   shared listeners (plain HTTP/1.1, and TLS with HTTP/2 or HTTP/1.1 by ALPN),
 //!   per-connection tasks, [`ConnectionLimits`], the `EMFILE` fd reserve, graceful drain.
@@ -27,8 +28,10 @@
 //!
 //! # Invariants
 //!
-//! - A client connection, its requests and the upstream connections they use run on the
-//!   worker thread that accepted it: no request crosses threads.
+//! - A client connection, its requests and the upstream connections they use run on one
+//!   worker thread (the one that accepted it, or the one it handed the new connection to
+//!   before reading a byte, to even out the workers' connections): no request crosses
+//!   threads.
 //! - A request is routed and forwarded by one authority: an absolute-form URI's authority
 //!   wins over `Host` and replaces it upstream; two `Host` headers are a 400.
 //! - A request reads one snapshot of the routing table: a swap never changes the route of a
@@ -55,6 +58,7 @@ mod server;
 mod stats;
 pub mod table;
 pub mod tls;
+mod upstream;
 
 pub use balance::InFlightView;
 pub use challenge::{Challenges, ACME_CHALLENGE_PREFIX};
@@ -65,3 +69,4 @@ pub use server::{ConnectionLimits, Proxy, DEFAULT_CLOSE_LINGER, DEFAULT_SHUTDOWN
 pub use stats::RouteStats;
 pub use table::{Backend, Route, RouteTable, Routes};
 pub use tls::{certified_key, Certificates, TlsError};
+pub use upstream::UpstreamConnections;

@@ -70,6 +70,32 @@ struct UpstreamErrorLabels {
     kind: String,
 }
 
+/// Which upstream connection carried a request (see `upstream`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum UpstreamPath {
+    /// An owned connection of the client connection, already open.
+    Owned,
+    /// An owned connection opened for this request.
+    OwnedNew,
+    /// The worker's shared pool.
+    Pooled,
+}
+
+impl EncodeLabelValue for UpstreamPath {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            UpstreamPath::Owned => "owned",
+            UpstreamPath::OwnedNew => "owned_new",
+            UpstreamPath::Pooled => "pooled",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: UpstreamPath,
+}
+
 type HistogramFamily = Family<ServiceLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -84,6 +110,7 @@ pub struct ProxyMetrics {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     retries: Family<ServiceLabels, Counter>,
     duration: HistogramFamily,
+    upstream_sends: Family<PathLabels, Counter>,
 }
 
 impl Default for ProxyMetrics {
@@ -100,11 +127,13 @@ impl ProxyMetrics {
             upstream_errors: Family::default(),
             retries: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
+            upstream_sends: Family::default(),
         }
     }
 
     /// Registers `orca_proxy_requests_total`, `orca_proxy_upstream_errors_total`,
-    /// `orca_proxy_retries_total` and `orca_proxy_request_duration_seconds` in `registry`.
+    /// `orca_proxy_retries_total`, `orca_proxy_request_duration_seconds` and
+    /// `orca_proxy_upstream_sends_total` in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "orca_proxy_requests",
@@ -127,6 +156,20 @@ impl ProxyMetrics {
             "Time from receiving a request to sending the response head, by service",
             self.duration.clone(),
         );
+        registry.register(
+            "orca_proxy_upstream_sends",
+            "Requests sent upstream, by the connection that carried them: `owned` (the client \
+             connection's own upstream connection), `owned_new` (one opened for it) or \
+             `pooled` (the worker's shared pool)",
+            self.upstream_sends.clone(),
+        );
+    }
+
+    /// Records one request sent upstream on `path`.
+    pub(crate) fn upstream_send(&self, path: UpstreamPath) {
+        self.upstream_sends
+            .get_or_create(&PathLabels { path })
+            .inc();
     }
 
     /// Records one answered request.
@@ -182,6 +225,7 @@ mod tests {
         );
         metrics.upstream_error("demo/web", "failed");
         metrics.retry("demo/web");
+        metrics.upstream_send(UpstreamPath::Owned);
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         assert!(
@@ -204,6 +248,10 @@ mod tests {
         );
         assert!(
             text.contains("orca_proxy_request_duration_seconds_count{service=\"demo/web\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"orca_proxy_upstream_sends_total{path="owned"} 1"#),
             "{text}"
         );
     }

@@ -1,6 +1,7 @@
 //! The accept loops: worker threads (one current-thread runtime each, by default one per
-//! core) sharing the listening sockets, one task per client connection on the worker that
-//! accepted it, connection limits, an fd reserve for `EMFILE`, and a graceful drain.
+//! core) sharing the listening sockets, new connections spread evenly over them, one task
+//! per client connection on its worker, connection limits, an fd reserve for `EMFILE`, and
+//! a graceful drain.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,24 +16,40 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::balance::InFlightView;
 use crate::challenge::Challenges;
 use crate::config::ProxyConfig;
-use crate::forward::{Forwarder, Scheme, UpstreamClient};
+use crate::forward::{Forwarder, Scheme};
 use crate::metrics::ProxyMetrics;
 use crate::stats::RouteStats;
 use crate::table::Routes;
 use crate::tls::{self, Certificates, ALPN_H2};
+use crate::upstream::{Pool, UpstreamConnections};
 
 /// Drives one served connection until it ends, starting a graceful shutdown (finish the
 /// request in progress, then close; idle connections close at once) when the drain phase
-/// begins, and cutting it off when the shutdown grace expires. A macro, not a function:
-/// hyper's HTTP/1 (upgradeable) and HTTP/2 connections share no trait for this.
+/// begins, and cutting it off when the shutdown grace expires. `$driver` (the client
+/// connection's owned upstream connections, see `upstream`) is polled in the same task
+/// until then, and dropped with it. A macro, not a function: hyper's HTTP/1 (upgradeable)
+/// and HTTP/2 connections share no trait for this.
 macro_rules! drive_connection {
+    ($conn:expr, $driver:expr, $phase:expr, $peer:expr) => {{
+        let driver = $driver;
+        tokio::pin!(driver);
+        tokio::select! {
+            biased;
+            () = driver.as_mut() => {}
+            () = async { drive_served!($conn, $phase, $peer) } => {}
+        }
+    }};
+}
+
+/// The served half of [`drive_connection`].
+macro_rules! drive_served {
     ($conn:expr, $phase:expr, $peer:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
@@ -97,6 +114,7 @@ pub struct Proxy {
     handshake_timeout: Duration,
     limits: ConnectionLimits,
     workers: usize,
+    upstreams: UpstreamConnections,
 }
 
 impl Proxy {
@@ -129,6 +147,7 @@ impl Proxy {
             handshake_timeout,
             limits: ConnectionLimits::default(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            upstreams: UpstreamConnections::default(),
         }
     }
 
@@ -183,6 +202,13 @@ impl Proxy {
         self
     }
 
+    /// Sets which upstream connections requests use (default
+    /// [`UpstreamConnections::PerClient`]); the others are for comparisons.
+    pub fn with_upstream_connections(mut self, upstreams: UpstreamConnections) -> Proxy {
+        self.upstreams = upstreams;
+        self
+    }
+
     /// Serves connections from `listener` until `shutdown` completes, then stops accepting,
     /// closes idle connections, and waits up to the shutdown grace for in-flight requests
     /// and upgraded (WebSocket) connections before returning; what is still running then is
@@ -234,8 +260,15 @@ impl Proxy {
         let plain_admission = Arc::new(Admission::new(self.limits));
         let tls_admission = Arc::new(Admission::new(self.limits));
         // Every worker accepts on its own handle of the same sockets (each registered with
-        // its own runtime): whichever is free takes the next connection.
+        // its own runtime): whichever is free takes the next connection, and hands it to
+        // another worker when that one has fewer open (`Spread`).
         let mut workers = Vec::with_capacity(self.workers);
+        let (inboxes, mut receivers): (Vec<_>, Vec<_>) =
+            (0..self.workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let spread = Arc::new(Spread {
+            open: (0..self.workers).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes,
+        });
         for index in 0..self.workers {
             let tls = match &tls {
                 Some((listener, acceptor)) => Some(WorkerListener {
@@ -247,11 +280,14 @@ impl Proxy {
             };
             workers.push(Worker {
                 index,
+                spread: spread.clone(),
+                inbox: receivers.remove(0),
                 forwarder: self.forwarder.clone(),
                 drain: self.drain.clone(),
                 http: self.http.clone(),
                 http2: self.http2.clone(),
                 handshake_timeout: self.handshake_timeout,
+                upstreams: self.upstreams,
                 plain: WorkerListener {
                     listener: Some(plain.try_clone()?),
                     admission: plain_admission.clone(),
@@ -323,23 +359,27 @@ struct WorkerListener {
 }
 
 /// One worker thread's share of the proxy: it accepts on every listener, and serves the
-/// connections it accepted on its own current-thread runtime with its own upstream pool,
-/// so a proxied request (client task, upstream connection task, response) never crosses
-/// threads.
+/// connections it accepted (or was handed by another worker, see [`Spread`]) on its own
+/// current-thread runtime with its own upstream pool, so a proxied request (client task,
+/// upstream connection, response) never crosses threads.
 struct Worker {
     index: usize,
+    spread: Arc<Spread>,
+    /// New connections other workers accepted and handed to this one.
+    inbox: mpsc::UnboundedReceiver<Handoff>,
     forwarder: Arc<Forwarder>,
     drain: Drain,
     http: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    upstreams: UpstreamConnections,
     plain: WorkerListener,
     tls: Option<WorkerListener>,
 }
 
 impl Worker {
     async fn run(mut self) {
-        let upstream = self.forwarder.upstream_client();
+        let upstream = self.forwarder.upstream_pool();
         let plain = match self.plain.listener.take().map(TcpListener::from_std) {
             Some(Ok(listener)) => listener,
             Some(Err(e)) => {
@@ -363,26 +403,19 @@ impl Worker {
         loop {
             tokio::select! {
                 () = phase_reached(&mut phase, Phase::Closing) => break,
+                Some(handoff) = self.inbox.recv() => self.serve_handoff(&upstream, handoff),
                 accepted = plain.accept() => match accepted {
                     Ok((stream, peer)) => {
                         if let Some(admitted) = self.plain.admission.admit(peer) {
-                            self.spawn_connection(&upstream, stream, peer, admitted);
+                            self.dispatch(&upstream, stream, peer, admitted, false);
                         }
                     }
                     Err(e) => reserve.accept_failed(&plain, e).await,
                 },
                 accepted = accept_tls(tls.as_ref()) => match (accepted, &self.tls) {
                     (Ok((stream, peer)), Some(listener)) => {
-                        if let (Some(admitted), Some(acceptor)) =
-                            (listener.admission.admit(peer), &listener.acceptor)
-                        {
-                            self.spawn_tls_connection(
-                                &upstream,
-                                acceptor.clone(),
-                                stream,
-                                peer,
-                                admitted,
-                            );
+                        if let Some(admitted) = listener.admission.admit(peer) {
+                            self.dispatch(&upstream, stream, peer, admitted, true);
                         }
                     }
                     (Ok(_), None) => {}
@@ -396,25 +429,96 @@ impl Worker {
         }
         drop(plain);
         drop(tls);
-        // Keep driving this worker's connections until the drain is over.
-        tokio::select! {
-            () = self.drain.idle() => {}
-            () = phase_reached(&mut phase, Phase::Abort) => {}
+        // Keep driving this worker's connections until the drain is over (and serve what
+        // another worker handed over just before it stopped accepting).
+        loop {
+            tokio::select! {
+                () = self.drain.idle() => break,
+                () = phase_reached(&mut phase, Phase::Abort) => break,
+                Some(handoff) = self.inbox.recv() => self.serve_handoff(&upstream, handoff),
+            }
+        }
+    }
+
+    /// Serves a connection this worker accepted, or hands it to a worker with fewer open
+    /// connections (see [`Spread`]).
+    fn dispatch(
+        &self,
+        upstream: &Pool,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+        tls: bool,
+    ) {
+        let (target, open) = self.spread.claim(self.index);
+        if target == self.index {
+            return self.serve(upstream, stream, peer, (admitted, open), tls);
+        }
+        // Deregistered from this worker's reactor; the target registers it with its own.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                debug!(%peer, error = %e, "cannot hand over a connection");
+                return;
+            }
+        };
+        let handoff = Handoff {
+            stream,
+            peer,
+            admitted,
+            open,
+            tls,
+        };
+        if let Err(returned) = self.spread.inboxes[target].send(handoff) {
+            // That worker is gone (shutting down): serve it here.
+            self.serve_handoff(upstream, returned.0);
+        }
+    }
+
+    /// Serves a connection another worker accepted and handed over.
+    fn serve_handoff(&self, upstream: &Pool, handoff: Handoff) {
+        let Handoff {
+            stream,
+            peer,
+            admitted,
+            open,
+            tls,
+        } = handoff;
+        match TcpStream::from_std(stream) {
+            Ok(stream) => self.serve(upstream, stream, peer, (admitted, open), tls),
+            Err(e) => debug!(%peer, error = %e, "cannot take over a connection"),
+        }
+    }
+
+    fn serve(
+        &self,
+        upstream: &Pool,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: (Admitted, Open),
+        tls: bool,
+    ) {
+        if !tls {
+            return self.spawn_connection(upstream, stream, peer, admitted);
+        }
+        if let Some(acceptor) = self.tls.as_ref().and_then(|l| l.acceptor.clone()) {
+            self.spawn_tls_connection(upstream, acceptor, stream, peer, admitted);
         }
     }
 
     fn spawn_connection(
         &self,
-        upstream: &UpstreamClient,
+        upstream: &Pool,
         stream: TcpStream,
         peer: SocketAddr,
-        admitted: Admitted,
+        admitted: (Admitted, Open),
     ) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "set_nodelay failed");
         }
         let forwarder = self.forwarder.clone();
-        let upstream = upstream.clone();
+        let upstream = Arc::new(self.forwarder.upstreams(upstream, self.upstreams));
+        let driver = upstream.driver();
         let drain = self.drain.clone();
         let service = service_fn(move |req| {
             let forwarder = forwarder.clone();
@@ -434,7 +538,7 @@ impl Worker {
         tokio::spawn(async move {
             let _task = task;
             let _admitted = admitted;
-            drive_connection!(conn, phase, peer);
+            drive_connection!(conn, driver, phase, peer);
         });
     }
 
@@ -442,17 +546,17 @@ impl Worker {
     /// HTTP/2 if the client chose `h2` by ALPN, else HTTP/1.1 with upgrades (WebSocket).
     fn spawn_tls_connection(
         &self,
-        upstream: &UpstreamClient,
+        upstream: &Pool,
         acceptor: TlsAcceptor,
         stream: TcpStream,
         peer: SocketAddr,
-        admitted: Admitted,
+        admitted: (Admitted, Open),
     ) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "set_nodelay failed");
         }
         let forwarder = self.forwarder.clone();
-        let upstream = upstream.clone();
+        let upstream = Arc::new(self.forwarder.upstreams(upstream, self.upstreams));
         let http1 = self.http.clone();
         let http2 = self.http2.clone();
         let handshake_timeout = self.handshake_timeout;
@@ -478,6 +582,7 @@ impl Worker {
                 }
             };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+            let driver = upstream.driver();
             let service = service_fn(move |req| {
                 let forwarder = forwarder.clone();
                 let upstream = upstream.clone();
@@ -494,10 +599,11 @@ impl Worker {
             });
             let io = TokioIo::new(stream);
             if h2 {
-                drive_connection!(http2.serve_connection(io, service), phase, peer);
+                drive_connection!(http2.serve_connection(io, service), driver, phase, peer);
             } else {
                 drive_connection!(
                     http1.serve_connection(io, service).with_upgrades(),
+                    driver,
                     phase,
                     peer
                 );
@@ -512,6 +618,70 @@ async fn accept_tls(listener: Option<&TcpListener>) -> std::io::Result<(TcpStrea
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
     }
+}
+
+/// Spreads client connections evenly over the workers. Every worker accepts on the same
+/// sockets, and whichever the kernel wakes first takes every connection waiting: a burst
+/// (a client opening 64 connections at once) could land on one worker while the other
+/// cores idle (measured: one worker of two served all 64 connections of a wrk run). So
+/// each worker counts its open connections, and one that accepted a connection while
+/// another has at least [`SPREAD_SLACK`] fewer hands it over (once per connection, before
+/// any byte is read; its requests then never cross threads).
+struct Spread {
+    open: Vec<AtomicUsize>,
+    inboxes: Vec<mpsc::UnboundedSender<Handoff>>,
+}
+
+/// How many more open connections a worker keeps before it hands new ones over.
+const SPREAD_SLACK: usize = 2;
+
+impl Spread {
+    /// The worker that serves a connection worker `index` accepted, counted against it at
+    /// once (so a burst spreads before the first hand-over is even received).
+    fn claim(self: &Arc<Self>, index: usize) -> (usize, Open) {
+        let mine = self.open[index].load(Ordering::Relaxed);
+        let (least, fewest) = self
+            .open
+            .iter()
+            .map(|open| open.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, open)| open)
+            .unwrap_or((index, mine));
+        let target = if fewest + SPREAD_SLACK <= mine {
+            least
+        } else {
+            index
+        };
+        self.open[target].fetch_add(1, Ordering::Relaxed);
+        (
+            target,
+            Open {
+                spread: self.clone(),
+                worker: target,
+            },
+        )
+    }
+}
+
+/// One open connection counted against a worker until dropped.
+struct Open {
+    spread: Arc<Spread>,
+    worker: usize,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.spread.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A new connection handed from the worker that accepted it to the one that serves it.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+    open: Open,
+    tls: bool,
 }
 
 /// Open connections of one listener, in total and by source address.
@@ -745,5 +915,56 @@ impl Drain {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spread(workers: usize) -> Arc<Spread> {
+        let (inboxes, _receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        Arc::new(Spread {
+            open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes,
+        })
+    }
+
+    fn counts(spread: &Spread) -> Vec<usize> {
+        spread
+            .open
+            .iter()
+            .map(|o| o.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    #[test]
+    fn a_burst_accepted_by_one_worker_is_spread_over_all() {
+        let spread = spread(2);
+        // Worker 0 wins every accept of a burst of 64, as a kernel wake-up can make it.
+        let held: Vec<_> = (0..64).map(|_| spread.claim(0)).collect();
+        let open = counts(&spread);
+        assert!(open[0].abs_diff(open[1]) <= SPREAD_SLACK, "{open:?}");
+        assert_eq!(open.iter().sum::<usize>(), 64);
+        assert!(held.iter().any(|(target, _)| *target == 1));
+        drop(held);
+        assert_eq!(
+            counts(&spread),
+            vec![0, 0],
+            "closed connections are uncounted"
+        );
+    }
+
+    #[test]
+    fn a_worker_keeps_what_it_accepts_while_the_load_is_even() {
+        let spread = spread(3);
+        let (a, _a) = spread.claim(1);
+        let (b, _b) = spread.claim(1);
+        assert_eq!((a, b), (1, 1), "within the slack, no hand-over");
+        let (c, _c) = spread.claim(1);
+        assert_ne!(c, 1, "the third goes to a worker with none");
+        let single = self::spread(1);
+        assert!((0..10).map(|_| single.claim(0)).all(|(t, _)| t == 0));
     }
 }

@@ -16,8 +16,12 @@ use http::StatusCode;
 /// 504 answers. Counters only grow; take differences between two reads for a rate.
 #[derive(Clone, Debug, Default)]
 pub struct RouteStats {
-    services: Arc<RwLock<HashMap<String, Arc<Outcomes>>>>,
+    services: Counters,
+    instances: Counters,
 }
+
+/// Outcome counters by key (a service, or an instance id).
+type Counters = Arc<RwLock<HashMap<String, Arc<Outcomes>>>>;
 
 #[derive(Debug, Default)]
 struct Outcomes {
@@ -34,13 +38,7 @@ impl RouteStats {
     /// `(total, errors_5xx)` answered for `service` since the proxy started; `(0, 0)` for
     /// a service that has had no request.
     pub fn get(&self, service: &str) -> (u64, u64) {
-        let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
-        services.get(service).map_or((0, 0), |o| {
-            (
-                o.total.load(Ordering::Relaxed),
-                o.errors_5xx.load(Ordering::Relaxed),
-            )
-        })
+        read(&self.services, service)
     }
 
     /// `(total, errors_5xx)` answered by the backend instance `id` (a [`Backend::id`]) since
@@ -48,44 +46,49 @@ impl RouteStats {
     ///
     /// [`Backend::id`]: crate::Backend::id
     pub fn get_instance(&self, id: &str) -> (u64, u64) {
-        self.get(&instance_key(id))
+        read(&self.instances, id)
     }
 
     /// Counts one answer attributed to the backend instance `id`.
     pub(crate) fn record_instance(&self, id: &str, status: StatusCode) {
-        self.record(&instance_key(id), status);
+        record(&self.instances, id, status);
     }
 
     /// Counts one answered request of `service`.
     pub(crate) fn record(&self, service: &str, status: StatusCode) {
-        let existing = self
-            .services
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(service)
-            .cloned();
-        let outcomes = match existing {
-            Some(outcomes) => outcomes,
-            None => self
-                .services
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(service.to_string())
-                .or_default()
-                .clone(),
-        };
+        record(&self.services, service, status);
+    }
+}
+
+fn read(counters: &Counters, key: &str) -> (u64, u64) {
+    let counters = counters.read().unwrap_or_else(PoisonError::into_inner);
+    counters.get(key).map_or((0, 0), |o| {
+        (
+            o.total.load(Ordering::Relaxed),
+            o.errors_5xx.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// Counts one answer under `key`; allocates only the first time a key is seen.
+fn record(counters: &Counters, key: &str, status: StatusCode) {
+    let counted = |outcomes: &Outcomes| {
         // Errors first, so a reader never sees more errors than requests.
         if status.is_server_error() {
             outcomes.errors_5xx.fetch_add(1, Ordering::Relaxed);
         }
         outcomes.total.fetch_add(1, Ordering::Relaxed);
+    };
+    if let Some(outcomes) = counters
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(key)
+    {
+        counted(outcomes);
+        return;
     }
-}
-
-/// Instance counters share the map with services; `instance:` cannot start a service key
-/// (`project/name` of lowercase names).
-fn instance_key(id: &str) -> String {
-    format!("instance:{id}")
+    let mut counters = counters.write().unwrap_or_else(PoisonError::into_inner);
+    counted(counters.entry(key.to_string()).or_default());
 }
 
 #[cfg(test)]
@@ -103,5 +106,8 @@ mod tests {
         assert_eq!(view.get("demo/web"), (3, 1));
         assert_eq!(view.get("demo/api"), (1, 1));
         assert_eq!(view.get("demo/none"), (0, 0));
+        stats.record_instance("demo/web", StatusCode::OK);
+        assert_eq!(view.get_instance("demo/web"), (1, 0));
+        assert_eq!(view.get("demo/web"), (3, 1), "instances are counted apart");
     }
 }
