@@ -13,7 +13,7 @@
 #
 # Needs wrk, h2load, nginx and caddy (Debian: apt-get install -y wrk nghttp2-client nginx
 # caddy), openssl and a running Docker Engine. Prints Markdown tables for BENCHMARKS.md and
-# writes the raw outputs under $BENCH_OUT (default target/bench-proxy). Loopback only; the
+# writes the raw outputs and the proxies' logs under $BENCH_OUT (default target/bench-proxy). Loopback only; the
 # HTTPS runs need bench.orca.test to resolve to 127.0.0.1 (added to /etc/hosts when run as
 # root). Also reports orca's RSS idle and under load. Leaves no container, network or process
 # behind. BENCH_PERF=1 records a perf profile of orca's first run of each scenario.
@@ -99,6 +99,8 @@ cleanup() {
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   ids=$(docker ps -aq --filter "label=orca.cluster=$cluster"); [ -n "$ids" ] && docker rm -f $ids >/dev/null
   for n in $(docker network ls -q --filter "label=orca.cluster=$cluster"); do docker network rm "$n" >/dev/null || true; done
+  # The proxies' own logs are kept beside the raw outputs (errors are diagnosed from them).
+  for log in orca.log edge.log caddy.log; do [ -f "$work/$log" ] && cp "$work/$log" "$out/$log"; done
   rm -rf "$work"
 }
 trap cleanup EXIT
