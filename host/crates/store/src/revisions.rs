@@ -304,10 +304,7 @@ impl Store {
         let Some(service) = services::get_in(&txn, project, name)? else {
             return Ok(None);
         };
-        let found = read_one(&txn.open_table(REVISIONS)?, project, name, service.revision)
-            .map_err(|e| self.note(e))?;
-        self.healed(TABLE_NAME, &revision_key(project, name, service.revision));
-        Ok(found)
+        read_in(self, &open_in(&txn)?, project, name, service.revision)
     }
 }
 
